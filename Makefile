@@ -1,0 +1,40 @@
+# The two commands: `make demo` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# torch first and pinned: a CPU wheel of 2.13.0 lies on our machines' disk; elsewhere pip fetches it.
+TORCH  := torch==2.13.0
+STUDY  ?= configs/studies/default.yaml
+OUT    ?= runs/default
+
+.PHONY: demo test test-slow install install-test bench clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+install: $(VENV)/bin/python
+	$(PIP) install --quiet $(TORCH)
+	$(PIP) install --quiet -e .
+
+install-test: $(VENV)/bin/python
+	$(PIP) install --quiet $(TORCH)
+	$(PIP) install --quiet -e ".[test]"
+
+demo: install
+	$(VENV)/bin/synthscale data stats --limit 500
+	$(VENV)/bin/synthscale data preview --n 64 --out $(OUT)/data-preview.png
+	@echo "output: $(OUT)/data-preview.png"
+
+test: install-test
+	$(PY) -m pytest -q
+
+test-slow: install-test
+	$(PY) -m pytest -q -m slow
+
+bench: install
+	$(PY) benchmarks/render.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

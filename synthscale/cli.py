@@ -1,0 +1,110 @@
+"""The `synthscale` command. Thin: each subcommand parses its arguments, then calls its stage's function."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import synthscale  # noqa: F401  (sets OMP_WAIT_POLICY before torch is imported)
+from synthscale.config import ConfigError
+
+
+def _compute_args(p: argparse.ArgumentParser) -> None:
+    """Arguments every compute command takes."""
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's choice; 1 is safest on a busy 2-core machine)")
+
+
+def _apply_threads(args: argparse.Namespace) -> None:
+    if getattr(args, "threads", None):
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be ≥ 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def _data_config(args: argparse.Namespace):
+    from synthscale.config import DataConfig, load
+
+    overrides = [f"dataset={args.dataset}", *(args.set or [])]
+    return load(DataConfig, args.config, overrides)
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="shapes", choices=["shapes"], help="which dataset (default: shapes)")
+    p.add_argument("--config", type=Path, default=None, help="a YAML data config (keys of DataConfig)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a data config key, e.g. resolution=64")
+    p.add_argument("--split", default="train", choices=["train", "val", "test", "holdout"])
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def cmd_data_preview(args: argparse.Namespace) -> int:
+    from synthscale.data import get_dataset
+    from synthscale.imagegrid import labelled_grid, save_png
+
+    ds = get_dataset(_data_config(args), args.split)
+    n = min(args.n, len(ds))
+    items = [ds[i] for i in range(n)]
+    grid = labelled_grid([it["image"] for it in items], [it["caption"] for it in items])
+    path = save_png(grid, args.out)
+    print(f"wrote {n} {args.split} items to {path}")
+    return 0
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from synthscale.data.stats import attribute_stats, format_stats
+
+    cfg = _data_config(args)
+    splits = [args.split] if args.only_split else ["train", "val", "test", "holdout"]
+    stats = {s: attribute_stats(cfg, s, limit=args.limit) for s in splits}
+    print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="synthscale",
+        description="Compute-controlled comparison of diffusion, masked-token and next-token image synthesis.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="look at and prepare datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    p = data_sub.add_parser("preview", help="write a labelled grid of dataset items to a PNG")
+    _data_args(p)
+    p.add_argument("--n", type=int, default=64, help="number of items (default 64)")
+    p.add_argument("--out", type=Path, default=Path("grid.png"), help="PNG to write (default grid.png)")
+    p.set_defaults(func=cmd_data_preview)
+    p = data_sub.add_parser("stats", help="print attribute frequencies per split")
+    _data_args(p)
+    p.add_argument("--only-split", action="store_true", help="only the split named by --split")
+    p.add_argument("--limit", type=int, default=2000, help="items per split to count (default 2000; 0 = all)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_data_stats)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        _apply_threads(args)
+        return args.func(args)
+    except ConfigError as e:
+        print(f"synthscale: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("synthscale: interrupted; finished stages and checkpoints are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,13 @@
+"""Datasets, caption tokenizers and the latent cache."""
+from __future__ import annotations
+
+from synthscale.config import ConfigError, DataConfig
+
+
+def get_dataset(cfg: DataConfig, split: str = "train"):
+    """The dataset a config names, for one split. Items are {"image", "caption", "attributes"}."""
+    if cfg.dataset == "shapes":
+        from synthscale.data.shapes import ShapesDataset
+
+        return ShapesDataset(cfg, split)
+    raise ConfigError(f"data.dataset {cfg.dataset!r} is not available yet; use 'shapes'")
