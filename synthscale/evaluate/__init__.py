@@ -1,0 +1,1 @@
+"""Evaluation: in-domain probes, quality and prompt-following metrics, sampling speed."""
