@@ -1,0 +1,198 @@
+"""Stages and executors: a study is a graph of stages, each keyed by a content hash of its config.
+
+A stage runs a function `fn(stage_dir, **kwargs) -> summary` (the function named by a dotted path, so process
+executors can import it). Its outcome is a marker file in its folder, written atomically:
+`done.json` (summary) or `failed.json` (error and traceback). Re-running a study skips every stage with a
+`done.json`; an interrupted stage runs again and resumes from whatever it left (the trainer resumes from its
+newest intact checkpoint). A failed stage is recorded and the stages that do not need it go on; the stages
+that need it are marked `blocked`.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import importlib
+import json
+import multiprocessing
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tqdm.auto import tqdm
+
+from synthscale import atomic
+
+DONE, FAILED = "done.json", "failed.json"
+
+
+@dataclass
+class Stage:
+    kind: str  # autoencoder | probe | cache | train | evaluate | …
+    name: str  # readable part of the folder name, e.g. "flow-4x128-d20000"
+    key: str  # content hash of everything that decides the stage's output
+    fn: str  # "module:function", called as fn(stage_dir, **kwargs)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    deps: list[str] = field(default_factory=list)  # ids of stages whose outputs this one reads
+    cost: float = 1.0  # relative cost estimate, for the ETA
+
+    @property
+    def id(self) -> str:
+        return f"{self.kind}/{self.name}-{self.key}"
+
+
+def stage_dir(root: Path, stage: Stage) -> Path:
+    return Path(root) / stage.id
+
+
+def status_of(root: Path, stage: Stage) -> str:
+    folder = stage_dir(root, stage)
+    if (folder / DONE).is_file():
+        return "done"
+    if (folder / FAILED).is_file():
+        return "failed"
+    return "pending"
+
+
+def summary_of(root: Path, stage: Stage) -> dict[str, Any]:
+    return json.loads((stage_dir(root, stage) / DONE).read_text())
+
+
+def _resolve(dotted: str) -> Callable:
+    module, _, name = dotted.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def run_stage(root: str, stage: Stage, threads: int | None = None) -> tuple[str, dict[str, Any]]:
+    """Run one stage in this process; never raises — the outcome is written to the stage folder and returned."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    folder = stage_dir(Path(root), stage)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / FAILED).unlink(missing_ok=True)  # a retry clears the previous failure
+    started = time.time()
+    try:
+        summary = _resolve(stage.fn)(folder, **stage.kwargs) or {}
+        summary = {"stage": stage.id, "seconds": round(time.time() - started, 2), **summary}
+        atomic.write_json(folder / DONE, summary)
+        return "done", summary
+    except Exception as e:  # a failed stage is recorded; the study goes on
+        info = {"stage": stage.id, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(),
+                "seconds": round(time.time() - started, 2)}  # fmt: skip
+        atomic.write_json(folder / FAILED, info)
+        return "failed", info
+
+
+def _check_graph(stages: list[Stage]) -> dict[str, Stage]:
+    by_id: dict[str, Stage] = {}
+    for s in stages:
+        if s.id in by_id:
+            continue  # the same stage reached twice (shared autoencoders, probes): run it once
+        missing = [d for d in s.deps if d not in by_id]
+        if missing:
+            raise ValueError(f"stage {s.id} depends on {missing}, which are not earlier stages of the study")
+        by_id[s.id] = s
+    return by_id
+
+
+class Progress:
+    """Stages done / running / failed and an ETA from the measured pace of finished stages."""
+
+    def __init__(self, stages: dict[str, Stage], states: dict[str, str], enabled: bool = True):
+        self.stages, self.states = stages, states
+        self.total_cost = sum(s.cost for s in stages.values())
+        self.started = time.time()
+        self.cost_run = 0.0
+        self.bar = tqdm(total=len(stages), desc="study", unit="stage", disable=not enabled, dynamic_ncols=True)
+        self.bar.update(sum(1 for v in states.values() if v == "done"))
+        self.refresh()
+
+    def refresh(self) -> None:
+        counts = {k: sum(1 for v in self.states.values() if v == k) for k in ("done", "running", "failed", "blocked")}
+        left = sum(self.stages[i].cost for i, v in self.states.items() if v in ("pending", "running"))
+        elapsed = time.time() - self.started
+        eta = f"{left * elapsed / self.cost_run / 60:.1f} min" if self.cost_run else "?"
+        self.bar.set_postfix_str(f"done {counts['done']} running {counts['running']} failed {counts['failed']} "
+                                 f"blocked {counts['blocked']} ETA {eta}")  # fmt: skip
+
+    def finished(self, stage_id: str, status: str, info: dict) -> None:
+        self.states[stage_id] = status
+        if status == "done":
+            self.cost_run += self.stages[stage_id].cost
+            self.bar.update(1)
+        else:
+            self.bar.write(f"  ✗ {stage_id} {status}: {info.get('error', '')}")
+        self.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def execute(
+    root: str | Path,
+    stages: list[Stage],
+    executor: str = "sequential",
+    workers: int = 2,
+    threads: int | None = 1,
+    progress: bool = True,
+) -> dict[str, str]:
+    """Run every stage not yet done, respecting dependencies. Returns {stage id: done|failed|blocked}."""
+    root = Path(root)
+    by_id = _check_graph(stages)
+    states = {i: ("done" if status_of(root, s) == "done" else "pending") for i, s in by_id.items()}
+    view = Progress(by_id, states, enabled=progress)
+
+    def ready() -> list[str]:
+        out = []
+        for i, s in by_id.items():
+            if states[i] != "pending":
+                continue
+            dep_states = [states[d] for d in s.deps]
+            if any(d in ("failed", "blocked") for d in dep_states):
+                states[i] = "blocked"
+                view.finished(i, "blocked", {"error": "a stage it needs failed"})
+            elif all(d == "done" for d in dep_states):
+                out.append(i)
+        return out
+
+    try:
+        if executor == "sequential":
+            while todo := ready():
+                for i in todo:
+                    states[i] = "running"
+                    view.refresh()
+                    status, info = run_stage(str(root), by_id[i], threads)
+                    view.finished(i, status, info)
+        elif executor == "processes":
+            # spawn: a fresh interpreter per worker, so no torch/OpenMP state is inherited through fork
+            ctx = multiprocessing.get_context("spawn")
+            with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                running: dict[cf.Future, str] = {}
+                while True:
+                    for i in ready():
+                        states[i] = "running"
+                        running[pool.submit(run_stage, str(root), by_id[i], threads)] = i
+                    view.refresh()
+                    if not running:
+                        break
+                    finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                    for fut in finished:
+                        i = running.pop(fut)
+                        try:
+                            status, info = fut.result()
+                        except Exception as e:  # the worker process died (e.g. out of memory)
+                            status, info = "failed", {"error": f"worker died: {e}"}
+                            atomic.write_json(stage_dir(root, by_id[i]) / FAILED, {"stage": i, **info})
+                        view.finished(i, status, info)
+        else:
+            raise ValueError(f"unknown executor {executor!r}; valid: sequential, processes")
+    finally:
+        view.close()
+    return states
+
+
+def default_workers() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
