@@ -75,6 +75,116 @@ class ObjectiveConfig:
     mask_temperature: float = 4.5  # masked decoding: initial Gumbel noise scale, annealed to 0
 
 
+@dataclass
+class TrainConfig:
+    """The FLOPs-budgeted generator trainer (`train/loop.py`). The math of a run depends on every key except
+    `log_every`, `checkpoint_every` and `keep_last`, which may change when a run is resumed."""
+
+    budget_flops: float = 1e12  # train until this many analytic training FLOPs (fwd+bwd, global batch)
+    batch_size: int = 64  # global examples per optimizer step, over all ranks and accumulation micro-batches
+    grad_accum: int = 1  # micro-batches per rank per step: a memory knob, the effective batch stays batch_size
+    lr: float = 3e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0  # AdamW; applied to matrices (dim ≥ 2) only
+    warmup_steps: int = 100  # linear LR warmup from 0
+    schedule: Literal["constant", "cosine"] = "constant"
+    min_lr_ratio: float = 0.1  # cosine: the LR decays to lr × min_lr_ratio at the last step
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True  # effective decay min(ema_decay, (1 + step) / (10 + step))
+    milestones_per_decade: int = 4  # checkpoints at FLOPs 10^(k / milestones_per_decade), plus the end
+    first_milestone_flops: float | None = None  # None: budget_flops / 100
+    checkpoint_every: int = 200  # steps between resume checkpoints (apart from the milestones)
+    keep_last: int = 2  # resume checkpoints kept besides the milestones
+    log_every: int = 10  # steps per metrics.jsonl / TensorBoard record
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast; weights and optimizer stay fp32
+    compile: bool = False  # torch.compile the model (worth it on GPUs)
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: DDP, or FSDP2 (fully_shard) for the large sizes
+    device: str = "auto"  # auto: cuda (LOCAL_RANK's GPU) when available, else cpu
+    nan_policy: Literal["stop", "skip"] = "stop"  # on a NaN/inf loss: stop, or skip that batch and count it
+    max_skipped: int = 10  # nan_policy=skip: stop once this many batches were skipped
+
+    def __post_init__(self):
+        positive = {"budget_flops": self.budget_flops, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
+                    "lr": self.lr, "milestones_per_decade": self.milestones_per_decade,
+                    "checkpoint_every": self.checkpoint_every, "log_every": self.log_every}  # fmt: skip
+        for key, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"train.{key} must be > 0, got {value}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"train.betas must be two numbers in [0, 1), got {self.betas}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        for key in ("warmup_steps", "weight_decay", "grad_clip", "keep_last", "max_skipped"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"train.{key} must be ≥ 0, got {getattr(self, key)}")
+        if self.first_milestone_flops is not None and not 0 < self.first_milestone_flops <= self.budget_flops:
+            raise ValueError(f"train.first_milestone_flops must be in (0, budget_flops], got {self.first_milestone_flops}")
+
+
+@dataclass
+class RunConfig:
+    """One generator training run: (objective, size, dataset size, autoencoder) trained to a FLOPs budget."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    autoencoder: str | None = None  # dir of a trained autoencoder; its latent cache is built under cache_root
+    cache_root: str = "cache/latents"
+    # instead of an autoencoder: random latents of this shape with random captions (trainer tests, benchmarks),
+    # "continuous:CxHxW" or "discrete:HxW:VOCAB"
+    random_latents: str | None = None
+    seed: int = 0  # fixes model init, data order and every random draw of the run
+
+
+@dataclass
+class EvalSettings:
+    """How a study evaluates its runs (`synthscale evaluate` takes the same settings as flags)."""
+
+    n: int = 256  # generated images per setting (FD compares only at equal n)
+    seed: int = 0  # fixes the evaluation prompts and every sampling draw
+    milestones: Literal["all", "last"] = "all"
+    weights: list[Literal["ema", "raw"]] = field(default_factory=lambda: ["ema", "raw"])
+    cfg_scales: list[float] = field(default_factory=lambda: [1.0, 3.0])
+    # sampling steps used at every milestone, per objective (missing: the objective's default)
+    steps: dict[str, int] = field(default_factory=dict)
+    # the steps sweep, run at the last milestone only (missing: the objective's steps grid)
+    sweep: dict[str, list[int]] = field(default_factory=dict)
+    loss_batches: int = 4  # validation batches for the loss (fixed draws)
+    speed: bool = True  # measure sampling latency (batch 1) and throughput at the last milestone
+    grid_samples: int = 16  # images in each sample grid PNG
+
+
+@dataclass
+class StudyConfig:
+    """A grid: objectives × model sizes × dataset sizes × FLOPs budgets, plus ablations (`synthscale study`)."""
+
+    name: str = "study"
+    data: DataConfig = field(default_factory=DataConfig)
+    objectives: list[Literal["flow", "masked", "autoregressive"]] = field(
+        default_factory=lambda: ["flow", "masked", "autoregressive"]
+    )
+    sizes: list[str] = field(default_factory=lambda: ["2x64", "4x128"])
+    data_sizes: list[int] = field(default_factory=lambda: [20000])
+    budgets: list[float] = field(default_factory=lambda: [1e13])
+    # autoencoder config files for the main grid: continuous (diffusion) and discrete (token methods)
+    continuous_autoencoder: str = "configs/autoencoders/kl-f4c4.yaml"
+    discrete_autoencoder: str = "configs/autoencoders/lfq-f8.yaml"
+    autoencoder_overrides: list[str] = field(default_factory=list)  # --set style, applied to every autoencoder
+    # ablation: extra autoencoders, each trained with the objectives of its latent kind at the smallest size,
+    # data size and budget
+    ablation_autoencoders: list[str] = field(default_factory=list)
+    run_overrides: list[str] = field(default_factory=list)  # --set style, applied to every RunConfig
+    probe_overrides: list[str] = field(default_factory=list)
+    evaluation: EvalSettings = field(default_factory=EvalSettings)
+    executor: Literal["sequential", "processes"] = "sequential"
+    workers: int = 2  # processes executor
+    threads: int = 1  # torch threads per stage
+
+
 # ---------------------------------------------------------------------------------------------- loading
 
 
@@ -131,7 +241,8 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise fail()
-        return dict(value)
+        k_tp, v_tp = typing.get_args(tp) or (Any, Any)
+        return {_convert(k, k_tp, f"{key}", source): _convert(v, v_tp, f"{key}.{k}", source) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
