@@ -1,0 +1,134 @@
+"""The one backbone: a pre-norm Transformer with SDPA attention, QK-norm and MLP ratio 4 (DESIGN.md).
+
+It knows nothing about objectives. Callers pass embedded tokens, a boolean attention mask (True = may attend)
+and, for diffusion, a conditioning vector `c` that drives adaLN-Zero modulation. Decoding passes a `KVCache`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MLP_RATIO = 4
+
+
+class KVCache:
+    """Keys and values of every layer for incremental decoding; `length` positions are filled. Buffers are
+    allocated on the first write, so they take the batch, device and dtype (e.g. under autocast) of the keys."""
+
+    def __init__(self, depth: int, max_len: int):
+        self.depth, self.max_len, self.length = depth, max_len, 0
+        self.k: torch.Tensor | None = None  # [depth, B, H, max_len, hd]
+        self.v: torch.Tensor | None = None
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v [B, H, T, hd] after the filled positions; return all keys/values so far."""
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; cannot write up to {end}")
+        if self.k is None:
+            B, H, _, hd = k.shape
+            self.k = k.new_empty(self.depth, B, H, self.max_len, hd)
+            self.v = v.new_empty(self.depth, B, H, self.max_len, hd)
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        # QK-norm keeps attention logits bounded as width grows (ViT-22B, SD3)
+        self.q_norm = nn.RMSNorm(width // heads)
+        self.k_norm = nn.RMSNorm(width // heads)
+
+    def forward(self, x, mask=None, cache: KVCache | None = None, layer: int = 0):
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3× [B, H, T, hd]
+        q, k = self.q_norm(q), self.k_norm(k)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # [B, H, T_cached + T, hd]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T, hd]
+        return self.proj(y.transpose(1, 2).reshape(B, T, D))
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.fc = nn.Linear(width, MLP_RATIO * width)
+        self.proj = nn.Linear(MLP_RATIO * width, width)
+
+    def forward(self, x):
+        return self.proj(F.gelu(self.fc(x), approximate="tanh"))
+
+
+def modulate(x, shift, scale):
+    return x * (1 + scale) + shift
+
+
+class Block(nn.Module):
+    """Pre-norm block. With `adaln`, c [B, D] sets shift/scale/gate of both branches (DiT's adaLN-Zero):
+    the gates start at zero, so a fresh block is the identity."""
+
+    def __init__(self, width: int, heads: int, adaln: bool = False):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=not adaln, eps=1e-6)
+        self.attn = Attention(width, heads)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=not adaln, eps=1e-6)
+        self.mlp = MLP(width)
+        self.ada = nn.Linear(width, 6 * width) if adaln else None
+
+    def forward(self, x, mask=None, c=None, cache: KVCache | None = None, layer: int = 0):
+        if self.ada is None:
+            x = x + self.attn(self.norm1(x), mask, cache, layer)
+            return x + self.mlp(self.norm2(x))
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(F.silu(c)).unsqueeze(1).chunk(6, dim=-1)  # [B, 1, D]
+        x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), mask, cache, layer)
+        return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
+
+
+class Transformer(nn.Module):
+    """`depth` blocks and a final norm (adaLN-modulated when `adaln`). x [B, T, D] → [B, T, D]."""
+
+    def __init__(self, width: int, depth: int, heads: int, adaln: bool = False):
+        super().__init__()
+        self.width, self.depth, self.heads, self.adaln = width, depth, heads, adaln
+        self.blocks = nn.ModuleList(Block(width, heads, adaln) for _ in range(depth))
+        self.norm = nn.LayerNorm(width, elementwise_affine=not adaln, eps=1e-6)
+        self.final_ada = nn.Linear(width, 2 * width) if adaln else None
+        self.apply(_init)
+        for m in [b.ada for b in self.blocks] + [self.final_ada]:
+            if m is not None:  # adaLN-Zero: modulation starts at zero
+                nn.init.zeros_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x, mask=None, c=None, cache: KVCache | None = None):
+        if self.adaln and c is None:
+            raise ValueError("this Transformer uses adaLN: pass the conditioning vector c [B, D]")
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, c, cache, i)
+        if cache is not None:
+            cache.length += x.shape[1]
+        x = self.norm(x)
+        if self.final_ada is not None:
+            shift, scale = self.final_ada(F.silu(c)).unsqueeze(1).chunk(2, dim=-1)
+            x = modulate(x, shift, scale)
+        return x
+
+    def new_cache(self, max_len: int) -> KVCache:
+        return KVCache(self.depth, max_len)
+
+
+def _init(m: nn.Module) -> None:
+    # nanoGPT/DiT: small normal weights, zero biases
+    if isinstance(m, nn.Linear):
+        nn.init.normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Embedding):
+        nn.init.normal_(m.weight, std=0.02)

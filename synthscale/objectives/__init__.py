@@ -1,0 +1,20 @@
+"""The three objectives on the shared backbone, by name. Callers use `get_objective(cfg)` and the `Objective`
+methods only; nothing above this package branches on the objective's name."""
+from __future__ import annotations
+
+from synthscale.config import ConfigError, ObjectiveConfig
+from synthscale.objectives.base import Objective
+from synthscale.objectives.flow import FlowObjective
+
+OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (FlowObjective,)}
+
+
+def get_objective(cfg: ObjectiveConfig | str) -> Objective:
+    """The objective `cfg.name` configured by `cfg` (a bare name gets the default ObjectiveConfig)."""
+    name = cfg if isinstance(cfg, str) else cfg.name
+    if name not in OBJECTIVES:
+        raise ConfigError(f"unknown objective {name!r}; valid objectives: {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name](ObjectiveConfig(name=name) if isinstance(cfg, str) else cfg)
+
+
+__all__ = ["Objective", "OBJECTIVES", "get_objective"]

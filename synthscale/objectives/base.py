@@ -1,0 +1,136 @@
+"""The objective interface (DESIGN.md): what differs between paradigms — input embedding, attention pattern,
+output head, loss, sampler and FLOP count. The trainer, evaluator and study only ever call these methods."""
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+from torch import nn
+
+from synthscale.compute import flops as F
+from synthscale.config import ConfigError, ModelConfig, ObjectiveConfig
+from synthscale.data.latents import LatentSpec, TextSpec
+from synthscale.model.sizes import get_size
+
+
+class Objective:
+    name: ClassVar[str]
+    latent: ClassVar[Literal["continuous", "discrete"]]
+
+    def __init__(self, cfg: ObjectiveConfig | None = None):
+        self.cfg = cfg or ObjectiveConfig(name=self.name)
+        if self.cfg.name != self.name:
+            raise ConfigError(f"objective config names {self.cfg.name!r} but this is the {self.name!r} objective")
+        if not 0.0 <= self.cfg.cfg_dropout < 1.0:
+            raise ConfigError(f"objective.cfg_dropout must be in [0, 1), got {self.cfg.cfg_dropout}")
+
+    # --------------------------------------------------------------------------------------- each objective
+
+    def build_model(self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec) -> nn.Module:
+        raise NotImplementedError
+
+    def loss(self, model, latents: torch.Tensor, text: torch.Tensor, generator: torch.Generator,
+             drop_captions: bool = True) -> torch.Tensor:
+        """Mean loss over the batch; every random draw comes from `generator`."""
+        raise NotImplementedError
+
+    def sample(self, model, text: torch.Tensor, steps: int, cfg_scale: float,
+               generator: torch.Generator) -> torch.Tensor:
+        """Latents for captions `text` [B, L]: continuous float [B, C, H, W] or discrete int64 [B, H, W]."""
+        raise NotImplementedError
+
+    def default_steps(self, latent: LatentSpec) -> int:
+        raise NotImplementedError
+
+    def steps_grid(self, latent: LatentSpec) -> list[int]:
+        raise NotImplementedError
+
+    def forward_flops(self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec) -> F.Flops:
+        """One training forward pass for one example."""
+        raise NotImplementedError
+
+    def sample_flops_split(self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec, steps: int,
+                           cfg_scale: float) -> F.Flops:
+        """Sampling one image, split into generator and caption-encoder columns."""
+        raise NotImplementedError
+
+    # --------------------------------------------------------------------------------------- shared
+
+    def train_flops(self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec, batch: int) -> int:
+        """FLOPs of one optimizer step on `batch` examples: forward + backward = 3 × forward."""
+        return F.TRAIN_MULTIPLIER * batch * self.forward_flops(model_cfg, latent, text).total
+
+    def sample_flops(self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec, steps: int,
+                     cfg_scale: float) -> int:
+        """FLOPs to sample one image (CFG with cfg_scale != 1 doubles the generator's share)."""
+        return self.sample_flops_split(model_cfg, latent, text, steps, cfg_scale).total
+
+    def param_counts(self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec) -> dict[str, int]:
+        """{"total", "non_embedding"} of the model this objective builds (built on the meta device: no memory)."""
+        with torch.device("meta"):
+            model = self.build_model(model_cfg, latent, text)
+        return F.param_counts(model)
+
+    def check_latent(self, latent: LatentSpec) -> None:
+        if latent.kind != self.latent:
+            raise ConfigError(
+                f"objective {self.name!r} needs {self.latent} latents but the latent cache holds {latent.kind} ones; "
+                f"use a {'KL (continuous)' if self.latent == 'continuous' else 'LFQ/FSQ/VQ (discrete)'} autoencoder"
+            )
+        if self.latent == "discrete" and not latent.vocab_size:
+            raise ConfigError(f"objective {self.name!r}: discrete LatentSpec needs vocab_size")
+
+    def caption_drop(self, batch: int, generator: torch.Generator, enabled: bool, device) -> torch.Tensor | None:
+        """bool [B]: rows whose caption becomes the learned null (classifier-free guidance training)."""
+        u = rand(batch, generator, device)  # drawn even when disabled, so the other draws do not shift
+        return (u < self.cfg.cfg_dropout) if enabled and self.cfg.cfg_dropout > 0 else None
+
+
+def text_encoder_flops(model_cfg: ModelConfig, text: TextSpec) -> int:
+    """One caption through the text encoder (its token and position embeddings are lookups)."""
+    size = get_size(model_cfg.size)
+    return F.transformer(text.max_length, text.max_length, size.width, model_cfg.text_layers)
+
+
+def cfg_copies(cfg_scale: float) -> int:
+    """Batched classifier-free guidance runs every caption twice (with and without it) unless s == 1."""
+    return 1 if cfg_scale == 1 else 2
+
+
+def guide(out: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+    """uncond + s·(cond − uncond) on a batch [cond; uncond]; s == 1 never reaches here (no uncond pass)."""
+    cond, uncond = out.chunk(2)
+    return uncond + cfg_scale * (cond - uncond)
+
+
+# Random draws come from the caller's generator on its own device, then move to the model's device, so a CPU
+# generator drives a GPU model and the same seed gives the same draws everywhere.
+def rand(shape, generator: torch.Generator, device) -> torch.Tensor:
+    return torch.rand(shape, generator=generator, device=generator.device).to(device)
+
+
+def randn(shape, generator: torch.Generator, device) -> torch.Tensor:
+    return torch.randn(shape, generator=generator, device=generator.device).to(device)
+
+
+def gumbel(shape, generator: torch.Generator, device) -> torch.Tensor:
+    u = rand(shape, generator, device)
+    return -torch.log(-torch.log(u.clamp_min(1e-20)).clamp_min(1e-20))
+
+
+def sample_logits(logits: torch.Tensor, generator: torch.Generator, temperature: float = 1.0,
+                  top_k: int = 0) -> torch.Tensor:
+    """Draw ids from logits [..., V] by the Gumbel-max trick (exact softmax sampling; device-agnostic draws).
+    temperature 0 is greedy."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if temperature == 0:
+        return logits.argmax(-1)
+    return (logits / temperature + gumbel(logits.shape, generator, logits.device)).argmax(-1)
+
+
+def check_steps(name: str, steps: int, low: int, high: int | None = None) -> None:
+    if not isinstance(steps, int) or steps < low or (high is not None and steps > high):
+        allowed = f"{low}..{high}" if high is not None else f"≥ {low}"
+        raise ValueError(f"{name}: steps must be an integer in {allowed}, got {steps!r}")
