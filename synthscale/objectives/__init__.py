@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from synthscale.config import ConfigError, ObjectiveConfig
 from synthscale.objectives.base import Objective
+from synthscale.objectives.autoregressive import AutoregressiveObjective
 from synthscale.objectives.flow import FlowObjective
+from synthscale.objectives.masked import MaskedObjective
 
-OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (FlowObjective,)}
+OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (FlowObjective, MaskedObjective, AutoregressiveObjective)}
 
 
 def get_objective(cfg: ObjectiveConfig | str) -> Objective:

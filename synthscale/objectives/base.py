@@ -114,8 +114,8 @@ def randn(shape, generator: torch.Generator, device) -> torch.Tensor:
 
 
 def gumbel(shape, generator: torch.Generator, device) -> torch.Tensor:
-    u = rand(shape, generator, device)
-    return -torch.log(-torch.log(u.clamp_min(1e-20)).clamp_min(1e-20))
+    e = -torch.log(rand(shape, generator, device).clamp_min(1e-20))  # Exp(1) draws, > 0
+    return -torch.log(e.clamp_min(1e-20))
 
 
 def sample_logits(logits: torch.Tensor, generator: torch.Generator, temperature: float = 1.0,

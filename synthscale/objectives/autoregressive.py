@@ -1,0 +1,124 @@
+"""Next-token prediction on discrete latents: raster order, prefix-LM attention (caption bidirectional, image
+causal), teacher forcing; sampling with temperature / top-k and a KV cache.
+
+The image input sequence is [BOS, x_0, …, x_{N-2}] (BOS is the extra id `vocab_size`); the output at image
+position j predicts x_j.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from synthscale.compute import flops as C
+from synthscale.model.network import Network, attention_mask
+from synthscale.model.sizes import get_size
+from synthscale.objectives.base import (Objective, cfg_copies, check_steps, guide, sample_logits,
+                                        text_encoder_flops)
+
+
+class AutoregressiveNet(Network):
+    def __init__(self, model_cfg, latent, text):
+        super().__init__(model_cfg, text, latent.tokens)
+        self.vocab_size, self.grid = latent.vocab_size, (latent.height, latent.width)
+        self.bos_id = latent.vocab_size
+        self.embed = nn.Embedding(latent.vocab_size + 1, self.size.width)
+        self.head = nn.Linear(self.size.width, latent.vocab_size)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, ids, text_valid, prefix=None, cache=None, start: int = 0):
+        """Hidden states [B, n, D] of image inputs ids [B, n] at image positions start … start + n − 1.
+
+        With `prefix` [B, L, D] the caption is run too (training, the first decoding step, recomputation);
+        without it the keys of earlier positions come from `cache`."""
+        L = text_valid.shape[1]
+        n = ids.shape[1]
+        h = self.embed(ids) + self.pos.weight[start:start + n]  # [B, n, D]
+        if prefix is not None:
+            if start:
+                raise ValueError("a caption prefix can only come with image position 0")
+            seq = torch.cat([prefix.to(h.dtype), h], dim=1)  # [B, L + n, D]
+            mask = attention_mask(text_valid, L + n, causal=True)
+        else:
+            if cache is None or cache.length != L + start:
+                raise ValueError(f"decoding image position {start} needs a KV cache holding {L + start} positions")
+            seq = h
+            mask = attention_mask(text_valid, L + start + n, causal=True, q_start=L + start)
+        return self.backbone(seq, mask, cache=cache)[:, -n:]
+
+
+class AutoregressiveObjective(Objective):
+    name = "autoregressive"
+    latent = "discrete"
+
+    def build_model(self, model_cfg, latent, text):
+        self.check_latent(latent)
+        return AutoregressiveNet(model_cfg, latent, text)
+
+    def loss(self, model, latents, text, generator, drop_captions=True):
+        B, dev = latents.shape[0], latents.device
+        tokens = latents.reshape(B, -1)  # [B, N], raster order
+        drop = self.caption_drop(B, generator, drop_captions, dev)
+        prefix, valid = model.encode_text(text, drop)
+        inputs = torch.cat([torch.full_like(tokens[:, :1], model.bos_id), tokens[:, :-1]], dim=1)  # teacher forcing
+        logits = model.head(model(inputs, valid, prefix))  # [B, N, V]
+        return F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())
+
+    @torch.no_grad()
+    def sample(self, model, text, steps, cfg_scale, generator, kv_cache: bool = True):
+        """`steps` must be the number of image tokens (one per step). kv_cache=False recomputes the whole
+        sequence every step (the reference the cache must match, and the baseline of the speed benchmark)."""
+        N = model.image_tokens
+        check_steps("autoregressive", steps, N, N)
+        dev, B = model.device, text.shape[0]
+        guided = cfg_scale != 1
+        prefix, valid = model.guided_prefix(text.to(dev), guided)
+        rows = prefix.shape[0]  # B, or 2B with CFG
+        ids = torch.full((rows, N + 1), model.bos_id, dtype=torch.long, device=dev)  # [BOS, x_0, …, x_{N-1}]
+        cache = model.backbone.new_cache(prefix.shape[1] + N) if kv_cache else None
+        for j in range(N):
+            if not kv_cache:
+                hidden = model(ids[:, : j + 1], valid, prefix)
+            elif j == 0:
+                hidden = model(ids[:, :1], valid, prefix, cache=cache)  # caption + BOS fill the cache
+            else:
+                hidden = model(ids[:, j: j + 1], valid, cache=cache, start=j)
+            logits = model.head(hidden[:, -1]).float()  # [rows, V]
+            logits = guide(logits, cfg_scale) if guided else logits
+            nxt = sample_logits(logits, generator, self.cfg.temperature, self.cfg.top_k)  # [B]
+            ids[:, j + 1] = torch.cat([nxt, nxt]) if guided else nxt
+        return ids[:B, 1:].reshape(B, *model.grid)
+
+    def default_steps(self, latent):
+        return latent.tokens
+
+    def steps_grid(self, latent):
+        return [latent.tokens]
+
+    def forward_flops(self, model_cfg, latent, text):
+        self.check_latent(latent)
+        size = get_size(model_cfg.size)
+        N, T = latent.tokens, text.max_length + latent.tokens
+        generator = C.transformer(T, T, size.width, size.depth) + C.linear(N, size.width, latent.vocab_size)
+        return C.Flops(generator, text_encoder_flops(model_cfg, text))
+
+    def sample_flops_split(self, model_cfg, latent, text, steps, cfg_scale, kv_cache: bool = True):
+        """Per image: with the cache, caption + BOS once, then one position a step attending to all before it;
+        without it, the whole sequence so far every step. The head runs on the newest position only."""
+        N = latent.tokens
+        check_steps("autoregressive", steps, N, N)
+        size = get_size(model_cfg.size)
+        D, depth, L = size.width, size.depth, text.max_length
+        flops = 0
+        for j in range(N):
+            if kv_cache and j > 0:
+                flops += C.transformer(1, L + j + 1, D, depth)
+            else:
+                flops += C.transformer(L + j + 1, L + j + 1, D, depth)
+            flops += C.linear(1, D, latent.vocab_size)
+        return C.Flops(flops * cfg_copies(cfg_scale), text_encoder_flops(model_cfg, text))
+
+    def sample_flops(self, model_cfg, latent, text, steps, cfg_scale, kv_cache: bool = True):
+        return self.sample_flops_split(model_cfg, latent, text, steps, cfg_scale, kv_cache).total
