@@ -185,6 +185,41 @@ class StudyConfig:
     threads: int = 1  # torch threads per stage
 
 
+@dataclass
+class AutoencoderTrainConfig:
+    """How an autoencoder is trained (`synthscale autoencoder train`): AdamW, linear warm-up, cosine decay."""
+
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup: int = 100  # steps of linear warm-up
+    weight_decay: float = 0.0
+    loss: Literal["l2", "l1"] = "l2"  # reconstruction loss on [-1, 1] pixels
+    seed: int = 0
+    scale_items: int = 4096  # kl: training items encoded to measure the latent shift/scale (0 = all)
+
+
+@dataclass
+class AutoencoderConfig:
+    """An image autoencoder (`autoencoders/`): continuous KL latents for diffusion, LFQ/FSQ tokens for the
+    token methods. The trunk has one level per entry of `widths`, so `downsample` = 2^(len(widths)-1)."""
+
+    name: str = "kl-f4c4"
+    kind: Literal["kl", "lfq", "fsq"] = "kl"
+    downsample: int = 4  # f: latent side = image side / f
+    latent_channels: int = 4  # kl: channels; lfq: bits per token (vocabulary 2^c); fsq: len(fsq_levels)
+    widths: list[int] = field(default_factory=lambda: [16, 32, 64])  # trunk widths, full resolution first
+    blocks: int = 1  # residual blocks per level (encoder and decoder)
+    fsq_levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])  # fsq: vocabulary = product
+    kl_weight: float = 1e-6  # kl: weight of KL(q(z|x) ‖ N(0, I)) per latent element
+    entropy_weight: float = 0.1  # lfq: weight of (per-token entropy − diversity · batch entropy)
+    diversity: float = 1.0  # lfq: weight of the batch (codebook-usage) entropy inside the entropy term
+    commit_weight: float = 0.25  # lfq: commitment ‖z − sg(q)‖²
+    lfq_temperature: float = 0.01  # lfq: softmax temperature of the code distribution in the entropy term
+    data: DataConfig = field(default_factory=DataConfig)  # what it trains on
+    train: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)
+
+
 # ---------------------------------------------------------------------------------------------- loading
 
 
