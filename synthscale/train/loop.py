@@ -1,0 +1,446 @@
+"""The FLOPs-budgeted generator trainer.
+
+`train(run_cfg, run_dir)` trains one (objective, size, data size, autoencoder) until the analytic training
+FLOPs reach `train.budget_flops`, writing checkpoints at log-spaced FLOPs milestones so one run gives a whole
+loss/quality-vs-compute curve. Killed at any point, it resumes from its newest intact checkpoint and ends with
+bitwise the same weights and loss history as a run never interrupted (same seed, CPU fp32).
+
+Run dir layout (only rank 0 writes):
+
+    RUN_DIR/
+        config.json          the resolved RunConfig
+        env.json             one entry per session: versions, device, world size, git revision
+        metrics.jsonl        a record every `log_every` steps: step, train_flops, loss (mean over the window),
+                             lr, grad_norm, samples_seen, epoch, skipped, images_per_s, seconds
+        tensorboard/         the same scalars as TensorBoard events
+        checkpoints/         step_XXXXXXXX/ folders (see train/checkpoint.py): milestones, the final one and the
+                             newest `keep_last` resume checkpoints; each holds raw + EMA weights, optimizer,
+                             RNG states, step, FLOPs used, data position
+        done.json            the summary, written when the budget is reached; a finished run returns it at once
+
+One optimizer step reads a global batch of `batch_size` examples, split into world × grad_accum micro-batches
+("pieces"); rank r runs pieces r·A … r·A + A − 1. Each piece's examples and noise come from generators seeded by
+(seed, step, piece), so neither a resume nor the number of processes moves a random draw.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from synthscale import atomic
+from synthscale.config import ConfigError, RunConfig, TrainConfig, config_hash, from_dict, to_dict
+from synthscale.data.latents import LatentSpec, TextSpec
+from synthscale.train import checkpoint as ckpt
+from synthscale.train import distributed as D
+from synthscale.train.data import DataOrder, derive_seed, generator, open_source
+from synthscale.train.ema import EMA
+from synthscale.train.log import RunLogger, environment
+
+DONE = "done.json"
+# keys that may change between sessions of one run: they do not touch the math
+RESUMABLE_CHANGES = {"train.log_every", "train.checkpoint_every", "train.keep_last"}
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss (or gradient norm) became NaN/inf; the message names the step and the intact checkpoint."""
+
+
+# ---------------------------------------------------------------------------------------------- schedule
+
+
+def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    """Linear warmup over `warmup_steps`, then constant, or cosine down to lr·min_lr_ratio at the last step.
+    A pure function of the step (so resuming restores the schedule by restoring the step)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - 1 - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def milestone_grid(cfg: TrainConfig) -> list[float]:
+    """FLOPs at which milestone checkpoints are written: 10^(k / milestones_per_decade) from the first milestone
+    up to the budget, then the budget itself. The grid is absolute, so runs of different budgets share points."""
+    m, budget = cfg.milestones_per_decade, cfg.budget_flops
+    first = cfg.first_milestone_flops if cfg.first_milestone_flops is not None else budget / 100
+    k = math.ceil(math.log10(first) * m - 1e-9)
+    grid = []
+    while (f := 10 ** (k / m)) < budget * (1 - 1e-9):
+        grid.append(f)
+        k += 1
+    return grid + [budget]
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on matrices (dim ≥ 2), none on biases, norms and gains (nanoGPT)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+class LossModule(nn.Module):
+    """The objective's loss as a module's forward, so DDP/FSDP see one forward per micro-batch even though
+    the objective calls the network's methods (encode_text, ...) directly."""
+
+    def __init__(self, objective, model: nn.Module):
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, latents: torch.Tensor, text: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        return self.objective.loss(self.model, latents, text, gen)
+
+
+# ---------------------------------------------------------------------------------------------- run state
+
+
+@dataclass
+class Progress:
+    """Everything beyond tensors that a checkpoint must restore."""
+
+    step: int = 0  # optimizer steps taken (skipped batches included)
+    train_flops: int = 0
+    skipped: int = 0  # batches skipped for a non-finite loss (nan_policy=skip)
+    window_loss: float = 0.0  # loss sum since the last metrics record
+    window_steps: int = 0
+    window_grad_norm: float = float("nan")  # last grad norm in the window
+    last_loss: float = float("nan")  # global mean loss of the last step
+    milestones: int = 0  # milestone checkpoints written so far (the next one's index)
+    train_seconds: float = 0.0  # wall time spent in steps over all sessions
+
+
+def _check_config(run_dir: Path, run_cfg: RunConfig) -> None:
+    """A run dir belongs to one config; only log/checkpoint cadence may change between sessions."""
+    path = run_dir / "config.json"
+    if not path.exists():
+        return
+    import json
+
+    old = _flatten(json.loads(path.read_text()))
+    new = _flatten(to_dict(run_cfg))
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        detail = ", ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in changed[:5])
+        raise ConfigError(f"{run_dir} holds a run with a different config ({detail}); "
+                          "use a new --out directory, or the run's own config to resume it")  # fmt: skip
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+def _full_state(loss_module: LossModule, optimizer, ema: EMA) -> tuple[dict, dict, dict, dict]:
+    """(model, EMA, optimizer tensors, optimizer rest) as full, unsharded CPU tensors. Collective under
+    DDP/FSDP: every rank calls it; with FSDP only rank 0 receives the tensors."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_sd = {k.removeprefix("model."): v for k, v in get_model_state_dict(loss_module, options=opts).items()}
+    opt_sd = get_optimizer_state_dict(loss_module, optimizer, options=opts)
+    opt_tensors, opt_rest = ckpt.optimizer_to_tensors(opt_sd) if opt_sd else ({}, {})
+    return model_sd, ema.full_state_dict(), opt_tensors, opt_rest
+
+
+def _save(run_dir: Path, d: D.Dist, loss_module, optimizer, ema: EMA, prog: Progress, extra: dict) -> Path | None:
+    model_sd, ema_sd, opt_tensors, opt_rest = _full_state(loss_module, optimizer, ema)
+    rng = D.rng_states(d)
+    path = None
+    if d.is_main:
+        meta = {**extra, **asdict(prog), "optimizer": opt_rest, "ema_updates": ema.updates, "world_size": d.world}
+        path = ckpt.save(run_dir / "checkpoints", prog.step, {"model": model_sd, "ema": ema_sd,
+                                                              "optimizer": opt_tensors, "rng": rng}, meta)
+    D.barrier(d)
+    return path
+
+
+def _restore(info_path: Path, d: D.Dist, loss_module, optimizer, ema: EMA) -> tuple[Progress, dict[str, Any]]:
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
+    meta = ckpt.read_meta(info_path, verify=False)  # rank 0 verified it; all ranks read the same bytes
+    model_sd = {"model." + k: v for k, v in ckpt.load_tensors(info_path, "model").items()}
+    opts = StateDictOptions(full_state_dict=True, strict=True)
+    set_model_state_dict(loss_module, model_sd, options=opts)
+    opt_sd = ckpt.optimizer_from_tensors(ckpt.load_tensors(info_path, "optimizer"), meta["optimizer"])
+    set_optimizer_state_dict(loss_module, optimizer, opt_sd, options=opts)
+    ema.load_full_state_dict(ckpt.load_tensors(info_path, "ema"), meta["ema_updates"])
+    if not D.set_rng_states(ckpt.load_tensors(info_path, "rng"), d):
+        torch.manual_seed(derive_seed(0, "rank-rng", d.rank, meta["step"]))
+    fields = Progress.__dataclass_fields__
+    return Progress(**{k: meta[k] for k in fields}), meta
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+
+def train(run_cfg: RunConfig, run_dir: str | Path, resume: bool = True, progress: bool = True, *,
+          source=None, objective=None) -> dict[str, Any]:
+    """Train `run_cfg` into `run_dir` until its FLOPs budget; returns the summary (also RUN_DIR/done.json).
+
+    Idempotent: a finished run returns its summary at once; an interrupted one resumes from its newest intact
+    checkpoint (`resume=False` refuses a run dir that already has checkpoints). `source` (a latent source) and
+    `objective` replace what the config names — for callers that already hold them, and for tests.
+    Under torchrun each process calls this; they train one model together (DDP, or FSDP2 with train.parallel).
+    """
+    run_dir = Path(run_dir)
+    _check_config(run_dir, run_cfg)
+    done = _read_json(run_dir / DONE)
+    if done is not None:
+        return done
+    d = D.setup(run_cfg.train.device)
+    try:
+        return _train(run_cfg, run_dir, d, resume, progress, source, objective)
+    finally:
+        D.teardown(d)
+
+
+def _train(run_cfg: RunConfig, run_dir: Path, d: D.Dist, resume: bool, show_progress: bool, source,
+           objective) -> dict[str, Any]:
+    cfg, seed = run_cfg.train, run_cfg.seed
+    pieces = d.world * cfg.grad_accum
+    if cfg.batch_size % pieces:
+        raise ConfigError(f"train.batch_size {cfg.batch_size} must divide into world size {d.world} × "
+                          f"train.grad_accum {cfg.grad_accum} equal micro-batches")  # fmt: skip
+    micro = cfg.batch_size // pieces
+
+    if objective is None:
+        from synthscale.objectives import get_objective
+
+        objective = get_objective(run_cfg.objective)
+    if source is None:
+        source = open_source(run_cfg, "train", d.is_main, lambda: D.barrier(d))
+    latent_spec, text_spec = source.spec, source.text_spec
+
+    torch.manual_seed(derive_seed(seed, "init"))  # the same initial weights on every rank and session
+    model = objective.build_model(run_cfg.model, latent_spec, text_spec).to(d.device)
+    loss_module = LossModule(objective, model)
+    wrapped = D.wrap(loss_module, d, cfg.parallel)
+    if cfg.compile:
+        wrapped.compile()
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
+                                  fused=d.device.type == "cuda")  # fmt: skip
+    ema = EMA(model, cfg.ema_decay, cfg.ema_warmup)
+
+    flops_per_step = int(objective.train_flops(run_cfg.model, latent_spec, text_spec, cfg.batch_size))
+    if flops_per_step <= 0:
+        raise ConfigError(f"objective {run_cfg.objective.name!r} reports {flops_per_step} FLOPs per step")
+    total_steps = math.ceil(cfg.budget_flops / flops_per_step)
+    grid = milestone_grid(cfg)
+    order = DataOrder(len(source), cfg.batch_size, seed)
+
+    # resume: rank 0 picks the newest intact checkpoint, every rank loads it
+    prog = Progress()
+    found = ckpt.latest(run_dir) if d.is_main and resume else None
+    if d.is_main and found is None and not resume and ckpt.list_checkpoints(run_dir):
+        raise ConfigError(f"{run_dir} already has checkpoints; resume it, or use a new --out directory")
+    step = D.broadcast_int(found[0].step if found else -1, d)
+    if step >= 0:
+        path = ckpt.checkpoint_dir(run_dir / "checkpoints", step)
+        prog, meta = _restore(path, d, loss_module, optimizer, ema)
+        if meta["flops_per_step"] != flops_per_step:
+            raise ConfigError(f"{path} was trained at {meta['flops_per_step']} FLOPs/step, the config now gives "
+                              f"{flops_per_step}; the FLOPs accounting changed — start a new run")  # fmt: skip
+
+    if d.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(run_dir / "config.json", to_dict(run_cfg))
+        sessions = (_read_json(run_dir / "env.json") or {}).get("sessions", [])
+        env = {**environment(d.device, d.world), "resumed_from_step": prog.step}
+        atomic.write_json(run_dir / "env.json", {"sessions": [*sessions, env]})
+    log = RunLogger(run_dir, d.is_main, prog.step, total_steps, cfg.budget_flops, show_progress)
+    if step >= 0:
+        log.write(f"resumed {run_dir} at step {prog.step} ({prog.train_flops:.3g} FLOPs)")
+
+    extra = {"flops_per_step": flops_per_step, "total_steps": total_steps, "budget_flops": cfg.budget_flops,
+             "config_hash": config_hash(run_cfg), "latent_spec": asdict(latent_spec),
+             "text_spec": asdict(text_spec)}  # fmt: skip
+    autocast = torch.autocast(d.device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
+    params = [p for p in model.parameters() if p.requires_grad]
+    last_point = next((i for i in reversed(range(len(grid))) if grid[i] <= prog.train_flops), None)
+    window_start, window_images = time.perf_counter(), 0
+    wrapped.train()
+    try:
+        while prog.step < total_steps:
+            t0 = time.perf_counter()
+            s = prog.step
+            lr = lr_at(s, cfg, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            indices = order.batch(s)
+            loss_sum = torch.zeros((), device=d.device)
+            for a in range(cfg.grad_accum):
+                piece = d.rank * cfg.grad_accum + a
+                batch = source.get_batch(indices[piece * micro : (piece + 1) * micro],
+                                         generator(derive_seed(seed, "data", s, piece)))  # fmt: skip
+                latents = batch["latents"].to(d.device, non_blocking=True)
+                text = batch["text"].to(d.device, non_blocking=True)
+                sync = a == cfg.grad_accum - 1 or not hasattr(wrapped, "no_sync")
+                with (contextlib.nullcontext() if sync else wrapped.no_sync()), autocast:
+                    loss = wrapped(latents, text, generator(derive_seed(seed, "loss", s, piece)))
+                (loss / cfg.grad_accum).backward()
+                loss_sum += loss.detach().float()
+            # the global mean loss, also the NaN vote every rank agrees on
+            loss_value = D.all_reduce_sum(loss_sum, d).item() / pieces
+            grad_norm = _clip(params, cfg.grad_clip) if math.isfinite(loss_value) else float("nan")
+            finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
+            if finite:
+                optimizer.step()
+                ema.update(model)
+            optimizer.zero_grad(set_to_none=True)
+            if not finite:
+                what = f"loss is {loss_value}" if not math.isfinite(loss_value) else f"gradient norm is {grad_norm}"
+                if cfg.nan_policy == "stop" or prog.skipped >= cfg.max_skipped:
+                    # the weights are still those before this step: keep them as the last good checkpoint
+                    path = _save(run_dir, d, loss_module, optimizer, ema, prog, {**extra, **order.position(s),
+                                 "milestone": None, "milestone_flops": None, "is_final": False, "stopped": what})  # fmt: skip
+                    why = ("train.nan_policy=stop" if cfg.nan_policy == "stop"
+                           else f"{prog.skipped} batches were already skipped (train.max_skipped)")
+                    raise NonFiniteLoss(
+                        f"{what} at step {s} ({prog.train_flops:.4g} FLOPs used); stopped ({why}). The weights "
+                        f"before step {s} are saved intact in {path or run_dir / 'checkpoints'}. Lower train.lr, "
+                        f"raise train.warmup_steps or train.grad_clip, or set train.nan_policy=skip.")  # fmt: skip
+                prog.skipped += 1
+                log.write(f"step {s}: {what}; batch skipped ({prog.skipped}/{cfg.max_skipped})")
+            else:
+                prog.window_loss += loss_value
+                prog.window_steps += 1
+                prog.window_grad_norm = grad_norm
+            prog.step += 1
+            prog.train_flops += flops_per_step
+            prog.train_seconds += time.perf_counter() - t0
+            window_images += cfg.batch_size
+            prog.last_loss = loss_value
+            log.step(loss_value, prog.train_flops)
+
+            if prog.step % cfg.log_every == 0 or prog.step == total_steps:
+                now = time.perf_counter()
+                log.record({"step": prog.step, "train_flops": prog.train_flops,
+                            "loss": prog.window_loss / max(1, prog.window_steps), "lr": lr,
+                            "grad_norm": prog.window_grad_norm, **order.position(prog.step),
+                            "skipped": prog.skipped, "images_per_s": window_images / max(now - window_start, 1e-9),
+                            "seconds": prog.train_seconds})  # fmt: skip
+                prog.window_loss, prog.window_steps, prog.window_grad_norm = 0.0, 0, float("nan")
+                window_start, window_images = now, 0
+
+            # a step may cross several grid points (coarse steps): one checkpoint stands for the largest
+            crossed = [i for i, f in enumerate(grid) if f <= prog.train_flops]
+            point = crossed[-1] if crossed and crossed[-1] != last_point else None
+            final = prog.step == total_steps
+            if point is not None or final or prog.step % cfg.checkpoint_every == 0:
+                milestone = None
+                if point is not None:
+                    milestone, prog.milestones, last_point = prog.milestones, prog.milestones + 1, point
+                _save(run_dir, d, loss_module, optimizer, ema, prog, {
+                    **extra, **order.position(prog.step), "milestone": milestone,
+                    "milestone_flops": grid[point] if point is not None else None, "is_final": final})
+                if d.is_main:
+                    ckpt.prune(run_dir, cfg.keep_last)
+                window_start = time.perf_counter()  # saving is not training throughput
+    finally:
+        log.close()
+
+    summary = {"run_dir": str(run_dir), "config_hash": config_hash(run_cfg), "steps": prog.step,
+               "train_flops": prog.train_flops, "budget_flops": cfg.budget_flops, "flops_per_step": flops_per_step,
+               "skipped": prog.skipped, "train_seconds": prog.train_seconds, "world_size": d.world,
+               "final_loss": prog.last_loss,
+               "checkpoints": [_info_dict(i) for i in ckpt.list_checkpoints(run_dir)] if d.is_main else []}  # fmt: skip
+    if d.is_main:
+        atomic.write_json(run_dir / DONE, summary)
+    D.barrier(d)
+    return summary
+
+
+def _clip(params: list[torch.Tensor], max_norm: float) -> float:
+    """Clip the global gradient norm (0: only measure it); returns the norm before clipping."""
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+    if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor
+        norm = norm.full_tensor()
+    return float(norm)
+
+
+def _info_dict(info: ckpt.CheckpointInfo) -> dict[str, Any]:
+    return {"name": info.name, "step": info.step, "train_flops": info.train_flops, "milestone": info.milestone,
+            "milestone_flops": info.milestone_flops, "is_final": info.is_final}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- evaluation API
+
+
+def list_checkpoints(run_dir: str | Path) -> list[ckpt.CheckpointInfo]:
+    """The run's intact checkpoints, oldest first: `.milestone` (0, 1, 2, … along the run's milestones; None for
+    resume-only ones), `.milestone_flops`, `.step`, `.train_flops`, `.path`, `.is_final`."""
+    return ckpt.list_checkpoints(run_dir)
+
+
+@dataclass
+class Generator:
+    model: nn.Module  # in eval mode, on `device`
+    objective: Any
+    run_cfg: RunConfig
+    latent_spec: LatentSpec
+    text_spec: TextSpec
+    checkpoint: ckpt.CheckpointInfo
+    weights: str  # "ema" | "raw"
+
+
+def load_generator(run_dir: str | Path, checkpoint: ckpt.CheckpointInfo | int | str | None = None,
+                   weights: str = "ema", device: str | torch.device = "cpu") -> Generator:
+    """A trained generator ready to sample: `checkpoint` is a CheckpointInfo, a step, "final"/None (the
+    newest) or a checkpoint folder; `weights` picks the EMA or the raw weights. The files are verified first."""
+    from synthscale.objectives import get_objective
+
+    if weights not in ("ema", "raw"):
+        raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
+    run_dir = Path(run_dir)
+    infos = ckpt.list_checkpoints(run_dir)
+    if not infos:
+        raise FileNotFoundError(f"{run_dir} has no intact checkpoints; train it first (synthscale train --out {run_dir})")
+    if checkpoint is None or checkpoint == "final":
+        info = infos[-1]
+    elif isinstance(checkpoint, ckpt.CheckpointInfo):
+        info = checkpoint
+    elif isinstance(checkpoint, int):
+        info = next((i for i in infos if i.step == checkpoint), None)
+        if info is None:
+            raise FileNotFoundError(f"{run_dir} has no checkpoint at step {checkpoint}; "
+                                    f"steps: {', '.join(str(i.step) for i in infos)}")  # fmt: skip
+    else:
+        info = next((i for i in infos if i.path == Path(checkpoint) or i.name == str(checkpoint)), None)
+        if info is None:
+            raise FileNotFoundError(f"no intact checkpoint {checkpoint!r} in {run_dir}")
+    meta = ckpt.read_meta(info.path, verify=True)
+    cfg_data = _read_json(run_dir / "config.json")
+    if cfg_data is None:
+        raise FileNotFoundError(f"{run_dir}/config.json is missing or unreadable")
+    run_cfg = from_dict(RunConfig, cfg_data, source=str(run_dir / "config.json"))
+    latent_spec, text_spec = LatentSpec(**meta["latent_spec"]), TextSpec(**meta["text_spec"])
+    objective = get_objective(run_cfg.objective)
+    model = objective.build_model(run_cfg.model, latent_spec, text_spec)
+    model.load_state_dict(ckpt.load_tensors(info.path, weights), strict=True)
+    return Generator(model.to(device).eval(), objective, run_cfg, latent_spec, text_spec, info, weights)
