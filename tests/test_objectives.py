@@ -1,0 +1,225 @@
+import math
+
+import pytest
+import torch
+
+from synthscale.config import ConfigError, ModelConfig, ObjectiveConfig
+from synthscale.data.latents import LatentSpec, TextSpec
+from synthscale.objectives import OBJECTIVES, get_objective
+from synthscale.objectives.base import sample_logits
+
+TEXT = TextSpec(vocab_size=30, max_length=6)
+MODEL = ModelConfig(size="2x64", text_layers=1)
+CONT = LatentSpec("continuous", channels=4, height=4, width=4)
+DISC = LatentSpec("discrete", channels=4, height=4, width=4, vocab_size=16)
+NAMES = ["flow", "masked", "autoregressive"]
+
+
+def spec(obj):
+    return CONT if obj.latent == "continuous" else DISC
+
+
+def batch(obj, B=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if obj.latent == "continuous":
+        x = torch.randn(B, 4, 4, 4, generator=g)
+    else:
+        x = torch.randint(0, 16, (B, 4, 4), generator=g)
+    text = torch.randint(3, 30, (B, 6), generator=g)
+    text[:, 4:] = 0  # right padding
+    return x, text
+
+
+def build(name, seed=0, fresh=False, **cfg):
+    """Objective + model; unless `fresh`, the zero-initialised output head gets random weights so the output
+    depends on the input (a fresh model predicts v = 0 / uniform logits whatever it is given)."""
+    torch.manual_seed(seed)
+    obj = get_objective(ObjectiveConfig(name=name, **cfg))
+    model = obj.build_model(MODEL, spec(obj), TEXT)
+    if not fresh:
+        with torch.no_grad():
+            model.head.weight.normal_(std=0.5)
+            model.null.weight.normal_()  # a null caption far from any real one
+            for m in model.modules():  # open the adaLN-Zero gates, or flow blocks stay identities
+                if getattr(m, "ada", None) is not None:
+                    m.ada.weight.normal_(std=0.05)
+    return obj, model
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_registry_and_clear_errors():
+    assert sorted(OBJECTIVES) == sorted(NAMES)
+    assert get_objective("masked").name == "masked"
+    with pytest.raises(ConfigError, match="unknown objective 'diffusion'.*flow"):
+        get_objective("diffusion")
+    with pytest.raises(ConfigError, match="needs continuous latents"):
+        get_objective("flow").build_model(MODEL, DISC, TEXT)
+    with pytest.raises(ConfigError, match="needs discrete latents"):
+        get_objective("autoregressive").build_model(MODEL, CONT, TEXT)
+    with pytest.raises(ConfigError, match="patch_size 3 must"):
+        get_objective("flow").build_model(ModelConfig(size="2x64", patch_size=3), CONT, TEXT)
+    with pytest.raises(ConfigError, match="cfg_dropout"):
+        get_objective(ObjectiveConfig(name="flow", cfg_dropout=1.5))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_same_seed_same_loss(name):
+    obj, model = build(name, cfg_dropout=0.5)  # autoregressive draws nothing but the caption dropout
+    x, text = batch(obj, B=8)
+    a = obj.loss(model, x, text, gen(3))
+    b = obj.loss(model, x, text, gen(3))
+    c = obj.loss(model, x, text, gen(4))
+    assert a.ndim == 0 and torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_caption_dropout_uses_null_only_when_enabled(name):
+    obj, model = build(name, cfg_dropout=0.5)
+    x, text = batch(obj, B=8)
+    ref = {d: obj.loss(model, x, text, gen(1), drop_captions=d) for d in (True, False)}
+    with torch.no_grad():
+        model.null.weight.normal_()  # (adding a constant would vanish in the LayerNorm)
+    assert torch.equal(obj.loss(model, x, text, gen(1), drop_captions=False), ref[False])
+    assert not torch.equal(obj.loss(model, x, text, gen(1), drop_captions=True), ref[True])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sample_shapes_and_determinism(name):
+    obj, model = build(name)
+    _, text = batch(obj, B=3)
+    steps = obj.steps_grid(spec(obj))[0]
+    a = obj.sample(model, text, steps, 2.0, gen(5))
+    b = obj.sample(model, text, steps, 2.0, gen(5))
+    assert torch.equal(a, b)
+    if obj.latent == "continuous":
+        assert a.shape == (3, 4, 4, 4) and a.dtype == torch.float32
+    else:
+        assert a.shape == (3, 4, 4) and a.dtype == torch.int64
+        assert 0 <= int(a.min()) and int(a.max()) < DISC.vocab_size  # no [MASK]/[BOS] left
+
+
+def _spy_null(model):
+    calls = []
+    orig = model.null_text
+    model.null_text = lambda b: calls.append(b) or orig(b)
+    return calls
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cfg_scale_one_is_exactly_conditional(name):
+    obj, model = build(name)
+    _, text = batch(obj, B=3)
+    steps = obj.default_steps(spec(obj))
+    calls = _spy_null(model)
+    s1 = obj.sample(model, text, steps, 1.0, gen(2))
+    assert calls == []  # no unconditional pass at all
+    s3 = obj.sample(model, text, steps, 3.0, gen(2))
+    assert calls and not torch.equal(s1, s3)  # guidance does change the output
+
+
+def test_flow_cfg_one_equals_conditional_euler():
+    obj, model = build("flow")
+    _, text = batch(obj, B=2)
+    out = obj.sample(model, text, 4, 1.0, gen(9))
+    with torch.no_grad():  # the conditional ODE written out
+        prefix, valid = model.encode_text(text)
+        x = torch.randn(2, 4, 4, 4, generator=gen(9))
+        ts = torch.linspace(1, 0, 5).tolist()
+        for t, t_next in zip(ts[:-1], ts[1:]):
+            x = x + (t_next - t) * model(x, torch.full((2,), t), prefix, valid)
+    assert torch.equal(out, x)
+
+
+def test_flow_guidance_is_uncond_plus_scaled_difference():
+    obj, model = build("flow")
+    _, text = batch(obj, B=2)
+    out = obj.sample(model, text, 1, 4.0, gen(9))
+    with torch.no_grad():
+        x = torch.randn(2, 4, 4, 4, generator=gen(9))
+        t = torch.ones(2)
+        vc = model(x, t, *model.encode_text(text))
+        vu = model(x, t, *model.null_text(2))
+    torch.testing.assert_close(out, x - (vu + 4.0 * (vc - vu)), rtol=1e-5, atol=1e-5)
+
+
+def test_heun_uses_two_evaluations_per_step_but_the_last():
+    obj, model = build("flow", sampler="heun")
+    calls = []
+    model.register_forward_hook(lambda *a: calls.append(1))
+    _, text = batch(obj, B=2)
+    obj.sample(model, text, 5, 1.0, gen(0))
+    assert len(calls) == obj.model_evals(5) == 9
+
+
+@pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
+def test_kv_cache_sampling_equals_recomputation(cfg_scale):
+    obj, model = build("autoregressive", temperature=1.0)
+    _, text = batch(obj, B=4)
+    cached = obj.sample(model, text, 16, cfg_scale, gen(11))
+    recomputed = obj.sample(model, text, 16, cfg_scale, gen(11), kv_cache=False)
+    assert torch.equal(cached, recomputed)
+    assert cached.unique().numel() > 4  # really sampled, not a constant
+
+
+def test_autoregressive_prediction_is_causal():
+    obj, model = build("autoregressive")
+    x, text = batch(obj, B=1)
+    prefix, valid = model.encode_text(text)
+    ids = torch.cat([torch.full((1, 1), model.bos_id), x.reshape(1, -1)[:, :-1]], 1)
+    h = model(ids, valid, prefix)
+    ids2 = ids.clone()
+    ids2[:, 8:] = (ids2[:, 8:] + 1) % 16  # change inputs from image position 8 on
+    h2 = model(ids2, valid, prefix)
+    torch.testing.assert_close(h2[:, :8], h[:, :8])
+    assert not torch.allclose(h2[:, 8:], h[:, 8:])
+
+
+def test_masked_sampling_reveals_everything_and_keeps_revealed_tokens():
+    obj, model = build("masked")
+    _, text = batch(obj, B=2)
+    seen = []
+    orig = model.forward
+    model.forward = lambda ids, *a: seen.append(ids.clone()) or orig(ids, *a)
+    out = obj.sample(model, text, 4, 1.0, gen(0))
+    hidden = [int((ids == model.mask_id).sum(1)[0]) for ids in seen]
+    assert hidden[0] == 16 and hidden == sorted(hidden, reverse=True) and len(set(hidden)) == 4
+    for before, after in zip(seen, seen[1:] + [out.reshape(2, -1)]):
+        shown = before != model.mask_id
+        assert torch.equal(after[shown], before[shown])
+    with pytest.raises(ValueError, match="steps must be an integer in 1..16"):
+        obj.sample(model, text, 17, 1.0, gen(0))
+
+
+def test_sample_logits_matches_softmax_and_top_k():
+    logits = torch.tensor([0.0, 1.0, 2.0, -1.0]).expand(20000, 4)
+    draws = sample_logits(logits, gen(0))
+    freq = torch.bincount(draws, minlength=4).float() / draws.numel()
+    torch.testing.assert_close(freq, logits[0].softmax(0), atol=0.015, rtol=0)
+    top2 = sample_logits(logits, gen(0), top_k=2)
+    assert set(top2.unique().tolist()) == {1, 2}
+    assert sample_logits(logits[:3], gen(0), temperature=0).tolist() == [2, 2, 2]
+
+
+@pytest.mark.parametrize("name,steps,lr", [("flow", 300, 3e-3), ("masked", 150, 3e-3), ("autoregressive", 150, 3e-3)])
+def test_overfits_a_fixed_small_batch(name, steps, lr):
+    """Fresh t / noise / masks every step, but one fixed batch of four captioned examples: the loss must fall
+    at least 10× (a network that memorises the batch can drive every objective's loss towards zero)."""
+    obj, model = build(name, fresh=True)
+    x, text = batch(obj, B=4)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+
+    def held_out_loss():
+        with torch.no_grad():
+            return sum(obj.loss(model, x, text, gen(10_000 + i), drop_captions=False).item() for i in range(4)) / 4
+
+    before = held_out_loss()
+    for i in range(steps):
+        loss = obj.loss(model, x, text, gen(i), drop_captions=False)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = held_out_loss()
+    assert math.isfinite(after) and before / after >= 10, (before, after)
