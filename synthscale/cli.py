@@ -33,7 +33,8 @@ def _data_config(args: argparse.Namespace):
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="shapes", choices=["shapes"], help="which dataset (default: shapes)")
+    p.add_argument("--dataset", default="shapes", choices=["shapes", "folder", "shards"],
+                   help="which dataset (default: shapes; folder/shards also need --set path=DIR)")
     p.add_argument("--config", type=Path, default=None, help="a YAML data config (keys of DataConfig)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a data config key, e.g. resolution=64")
     p.add_argument("--split", default="train", choices=["train", "val", "test", "holdout"])
@@ -65,6 +66,18 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_shard(args: argparse.Namespace) -> int:
+    from synthscale.data.shards import MANIFEST, write_shards
+
+    m = write_shards(args.src, args.out, shard_size=args.shard_size, overwrite=args.overwrite, progress=True)
+    size = sum(s["bytes"] for s in m["shards"])
+    print(f"wrote {m['items']} items in {len(m['shards'])} shards ({size / 2**20:.1f} MiB) to {args.out}; "
+          f"skipped {m['skipped_count']} (listed in {args.out / MANIFEST})")
+    for s in m["skipped"][:10]:
+        print(f"  skipped {s['where']}: {s['reason']}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- parser
 
 
@@ -88,6 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=2000, help="items per split to count (default 2000; 0 = all)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_data_stats)
+
+    p = data_sub.add_parser("shard", help="write an image folder with captions as webdataset tar shards",
+                            description="Write SRC (images + captions.jsonl / captions.csv / name.txt sidecars) as "
+                            "shard-NNNNNN.tar files ({key}.png|jpg + {key}.txt [+ {key}.json]) and manifest.json. "
+                            "Unreadable images are skipped and listed in the manifest. Read them back with "
+                            "--dataset shards --set path=OUT.")  # fmt: skip
+    p.add_argument("src", type=Path, help="the image folder")
+    p.add_argument("--out", type=Path, required=True, help="folder to write the shards into")
+    p.add_argument("--shard-size", type=int, default=1000, help="items per shard (default 1000)")
+    p.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
+    p.set_defaults(func=cmd_data_shard)
 
     return parser
 

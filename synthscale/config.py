@@ -48,6 +48,15 @@ class DataConfig:
     # colour×shape pairs never shown in train/val/test; they form the `holdout` split instead
     holdout: list[list[str]] = field(default_factory=lambda: [["red", "triangle"], ["blue", "circle"]])
     max_caption_tokens: int = 24
+    # folder / shards (user data; see data/userdata.py for the rules)
+    crop: Literal["center", "none"] = "center"  # center: short side → resolution, centre crop; none: squash
+    resize_filter: Literal["bicubic", "bilinear", "lanczos", "box", "nearest"] = "bicubic"
+    val_fraction: float = 0.1  # share of keys (by hash) in val; `val_size` caps it
+    test_fraction: float = 0.1  # share of keys (by hash) in test; `test_size` caps it
+    missing_caption: Literal["skip", "empty"] = "skip"  # skip the item, or keep it with "" (unconditional)
+    long_caption: Literal["truncate", "skip"] = "truncate"  # over max_caption_tokens: cut (counted) or skip
+    caption_vocab: int = 8192  # word tokenizer built from train captions: most frequent words (incl. specials)
+    text_encoder: str | None = None  # local transformers/sentence-transformers dir: its tokenizer + frozen encoder
 
 
 @dataclass

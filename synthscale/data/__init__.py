@@ -10,4 +10,12 @@ def get_dataset(cfg: DataConfig, split: str = "train"):
         from synthscale.data.shapes import ShapesDataset
 
         return ShapesDataset(cfg, split)
-    raise ConfigError(f"data.dataset {cfg.dataset!r} is not available yet; use 'shapes'")
+    if cfg.dataset == "folder":
+        from synthscale.data.folder import FolderDataset
+
+        return FolderDataset(cfg, split)
+    if cfg.dataset == "shards":
+        from synthscale.data.shards import ShardDataset
+
+        return ShardDataset(cfg, split)
+    raise ConfigError(f"data.dataset {cfg.dataset!r} is not available; use 'shapes', 'folder' or 'shards'")
