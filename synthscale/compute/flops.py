@@ -73,6 +73,33 @@ def transformer(queries: int, keys: int, width: int, depth: int, adaln: bool = F
     return flops
 
 
+def format_report(report: dict) -> str:
+    """The `synthscale flops` table from an objective's `flops_report`."""
+    g = 1e9
+    p = report["params"]
+    lines = [
+        f"{report['objective']} · size {report['size']} ({report['depth']}×{report['width']}, {report['heads']} heads)"
+        f" · {report['image_tokens']} image tokens · {report['text_tokens']} text tokens"
+        f" ({report['text_layers']}-layer text encoder)",
+        f"params: {p['total'] / 1e6:.2f} M total, {p['non_embedding'] / 1e6:.2f} M non-embedding",
+        "",
+        f"{'':<28}{'generator':>12}{'text enc':>12}{'total':>12}{'total':>12}",
+        f"{'':<28}{'GFLOPs':>12}{'GFLOPs':>12}{'GFLOPs':>12}{'GMACs':>12}",
+    ]
+
+    def num(x: int) -> str:
+        return f"{x / g:>12,.0f}" if x >= 1000 * g else f"{x / g:>12.4g}"
+
+    def row(label: str, f: dict) -> str:
+        return f"{label:<28}{num(f['generator'])}{num(f['text_encoder'])}{num(f['total'])}{num(f['macs'])}"
+
+    lines.append(row("forward (per example)", report["forward"]))
+    lines.append(row("training (per example)", report["train_example"]))
+    for s in report["sample"]:
+        lines.append(row(f"sample {s['steps']} steps, {'CFG' if s['cfg'] else 'no CFG'}", s))
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------- measurement
 
 

@@ -71,6 +71,28 @@ class Objective:
             model = self.build_model(model_cfg, latent, text)
         return F.param_counts(model)
 
+    def flops_report(self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec,
+                     cfg_scale: float = 4.0) -> dict:
+        """Parameters and FLOPs per forward, per training example and per sampled image at every step count of
+        `steps_grid`, without CFG (s = 1) and with it (any s != 1 costs the same). The `synthscale flops` table."""
+        fwd = self.forward_flops(model_cfg, latent, text)
+        size = get_size(model_cfg.size)
+        return {
+            "objective": self.name, "size": size.name, "depth": size.depth, "width": size.width,
+            "heads": size.heads, "image_tokens": self.image_tokens(model_cfg, latent),
+            "text_tokens": text.max_length, "text_layers": model_cfg.text_layers,
+            "params": self.param_counts(model_cfg, latent, text),
+            "forward": fwd.as_dict(),
+            "train_example": (fwd * F.TRAIN_MULTIPLIER).as_dict(),
+            "sample": [{"steps": steps, "cfg": cfg, **self.sample_flops_split(
+                model_cfg, latent, text, steps, cfg_scale if cfg else 1.0).as_dict()}
+                for steps in self.steps_grid(latent) for cfg in (False, True)],
+        }
+
+    def image_tokens(self, model_cfg: ModelConfig, latent: LatentSpec) -> int:
+        """Image positions in the backbone's sequence."""
+        return latent.tokens
+
     def check_latent(self, latent: LatentSpec) -> None:
         if latent.kind != self.latent:
             raise ConfigError(

@@ -125,6 +125,10 @@ class FlowObjective(Objective):
             x = x + (t_next - t) * v
         return x
 
+    def image_tokens(self, model_cfg, latent):
+        gh, gw = patch_grid(model_cfg, latent)
+        return gh * gw
+
     def default_steps(self, latent):
         return 50
 
