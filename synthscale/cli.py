@@ -78,6 +78,37 @@ def cmd_data_shard(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- flops
+
+
+def cmd_flops(args: argparse.Namespace) -> int:
+    import math
+
+    from synthscale.compute.flops import format_report
+    from synthscale.config import ModelConfig, ObjectiveConfig
+    from synthscale.data.latents import LatentSpec, TextSpec
+    from synthscale.data.text import WordTokenizer
+    from synthscale.objectives import get_objective
+
+    side = math.isqrt(max(args.tokens, 0))
+    if args.tokens < 1 or side * side != args.tokens:
+        raise ConfigError(f"--tokens must be a square number of image tokens (e.g. 64, 256), got {args.tokens}")
+    for flag, value in (("--text-tokens", args.text_tokens), ("--patch-size", args.patch_size),
+                        ("--channels", args.channels), ("--vocab", args.vocab)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be ≥ 1, got {value}")
+    objective = get_objective(ObjectiveConfig(name=args.objective, sampler=args.sampler))
+    model_cfg = ModelConfig(size=args.size, patch_size=args.patch_size, text_layers=args.text_layers)
+    if objective.latent == "continuous":  # --tokens counts tokens after patchify
+        latent = LatentSpec("continuous", args.channels, side * args.patch_size, side * args.patch_size)
+    else:
+        latent = LatentSpec("discrete", max(1, (args.vocab - 1).bit_length()), side, side, vocab_size=args.vocab)
+    text = TextSpec(args.text_vocab or WordTokenizer.for_shapes().vocab_size, args.text_tokens)
+    report = objective.flops_report(model_cfg, latent, text)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- parser
 
 
@@ -112,6 +143,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=1000, help="items per shard (default 1000)")
     p.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
     p.set_defaults(func=cmd_data_shard)
+
+    p = sub.add_parser("flops", help="parameters and analytic FLOPs of a model size × objective",
+                       description="Parameters (total, non-embedding) and FLOPs/MACs per forward, per training "
+                       "example and per sampled image (every step count of the objective, with and without CFG); "
+                       "the caption encoder is its own column.")  # fmt: skip
+    p.add_argument("--size", default="B", help="a model size preset: S, B, L, XL, 2x64, 4x128, 6x192, 8x256")
+    p.add_argument("--objective", default="flow", help="flow, masked or autoregressive (default flow)")
+    p.add_argument("--tokens", type=int, default=256, help="image tokens in the sequence (after patchify; a square)")
+    p.add_argument("--text-tokens", type=int, default=32, help="caption length in tokens (default 32)")
+    p.add_argument("--text-layers", type=int, default=2, help="caption encoder depth (default 2)")
+    p.add_argument("--text-vocab", type=int, default=0, help="caption vocabulary (params only; default: shapes)")
+    p.add_argument("--channels", type=int, default=4, help="continuous latent channels (flow; default 4)")
+    p.add_argument("--patch-size", type=int, default=1, help="flow patch size p (default 1)")
+    p.add_argument("--vocab", type=int, default=1024, help="discrete codebook size (token objectives; default 1024)")
+    p.add_argument("--sampler", default="euler", choices=["euler", "heun"], help="flow sampler (default euler)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_flops)
 
     return parser
 
