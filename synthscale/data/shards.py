@@ -74,6 +74,15 @@ def shard_files(path: Path) -> list[Path]:
     return found
 
 
+def _has_end_marker(file: Path, last: tarfile.TarInfo) -> bool:
+    """A complete tar ends with two zero blocks after its last member; a truncated one does not."""
+    end = last.offset_data + -(-last.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    with open(file, "rb") as f:
+        f.seek(end)
+        tail = f.read(2 * tarfile.BLOCKSIZE)
+    return len(tail) == 2 * tarfile.BLOCKSIZE and not tail.strip(b"\0")
+
+
 def index_shards(files: list[Path]) -> tuple[list[Record], list[dict[str, str]]]:
     """Read every shard's headers, captions and metadata (images stay on disk) into Records."""
     records: list[Record] = []
@@ -81,10 +90,13 @@ def index_shards(files: list[Path]) -> tuple[list[Record], list[dict[str, str]]]
     seen: dict[str, str] = {}
     for shard_id, file in enumerate(files):
         groups: dict[str, dict[str, Any]] = {}
+        damage = None
         try:
             with tarfile.open(file, "r:") as tar:  # "r:" = uncompressed only: members must be seekable
+                last = None
                 try:
                     for member in tar:
+                        last = member
                         if not member.isfile():
                             continue
                         key, ext = split_member(member.name)
@@ -92,12 +104,18 @@ def index_shards(files: list[Path]) -> tuple[list[Record], list[dict[str, str]]]
                         if ext in IMAGE_EXTS and "image" not in g:
                             g["image"] = (shard_id, member.offset_data, member.size, member.name)
                         elif ext in ("txt", "json"):
-                            g[ext] = tar.extractfile(member).read()
+                            data = tar.extractfile(member).read()
+                            if len(data) != member.size:
+                                raise EOFError(f"{member.name} is cut short")
+                            g[ext] = data
+                    damage = None if last is None or _has_end_marker(file, last) else "no end-of-archive marker"
                 except (tarfile.TarError, OSError, EOFError) as e:  # damaged mid-way: keep what came before
-                    skipped.append({"key": f"{file.name}:damaged", "where": file.name,
-                                    "reason": f"shard damaged after {len(groups)} keys: {e}"})  # fmt: skip
+                    damage = str(e)
         except tarfile.ReadError as e:
             raise ConfigError(f"{file} is not a readable uncompressed tar ({e}); shards must be plain .tar") from e
+        if damage:  # a shard-wide problem: listed in every split (key None)
+            skipped.append({"key": None, "where": file.name, "reason": f"shard truncated or damaged ({damage}); "
+                            f"{len(groups)} keys read before it, any after it are lost"})  # fmt: skip
         for key, g in groups.items():
             where = f"{file.name}:{key}"
             if "image" not in g:

@@ -110,7 +110,9 @@ class CaptionedDataset:
             key=lambda t: (t[0], t[1]),
         )
         self.pool = [r for _, _, r in mine]  # every record of this split, in take order (before rules and cap)
-        self.skipped: list[dict[str, str]] = [s for s in index_skipped if split_of(cfg, s["key"]) == split]
+        # index problems of this split's keys, and those of no one key (a damaged shard) in every split
+        self.skipped: list[dict[str, str]] = [s for s in index_skipped
+                                              if s["key"] is None or split_of(cfg, s["key"]) == split]  # fmt: skip
         self.truncated: list[str] = []
         self.items: list[Record] = []
         caption_length: Callable[[str], int] | None = None
