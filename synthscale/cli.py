@@ -109,6 +109,55 @@ def cmd_flops(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- autoencoder
+
+
+def cmd_autoencoder_train(args: argparse.Namespace) -> int:
+    from synthscale.autoencoders.train import train_autoencoder
+    from synthscale.config import AutoencoderConfig, load
+
+    cfg = load(AutoencoderConfig, args.config, args.set)
+    s = train_autoencoder(cfg, args.out, progress=not args.quiet)
+    scale = f", latent shift {s['latent_shift']:.4g} scale {s['latent_scale']:.4g}" if "latent_scale" in s else ""
+    print(f"trained {s['name']}: {s['steps']} steps in {s['train_s']:.0f} s ({s['images_per_s']:.0f} img/s; "
+          f"{s['total_s']:.0f} s with rendering), final batch PSNR {s['final']['psnr_batch']:.2f} dB{scale}; "
+          f"wrote {args.out}")  # fmt: skip
+    return 0
+
+
+def cmd_autoencoder_eval(args: argparse.Namespace) -> int:
+    from synthscale.autoencoders.train import evaluate_autoencoder
+
+    r = evaluate_autoencoder(args.dir, split=args.split, limit=args.limit, grid=0 if args.no_grid else 16,
+                             progress=not args.quiet and not args.json)  # fmt: skip
+    if args.json:
+        print(json.dumps(r, indent=2))
+    else:
+        m = r["metrics"]
+        extra = (f", codebook usage {100 * m['codebook_usage']:.1f}%, perplexity {m['perplexity']:.1f}"
+                 if "codebook_usage" in m else "")  # fmt: skip
+        print(f"{r['name']} on {r['instruments']['n']} {args.split} images: PSNR {m['psnr']:.2f} dB, "
+              f"SSIM {m['ssim']:.4f}, L1 {m['l1']:.4f}{extra}" + (f"; grid {r['grid']}" if "grid" in r else ""))
+    return 0
+
+
+def cmd_autoencoder_cache(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from synthscale.autoencoders import load_autoencoder
+    from synthscale.config import DataConfig, apply_overrides, from_dict
+    from synthscale.data import get_dataset
+    from synthscale.data.latents import build_cache
+    from synthscale.data.text import tokenizer_for
+
+    ae = load_autoencoder(args.dir)
+    data = from_dict(DataConfig, apply_overrides(DataConfig, dataclasses.asdict(ae.cfg.data), args.set or []),
+                     source=f"{args.dir} data config with --set")  # fmt: skip
+    cache = build_cache(ae, get_dataset(data, args.split), tokenizer_for(data), args.root, progress=not args.quiet)
+    print(f"{len(cache)} {args.split} items of {ae.name} at {cache.path}: {cache.spec}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- parser
 
 
@@ -143,6 +192,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=1000, help="items per shard (default 1000)")
     p.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
     p.set_defaults(func=cmd_data_shard)
+
+    p = sub.add_parser("flops", help="parameters and analytic FLOPs of a model size × objective",
+                       description="Parameters (total, non-embedding) and FLOPs/MACs per forward, per training "
+                       "example and per sampled image (every step count of the objective, with and without CFG); "
+                       "the caption encoder is its own column.")  # fmt: skip
+    p.add_argument("--size", default="B", help="a model size preset: S, B, L, XL, 2x64, 4x128, 6x192, 8x256")
+    p.add_argument("--objective", default="flow", help="flow, masked or autoregressive (default flow)")
+    p.add_argument("--tokens", type=int, default=256, help="image tokens in the sequence (after patchify; a square)")
+    p.add_argument("--text-tokens", type=int, default=32, help="caption length in tokens (default 32)")
+    p.add_argument("--text-layers", type=int, default=2, help="caption encoder depth (default 2)")
+    p.add_argument("--text-vocab", type=int, default=0, help="caption vocabulary (params only; default: shapes)")
+    p.add_argument("--channels", type=int, default=4, help="continuous latent channels (flow; default 4)")
+    p.add_argument("--patch-size", type=int, default=1, help="flow patch size p (default 1)")
+    p.add_argument("--vocab", type=int, default=1024, help="discrete codebook size (token objectives; default 1024)")
+    p.add_argument("--sampler", default="euler", choices=["euler", "heun"], help="flow sampler (default euler)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_flops)
+
+    ae = sub.add_parser("autoencoder", help="train, evaluate and cache image autoencoders")
+    ae_sub = ae.add_subparsers(dest="autoencoder_command", required=True, metavar="ACTION")
+    p = ae_sub.add_parser("train", help="train an autoencoder from a config (e.g. configs/autoencoders/kl-f4c4.yaml)",
+                          description="Train an autoencoder from scratch and write DIR/model.safetensors, "
+                          "DIR/config.json and DIR/train.json (atomically). Deterministic for train.seed.")  # fmt: skip
+    p.add_argument("--config", type=Path, default=None, help="a YAML autoencoder config (keys of AutoencoderConfig)")
+    p.add_argument("--out", type=Path, required=True, help="the model folder to write")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.steps=500")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _compute_args(p)
+    p.set_defaults(func=cmd_autoencoder_train)
+    p = ae_sub.add_parser("eval", help="PSNR, SSIM, L1 (+ codebook usage, perplexity) and a reconstruction grid",
+                          description="Reconstruct a split (default: test) and write DIR/eval.json and "
+                          "DIR/reconstructions.png (originals beside reconstructions).")  # fmt: skip
+    p.add_argument("dir", type=Path, help="a model folder written by `synthscale autoencoder train`")
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "holdout"])
+    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N images (default 0 = all)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--no-grid", action="store_true", help="do not write the reconstruction grid PNG")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _compute_args(p)
+    p.set_defaults(func=cmd_autoencoder_eval)
+    p = ae_sub.add_parser("cache", help="encode a dataset split once into the latent cache",
+                          description="Encode a split with the autoencoder in DIR into ROOT/<key>/ (key = hash of "
+                          "data config + split, autoencoder weights, tokenizer). Resumes an interrupted build; "
+                          "a complete cache is reused.")  # fmt: skip
+    p.add_argument("dir", type=Path, help="a model folder written by `synthscale autoencoder train`")
+    p.add_argument("--root", type=Path, required=True, help="the cache root folder")
+    p.add_argument("--split", default="train", choices=["train", "val", "test", "holdout"])
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override the autoencoder's data config for the cached data, e.g. size=5000")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _compute_args(p)
+    p.set_defaults(func=cmd_autoencoder_cache)
 
     p = sub.add_parser("flops", help="parameters and analytic FLOPs of a model size × objective",
                        description="Parameters (total, non-embedding) and FLOPs/MACs per forward, per training "

@@ -2,11 +2,28 @@
 
 `LatentSpec` and `TextSpec` describe what a generator consumes; objectives build their input embedding and
 output head from them, so nothing above the cache needs to know which autoencoder made it.
+
+Layout of root/<key>/ (key = hash of dataset config + split, autoencoder weights, tokenizer):
+  build.json                 what is being built, written first;
+  shard-00000.safetensors …  one atomic file each: the encoder's tensors (continuous: mean, logvar;
+                             discrete: tokens), caption token ids, and captions/attributes as JSON metadata;
+  cache.json                 written last: the build is complete.
+An interrupted build keeps its finished shards and resumes. This module takes any encoder with the
+`CacheEncoder` methods; it does not import `synthscale.autoencoders` (DESIGN.md: data sits below it).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+
+from synthscale import atomic
+from synthscale.config import ConfigError, config_hash, to_dict
 
 
 @dataclass(frozen=True)
@@ -33,3 +50,267 @@ class TextSpec:
     vocab_size: int
     max_length: int
     pad_id: int = 0
+
+
+# ---------------------------------------------------------------------------------------------- the cache
+
+FORMAT = 1
+BUILD, COMPLETE = "build.json", "cache.json"
+
+
+class CacheError(ConfigError):
+    """A latent cache that cannot be used as asked (another autoencoder or dataset, incomplete, corrupt)."""
+
+
+class CacheEncoder(Protocol):
+    """What the cache needs from an autoencoder (`synthscale.autoencoders.Autoencoder` is one)."""
+
+    name: str
+    weights_hash: str
+
+    def latent_spec(self, resolution: int) -> LatentSpec: ...
+
+    def encode_for_cache(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """float [B, 3, H, W] in [-1, 1] → continuous {"mean", "logvar"} or discrete {"tokens": int64 [B, h, w]}."""
+        ...
+
+
+def tokenizer_identity(tokenizer) -> dict[str, Any]:
+    """What fixes a tokenizer's output: its class, length, padding and (when it has one) its vocabulary."""
+    ident = {"class": type(tokenizer).__name__, "vocab_size": tokenizer.vocab_size,
+             "max_length": tokenizer.max_length, "pad_id": tokenizer.pad_id,
+             "truncate": getattr(tokenizer, "truncate", False)}  # fmt: skip
+    itos = getattr(tokenizer, "itos", None)
+    if itos is not None:
+        ident["vocab"] = hashlib.sha256("\n".join(itos).encode()).hexdigest()[:16]
+    return ident
+
+
+def dataset_identity(dataset) -> dict[str, Any]:
+    """A dataset split's identity: its config, split and length (datasets from `synthscale.data` have both)."""
+    cfg, split = getattr(dataset, "cfg", None), getattr(dataset, "split", None)
+    if cfg is None or split is None:
+        raise CacheError(
+            f"build_cache needs a dataset with .cfg (DataConfig) and .split, as synthscale.data.get_dataset returns; "
+            f"got {type(dataset).__name__}"
+        )
+    return {"config": to_dict(cfg), "split": split, "length": len(dataset)}
+
+
+def cache_identity(encoder: CacheEncoder, dataset, tokenizer) -> dict[str, Any]:
+    return {"format": FORMAT, "dataset": dataset_identity(dataset),
+            "autoencoder": {"name": encoder.name, "weights_hash": encoder.weights_hash},
+            "tokenizer": tokenizer_identity(tokenizer)}  # fmt: skip
+
+
+def cache_key(identity: dict[str, Any]) -> str:
+    """The folder name: a hash of (dataset config + split, autoencoder weights, tokenizer)."""
+    return config_hash(identity)
+
+
+def cache_path(root: str | Path, encoder: CacheEncoder, dataset, tokenizer) -> Path:
+    return Path(root) / cache_key(cache_identity(encoder, dataset, tokenizer))
+
+
+def _shard_name(k: int) -> str:
+    return f"shard-{k:05d}.safetensors"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CacheError(f"{path} is unreadable ({e}); delete {path.parent} and rebuild the cache") from e
+
+
+def _shard_ok(path: Path, key: str, count: int) -> bool:
+    """A finished shard of this cache: readable header, our key, the expected item count."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            return meta.get("key") == key and int(meta.get("count", -1)) == count and "text" in f.keys()
+    except Exception:  # a torn or foreign file: encode the shard again
+        return False
+
+
+def build_cache(
+    encoder: CacheEncoder, dataset, tokenizer, root: str | Path, shard_size: int = 4096, batch_size: int = 256,
+    progress: bool = True,
+) -> "LatentCache":  # fmt: skip
+    """Encode every item of `dataset` once into shards under `root/<key>/` and open the result.
+
+    Already complete: opened, nothing is encoded. Interrupted earlier: finished shards are kept, the rest encoded.
+    The folder of a different build (same key, other identity — never expected) is refused, not overwritten."""
+    from tqdm import tqdm
+
+    from synthscale.data.pixels import to_tensor
+
+    identity = cache_identity(encoder, dataset, tokenizer)
+    key = cache_key(identity)
+    path = Path(root) / key
+    if (path / COMPLETE).is_file():
+        return LatentCache(path, expect=identity)
+    if (path / BUILD).is_file():
+        previous = _read_json(path / BUILD)
+        if previous.get("identity") != identity:
+            raise CacheError(f"{path} holds a build of another dataset/autoencoder/tokenizer; delete it and rebuild")
+    n = len(dataset)
+    if n == 0:
+        raise CacheError(f"the {dataset.split} split is empty; nothing to cache")
+    resolution = dataset.cfg.resolution
+    spec = encoder.latent_spec(resolution)
+    plan = {"identity": identity, "count": n, "shard_size": shard_size}
+    atomic.write_json(path / BUILD, plan)
+    shards = [(k, s, min(s + shard_size, n)) for k, s in enumerate(range(0, n, shard_size))]
+    todo = [(k, s, e) for k, s, e in shards if not _shard_ok(path / _shard_name(k), key, e - s)]
+    bar = tqdm(total=sum(e - s for _, s, e in todo), desc=f"cache {encoder.name} {dataset.split}", unit="img",
+               disable=not progress)  # fmt: skip
+    for k, start, end in todo:
+        parts: dict[str, list[torch.Tensor]] = {}
+        captions, attributes = [], []
+        for b in range(start, end, batch_size):
+            items = [dataset[i] for i in range(b, min(b + batch_size, end))]
+            images = to_tensor(np.stack([it["image"] for it in items]))
+            with torch.no_grad():
+                encoded = encoder.encode_for_cache(images)
+            for name, t in encoded.items():
+                parts.setdefault(name, []).append(t.detach().cpu())
+            captions += [it["caption"] for it in items]
+            attributes += [it.get("attributes") for it in items]
+            bar.update(len(items))
+        tensors = {name: torch.cat(ts) for name, ts in parts.items()}
+        if "tokens" in tensors:  # int64 in memory; the smallest integer type that holds the vocabulary on disk
+            tensors["tokens"] = tensors["tokens"].to(torch.int16 if spec.vocab_size <= 2**15 else torch.int32)
+        else:
+            tensors = {k_: v.float() for k_, v in tensors.items()}
+        tensors["text"] = tokenizer.encode(captions).to(torch.int32)
+        meta = {"key": key, "start": str(start), "count": str(end - start),
+                "captions": json.dumps(captions), "attributes": json.dumps(attributes, default=str)}  # fmt: skip
+        atomic.save_safetensors(path / _shard_name(k), tensors, metadata=meta)
+    bar.close()
+    extra: dict[str, Any] = {}
+    if spec.kind == "continuous":
+        extra = {"shift": float(encoder.shift), "scale": float(encoder.scale)}
+    atomic.write_json(path / COMPLETE, {
+        "identity": identity, "key": key, "count": n, "shards": [_shard_name(k) for k, _, _ in shards],
+        "spec": {f: getattr(spec, f) for f in ("kind", "channels", "height", "width", "vocab_size")},
+        "text_spec": {"vocab_size": tokenizer.vocab_size, "max_length": tokenizer.max_length,
+                      "pad_id": tokenizer.pad_id},
+        **extra,
+    })  # fmt: skip
+    return LatentCache(path, expect=identity)
+
+
+def open_cache(root: str | Path, encoder: CacheEncoder, dataset, tokenizer) -> "LatentCache":
+    """The complete cache of exactly this (dataset split, autoencoder, tokenizer), or a `CacheError`."""
+    identity = cache_identity(encoder, dataset, tokenizer)
+    path = Path(root) / cache_key(identity)
+    if not (path / COMPLETE).is_file():
+        raise CacheError(
+            f"no complete latent cache for autoencoder {encoder.name!r} ({encoder.weights_hash}) on the "
+            f"{dataset.split} split at {path}; build it with synthscale.data.latents.build_cache"
+        )
+    return LatentCache(path, expect=identity)
+
+
+class LatentCache:
+    """A built cache, held in RAM as contiguous tensors so a batch is one vectorised gather.
+
+    `get_batch(indices, generator)` → {"latents", "text"}: continuous latents are sampled from the stored
+    posterior (mean + exp(logvar/2)·ε, ε from `generator`) then shifted/scaled to unit variance with the
+    autoencoder's stored factors; discrete latents are the int64 token grids. `expect` (an identity) or
+    `autoencoder` (anything with `weights_hash`) make opening refuse a cache built from something else."""
+
+    def __init__(self, path: str | Path, expect: dict[str, Any] | None = None, autoencoder=None):
+        from safetensors.torch import load_file
+
+        self.path = Path(path)
+        if not (self.path / COMPLETE).is_file():
+            hint = " (an interrupted build: run build_cache again to resume it)" if (self.path / BUILD).is_file() else ""
+            raise CacheError(f"{self.path} is not a complete latent cache{hint}")
+        self.meta = _read_json(self.path / COMPLETE)
+        self.identity = self.meta["identity"]
+        if expect is not None and expect != self.identity:
+            raise CacheError(f"{self.path} was built from {_describe(self.identity)}, not {_describe(expect)}; "
+                             "build a cache for this one with build_cache")  # fmt: skip
+        if autoencoder is not None:
+            self.check_autoencoder(autoencoder)
+        self.spec = LatentSpec(**self.meta["spec"])
+        self.text_spec = TextSpec(**self.meta["text_spec"])
+        shards = []
+        for name in self.meta["shards"]:
+            try:
+                shards.append(load_file(str(self.path / name)))
+            except Exception as e:
+                raise CacheError(f"{self.path / name} is missing or corrupt ({type(e).__name__}); delete "
+                                 f"{self.path} and rebuild the cache") from e  # fmt: skip
+        cat = {k: torch.cat([s[k] for s in shards]) for k in shards[0]}
+        if len(cat["text"]) != self.meta["count"]:
+            raise CacheError(f"{self.path}: shards hold {len(cat['text'])} items, cache.json says {self.meta['count']}")
+        self.text = cat["text"].long()  # [N, L]
+        if self.spec.kind == "continuous":
+            shift, scale = self.meta["shift"], self.meta["scale"]
+            # fold the shift/scale in once: latents = (mean − shift)·scale + exp(logvar/2)·scale·ε
+            self.loc = ((cat["mean"] - shift) * scale).contiguous()  # [N, c, h, w]
+            self.spread = (torch.exp(0.5 * cat["logvar"]) * scale).contiguous()
+        else:
+            self.tokens = cat["tokens"].long().contiguous()  # [N, h, w]
+        self._facts: tuple[list[str], list[Any]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.text)
+
+    def check_autoencoder(self, autoencoder) -> None:
+        """Refuse to pair this cache with an autoencoder other than the one that built it."""
+        built = self.identity["autoencoder"]
+        if autoencoder.weights_hash != built["weights_hash"]:
+            raise CacheError(
+                f"{self.path} was built with autoencoder {built['name']!r} (weights {built['weights_hash']}), not "
+                f"{autoencoder.name!r} (weights {autoencoder.weights_hash}); decode it with that autoencoder or "
+                "build a cache with this one"
+            )
+
+    def get_batch(self, indices: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """indices int64 [B] → {"latents": float [B, c, h, w] or int64 [B, h, w], "text": int64 [B, L]}."""
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        if self.spec.kind == "continuous":
+            loc = self.loc[indices]
+            eps = torch.randn(loc.shape, generator=generator, dtype=loc.dtype)
+            latents = torch.addcmul(loc, self.spread[indices], eps)
+        else:
+            latents = self.tokens[indices]
+        return {"latents": latents, "text": self.text[indices]}
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        """One item: {"latents", "text", "attributes"} (continuous latents freshly sampled)."""
+        batch = self.get_batch(torch.tensor([i]))
+        return {"latents": batch["latents"][0], "text": batch["text"][0], "attributes": self.attributes(i)}
+
+    def _load_facts(self) -> tuple[list[str], list[Any]]:
+        if self._facts is None:
+            from safetensors import safe_open
+
+            captions, attributes = [], []
+            for name in self.meta["shards"]:
+                with safe_open(str(self.path / name), framework="pt") as f:
+                    meta = f.metadata()
+                captions += json.loads(meta["captions"])
+                attributes += json.loads(meta["attributes"])
+            self._facts = captions, attributes
+        return self._facts
+
+    def captions(self, i: int) -> str:
+        return self._load_facts()[0][i]
+
+    def attributes(self, i: int) -> Any:
+        return self._load_facts()[1][i]
+
+
+def _describe(identity: dict[str, Any]) -> str:
+    ae, ds = identity.get("autoencoder", {}), identity.get("dataset", {})
+    return (f"autoencoder {ae.get('name')!r} (weights {ae.get('weights_hash')}) on the {ds.get('split')} split "
+            f"(data {config_hash(ds.get('config', {}), 8)})")  # fmt: skip
