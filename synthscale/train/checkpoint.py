@@ -188,12 +188,10 @@ def optimizer_to_tensors(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Te
 
 
 def optimizer_from_tensors(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        _, idx, key = name.split(".", 2)
-        state.setdefault(int(idx), {})[key] = value
-    for name, value in rest["scalars"].items():
-        idx, key = name.split(".", 1)
-        state.setdefault(int(idx), {})[key] = value
+    state: dict[int | str, dict[str, Any]] = {}
+    # keys are a param index (torch's state_dict) or a dotted parameter name (distributed state dicts)
+    for name, value in [(n.removeprefix("state."), v) for n, v in tensors.items()] + list(rest["scalars"].items()):
+        idx, key = name.rsplit(".", 1)
+        state.setdefault(int(idx) if idx.isdigit() else idx, {})[key] = value
     groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in rest["param_groups"]]
     return {"state": state, "param_groups": groups}

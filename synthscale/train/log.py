@@ -66,6 +66,7 @@ class RunLogger:
                  progress: bool):
         self.enabled, self.run_dir, self.budget = enabled, run_dir, budget
         self.bar = self.tb = self.file = None
+        self.rate = ""  # images/s of the last metrics window, shown until the next one
         if not enabled:
             return
         self._truncate_metrics(start_step)
@@ -90,7 +91,7 @@ class RunLogger:
     def step(self, loss: float, flops: int) -> None:
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix_str(f"loss {loss:.4f}  FLOPs {flops:.3g}/{self.budget:.3g}", refresh=False)
+            self.bar.set_postfix_str(f"loss {loss:.4f}  FLOPs {flops:.3g}/{self.budget:.3g}{self.rate}", refresh=False)
 
     def record(self, rec: dict[str, Any]) -> None:
         """One metrics.jsonl line (floats round-trip exactly) and its TensorBoard scalars."""
@@ -101,9 +102,7 @@ class RunLogger:
         for key, value in rec.items():
             if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
                 self.tb.add_scalar(f"train/{key}", value, rec["step"])
-        if self.bar is not None and "images_per_s" in rec:
-            self.bar.set_postfix_str(f"loss {rec['loss']:.4f}  FLOPs {rec['train_flops']:.3g}/{self.budget:.3g}  "
-                                     f"{rec['images_per_s']:.0f} img/s")  # fmt: skip
+        self.rate = f"  {rec['images_per_s']:.0f} img/s"
 
     def write(self, message: str) -> None:
         if not self.enabled:

@@ -243,8 +243,9 @@ def _train(run_cfg: RunConfig, run_dir: Path, d: D.Dist, resume: bool, show_prog
     wrapped = D.wrap(loss_module, d, cfg.parallel)
     if cfg.compile:
         wrapped.compile()
+    cuda = d.device.type == "cuda"  # fused kernels on GPUs; multi-tensor (foreach) on CPU
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
-                                  fused=d.device.type == "cuda")  # fmt: skip
+                                  fused=cuda or None, foreach=None if cuda else True)  # fmt: skip
     ema = EMA(model, cfg.ema_decay, cfg.ema_warmup)
 
     flops_per_step = int(objective.train_flops(run_cfg.model, latent_spec, text_spec, cfg.batch_size))
@@ -333,7 +334,6 @@ def _train(run_cfg: RunConfig, run_dir: Path, d: D.Dist, resume: bool, show_prog
                 prog.window_grad_norm = grad_norm
             prog.step += 1
             prog.train_flops += flops_per_step
-            prog.train_seconds += time.perf_counter() - t0
             window_images += cfg.batch_size
             prog.last_loss = loss_value
             log.step(loss_value, prog.train_flops)
@@ -344,9 +344,10 @@ def _train(run_cfg: RunConfig, run_dir: Path, d: D.Dist, resume: bool, show_prog
                             "loss": prog.window_loss / max(1, prog.window_steps), "lr": lr,
                             "grad_norm": prog.window_grad_norm, **order.position(prog.step),
                             "skipped": prog.skipped, "images_per_s": window_images / max(now - window_start, 1e-9),
-                            "seconds": prog.train_seconds})  # fmt: skip
+                            "seconds": prog.train_seconds + now - t0})  # fmt: skip
                 prog.window_loss, prog.window_steps, prog.window_grad_norm = 0.0, 0, float("nan")
                 window_start, window_images = now, 0
+            prog.train_seconds += time.perf_counter() - t0  # everything but checkpoint writes
 
             # a step may cross several grid points (coarse steps): one checkpoint stands for the largest
             crossed = [i for i, f in enumerate(grid) if f <= prog.train_flops]
@@ -442,5 +443,5 @@ def load_generator(run_dir: str | Path, checkpoint: ckpt.CheckpointInfo | int | 
     latent_spec, text_spec = LatentSpec(**meta["latent_spec"]), TextSpec(**meta["text_spec"])
     objective = get_objective(run_cfg.objective)
     model = objective.build_model(run_cfg.model, latent_spec, text_spec)
-    model.load_state_dict(ckpt.load_tensors(info.path, weights), strict=True)
+    model.load_state_dict(ckpt.load_tensors(info.path, "ema" if weights == "ema" else "model"), strict=True)
     return Generator(model.to(device).eval(), objective, run_cfg, latent_spec, text_spec, info, weights)
