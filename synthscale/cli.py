@@ -158,6 +158,30 @@ def cmd_autoencoder_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- train
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import os
+
+    from synthscale.config import RunConfig, load
+    from synthscale.train import NonFiniteLoss, train
+
+    overrides = list(args.set or [])
+    if args.budget is not None:
+        overrides.append(f"train.budget_flops={args.budget}")
+    run_cfg = load(RunConfig, args.config, overrides)
+    try:
+        summary = train(run_cfg, args.out, resume=not args.no_resume, progress=not args.quiet)
+    except NonFiniteLoss as e:
+        print(f"synthscale: error: {e}", file=sys.stderr)
+        return 1
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one report
+        print(f"done: {summary['steps']} steps, {summary['train_flops']:.4g} / {summary['budget_flops']:.4g} FLOPs, "
+              f"final loss {summary['final_loss']:.4f}, {len(summary['checkpoints'])} checkpoints in {args.out}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- parser
 
 
@@ -261,6 +285,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default="euler", choices=["euler", "heun"], help="flow sampler (default euler)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_flops)
+
+    p = sub.add_parser("train", help="train a generator to a FLOPs budget (torchrun for several processes)",
+                       description="Train one generator until its training-FLOPs budget, with milestone checkpoints. "
+                       "Resumes from the newest intact checkpoint in --out. Under `torchrun --nproc_per_node=N -m "
+                       "synthscale train ...` the processes train together (DDP; train.parallel=fsdp for FSDP2).")
+    p.add_argument("--config", type=Path, default=None, help="a YAML run config (keys of RunConfig), e.g. configs/train/smoke.yaml")
+    p.add_argument("--out", type=Path, required=True, help="the run directory (created; resumed when it exists)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.lr=1e-3")
+    p.add_argument("--budget", type=float, default=None, help="training FLOPs budget (sets train.budget_flops), e.g. 3e13")
+    p.add_argument("--no-resume", action="store_true", help="refuse to continue a run dir that has checkpoints")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (metrics.jsonl and TensorBoard still written)")
+    _compute_args(p)
+    p.set_defaults(func=cmd_train)
 
     return parser
 
