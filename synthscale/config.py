@@ -229,6 +229,22 @@ class AutoencoderConfig:
     train: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)
 
 
+@dataclass
+class ProbeConfig:
+    """The in-domain attribute probe (`evaluate/probes.py`), trained once per dataset on fresh renders."""
+
+    steps: int = 800  # optimizer steps; every step renders batch_size new scenes
+    batch_size: int = 32
+    lr: float = 3e-3  # AdamW peak; linear warm-up, cosine decay to 0
+    weight_decay: float = 0.0
+    width: int = 24  # conv channels of the cell reader (2× in its second half)
+    hidden: int = 128  # MLP width before the penultimate layer
+    feature_dim: int = 16  # penultimate width per cell; fd-probe features are 9 × this
+    holdout_fraction: float = 0.2  # share of renders showing a held-out colour×shape pair
+    seed: int = 0
+    eval_items: int = 1000  # held-out real renders per split for the probe's ceiling
+
+
 # ---------------------------------------------------------------------------------------------- loading
 
 
