@@ -337,3 +337,22 @@ def test_sigkill_at_a_random_step_then_resume_is_bitwise_identical(tmp_path):
     assert losses(killed) == losses(tmp_path / "whole") and len(losses(killed)) == 24
     whole_ms = [(i.milestone, i.step) for i in list_checkpoints(tmp_path / "whole") if i.milestone is not None]
     assert whole_ms == [(i.milestone, i.step) for i in list_checkpoints(killed) if i.milestone is not None]
+
+
+def test_run_on_an_autoencoder_latent_cache(tmp_path):
+    """The config names an autoencoder dir; the trainer builds its latent cache once and trains on it."""
+    from synthscale.autoencoders import build_autoencoder, save_autoencoder
+    from synthscale.config import AutoencoderConfig, DataConfig
+
+    torch.manual_seed(0)
+    ae_cfg = AutoencoderConfig(name="kl-tiny", kind="kl", widths=[8, 8, 8], latent_channels=4,
+                               data=DataConfig(resolution=16))
+    save_autoencoder(build_autoencoder(ae_cfg), tmp_path / "ae")  # untrained weights serve the plumbing
+    sets = [f"autoencoder={tmp_path / 'ae'}", f"cache_root={tmp_path / 'cache'}", "data.resolution=16",
+            "data.size=24", "model.size=2x64", "model.text_layers=1", "train.batch_size=8",
+            "train.budget_flops=1", "train.log_every=1"]  # fmt: skip
+    summary = train(load(RunConfig, None, sets), tmp_path / "run", progress=False)
+    assert summary["steps"] == 1 and math.isfinite(summary["final_loss"])
+    assert len(list((tmp_path / "cache").glob("*/cache.json"))) == 1
+    gen = load_generator(tmp_path / "run")
+    assert (gen.latent_spec.kind, gen.latent_spec.channels, gen.latent_spec.height) == ("continuous", 4, 4)

@@ -122,4 +122,16 @@ def open_source(run_cfg: RunConfig, split: str = "train", is_main: bool = True, 
 
 
 def _autoencoder_cache(run_cfg: RunConfig, split: str, is_main: bool, barrier):
-    raise ConfigError("autoencoder latents are not wired in yet")  # replaced once data/latents.py's cache lands
+    """The run's dataset split encoded by its autoencoder: built (or resumed) once, then opened everywhere."""
+    from synthscale.autoencoders import load_autoencoder
+    from synthscale.data import get_dataset
+    from synthscale.data.latents import build_cache, open_cache
+    from synthscale.data.text import tokenizer_for
+
+    autoencoder = load_autoencoder(run_cfg.autoencoder)
+    dataset, tokenizer = get_dataset(run_cfg.data, split), tokenizer_for(run_cfg.data)
+    if is_main:
+        with torch.random.fork_rng(devices=[]):  # encoding must not move the run's RNG
+            build_cache(autoencoder, dataset, tokenizer, run_cfg.cache_root, progress=False)
+    barrier()
+    return open_cache(run_cfg.cache_root, autoencoder, dataset, tokenizer)
