@@ -78,34 +78,27 @@ def cmd_data_shard(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------------------- flops
+# ---------------------------------------------------------------------------------------------- train
 
 
-def cmd_flops(args: argparse.Namespace) -> int:
-    import math
+def cmd_train(args: argparse.Namespace) -> int:
+    import os
 
-    from synthscale.compute.flops import format_report
-    from synthscale.config import ModelConfig, ObjectiveConfig
-    from synthscale.data.latents import LatentSpec, TextSpec
-    from synthscale.data.text import WordTokenizer
-    from synthscale.objectives import get_objective
+    from synthscale.config import RunConfig, load
+    from synthscale.train import NonFiniteLoss, train
 
-    side = math.isqrt(max(args.tokens, 0))
-    if args.tokens < 1 or side * side != args.tokens:
-        raise ConfigError(f"--tokens must be a square number of image tokens (e.g. 64, 256), got {args.tokens}")
-    for flag, value in (("--text-tokens", args.text_tokens), ("--patch-size", args.patch_size),
-                        ("--channels", args.channels), ("--vocab", args.vocab)):
-        if value < 1:
-            raise ConfigError(f"{flag} must be ≥ 1, got {value}")
-    objective = get_objective(ObjectiveConfig(name=args.objective, sampler=args.sampler))
-    model_cfg = ModelConfig(size=args.size, patch_size=args.patch_size, text_layers=args.text_layers)
-    if objective.latent == "continuous":  # --tokens counts tokens after patchify
-        latent = LatentSpec("continuous", args.channels, side * args.patch_size, side * args.patch_size)
-    else:
-        latent = LatentSpec("discrete", max(1, (args.vocab - 1).bit_length()), side, side, vocab_size=args.vocab)
-    text = TextSpec(args.text_vocab or WordTokenizer.for_shapes().vocab_size, args.text_tokens)
-    report = objective.flops_report(model_cfg, latent, text)
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    overrides = list(args.set or [])
+    if args.budget is not None:
+        overrides.append(f"train.budget_flops={args.budget}")
+    run_cfg = load(RunConfig, args.config, overrides)
+    try:
+        summary = train(run_cfg, args.out, resume=not args.no_resume, progress=not args.quiet)
+    except NonFiniteLoss as e:
+        print(f"synthscale: error: {e}", file=sys.stderr)
+        return 1
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one report
+        print(f"done: {summary['steps']} steps, {summary['train_flops']:.4g} / {summary['budget_flops']:.4g} FLOPs, "
+              f"final loss {summary['final_loss']:.4f}, {len(summary['checkpoints'])} checkpoints in {args.out}")
     return 0
 
 
@@ -158,27 +151,95 @@ def cmd_autoencoder_cache(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------------------- train
+# ---------------------------------------------------------------------------------------------- flops
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    import os
+def cmd_flops(args: argparse.Namespace) -> int:
+    import math
 
-    from synthscale.config import RunConfig, load
-    from synthscale.train import NonFiniteLoss, train
+    from synthscale.compute.flops import format_report
+    from synthscale.config import ModelConfig, ObjectiveConfig
+    from synthscale.data.latents import LatentSpec, TextSpec
+    from synthscale.data.text import WordTokenizer
+    from synthscale.objectives import get_objective
 
-    overrides = list(args.set or [])
-    if args.budget is not None:
-        overrides.append(f"train.budget_flops={args.budget}")
-    run_cfg = load(RunConfig, args.config, overrides)
-    try:
-        summary = train(run_cfg, args.out, resume=not args.no_resume, progress=not args.quiet)
-    except NonFiniteLoss as e:
-        print(f"synthscale: error: {e}", file=sys.stderr)
-        return 1
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, one report
-        print(f"done: {summary['steps']} steps, {summary['train_flops']:.4g} / {summary['budget_flops']:.4g} FLOPs, "
-              f"final loss {summary['final_loss']:.4f}, {len(summary['checkpoints'])} checkpoints in {args.out}")
+    side = math.isqrt(max(args.tokens, 0))
+    if args.tokens < 1 or side * side != args.tokens:
+        raise ConfigError(f"--tokens must be a square number of image tokens (e.g. 64, 256), got {args.tokens}")
+    for flag, value in (("--text-tokens", args.text_tokens), ("--patch-size", args.patch_size),
+                        ("--channels", args.channels), ("--vocab", args.vocab)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be ≥ 1, got {value}")
+    objective = get_objective(ObjectiveConfig(name=args.objective, sampler=args.sampler))
+    model_cfg = ModelConfig(size=args.size, patch_size=args.patch_size, text_layers=args.text_layers)
+    if objective.latent == "continuous":  # --tokens counts tokens after patchify
+        latent = LatentSpec("continuous", args.channels, side * args.patch_size, side * args.patch_size)
+    else:
+        latent = LatentSpec("discrete", max(1, (args.vocab - 1).bit_length()), side, side, vocab_size=args.vocab)
+    text = TextSpec(args.text_vocab or WordTokenizer.for_shapes().vocab_size, args.text_tokens)
+    report = objective.flops_report(model_cfg, latent, text)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- study / evaluate
+
+
+def _csv(kind):
+    def parse(text: str):
+        try:
+            return [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated values, e.g. 4,10,20; got {text!r}") from None
+
+    return parse
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from synthscale.study.plan import plan_study
+    from synthscale.study.run import dry_run, load_study, run_study
+
+    if args.dry_run:
+        study = load_study(args.spec, args.set)
+        print(dry_run(plan_study(study, args.out, spec_dir=args.spec.resolve().parent)))
+        return 0
+    result = run_study(args.spec, args.out, args.set, executor=args.executor, workers=args.workers,
+                       progress=not args.quiet)  # fmt: skip
+    states = result["states"]
+    failed = [i for i, v in states.items() if v in ("failed", "blocked")]
+    print(f"study finished in {result['seconds'] / 60:.1f} min: {sum(v == 'done' for v in states.values())} stages "
+          f"done, {len(failed)} failed or blocked")  # fmt: skip
+    for i in failed:
+        print(f"  {states[i]}: {i}")
+    report = result["report"]
+    print(f"report: {report['html']}\nsummary: {report['markdown']}")
+    return 1 if failed else 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from synthscale.config import EvalSettings, load
+    from synthscale.evaluate.probes import load_or_train_probe
+    from synthscale.evaluate.runner import RunEvaluator, evaluate_run, product_settings
+
+    settings = load(EvalSettings, None, [f"n={args.n}", f"holdout_n={args.holdout_n}", f"seed={args.seed}"])
+    run_cfg = RunEvaluator.run_config(args.run_dir)
+    probe = load_or_train_probe(run_cfg.data, args.probe_cache, progress=not args.quiet)
+    plan = None
+    if args.steps or args.cfg or args.weights or args.milestones:
+        from synthscale.objectives import get_objective
+
+        objective = get_objective(run_cfg.objective)
+        spec = RunEvaluator.latent_spec(args.run_dir)
+        cfgs = args.cfg or [settings.cfg_scale]
+        plan = product_settings(args.run_dir, args.milestones or "all", args.weights or ["ema", "raw"],
+                                args.steps or [objective.default_steps(spec)], cfgs, speed=args.speed)  # fmt: skip
+    records = evaluate_run(args.run_dir, probe, settings, plan=plan, progress=not args.quiet)
+    for r in sorted(records, key=lambda r: (r.train_flops, r.weights, r.steps, r.cfg_scale)):
+        m = r.metrics
+        print(f"{r.train_flops:10.3g} FLOPs {r.weights:3} steps {r.steps:4} cfg {r.cfg_scale:<4g} "
+              f"fd-probe {m.get('fd_probe', float('nan')):8.3f}  prompt {m.get('prompt_acc', float('nan')):.3f}  "
+              f"loss {m.get('loss', float('nan')):.4f}")  # fmt: skip
+    print(f"records: {Path(args.run_dir) / 'eval' / 'records.jsonl'}")
     return 0
 
 
@@ -216,23 +277,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=1000, help="items per shard (default 1000)")
     p.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
     p.set_defaults(func=cmd_data_shard)
-
-    p = sub.add_parser("flops", help="parameters and analytic FLOPs of a model size × objective",
-                       description="Parameters (total, non-embedding) and FLOPs/MACs per forward, per training "
-                       "example and per sampled image (every step count of the objective, with and without CFG); "
-                       "the caption encoder is its own column.")  # fmt: skip
-    p.add_argument("--size", default="B", help="a model size preset: S, B, L, XL, 2x64, 4x128, 6x192, 8x256")
-    p.add_argument("--objective", default="flow", help="flow, masked or autoregressive (default flow)")
-    p.add_argument("--tokens", type=int, default=256, help="image tokens in the sequence (after patchify; a square)")
-    p.add_argument("--text-tokens", type=int, default=32, help="caption length in tokens (default 32)")
-    p.add_argument("--text-layers", type=int, default=2, help="caption encoder depth (default 2)")
-    p.add_argument("--text-vocab", type=int, default=0, help="caption vocabulary (params only; default: shapes)")
-    p.add_argument("--channels", type=int, default=4, help="continuous latent channels (flow; default 4)")
-    p.add_argument("--patch-size", type=int, default=1, help="flow patch size p (default 1)")
-    p.add_argument("--vocab", type=int, default=1024, help="discrete codebook size (token objectives; default 1024)")
-    p.add_argument("--sampler", default="euler", choices=["euler", "heun"], help="flow sampler (default euler)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=cmd_flops)
 
     ae = sub.add_parser("autoencoder", help="train, evaluate and cache image autoencoders")
     ae_sub = ae.add_subparsers(dest="autoencoder_command", required=True, metavar="ACTION")
@@ -298,6 +342,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar (metrics.jsonl and TensorBoard still written)")
     _compute_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("study", help="run (or resume) a study grid and write its report",
+                       description="Expand a study spec into stages (autoencoders, probe, caches, training runs, "
+                                   "evaluations), run those not yet done, and write the report. Re-running resumes.")
+    p.add_argument("spec", type=Path, help="study spec YAML, e.g. configs/studies/default.yaml")
+    p.add_argument("--out", type=Path, required=True, help="study folder (created; reused on re-runs)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a study key, e.g. budgets=[1e12]")
+    p.add_argument("--dry-run", action="store_true", help="print the stages and estimated FLOPs; run nothing")
+    p.add_argument("--executor", choices=["sequential", "processes"], default=None, help="default: the spec's")
+    p.add_argument("--workers", type=int, default=None, help="processes executor: parallel stages")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _compute_args(p)
+    p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("evaluate", help="sample and score a trained run at its milestones",
+                       description="Generate from fixed test prompts with fixed seeds, score quality (fd-probe, KID), "
+                                   "prompt following and validation loss; append records to RUN_DIR/eval/.")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--milestones", choices=["all", "last"], default=None)
+    p.add_argument("--steps", type=_csv(int), default=None, help="sampling steps, e.g. 4,10,20,50,100")
+    p.add_argument("--cfg", type=_csv(float), default=None, help="guidance scales, e.g. 1,2,3")
+    p.add_argument("--weights", type=_csv(str), default=None, help="ema,raw")
+    p.add_argument("--n", type=int, default=256, help="test prompts per setting (default 256)")
+    p.add_argument("--holdout-n", type=int, default=64, help="extra held-out-combination prompts (default 64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--speed", action="store_true", help="also measure sampling latency and throughput")
+    p.add_argument("--probe-cache", type=Path, default=Path("cache/probes"), help="where the probe is kept")
+    p.add_argument("--quiet", action="store_true")
+    _compute_args(p)
+    p.set_defaults(func=cmd_evaluate)
 
     return parser
 

@@ -151,19 +151,23 @@ class RunConfig:
 
 @dataclass
 class EvalSettings:
-    """How a study evaluates its runs (`synthscale evaluate` takes the same settings as flags)."""
+    """How a study evaluates its runs. Every milestone is scored at (`steps`, `cfg_scale`) for each of `weights`;
+    the last milestone adds the steps sweep and the CFG sweep (EMA weights), and the speed measurement."""
 
-    n: int = 256  # generated images per setting (FD compares only at equal n)
+    n: int = 256  # generated images per setting from the test prompts (FD compares only at equal n)
+    holdout_n: int = 64  # extra prompts from the held-out-combination split (0 = none)
     seed: int = 0  # fixes the evaluation prompts and every sampling draw
     milestones: Literal["all", "last"] = "all"
     weights: list[Literal["ema", "raw"]] = field(default_factory=lambda: ["ema", "raw"])
-    cfg_scales: list[float] = field(default_factory=lambda: [1.0, 3.0])
+    cfg_scale: float = 3.0  # guidance scale at every milestone
+    cfg_sweep: list[float] = field(default_factory=lambda: [1.0])  # extra scales at the last milestone
     # sampling steps used at every milestone, per objective (missing: the objective's default)
     steps: dict[str, int] = field(default_factory=dict)
-    # the steps sweep, run at the last milestone only (missing: the objective's steps grid)
+    # the steps sweep at the last milestone, per objective (missing: the objective's steps grid)
     sweep: dict[str, list[int]] = field(default_factory=dict)
-    loss_batches: int = 4  # validation batches for the loss (fixed draws)
-    speed: bool = True  # measure sampling latency (batch 1) and throughput at the last milestone
+    loss_batches: int = 4  # validation batches for the loss (fixed draws, no caption dropout)
+    batch_size: int = 128  # sampling / loss batch
+    speed: bool = True  # sampling latency (batch 1) and throughput at the last milestone, per swept step count
     grid_samples: int = 16  # images in each sample grid PNG
 
 

@@ -1,0 +1,249 @@
+"""Evaluate a trained run: sample from fixed prompts with fixed seeds at chosen checkpoints and settings, score
+quality, prompt following, loss and speed, and append one `EvalRecord` per (checkpoint, weights, steps, CFG)
+to `RUN_DIR/eval/records.jsonl`, with a labelled sample grid PNG per setting.
+
+Every setting samples from the same prompts with the same generator seed, so differences between settings
+(milestones, EMA vs raw, steps, CFG) are not differences of noise draws. A setting already in records.jsonl with
+the same instruments is skipped, so an interrupted evaluation resumes where it stopped.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from synthscale import atomic
+from synthscale.config import EvalSettings, RunConfig, from_dict
+from synthscale.data.latents import LatentSpec
+from synthscale.data.pixels import to_uint8
+from synthscale.data.text import tokenizer_for
+from synthscale.evaluate.alignment import alignment_instruments, prompt_following
+from synthscale.evaluate.fid import ProbeQuality
+from synthscale.evaluate.prompts import prompt_set
+from synthscale.evaluate.record import EvalRecord
+from synthscale.evaluate.speed import measure_speed
+from synthscale.imagegrid import labelled_grid, save_png
+
+RECORDS = "records.jsonl"
+
+
+@dataclass(frozen=True)
+class Setting:
+    checkpoint: Any  # train.checkpoint.CheckpointInfo
+    milestone: int  # index among the evaluated run's milestones (0 = first)
+    weights: str
+    steps: int
+    cfg_scale: float
+    speed: bool = False
+
+    @property
+    def tag(self) -> str:
+        return f"{self.checkpoint.name}-{self.weights}-steps{self.steps}-cfg{self.cfg_scale:g}"
+
+
+def milestones_of(run_dir: str | Path) -> list:
+    """The run's milestone checkpoints (and the final one), in order of training FLOPs."""
+    from synthscale.train import list_checkpoints
+
+    infos = [i for i in list_checkpoints(run_dir) if i.milestone is not None or i.is_final]
+    if not infos:
+        raise FileNotFoundError(f"{run_dir} has no milestone checkpoints; train the run first")
+    return sorted(infos, key=lambda i: i.train_flops)
+
+
+def study_settings(run_dir: str | Path, objective, latent_spec, settings: EvalSettings) -> list[Setting]:
+    """A study's plan: every milestone at (steps, cfg_scale) for each weights; the last milestone also sweeps
+    steps and CFG (EMA weights when evaluated) and measures speed at each swept step count."""
+    infos = milestones_of(run_dir)
+    chosen = infos if settings.milestones == "all" else infos[-1:]
+    steps = settings.steps.get(objective.name, objective.default_steps(latent_spec))
+    plan = [Setting(info, infos.index(info), w, steps, settings.cfg_scale)
+            for info in chosen for w in settings.weights]  # fmt: skip
+    last, w = infos[-1], ("ema" if "ema" in settings.weights else settings.weights[0])
+    sweep = settings.sweep.get(objective.name, objective.steps_grid(latent_spec))
+    for s in sorted(set(sweep) | {steps}):
+        plan.append(Setting(last, len(infos) - 1, w, s, settings.cfg_scale, speed=settings.speed))
+    for c in settings.cfg_sweep:
+        plan.append(Setting(last, len(infos) - 1, w, steps, c))
+    unique: dict[tuple, Setting] = {}
+    for p in plan:  # keep one setting per key; a speed request wins
+        key = (p.checkpoint.name, p.weights, p.steps, p.cfg_scale)
+        if key not in unique or p.speed:
+            unique[key] = p
+    return list(unique.values())
+
+
+def product_settings(run_dir, which: str, weights: Iterable[str], steps: Iterable[int], cfgs: Iterable[float],
+                     speed: bool = False) -> list[Setting]:  # fmt: skip
+    """Every combination (the `synthscale evaluate` flags): milestones `all` or `last` × weights × steps × CFG."""
+    infos = milestones_of(run_dir)
+    chosen = infos if which == "all" else infos[-1:]
+    return [Setting(i, infos.index(i), w, s, c, speed) for i in chosen for w in weights for s in steps for c in cfgs]
+
+
+class RunEvaluator:
+    """Everything fixed across one run's settings: prompts, reference features, autoencoder, validation data."""
+
+    def __init__(self, run_dir: str | Path, probe, settings: EvalSettings, device: str = "cpu", progress: bool = True):
+        from synthscale.autoencoders import load_autoencoder
+
+        self.run_dir, self.probe, self.settings = Path(run_dir), probe, settings
+        self.device, self.progress = torch.device(device), progress
+        self.run_cfg = self.run_config(run_dir)
+        if self.run_cfg.autoencoder is None:
+            raise ValueError(f"{self.run_dir} was trained on random latents; there is nothing to decode into images")
+        self.autoencoder = load_autoencoder(self.run_cfg.autoencoder).to(self.device).eval()
+        data = self.run_cfg.data
+        self.test = prompt_set(data, "test", settings.n)
+        self.holdout = prompt_set(data, "holdout", settings.holdout_n) if settings.holdout_n and data.holdout else None
+        tok = tokenizer_for(data)
+        self.prompts: list[dict] = self.test.attributes + (self.holdout.attributes if self.holdout else [])
+        self.captions = self.test.captions + (self.holdout.captions if self.holdout else [])
+        self.text = tok.encode(self.captions).to(self.device)
+        self.quality = ProbeQuality(probe, self.test.images, seed=settings.seed)
+        self._losses: dict[tuple[str, str], float] = {}
+        self.out = self.run_dir / "eval"
+
+    @staticmethod
+    def run_config(run_dir: str | Path) -> RunConfig:
+        cfg_path = Path(run_dir) / "config.json"
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{cfg_path} is missing: is {run_dir} a run folder made by `synthscale train`?")
+        return from_dict(RunConfig, json.loads(cfg_path.read_text()), source=str(cfg_path))
+
+    @staticmethod
+    def latent_spec(run_dir: str | Path) -> LatentSpec:
+        """The latent shape the run was trained on (from its newest milestone's metadata)."""
+        from synthscale.train.checkpoint import read_meta
+
+        return LatentSpec(**read_meta(milestones_of(run_dir)[-1].path, verify=False)["latent_spec"])
+
+    # ------------------------------------------------------------------------------------------ pieces
+
+    @torch.no_grad()
+    def sample(self, gen_model, steps: int, cfg_scale: float) -> np.ndarray:
+        """uint8 images [len(prompts), H, W, 3] for every evaluation prompt, from the settings' seed."""
+        generator = torch.Generator(self.device).manual_seed(self.settings.seed)
+        bs, out = self.settings.batch_size, []
+        for i in range(0, len(self.text), bs):
+            latents = gen_model.objective.sample(gen_model.model, self.text[i : i + bs], steps, cfg_scale, generator)
+            out.append(to_uint8(self.autoencoder.decode(latents)))
+        return np.concatenate(out)
+
+    @torch.no_grad()
+    def validation_loss(self, gen_model) -> float:
+        """Mean objective loss on fixed validation batches, captions never dropped (the same draws every time)."""
+        key = (gen_model.checkpoint.name, gen_model.weights)
+        if key not in self._losses:
+            from synthscale.train.data import open_source
+
+            source = open_source(self.run_cfg, split="val")
+            bs = min(self.settings.batch_size, len(source))
+            generator = torch.Generator().manual_seed(self.settings.seed)
+            losses = []
+            for b in range(self.settings.loss_batches):
+                idx = (torch.arange(bs) + b * bs) % len(source)
+                batch = source.get_batch(idx, generator)
+                latents, text = batch["latents"].to(self.device), batch["text"].to(self.device)
+                losses.append(float(gen_model.objective.loss(gen_model.model, latents, text, generator,
+                                                              drop_captions=False)))  # fmt: skip
+            self._losses[key] = float(np.mean(losses))
+        return self._losses[key]
+
+    # ------------------------------------------------------------------------------------------ one setting
+
+    def evaluate(self, setting: Setting, gen_model) -> EvalRecord:
+        s, obj, rc = setting, gen_model.objective, self.run_cfg
+        images = self.sample(gen_model, s.steps, s.cfg_scale)
+        n_test = len(self.test)
+        metrics: dict[str, float] = {"loss": self.validation_loss(gen_model)}
+        metrics.update(self.quality.score(images[:n_test]))
+        holdout_pairs = rc.data.holdout
+        metrics.update(prompt_following(self.probe, images, self.prompts, holdout_pairs, seed=self.settings.seed))
+        grid_path = self.out / "samples" / f"{s.tag}.png"
+        k = min(self.settings.grid_samples, len(images))
+        save_png(labelled_grid(images[:k], self.captions[:k], cell=96), grid_path)
+        if s.speed:
+            metrics.update(measure_speed(obj, gen_model.model, self.text[:32], s.steps, s.cfg_scale))
+        counts = obj.param_counts(rc.model, gen_model.latent_spec, gen_model.text_spec)
+        instruments = {
+            **self.quality.instruments(),
+            "alignment": alignment_instruments(self.probe, self.prompts, holdout_pairs, seed=self.settings.seed),
+            "loss": {"split": "val", "batches": self.settings.loss_batches, "batch_size": self.settings.batch_size,
+                     "captions_dropped": False},
+            "prompts": {"test": n_test, "holdout": len(self.prompts) - n_test, "seed": self.settings.seed},
+            "steps": s.steps, "cfg_scale": s.cfg_scale, "weights": s.weights, "checkpoint": s.checkpoint.name,
+            "decoder": self.autoencoder.name, "sample_grid": str(grid_path.relative_to(self.run_dir)),
+            "speed": {"device": str(self.device), "threads": torch.get_num_threads(), "repeats": 3} if s.speed else None,
+        }  # fmt: skip
+        return EvalRecord(
+            run=self.run_dir.name, objective=obj.name, size=rc.model.size, params=counts["total"],
+            params_nonembedding=counts["non_embedding"], data_size=rc.data.size, autoencoder=self.autoencoder.name,
+            milestone=s.milestone, step=s.checkpoint.step, train_flops=float(s.checkpoint.train_flops),
+            weights=s.weights, steps=s.steps, cfg_scale=s.cfg_scale,
+            sample_flops_per_image=float(obj.sample_flops(rc.model, gen_model.latent_spec, gen_model.text_spec,
+                                                          s.steps, s.cfg_scale)),
+            metrics=metrics, instruments=instruments,
+        )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- records file
+
+
+def _key(r: dict) -> tuple:
+    ins = r["instruments"]
+    return (ins["checkpoint"], r["weights"], r["steps"], float(r["cfg_scale"]), ins["n"], ins["prompts"]["seed"])
+
+
+def read_records(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "eval" / RECORDS
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_records(run_dir: Path, records: list[dict]) -> None:
+    atomic.write_text(run_dir / "eval" / RECORDS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    probe,
+    settings: EvalSettings,
+    plan: list[Setting] | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> list[EvalRecord]:
+    """Evaluate `plan` (default: the study plan of `settings`) and return this run's records (old and new).
+    Records are written after every setting, so an interruption loses at most the setting in progress."""
+    from synthscale.train import load_generator
+
+    run_dir = Path(run_dir)
+    ev = RunEvaluator(run_dir, probe, settings, device, progress)
+    if plan is None:
+        from synthscale.objectives import get_objective
+
+        plan = study_settings(run_dir, get_objective(ev.run_cfg.objective), ev.latent_spec(run_dir), settings)
+    done = {_key(r): r for r in read_records(run_dir)}
+
+    def finished(s: Setting) -> bool:
+        r = done.get((s.checkpoint.name, s.weights, s.steps, float(s.cfg_scale), settings.n, settings.seed))
+        return r is not None and (not s.speed or "latency_s" in r["metrics"])
+
+    todo = [s for s in plan if not finished(s)]
+    loaded: dict[tuple[str, str], Any] = {}
+    for s in tqdm(todo, desc=f"evaluate {run_dir.name}", unit="setting", disable=not progress, leave=False):
+        key = (s.checkpoint.name, s.weights)
+        if key not in loaded:
+            loaded.clear()  # one generator in memory at a time
+            loaded[key] = load_generator(run_dir, s.checkpoint, s.weights, device=device)
+        record = ev.evaluate(s, loaded[key]).to_dict()
+        done[_key(record)] = record
+        _write_records(run_dir, sorted(done.values(), key=lambda r: (r["train_flops"], r["weights"], r["steps"],
+                                                                      r["cfg_scale"])))  # fmt: skip
+    return [EvalRecord.from_dict(r) for r in done.values()]

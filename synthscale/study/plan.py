@@ -1,0 +1,194 @@
+"""A study spec expanded into stages: autoencoders, the probe, latent caches, training runs, evaluations.
+
+Every stage is keyed by a content hash of what decides its output — never by a path — so a study folder can be
+moved, a second study reuses nothing by accident, and a changed config gets a new stage instead of a stale one.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from synthscale.config import (
+    AutoencoderConfig, ConfigError, DataConfig, ModelConfig, ObjectiveConfig, ProbeConfig, RunConfig, StudyConfig,
+    TrainConfig, apply_overrides, config_hash, from_dict, load, read_yaml, to_dict,
+)  # fmt: skip
+from synthscale.study.grid import Stage
+
+OBJECTIVE_LATENT = {"flow": "continuous", "masked": "discrete", "autoregressive": "discrete"}
+AE_LATENT = {"kl": "continuous", "lfq": "discrete", "fsq": "discrete"}
+STAGES = "synthscale.study.stages"
+
+
+@dataclass
+class RunPlan:
+    """One training run of the grid and the stages that serve it."""
+
+    run_cfg: RunConfig
+    train: Stage
+    evaluate: Stage
+    autoencoder: str  # autoencoder name
+    ablation: bool
+
+
+@dataclass
+class StudyPlan:
+    study: StudyConfig
+    root: Path
+    stages: list[Stage]
+    runs: list[RunPlan]
+    autoencoders: dict[str, tuple[AutoencoderConfig, Stage]]  # name → (config, stage)
+    probe: Stage
+
+
+def _autoencoder_config(path: str, study: StudyConfig, base: Path) -> AutoencoderConfig:
+    file = Path(path)
+    if not file.is_absolute() and not file.is_file():
+        file = base / path
+    raw = read_yaml(file)
+    raw["data"] = {**to_dict(study.data), **raw.get("data", {})} if "data" in raw else to_dict(study.data)
+    data = apply_overrides(AutoencoderConfig, raw, study.autoencoder_overrides)
+    return from_dict(AutoencoderConfig, data, source=f"{file} with autoencoder_overrides")
+
+
+def _split_overrides(overrides: list[str], objective: str) -> list[str]:
+    """`[objective:]key=value` entries that apply to `objective`."""
+    out = []
+    for text in overrides:
+        head, eq, _ = text.partition("=")
+        if ":" in head:
+            scope, _, rest = text.partition(":")
+            if scope not in OBJECTIVE_LATENT:
+                raise ConfigError(f"run_overrides entry {text!r}: {scope!r} is not an objective "
+                                  f"({', '.join(OBJECTIVE_LATENT)})")  # fmt: skip
+            if scope == objective:
+                out.append(rest)
+        else:
+            out.append(text)
+    return out
+
+
+def _run_config(study: StudyConfig, objective: str, size: str, data_size: int, budget: float,
+                ae_dir: Path, cache_root: Path) -> RunConfig:  # fmt: skip
+    base = RunConfig(
+        data=dataclasses.replace(study.data, size=data_size),
+        model=ModelConfig(size=size),
+        objective=ObjectiveConfig(name=objective),
+        train=TrainConfig(budget_flops=budget),
+        autoencoder=str(ae_dir),
+        cache_root=str(cache_root),
+    )
+    raw = apply_overrides(RunConfig, to_dict(base), _split_overrides(study.run_overrides, objective))
+    return from_dict(RunConfig, raw, source="study run_overrides")
+
+
+def _portable_hash(run_cfg: RunConfig, ae_key: str) -> str:
+    """The run's key: its config with machine paths replaced by the content keys they stand for."""
+    d = to_dict(run_cfg)
+    d["autoencoder"], d["cache_root"] = ae_key, None
+    d["train"] = {k: v for k, v in d["train"].items() if k not in ("log_every", "checkpoint_every", "keep_last")}
+    return config_hash(d)
+
+
+def plan_study(study: StudyConfig, root: str | Path, spec_dir: str | Path = ".") -> StudyPlan:
+    root, spec_dir = Path(root).resolve(), Path(spec_dir)
+    stages: list[Stage] = []
+
+    # autoencoders: the two of the main grid and the ablation extras
+    autoencoders: dict[str, tuple[AutoencoderConfig, Stage]] = {}
+
+    def autoencoder(path: str) -> tuple[AutoencoderConfig, Stage]:
+        cfg = _autoencoder_config(path, study, spec_dir)
+        if cfg.name in autoencoders:
+            if config_hash(autoencoders[cfg.name][0]) != config_hash(cfg):
+                raise ConfigError(f"two different autoencoder configs are both named {cfg.name!r}; rename one")
+            return autoencoders[cfg.name]
+        stage = Stage("autoencoder", cfg.name, config_hash(cfg), f"{STAGES}:autoencoder_stage",
+                      {"config": to_dict(cfg)}, cost=3.0)  # fmt: skip
+        stages.append(stage)
+        autoencoders[cfg.name] = (cfg, stage)
+        return autoencoders[cfg.name]
+
+    main = {"continuous": autoencoder(study.continuous_autoencoder),
+            "discrete": autoencoder(study.discrete_autoencoder)}  # fmt: skip
+    for kind, (cfg, _) in main.items():
+        if AE_LATENT[cfg.kind] != kind:
+            raise ConfigError(f"study.{kind}_autoencoder is {cfg.name} ({cfg.kind}), which makes {AE_LATENT[cfg.kind]} "
+                              f"latents; pick a {kind} one")  # fmt: skip
+    ablations = [autoencoder(p) for p in study.ablation_autoencoders]
+
+    # the probe: one per dataset distribution
+    probe_cfg = load(ProbeConfig, None, study.probe_overrides)
+    probe_key = config_hash({"data": to_dict(dataclasses.replace(study.data, size=0)), "probe": to_dict(probe_cfg)})
+    probe = Stage("probe", "attributes", probe_key, f"{STAGES}:probe_stage",
+                  {"data": to_dict(study.data), "probe": to_dict(probe_cfg)}, cost=2.0)  # fmt: skip
+    stages.append(probe)
+
+    # the runs: the main grid, then each ablation autoencoder with the objectives of its latent kind
+    cache_root = root / "cache"
+    grid = [(o, s, d, b, main[OBJECTIVE_LATENT[o]], False) for o in study.objectives for s in study.sizes
+            for d in study.data_sizes for b in study.budgets]  # fmt: skip
+    smallest = (study.sizes[0], min(study.data_sizes), min(study.budgets))
+    for ae in ablations:
+        kind = AE_LATENT[ae[0].kind]
+        grid += [(o, *smallest, ae, True) for o in study.objectives if OBJECTIVE_LATENT[o] == kind]
+    runs: list[RunPlan] = []
+    caches: dict[str, Stage] = {}
+    for objective, size, data_size, budget, (ae_cfg, ae_stage), ablation in grid:
+        ae_dir = root / ae_stage.id / "model"
+        run_cfg = _run_config(study, objective, size, data_size, budget, ae_dir, cache_root)
+        cache_id = config_hash({"ae": ae_stage.key, "data": to_dict(run_cfg.data)})
+        if cache_id not in caches:
+            caches[cache_id] = Stage("cache", f"{ae_cfg.name}-d{data_size}", cache_id, f"{STAGES}:cache_stage",
+                                     {"run_config": to_dict(run_cfg)}, deps=[ae_stage.id], cost=0.5)  # fmt: skip
+            stages.append(caches[cache_id])
+        key = _portable_hash(run_cfg, ae_stage.key)
+        name = f"{objective}-{size}-d{data_size}-{budget:.0e}-{ae_cfg.name}".replace("+", "")
+        train = Stage("train", name, key, f"{STAGES}:train_stage", {"run_config": to_dict(run_cfg)},
+                      deps=[caches[cache_id].id], cost=6.0)  # fmt: skip
+        run_dir = root / train.id
+        evaluate = Stage("evaluate", name, config_hash({"run": key, "eval": to_dict(study.evaluation),
+                                                       "probe": probe_key}),  # fmt: skip
+                         f"{STAGES}:evaluate_stage",
+                         {"run_dir": str(run_dir), "probe_dir": str(root / probe.id),
+                          "settings": to_dict(study.evaluation)},
+                         deps=[train.id, probe.id], cost=3.0)  # fmt: skip
+        stages += [train, evaluate]
+        runs.append(RunPlan(run_cfg, train, evaluate, ae_cfg.name, ablation))
+    return StudyPlan(study, root, stages, runs, autoencoders, probe)
+
+
+def estimate_flops(plan: StudyPlan) -> dict[str, Any]:
+    """Training FLOPs of every run (their budgets) and sampling FLOPs of the evaluation plan, analytically."""
+    import torch
+
+    from synthscale.autoencoders import build_autoencoder
+    from synthscale.data.latents import TextSpec
+    from synthscale.data.text import tokenizer_for
+    from synthscale.objectives import get_objective
+    from synthscale.train import milestone_grid
+
+    s = plan.study
+    tok = tokenizer_for(s.data)
+    text = TextSpec(tok.vocab_size, tok.max_length, tok.pad_id)
+    train_total = sum(r.run_cfg.train.budget_flops for r in plan.runs)
+    sample_total, per_run = 0.0, []
+    for r in plan.runs:
+        with torch.device("meta"):  # only the latent shape is needed: no weights are allocated
+            latent = build_autoencoder(plan.autoencoders[r.autoencoder][0]).latent_spec(s.data.resolution)
+        obj = get_objective(r.run_cfg.objective)
+        steps = s.evaluation.steps.get(obj.name, obj.default_steps(latent))
+        per_image = obj.sample_flops(r.run_cfg.model, latent, text, steps, s.evaluation.cfg_scale)
+        images = s.evaluation.n + s.evaluation.holdout_n
+        milestones = len(milestone_grid(r.run_cfg.train)) if s.evaluation.milestones == "all" else 1
+        sweep = s.evaluation.sweep.get(obj.name, obj.steps_grid(latent))
+        flops = images * (milestones * len(s.evaluation.weights) * per_image
+                          + sum(obj.sample_flops(r.run_cfg.model, latent, text, k, s.evaluation.cfg_scale) for k in sweep)
+                          + sum(obj.sample_flops(r.run_cfg.model, latent, text, steps, c) for c in s.evaluation.cfg_sweep))
+        sample_total += flops
+        per_run.append({"run": r.train.name, "train_flops": r.run_cfg.train.budget_flops, "eval_sample_flops": flops,
+                        "params": obj.param_counts(r.run_cfg.model, latent, text)["total"]})  # fmt: skip
+    return {"runs": per_run, "train_flops": train_total, "eval_sample_flops": sample_total,
+            "total_flops": train_total + sample_total}  # fmt: skip
+

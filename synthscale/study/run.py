@@ -1,0 +1,111 @@
+"""`synthscale study SPEC --out DIR`: plan the grid, run its stages (skipping finished ones), gather every result
+into the study's SQLite store and write the report."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from synthscale import atomic
+from synthscale.config import StudyConfig, load, to_dict
+from synthscale.study.grid import DONE, FAILED, execute, stage_dir, status_of
+from synthscale.study.plan import StudyPlan, estimate_flops, plan_study
+
+
+def load_study(spec: str | Path, overrides: list[str] | None = None) -> StudyConfig:
+    return load(StudyConfig, spec, overrides or [])
+
+
+def dry_run(plan: StudyPlan) -> str:
+    """What the study would run and cost, without running it."""
+    est = estimate_flops(plan)
+    lines = [f"study {plan.study.name}: {len(plan.stages)} stages, {len(plan.runs)} training runs → {plan.root}"]
+    counts: dict[str, list[int]] = {}
+    for s in plan.stages:
+        c = counts.setdefault(s.kind, [0, 0])
+        c[0] += 1
+        c[1] += status_of(plan.root, s) == "done"
+    lines += [f"  {kind:<12} {n} ({done} done)" for kind, (n, done) in counts.items()]
+    lines.append(f"  {'run':<44} {'params':>10} {'train FLOPs':>12} {'eval FLOPs':>12}")
+    for r in est["runs"]:
+        lines.append(f"  {r['run']:<44} {r['params']:>10,} {r['train_flops']:>12.3g} {r['eval_sample_flops']:>12.3g}")
+    lines.append(f"estimated total: {est['total_flops']:.3g} FLOPs (training {est['train_flops']:.3g} + evaluation "
+                 f"sampling {est['eval_sample_flops']:.3g}; 2 FLOPs per MAC, autoencoder/probe costs not included)")
+    return "\n".join(lines)
+
+
+def ingest(plan: StudyPlan) -> Path:
+    """Gather stage outcomes, autoencoders, run records and sample grids into the study's results store."""
+    from synthscale.evaluate.runner import read_records
+    from synthscale.study.results import ResultsStore
+
+    root = plan.root
+    with ResultsStore.of(root) as store:
+        store.set_meta("study", json.dumps(to_dict(plan.study)))
+        store.set_meta("updated", time.strftime("%Y-%m-%dT%H:%M:%S"))
+        for name, (cfg, stage) in plan.autoencoders.items():
+            if status_of(root, stage) != "done":
+                continue
+            summary = json.loads((stage_dir(root, stage) / DONE).read_text())
+            store.add_autoencoder(name, summary["kind"], summary["metrics"], config=to_dict(cfg), config_hash=stage.key)
+            if summary.get("grid") and Path(summary["grid"]).is_file():
+                store.add_artifact(name, "reconstructions", summary["grid"], caption=f"{name} test reconstructions")
+        for r in plan.runs:
+            run_id = r.train.id.split("/", 1)[1]
+            status, error = _run_status(plan, r)
+            store.add_run(run_id, r.run_cfg.objective.name, r.run_cfg.model.size, r.run_cfg.data.size, r.autoencoder,
+                          status=status, error=error, budget_flops=r.run_cfg.train.budget_flops,
+                          config=to_dict(r.run_cfg), config_hash=r.train.key)  # fmt: skip
+            run_dir = stage_dir(root, r.train)
+            records = read_records(run_dir)
+            if records:
+                store.add_records(records)
+                first = records[0]
+                store.add_run(run_id, r.run_cfg.objective.name, r.run_cfg.model.size, r.run_cfg.data.size,
+                              r.autoencoder, status=status, error=error, params=first["params"],
+                              params_nonembedding=first["params_nonembedding"],
+                              budget_flops=r.run_cfg.train.budget_flops, config=to_dict(r.run_cfg),
+                              config_hash=r.train.key)  # fmt: skip
+            for rec in records:
+                grid = run_dir / rec["instruments"].get("sample_grid", "")
+                if grid.is_file():
+                    store.add_artifact(run_id, "samples", grid, milestone=rec["milestone"], weights=rec["weights"],
+                                       steps=rec["steps"], cfg_scale=rec["cfg_scale"],
+                                       caption=f"{rec['objective']} {rec['size']} at {rec['train_flops']:.2g} FLOPs, "
+                                               f"{rec['weights']}, {rec['steps']} steps, CFG {rec['cfg_scale']:g}")  # fmt: skip
+        return store.path
+
+
+def _run_status(plan: StudyPlan, r) -> tuple[str, str | None]:
+    """done, failed (its own training or evaluation failed), blocked (a shared stage it needs failed) or pending."""
+    by_id = {s.id: s for s in plan.stages}
+    chain, todo = [], [r.evaluate.id]
+    while todo:  # every stage the run's evaluation needs, directly or not
+        stage = by_id[todo.pop()]
+        chain.append(stage)
+        todo += stage.deps
+    for stage in chain:
+        folder = stage_dir(plan.root, stage)
+        if (folder / FAILED).is_file():
+            error = f"{stage.kind} stage: {json.loads((folder / FAILED).read_text())['error']}"
+            return ("failed" if stage in (r.train, r.evaluate) else "blocked"), error
+    return ("done", None) if status_of(plan.root, r.evaluate) == "done" else ("pending", None)
+
+
+def run_study(spec: str | Path, out: str | Path, overrides: list[str] | None = None, executor: str | None = None,
+              workers: int | None = None, progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Run (or resume) a study and write its report. Returns the stage states and the report paths."""
+    from synthscale.study.report import build_report
+
+    study = load_study(spec, overrides)
+    plan = plan_study(study, out, spec_dir=Path(spec).resolve().parent)
+    root = plan.root
+    root.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(root / "study.json", to_dict(study))
+    started = time.time()
+    states = execute(root, plan.stages, executor=executor or study.executor, workers=workers or study.workers,
+                     threads=study.threads, progress=progress)  # fmt: skip
+    ingest(plan)
+    report = build_report(root)
+    return {"states": states, "report": report, "seconds": time.time() - started}
