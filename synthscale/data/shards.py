@@ -18,6 +18,7 @@ caption follows `data.missing_caption`; a `.json` that does not parse skips the 
 """
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import json
@@ -140,6 +141,12 @@ def index_shards(files: list[Path]) -> tuple[list[Record], list[dict[str, str]]]
     return records, skipped
 
 
+@functools.lru_cache(maxsize=4)
+def _index_once(signature: tuple[tuple[str, int, int], ...]) -> tuple[list[Record], list[dict[str, str]]]:
+    """index_shards, once per process for unchanged shards (train, val and test each open the same shards)."""
+    return index_shards([Path(name) for name, _, _ in signature])
+
+
 class ShardDataset(CaptionedDataset):
     """Random-access captioned images from tar shards; see the module doc for the format, `userdata` for rules."""
 
@@ -150,7 +157,7 @@ class ShardDataset(CaptionedDataset):
         self.files = shard_files(Path(cfg.path).expanduser())
         self._handles: dict[int, Any] = {}
         self._pid = os.getpid()
-        records, skipped = index_shards(self.files)
+        records, skipped = _index_once(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in self.files))
         super().__init__(cfg, split, records, skipped)
 
     def _read(self, record: Record) -> bytes:

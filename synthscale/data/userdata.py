@@ -30,6 +30,7 @@ Unreadable images never stop a run:
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import struct
 from dataclasses import dataclass, field
@@ -137,8 +138,7 @@ class CaptionedDataset:
             except UnreadableImage as e:
                 self._skip(r, f"unreadable image: {e}")
                 continue
-            r.caption = caption
-            self.items.append(r)
+            self.items.append(dataclasses.replace(r, caption=caption))  # records may be shared: copy, not edit
         self._bad: dict[int, str] = {}  # item index → why its image failed to decode in __getitem__
 
     # ------------------------------------------------------------------------------------------ subclass hooks
