@@ -145,3 +145,18 @@ def test_cli_data_shard(tmp_path, capsys):
     assert rc == 0 and "wrote 7 items in 3 shards" in out and "skipped 2" in out and "bad.png" in out
     rc = main(["data", "shard", str(tmp_path / "src"), "--out", str(tmp_path / "out")])
     assert rc == 2 and "--overwrite" in capsys.readouterr().err
+
+
+def test_reads_are_safe_across_threads_and_pickling(tmp_path):
+    import pickle
+    from concurrent.futures import ThreadPoolExecutor
+
+    make_folder(tmp_path / "src", n=16, corrupt=False)
+    write_shards(tmp_path / "src", tmp_path / "out", shard_size=5)
+    ds = get_dataset(cfg_for("shards", tmp_path / "out", val_fraction=0.0, test_fraction=0.0), "train")
+    expected = [ds[i]["image"] for i in range(len(ds))]
+    with ThreadPoolExecutor(4) as pool:  # interleaved reads of the same shard files
+        got = list(pool.map(lambda i: ds[i % len(ds)]["image"], range(4 * len(ds))))
+    assert all(np.array_equal(g, expected[i % len(ds)]) for i, g in enumerate(got))
+    clone = pickle.loads(pickle.dumps(ds))  # as a spawned DataLoader worker receives it
+    assert all(np.array_equal(clone[i]["image"], expected[i]) for i in range(len(ds)))

@@ -162,13 +162,12 @@ class ShardDataset(CaptionedDataset):
 
     def _read(self, record: Record) -> bytes:
         shard_id, offset, size = record.source
-        if self._pid != os.getpid():  # a forked DataLoader worker must not share file positions
+        if self._pid != os.getpid():  # a forked DataLoader worker opens its own descriptors
             self._handles, self._pid = {}, os.getpid()
-        f = self._handles.get(shard_id)
-        if f is None:
-            f = self._handles[shard_id] = open(self.files[shard_id], "rb")
-        f.seek(offset)
-        data = f.read(size)
+        fd = self._handles.get(shard_id)
+        if fd is None:
+            fd = self._handles[shard_id] = os.open(self.files[shard_id], os.O_RDONLY)
+        data = os.pread(fd, size, offset)  # positional read: no shared file offset, safe across threads
         if len(data) != size:
             raise UnreadableImage(f"shard ends {size - len(data)} bytes into the image (truncated shard)")
         return data
@@ -177,8 +176,9 @@ class ShardDataset(CaptionedDataset):
         return {**self.__dict__, "_handles": {}}
 
     def __del__(self) -> None:
-        for f in getattr(self, "_handles", {}).values():
-            f.close()
+        if getattr(self, "_pid", None) == os.getpid():
+            for fd in self._handles.values():
+                os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------- writer
