@@ -243,6 +243,47 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- results / report
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from synthscale.study.results import ResultsError, ResultsStore
+
+    try:
+        with ResultsStore.of(args.study_dir, create=False) as store:
+            if args.csv:
+                print(f"wrote {store.export_csv(args.csv)}")
+            if args.parquet:
+                print(f"wrote {store.export_parquet(args.parquet)}")
+            if not (args.csv or args.parquet):
+                runs = Counter(r["status"] for r in store.runs())
+                recs = Counter(r["objective"] for r in store.records())
+                print(f"{store.path}: runs " + (", ".join(f"{n} {s}" for s, n in sorted(runs.items())) or "none")
+                      + "; records " + (", ".join(f"{n} {o}" for o, n in sorted(recs.items())) or "none")
+                      + f"; {len(store.autoencoders())} autoencoders, {len(store.artifacts())} artifacts")
+    except ResultsError as e:
+        print(f"synthscale: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from synthscale.study.report import build_report
+    from synthscale.study.results import ResultsError
+
+    if args.bootstrap < 0:
+        raise ConfigError(f"--bootstrap must be ≥ 0, got {args.bootstrap}")
+    try:
+        paths = build_report(args.study_dir, args.out, n_boot=args.bootstrap, seed=args.seed)
+    except ResultsError as e:
+        print(f"synthscale: error: {e}", file=sys.stderr)
+        return 2
+    print(f"report: {paths['html']}\nsummary: {paths['markdown']}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- parser
 
 
@@ -372,6 +413,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     _compute_args(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("results", help="summarise or export a study's results store (CSV, Parquet)",
+                       description="One row per (run, milestone, eval setting): grid coordinates, FLOPs, every "
+                                   "metric as a column and the instruments as JSON. Without a flag, print counts.")
+    p.add_argument("study_dir", type=Path, help="the study folder (holds results.sqlite)")
+    p.add_argument("--csv", type=Path, default=None, metavar="OUT.csv", help="write the records as CSV")
+    p.add_argument("--parquet", type=Path, default=None, metavar="OUT.parquet",
+                   help="write the records as Parquet (needs the parquet extra: pyarrow)")
+    p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("report", help="fit scaling laws and write the study's HTML report and Markdown summary",
+                       description="Fits, figures, the six findings judged on this study's numbers and a "
+                                   "recommendation, from the study's results store. Prints the paths written.")
+    p.add_argument("study_dir", type=Path, help="the study folder (holds results.sqlite)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default STUDY_DIR/report)")
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap refits per fit for the 95 %% intervals "
+                                                              "(default 200)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.set_defaults(func=cmd_report)
 
     return parser
 

@@ -8,7 +8,7 @@ Schema (version 1). Metrics and instruments are JSON objects, queryable with SQL
          objective, size, data_size, autoencoder,    the grid coordinates
          params, params_nonembedding,                N (total, non-embedding); NULL until known
          budget_flops,                               the run's training FLOPs budget
-         status  pending | running | done | failed,
+         status  pending | running | done | failed | blocked (a stage it needs failed),
          error,                                      what went wrong when status = failed
          config_hash, config,                        hash and JSON of the full run config
          updated)                                    unix time of the last change
@@ -46,7 +46,7 @@ from synthscale.evaluate.record import EvalRecord
 
 SCHEMA_VERSION = 1
 STORE_NAME = "results.sqlite"  # the store's file name inside a study folder
-RUN_STATUSES = ("pending", "running", "done", "failed")
+RUN_STATUSES = ("pending", "running", "done", "failed", "blocked")  # blocked: a stage it needs failed
 AUTOENCODER_KINDS = ("continuous", "discrete")
 WEIGHTS = ("ema", "raw")
 RECORD_KEY = ("run", "milestone", "weights", "steps", "cfg_scale")
@@ -67,7 +67,7 @@ CREATE TABLE IF NOT EXISTS runs (
     params INTEGER,
     params_nonembedding INTEGER,
     budget_flops REAL,
-    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed', 'blocked')),
     error TEXT,
     config_hash TEXT,
     config TEXT,
@@ -126,7 +126,7 @@ def store_path(study_dir: str | os.PathLike) -> Path:
 
 class ResultsStore:
     """One study's results. `ResultsStore(path)` opens (or creates) the SQLite file; `ResultsStore.of(study_dir)`
-    opens an existing study's store. Safe for several processes: writers wait on each other (busy timeout)."""
+    opens a study folder's. Safe for several processes: writers wait on each other (busy timeout)."""
 
     def __init__(self, path: str | os.PathLike, create: bool = True, timeout: float = 60.0):
         self.path = Path(path)
@@ -152,8 +152,9 @@ class ResultsStore:
                                f"the study to rebuild it") from e
 
     @classmethod
-    def of(cls, study_dir: str | os.PathLike) -> "ResultsStore":
-        return cls(store_path(study_dir), create=False)
+    def of(cls, study_dir: str | os.PathLike, create: bool = True) -> "ResultsStore":
+        """The store of a study folder (STUDY_DIR/results.sqlite); create=False: it must exist already."""
+        return cls(store_path(study_dir), create=create)
 
     def close(self) -> None:
         self._conn.close()
@@ -212,7 +213,7 @@ class ResultsStore:
             c.execute("INSERT OR REPLACE INTO runs VALUES (" + ",".join("?" * len(row)) + ")", row)
 
     def set_run_status(self, run: str, status: str, error: str | None = None) -> None:
-        """Mark a registered run pending / running / done / failed (with its error text)."""
+        """Mark a registered run pending / running / done / failed / blocked (with its error text)."""
         _check_status(status, run)
         with self._transaction() as c:
             cur = c.execute("UPDATE runs SET status = ?, error = ?, updated = ? WHERE run = ?",

@@ -1,0 +1,262 @@
+"""Views over a study's stored records that the fits, plots, findings and report share: which sampling setting
+stands for an objective, which records share a compute level, and when one number is better than another.
+
+Records are the dicts `ResultsStore.records()` returns (EvalRecord fields + config_hash).
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from synthscale.study.results import ResultsStore
+
+OBJECTIVES = ("flow", "masked", "autoregressive")  # display order
+# metrics where smaller is better; every other metric (accuracies, throughput) is better when larger
+LOWER_IS_BETTER = {"loss", "fd_probe", "kid", "latency_s"}
+# two matched-compute records: training FLOPs within ±0.06 decades (±15 %); milestones are 0.25 decades apart
+LEVEL_TOLERANCE_DEX = 0.06
+# without a measured interval (fd_probe, latency), a difference counts only beyond 10 %
+REL_MARGIN = 0.10
+Z95 = 1.959964
+
+
+@dataclass
+class StudyData:
+    """Everything a study stored, read once."""
+
+    path: Path
+    meta: dict[str, str]
+    runs: list[dict[str, Any]]
+    autoencoders: list[dict[str, Any]]
+    records: list[dict[str, Any]]
+    artifacts: list[dict[str, Any]]
+    settings: dict[str, tuple[str, int, float]] = field(default_factory=dict)  # objective → primary setting
+
+    @property
+    def name(self) -> str:
+        """The study's name: meta 'study' (a name, or the study config as JSON with a name), else the folder's."""
+        raw = self.meta.get("study", "")
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            parsed = raw
+        if isinstance(parsed, dict):
+            parsed = parsed.get("name", "")
+        return str(parsed) if parsed else self.path.name
+
+    @property
+    def objectives(self) -> list[str]:
+        present = {r["objective"] for r in self.records} | {r["objective"] for r in self.runs}
+        return [o for o in OBJECTIVES if o in present] + sorted(present - set(OBJECTIVES))
+
+
+def load_study(study_dir: str | Path) -> StudyData:
+    with ResultsStore.of(study_dir, create=False) as store:
+        data = StudyData(Path(study_dir), store.meta(), store.runs(), store.autoencoders(), store.records(),
+                         store.artifacts())
+    data.settings = primary_settings(data.records)
+    return data
+
+
+# ---------------------------------------------------------------------------------------------- settings
+
+
+def setting(r: dict[str, Any]) -> tuple[str, int, float]:
+    return (r["weights"], r["steps"], r["cfg_scale"])
+
+
+def describe_setting(s: tuple[str, int, float]) -> str:
+    return f"{s[0]} weights, {s[1]} steps, CFG {s[2]:g}"
+
+
+def primary_settings(records: list[dict[str, Any]]) -> dict[str, tuple[str, int, float]]:
+    """Per objective, the sampling setting (weights, steps, cfg) evaluated at the most (run, milestone) points —
+    the one that spans the whole grid rather than a sweep at the last milestone. Ties prefer EMA weights, then
+    more steps, then the larger CFG scale (the usual deployment choice), so the choice is fixed in advance."""
+    points: dict[str, dict[tuple, set]] = defaultdict(lambda: defaultdict(set))
+    for r in records:
+        points[r["objective"]][setting(r)].add((r["run"], r["milestone"]))
+    return {obj: max(by_setting, key=lambda s: (len(by_setting[s]), s[0] == "ema", s[1], s[2]))
+            for obj, by_setting in points.items()}
+
+
+def main_autoencoders(records: list[dict[str, Any]]) -> dict[str, str]:
+    """Per objective, the autoencoder most of its records use: the main grid's (the others are ablations).
+    Losses over different latent spaces are not comparable, so fits use the main one only."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for r in records:
+        counts[r["objective"]][r["autoencoder"]] += 1
+    return {o: max(c, key=lambda a: (c[a], a)) for o, c in counts.items()}
+
+
+def primary_records(data: StudyData) -> list[dict[str, Any]]:
+    """One record per (run, milestone): the one at its objective's primary setting."""
+    return [r for r in data.records if data.settings.get(r["objective"]) == setting(r)]
+
+
+# ---------------------------------------------------------------------------------------------- compute levels
+
+
+def compute_levels(flops: list[float], tol_dex: float = LEVEL_TOLERANCE_DEX) -> list[float]:
+    """Cluster training FLOPs into matched levels (members within tol_dex decades of a level's first value);
+    each level is the geometric mean of its members."""
+    xs = sorted({math.log10(f) for f in flops if f > 0})
+    levels: list[list[float]] = []
+    for x in xs:
+        if levels and x - levels[-1][0] <= tol_dex:
+            levels[-1].append(x)
+        else:
+            levels.append([x])
+    return [10 ** (sum(g) / len(g)) for g in levels]
+
+
+def level_of(f: float, levels: list[float], tol_dex: float = LEVEL_TOLERANCE_DEX) -> float | None:
+    if f <= 0:
+        return None
+    best = min(levels, key=lambda lv: abs(math.log10(lv) - math.log10(f)), default=None)
+    if best is None or abs(math.log10(best) - math.log10(f)) > tol_dex:
+        return None
+    return best
+
+
+def by_level(records: list[dict[str, Any]]) -> dict[float, list[dict[str, Any]]]:
+    levels = compute_levels([r["train_flops"] for r in records])
+    out: dict[float, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        lv = level_of(r["train_flops"], levels)
+        if lv is not None:
+            out[lv].append(r)
+    return dict(sorted(out.items()))
+
+
+def best_per_objective(records: list[dict[str, Any]], metric: str) -> dict[str, dict[str, Any]]:
+    """The record with the best value of `metric` for each objective (records without it are skipped)."""
+    best: dict[str, dict[str, Any]] = {}
+    for r in records:
+        v = value(r, metric)
+        if v is None:
+            continue
+        cur = best.get(r["objective"])
+        if cur is None or better(v, value(cur, metric), metric):
+            best[r["objective"]] = r
+    return best
+
+
+def matched_best(records: list[dict[str, Any]], metric: str) -> dict[float, dict[str, dict[str, Any]]]:
+    """At each matched compute level, the best record of each objective for `metric`."""
+    return {lv: best_per_objective(rs, metric) for lv, rs in by_level(records).items()}
+
+
+# ---------------------------------------------------------------------------------------------- comparing
+
+
+def value(r: dict[str, Any], metric: str) -> float | None:
+    v = r["metrics"].get(metric)
+    return None if v is None or not math.isfinite(v) else float(v)
+
+
+def better(a: float, b: float, metric: str) -> bool:
+    return a < b if metric in LOWER_IS_BETTER else a > b
+
+
+def interval(r: dict[str, Any], metric: str) -> tuple[float, float] | None:
+    """The 95 % interval a record measured for `metric`: `<metric>_lo/_hi` (bootstrap bounds) or
+    value ± 1.96·`<metric>_std`; None when it measured none."""
+    m = r["metrics"]
+    if f"{metric}_lo" in m and f"{metric}_hi" in m:
+        return (m[f"{metric}_lo"], m[f"{metric}_hi"])
+    v = value(r, metric)
+    if v is not None and f"{metric}_std" in m:
+        return (v - Z95 * m[f"{metric}_std"], v + Z95 * m[f"{metric}_std"])
+    return None
+
+
+def compare(a: dict[str, Any], b: dict[str, Any], metric: str) -> int | None:
+    """+1 when a is significantly better than b on `metric`, −1 when b is, 0 when the difference is not
+    significant, None when either did not measure it. Significant: the 95 % intervals do not overlap, or, when
+    an interval is missing, the values differ by more than REL_MARGIN."""
+    va, vb = value(a, metric), value(b, metric)
+    if va is None or vb is None:
+        return None
+    ia, ib = interval(a, metric), interval(b, metric)
+    if ia is not None and ib is not None:
+        if ia[1] < ib[0]:
+            lower = 1  # a below b
+        elif ib[1] < ia[0]:
+            lower = -1
+        else:
+            return 0
+    else:
+        scale = max(abs(va), abs(vb))
+        if scale == 0 or abs(va - vb) <= REL_MARGIN * scale:
+            return 0
+        lower = 1 if va < vb else -1
+    return lower if metric in LOWER_IS_BETTER else -lower
+
+
+def quality_metric(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    """Which quality number two records are compared on: KID when both measured it with its std (it carries an
+    interval), else fd_probe (10 % margin), else None."""
+    if interval(a, "kid") is not None and interval(b, "kid") is not None:
+        return "kid"
+    if value(a, "fd_probe") is not None and value(b, "fd_probe") is not None:
+        return "fd_probe"
+    return None
+
+
+def compare_quality(a: dict[str, Any], b: dict[str, Any]) -> int | None:
+    m = quality_metric(a, b)
+    return None if m is None else compare(a, b, m)
+
+
+# ---------------------------------------------------------------------------------------------- labels
+
+
+def fmt(v: float | None, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "not measured"
+    if v != 0 and (abs(v) >= 1e4 or abs(v) < 1e-3):
+        return f"{v:.{digits - 1}e}"
+    return f"{v:.{digits}g}"
+
+
+def fmt_interval(iv: tuple[float, float] | None, digits: int = 3) -> str:
+    return "—" if iv is None else f"[{fmt(iv[0], digits)}, {fmt(iv[1], digits)}]"
+
+
+def describe_record(r: dict[str, Any]) -> str:
+    return (f"{r['objective']} {r['size']} D={r['data_size']} {r['autoencoder']} @ {r['train_flops']:.3g} FLOPs "
+            f"({describe_setting(setting(r))})")
+
+
+def describe_instruments(records: list[dict[str, Any]], limit: int = 6) -> str:
+    """The instruments behind a set of records, e.g. 'extractor=probe:ab12; n=256; split=test'; values that
+    differ between records are listed as alternatives. File references (…grid, …path) are left out."""
+    seen: dict[str, Counter] = defaultdict(Counter)
+    for r in records:
+        for k, v in _flatten(r.get("instruments") or {}).items():
+            if not k.endswith(("grid", "path")):
+                seen[k][str(v)] += 1
+    if not seen:
+        return "instruments not recorded"
+    parts = []
+    for k in sorted(seen):
+        vals = [v for v, _ in seen[k].most_common(3)]
+        more = "…" if len(seen[k]) > 3 else ""
+        parts.append(f"{k}={'|'.join(vals)}{more}")
+    return "; ".join(parts[:limit * 3])
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

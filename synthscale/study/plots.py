@@ -1,0 +1,294 @@
+"""The study's figures, mirroring Kilian et al. (2024): quality and prompt following vs training FLOPs (Fig. 3),
+loss vs FLOPs with fitted power laws (Fig. 4), quality vs inference FLOPs across sampling steps (Fig. 5), the
+autoencoder ablation (Fig. 2) and EMA vs raw weights. Each function returns a `Plot` whose PNG is None, with a
+note saying why, when the study has no data for it.
+
+matplotlib's object API (Figure + Agg canvas) is used rather than pyplot: no global figure state, no display.
+"""
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from synthscale.study import compare as cmp
+from synthscale.study.scaling import PowerLawFit
+
+TRAIN_FLOPS = "training FLOPs (analytic, 2 per MAC, fwd+bwd = 3× fwd)"
+SAMPLE_FLOPS = "sampling FLOPs per image (analytic, 2 per MAC, CFG doubles)"
+METRIC_LABELS = {
+    "loss": "validation loss (each objective's own) ↓",
+    "fd_probe": "FD over probe features ↓",
+    "kid": "KID over probe features ↓",
+    "prompt_acc": "prompt accuracy (attribute probe) ↑",
+}
+COLOURS = {"flow": "#d62728", "masked": "#2ca02c", "autoregressive": "#1f77b4"}
+MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
+LINESTYLES = ["-", "--", ":", "-."]
+
+
+@dataclass
+class Plot:
+    key: str  # file stem, e.g. "fig3-quality-vs-training-flops"
+    title: str
+    caption: str  # what it shows and the instruments behind its numbers
+    png: bytes | None  # None: skipped
+    note: str = ""  # why it was skipped
+
+
+def _colour(objective: str) -> str:
+    return COLOURS.get(objective, "#7f7f7f")
+
+
+def _figure(ncols: int, width: float = 5.2, height: float = 4.0) -> tuple[Figure, list]:
+    fig = Figure(figsize=(width * ncols, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+    return fig, axes
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
+
+
+def _series(records: list[dict[str, Any]], key) -> dict[Any, list[dict[str, Any]]]:
+    out: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        out[key(r)].append(r)
+    return {k: sorted(v, key=lambda r: r["train_flops"]) for k, v in sorted(out.items(), key=lambda kv: str(kv[0]))}
+
+
+def _errbars(rs: list[dict[str, Any]], metric: str) -> np.ndarray | None:
+    ivs = [cmp.interval(r, metric) for r in rs]
+    if any(iv is None for iv in ivs):
+        return None
+    vals = [cmp.value(r, metric) for r in rs]
+    return np.array([[v - iv[0] for v, iv in zip(vals, ivs)], [iv[1] - v for v, iv in zip(vals, ivs)]])
+
+
+def _draw_metric_vs(ax, series: dict, metric: str, xkey: str, style) -> int:
+    drawn = 0
+    for key, rs in series.items():
+        rs = [r for r in rs if cmp.value(r, metric) is not None]
+        if not rs:
+            continue
+        x = [r[xkey] for r in rs]
+        y = [cmp.value(r, metric) for r in rs]
+        colour, ls, marker, label = style(key)
+        err = _errbars(rs, metric)
+        if err is not None:
+            ax.errorbar(x, y, yerr=err, color=colour, ls=ls, marker=marker, ms=4, capsize=2, label=label)
+        else:
+            ax.plot(x, y, color=colour, ls=ls, marker=marker, ms=4, label=label)
+        drawn += 1
+    return drawn
+
+
+def _finish(ax, xlabel: str, metric: str, log_y: bool = True) -> None:
+    ax.set_xscale("log")
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(_label(metric))
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=7)
+
+
+def _skip(key: str, title: str, note: str) -> Plot:
+    return Plot(key, title, "", None, note)
+
+
+# ---------------------------------------------------------------------------------------------- figures
+
+
+def quality_vs_training_flops(data: cmp.StudyData) -> Plot:
+    """Fig. 3: image quality and prompt following vs training FLOPs, a line per objective and model size."""
+    key, title = "fig3-quality-vs-training-flops", "Fig. 3 — quality and prompt following vs training compute"
+    main = cmp.main_autoencoders(data.records)
+    recs = [r for r in cmp.primary_records(data) if r["autoencoder"] == main[r["objective"]]]
+    metrics = [m for m in ("fd_probe", "prompt_acc") if any(cmp.value(r, m) is not None for r in recs)]
+    if not metrics:
+        return _skip(key, title, "no record measured fd_probe or prompt_acc")
+    sizes = sorted({r["size"] for r in recs})
+    series = _series(recs, lambda r: (r["objective"], r["size"], r["data_size"]))
+    multi_d = len({r["data_size"] for r in recs}) > 1
+
+    def style(k):
+        obj, size, d = k
+        label = f"{obj} {size}" + (f" D={d}" if multi_d else "")
+        return _colour(obj), LINESTYLES[sizes.index(size) % 4], MARKERS[sizes.index(size) % 7], label
+
+    fig, axes = _figure(len(metrics))
+    for ax, m in zip(axes, metrics):
+        _draw_metric_vs(ax, series, m, "train_flops", style)
+        _finish(ax, TRAIN_FLOPS, m, log_y=m != "prompt_acc")
+    settings = "; ".join(f"{o}: {cmp.describe_setting(s)}" for o, s in sorted(data.settings.items()))
+    caption = (f"Each objective's primary sampling setting ({settings}), main-grid autoencoder per objective "
+               f"({', '.join(f'{o}: {a}' for o, a in sorted(main.items()))}). Error bars: the records' 95 % "
+               f"bootstrap intervals where measured. Instruments: {cmp.describe_instruments(recs)}.")
+    return Plot(key, title, caption, _png(fig))
+
+
+def loss_fits(data: cmp.StudyData, fits: dict[str, PowerLawFit]) -> Plot:
+    """Fig. 4: each objective's validation loss vs training FLOPs, the fitted L(C) = E + A·C^−α and its band."""
+    key, title = "fig4-loss-vs-flops", "Fig. 4 — loss vs training compute, with fitted power laws"
+    main = cmp.main_autoencoders(data.records)  # losses over other latent spaces are on other scales
+    recs = [r for r in cmp.primary_records(data)
+            if cmp.value(r, "loss") is not None and r["autoencoder"] == main[r["objective"]]]
+    objectives = [o for o in data.objectives if any(r["objective"] == o for r in recs)]
+    if not objectives:
+        return _skip(key, title, "no record measured the validation loss")
+    fig, axes = _figure(len(objectives), width=4.6)
+    for ax, obj in zip(axes, objectives):
+        rs = [r for r in recs if r["objective"] == obj]
+        sizes = sorted({r["size"] for r in rs})
+        for i, size in enumerate(sizes):
+            pts = [r for r in rs if r["size"] == size]
+            ax.scatter([r["train_flops"] for r in pts], [cmp.value(r, "loss") for r in pts], s=14, alpha=0.6,
+                       marker=MARKERS[i % 7], color=_colour(obj), label=f"{size} (all milestones)")
+        fit = fits.get(obj)
+        if fit is not None:
+            ax.scatter(fit.compute, fit.values, s=44, facecolors="none", edgecolors="k", label="frontier (fitted)")
+            c = np.logspace(np.log10(fit.compute.min()), np.log10(fit.compute.max()), 100)
+            a_iv = fit.intervals.get("alpha")
+            a_txt = f" [{a_iv[0]:.3f}, {a_iv[1]:.3f}]" if a_iv else ""
+            ax.plot(c, fit.predict(c), color="k", lw=1.2,
+                    label=f"fit: E={fit.E:.3g}, α={fit.alpha:.3f}{a_txt}, R²={fit.r2:.3f}")
+            band = fit.band(c)
+            if band is not None:
+                ax.fill_between(c, band[0], band[1], color="k", alpha=0.12, label="95 % bootstrap band")
+        ax.set_title(obj)
+        _finish(ax, TRAIN_FLOPS, "loss")
+    caption = ("Validation loss of each objective (its own loss: not comparable across panels) at its primary "
+               "sampling weights. The fit L(C) = E + A·C^−α (Chinchilla approach 3: Huber on log residuals, "
+               "L-BFGS from a grid of starts) is to the compute frontier: points no cheaper point beats. "
+               f"Instruments: {cmp.describe_instruments(recs)}.")
+    missing = [o for o in objectives if o not in fits]
+    if missing:
+        caption += f" No fit for {', '.join(missing)} (too few frontier points)."
+    return Plot(key, title, caption, _png(fig))
+
+
+def _sweeps(data: cmp.StudyData) -> dict[str, list[dict[str, Any]]]:
+    """Per objective, the records of one (run, milestone, weights, cfg) across sampling steps: the run with the
+    most step values (largest size, latest milestone on ties), at the objective's primary weights and CFG."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in data.records:
+        prim = data.settings.get(r["objective"])
+        if prim and (r["weights"], r["cfg_scale"]) == (prim[0], prim[2]):
+            groups[(r["objective"], r["run"], r["milestone"])].append(r)
+    best: dict[str, tuple] = {}
+    for (obj, run, ms), rs in groups.items():
+        rank = (len({r["steps"] for r in rs}), rs[0]["params"], ms)
+        if obj not in best or rank > best[obj][0]:
+            best[obj] = (rank, sorted(rs, key=lambda r: r["steps"]))
+    return {o: v[1] for o, v in best.items()}
+
+
+def quality_vs_inference_flops(data: cmp.StudyData) -> Plot:
+    """Fig. 5: quality and prompt following vs sampling FLOPs per image, across sampling steps."""
+    key, title = "fig5-quality-vs-inference-flops", "Fig. 5 — quality and prompt following vs inference compute"
+    sweeps = _sweeps(data)
+    metrics = [m for m in ("fd_probe", "prompt_acc")
+               if any(cmp.value(r, m) is not None for rs in sweeps.values() for r in rs)]
+    if not metrics or not any(len(rs) > 1 for rs in sweeps.values()):
+        return _skip(key, title, "no run was evaluated at more than one sampling-step count")
+    fig, axes = _figure(len(metrics))
+    for ax, m in zip(axes, metrics):
+        for obj, rs in sweeps.items():
+            rs = [r for r in rs if cmp.value(r, m) is not None]
+            if not rs:
+                continue
+            x = [r["sample_flops_per_image"] for r in rs]
+            y = [cmp.value(r, m) for r in rs]
+            ax.plot(x, y, color=_colour(obj), marker="o", ms=4,
+                    label=f"{obj} {rs[0]['size']} @ {rs[0]['train_flops']:.2g} train FLOPs")
+            for xi, yi, r in zip(x, y, rs):
+                ax.annotate(str(r["steps"]), (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        _finish(ax, SAMPLE_FLOPS, m, log_y=m != "prompt_acc")
+    all_rs = [r for rs in sweeps.values() for r in rs]
+    caption = ("Numbers beside points: sampling steps (flow: Euler ODE steps; masked: decoding steps; "
+               "next-token: image tokens, one each with a KV cache). One run per objective: the one evaluated at "
+               f"the most step counts, at its primary weights and CFG. Instruments: {cmp.describe_instruments(all_rs)}.")
+    return Plot(key, title, caption, _png(fig))
+
+
+def autoencoder_ablation(data: cmp.StudyData) -> Plot:
+    """Fig. 2: the same objective, size and data with different autoencoders, vs training FLOPs."""
+    key, title = "fig2-autoencoder-ablation", "Fig. 2 — autoencoder ablation"
+    recs = cmp.primary_records(data)
+    groups = _series(recs, lambda r: (r["objective"], r["size"], r["data_size"]))
+    ablated = {k for k, rs in groups.items() if len({r["autoencoder"] for r in rs}) > 1}
+    if not ablated:
+        return _skip(key, title, "no objective was trained with more than one autoencoder at the same size and data")
+    recs = [r for r in recs if (r["objective"], r["size"], r["data_size"]) in ablated]
+    metrics = [m for m in ("fd_probe", "prompt_acc") if any(cmp.value(r, m) is not None for r in recs)]
+    if not metrics:
+        return _skip(key, title, "the ablation runs measured neither fd_probe nor prompt_acc")
+    ae_names = sorted({r["autoencoder"] for r in recs})
+    psnr = {a["name"]: a["metrics"].get("psnr") for a in data.autoencoders}
+    series = _series(recs, lambda r: (r["objective"], r["size"], r["autoencoder"]))
+
+    def style(k):
+        obj, size, ae = k
+        i = ae_names.index(ae)
+        ps = f", PSNR {psnr[ae]:.1f} dB" if psnr.get(ae) is not None else ""
+        return _colour(obj), LINESTYLES[i % 4], MARKERS[i % 7], f"{obj} {size} · {ae}{ps}"
+
+    fig, axes = _figure(len(metrics))
+    for ax, m in zip(axes, metrics):
+        _draw_metric_vs(ax, series, m, "train_flops", style)
+        _finish(ax, TRAIN_FLOPS, m, log_y=m != "prompt_acc")
+    caption = ("Runs that differ only in their autoencoder; PSNR is the autoencoder's reconstruction PSNR on "
+               f"held-out renders. Instruments: {cmp.describe_instruments(recs)}.")
+    return Plot(key, title, caption, _png(fig))
+
+
+def ema_vs_raw(data: cmp.StudyData) -> Plot:
+    """EMA vs raw weights: quality vs training FLOPs per objective, EMA solid, raw dashed."""
+    key, title = "fig-ema-vs-raw", "EMA vs raw weights"
+    pairs = []
+    for r in data.records:
+        prim = data.settings.get(r["objective"])
+        if prim and (r["steps"], r["cfg_scale"]) == (prim[1], prim[2]):
+            pairs.append(r)
+    weights = {(r["run"], r["weights"]) for r in pairs}
+    runs_both = {run for run, w in weights if (run, "ema") in weights and (run, "raw") in weights}
+    recs = [r for r in pairs if r["run"] in runs_both and cmp.value(r, "fd_probe") is not None]
+    if not recs:
+        return _skip(key, title, "no run was evaluated with both EMA and raw weights on fd_probe")
+    main = cmp.main_autoencoders(data.records)
+    recs = [r for r in recs if r["autoencoder"] == main[r["objective"]]]
+    objectives = [o for o in data.objectives if any(r["objective"] == o for r in recs)]
+    fig, axes = _figure(len(objectives), width=4.4)
+    for ax, obj in zip(axes, objectives):
+        rs = [r for r in recs if r["objective"] == obj]
+        sizes = sorted({r["size"] for r in rs})
+        series = _series(rs, lambda r: (r["size"], r["weights"]))
+
+        def style(k, sizes=sizes, obj=obj):
+            size, w = k
+            return _colour(obj), "-" if w == "ema" else "--", MARKERS[sizes.index(size) % 7], f"{size} {w}"
+
+        _draw_metric_vs(ax, series, "fd_probe", "train_flops", style)
+        ax.set_title(obj)
+        _finish(ax, TRAIN_FLOPS, "fd_probe")
+    caption = ("Same runs, same milestones, same sampling steps and CFG; solid: EMA weights, dashed: raw "
+               f"weights. Instruments: {cmp.describe_instruments(recs)}.")
+    return Plot(key, title, caption, _png(fig))
+
+
+def all_plots(data: cmp.StudyData, loss_fits_by_objective: dict[str, PowerLawFit]) -> list[Plot]:
+    return [autoencoder_ablation(data), quality_vs_training_flops(data), loss_fits(data, loss_fits_by_objective),
+            quality_vs_inference_flops(data), ema_vs_raw(data)]

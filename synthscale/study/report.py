@@ -1,0 +1,347 @@
+"""`synthscale report STUDY_DIR`: fits, figures, findings and recommendation from a study's results store, written
+as one self-contained HTML file (figures and sample grids embedded as base64) and a Markdown summary beside it
+(figures as PNG files next to it). Every number is computed here from the stored records; nothing is written
+by hand, and a study without data for a part says so in that part.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from synthscale import atomic
+from synthscale.study import compare as cmp
+from synthscale.study import findings as fnd
+from synthscale.study import plots
+from synthscale.study.compare import fmt, fmt_interval
+from synthscale.study.scaling import Crossover, FitError, PowerLawFit, crossover, fit_power_law, frontier
+
+CROSSOVER_PAIRS = (("autoregressive", "flow"), ("masked", "flow"), ("autoregressive", "masked"))
+
+
+@dataclass
+class Analysis:
+    data: cmp.StudyData
+    loss_fits: dict[str, PowerLawFit]
+    loss_errors: dict[str, str]  # objective → why it has no loss fit
+    fd_fits: dict[str, PowerLawFit]
+    fd_errors: dict[str, str]
+    crossovers: dict[tuple[str, str], Crossover]  # of the fd_probe fits
+    findings: list[fnd.Finding]
+    recommendations: list[fnd.Recommendation]
+    plots: list[plots.Plot]
+    samples: list[dict[str, Any]]  # sample-grid artifacts at matched compute, with "label"
+    samples_note: str
+    reconstructions: list[dict[str, Any]]  # autoencoder reconstruction grids
+
+
+def fit_points(data: cmp.StudyData, objective: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """The compute frontier of `metric` for one objective: its primary-setting records with its main
+    autoencoder, keeping the points no cheaper point beats."""
+    main = cmp.main_autoencoders(data.records).get(objective)
+    rs = [r for r in cmp.primary_records(data)
+          if r["objective"] == objective and r["autoencoder"] == main and cmp.value(r, metric) is not None]
+    c = np.array([r["train_flops"] for r in rs], dtype=float)
+    v = np.array([cmp.value(r, metric) for r in rs], dtype=float)
+    keep = frontier(c, v, lower_is_better=metric in cmp.LOWER_IS_BETTER)
+    return c[keep], v[keep]
+
+
+def _fits(data: cmp.StudyData, metric: str, n_boot: int, seed: int):
+    fits, errors = {}, {}
+    for obj in data.objectives:
+        c, v = fit_points(data, obj, metric)
+        if len(c) == 0:
+            errors[obj] = f"no {metric} measured"
+            continue
+        try:
+            fits[obj] = fit_power_law(c, v, metric=metric, n_boot=n_boot, seed=seed, holdout=None)
+        except FitError as e:
+            errors[obj] = str(e)
+    return fits, errors
+
+
+def _sample_grids(data: cmp.StudyData) -> tuple[list[dict[str, Any]], str]:
+    """Sample-grid artifacts at matched compute: the highest compute level where the most objectives have one;
+    per objective the largest model's grid, at its primary setting when there is one."""
+    flops = {(r["run"], r["milestone"]): (r["train_flops"], r["params"]) for r in data.records}
+    grids = []
+    for a in data.artifacts:
+        if a["kind"] == "samples" and (a["run"], a["milestone"]) in flops and Path(a["path"]).is_file():
+            objective = next((r["objective"] for r in data.runs if r["run"] == a["run"]), None) or next(
+                r["objective"] for r in data.records if r["run"] == a["run"])
+            c, n = flops[(a["run"], a["milestone"])]
+            grids.append(dict(a, objective=objective, train_flops=c, params=n))
+    if not grids:
+        return [], "no sample grids were stored (artifacts of kind 'samples')"
+    by_level = cmp.by_level(grids)
+    lv = max(by_level, key=lambda k: (len({g["objective"] for g in by_level[k]}), k))
+    chosen = []
+    for obj in data.objectives:
+        cands = [g for g in by_level[lv] if g["objective"] == obj]
+        if not cands:
+            continue
+        prim = data.settings.get(obj)
+        g = max(cands, key=lambda g: ((g["weights"], g["steps"], g["cfg_scale"]) == prim, g["params"]))
+        size = next((r["size"] for r in data.runs if r["run"] == g["run"]), "")
+        g["label"] = (f"{obj} {size} @ {g['train_flops']:.3g} training FLOPs — {g['weights']} weights, "
+                      f"{g['steps']} steps, CFG {g['cfg_scale']:g}" + (f" — {g['caption']}" if g["caption"] else ""))
+        chosen.append(g)
+    missing = [o for o in data.objectives if o not in {g["objective"] for g in chosen}]
+    note = f"at {lv:.3g} training FLOPs" + (f"; no grid at this compute for {', '.join(missing)}" if missing else "")
+    return chosen, note
+
+
+def analyse(study_dir: str | Path, n_boot: int = 200, seed: int = 0) -> Analysis:
+    data = cmp.load_study(study_dir)
+    loss_fits, loss_errors = _fits(data, "loss", n_boot, seed)
+    fd_fits, fd_errors = _fits(data, "fd_probe", n_boot, seed)
+    crossovers = {(a, b): crossover(fd_fits[a], fd_fits[b], a, b)
+                  for a, b in CROSSOVER_PAIRS if a in fd_fits and b in fd_fits}
+    samples, samples_note = _sample_grids(data)
+    recon = [a for a in data.artifacts if a["kind"] == "reconstructions" and Path(a["path"]).is_file()]
+    return Analysis(data, loss_fits, loss_errors, fd_fits, fd_errors, crossovers,
+                    fnd.all_findings(data, loss_fits, loss_errors, crossovers), fnd.recommendations(data),
+                    plots.all_plots(data, loss_fits), samples, samples_note, recon)
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def _runs_table(data: cmp.StudyData) -> tuple[list[str], list[list[str]]]:
+    head = ["run", "objective", "size", "D", "autoencoder", "N", "budget FLOPs", "status", "error"]
+    rows = [[r["run"], r["objective"], r["size"], str(r["data_size"]), r["autoencoder"], fmt(r["params"]),
+             fmt(r["budget_flops"]), r["status"], (r["error"] or "").strip()] for r in data.runs]
+    return head, rows
+
+
+def _autoencoder_table(data: cmp.StudyData) -> tuple[list[str], list[list[str]]]:
+    names = sorted({k for a in data.autoencoders for k in a["metrics"]})
+    return (["autoencoder", "kind", *names],
+            [[a["name"], a["kind"], *(fmt(a["metrics"].get(k)) for k in names)] for a in data.autoencoders])
+
+
+def _fit_table(fits: dict[str, PowerLawFit], errors: dict[str, str]) -> tuple[list[str], list[list[str]]]:
+    head = ["objective", "points", "E [95 %]", "A [95 %]", "α [95 %]", "R² (log)", "max |residual| (log)",
+            "hold-out |error|", "bootstrap refits"]
+    rows = []
+    for obj, f in fits.items():
+        iv = f.intervals
+        ho = (f"{f.holdout.mean_abs_rel_error:.1%} on {len(f.holdout.points)} (fit on {f.holdout.n_train})"
+              if f.holdout else "too few points")
+        rows.append([obj, str(f.n), f"{fmt(f.E)} {fmt_interval(iv['E'])}", f"{fmt(f.A)} {fmt_interval(iv['A'])}",
+                     f"{f.alpha:.4f} {fmt_interval(iv['alpha'], 4)}", f"{f.r2:.4f}",
+                     f"{np.abs(f.residuals).max():.3g}", ho, f"{f.n_boot}/{f.n_boot_requested}"])
+    rows += [[obj, "—", "—", "—", "—", "—", "—", "—", f"no fit: {e}"] for obj, e in errors.items()]
+    return head, rows
+
+
+def _residual_table(fits: dict[str, PowerLawFit]) -> tuple[list[str], list[list[str]]]:
+    rows = []
+    for obj, f in fits.items():
+        for c, v, p, r in zip(f.compute, f.values, f.predict(f.compute), f.residuals):
+            rows.append([obj, fmt(c), fmt(v, 4), fmt(p, 4), f"{r:+.4f}", "fit"])
+        for hp in f.holdout.points if f.holdout else []:
+            rows.append([obj, fmt(hp.compute), fmt(hp.actual, 4), fmt(hp.predicted, 4), f"{hp.rel_error:+.2%}",
+                         "held out (relative error)"])
+    return ["objective", "training FLOPs", "measured", "fitted", "residual", "role"], rows
+
+
+def _crossover_table(crossovers: dict[tuple[str, str], Crossover]) -> tuple[list[str], list[list[str]]]:
+    return (["curves", "range (FLOPs)", "better at the low end", "crossing"],
+            [[f"{c.a} vs {c.b}", f"[{c.lo:.3g}, {c.hi:.3g}]",
+              "—" if c.a_better_below is None else (c.a if c.a_better_below else c.b), c.describe()]
+             for c in crossovers.values()])
+
+
+def _rec_table(recs: list[fnd.Recommendation]) -> tuple[list[str], list[list[str]]]:
+    rows = []
+    for r in recs:
+        win = "not measured" if r.winner is None else r.winner + (f" (tie: {', '.join(r.tie_with)})" if r.tie_with else "")
+        rows.append([f"{r.budget:.3g}", r.criterion, win, r.detail])
+    return ["budget (training FLOPs)", "best for", "paradigm", "numbers (best model per paradigm)"], rows
+
+
+def _settings_table(data: cmp.StudyData) -> tuple[list[str], list[list[str]]]:
+    main = cmp.main_autoencoders(data.records)
+    return (["objective", "primary sampling setting", "main autoencoder"],
+            [[o, cmp.describe_setting(s), main.get(o, "—")] for o, s in sorted(data.settings.items())])
+
+
+# ---------------------------------------------------------------------------------------------- HTML
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1180px;margin:2em auto;padding:0 1em;
+ color:#1d1d1f;line-height:1.45}
+h1{font-size:1.7em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.86em}
+th,td{border:1px solid #d0d0d0;padding:.3em .55em;text-align:left;vertical-align:top}
+th{background:#f3f3f5}tr.failed td{background:#fdecea}
+figure{margin:1em 0 2em}figure img{max-width:100%;border:1px solid #eee}
+figcaption{font-size:.85em;color:#444;margin-top:.3em}
+.banner{background:#fff3cd;border:1px solid #e0c060;padding:.6em 1em;border-radius:4px}
+.v{font-weight:600;padding:.1em .45em;border-radius:3px;white-space:nowrap}
+.confirmed{background:#d9f2dd;color:#1b5e20}.not-confirmed{background:#fbdada;color:#8e1b1b}
+.inconclusive{background:#eee;color:#444}.skip{color:#8a6d00}
+.samples{display:flex;flex-wrap:wrap;gap:1.2em}.samples figure{margin:0;max-width:360px}
+code{background:#f3f3f5;padding:0 .25em}
+"""
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def _html_table(head: list[str], rows: list[list[str]], failed_col: int | None = None) -> str:
+    out = ["<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
+    for row in rows:
+        cls = ' class="failed"' if failed_col is not None and row[failed_col] in ("failed", "blocked") else ""
+        out.append(f"<tr{cls}>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>")
+    return "\n".join(out) + "</table>"
+
+
+def _verdict(v: str) -> str:
+    return f'<span class="v {v.replace(" ", "-")}">{_e(v)}</span>'
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def render_html(a: Analysis) -> str:
+    d = a.data
+    p = []
+    p.append(f"<!doctype html><html lang=en><head><meta charset=utf-8><title>synthscale report — {_e(d.path.name)}"
+             f"</title><style>{_CSS}</style></head><body>")
+    p.append(f"<h1>synthscale report: {_e(d.name)}</h1>")
+    p.append(f"<p>Study folder <code>{_e(d.path)}</code>; generated {_e(time.strftime('%Y-%m-%d %H:%M'))}. "
+             f"{len(d.runs)} runs, {len(d.records)} evaluation records, {len(d.autoencoders)} autoencoders.</p>")
+    if d.meta.get("notes"):
+        p.append(f'<p class="banner">{_e(d.meta["notes"])}</p>')
+    p.append("<h2>Findings on this run</h2><table><tr><th>#</th><th>claim (Kilian et al. 2024)</th><th>verdict</th></tr>")
+    for f in a.findings:
+        p.append(f"<tr><td>{f.number}</td><td>{_e(f.claim)}</td><td>{_verdict(f.verdict)}</td></tr>")
+    p.append("</table><p>Each verdict comes from a rule written in <code>synthscale/study/findings.py</code>, "
+             "stated with its evidence below.</p>")
+    p.append("<h2>Recommendation</h2><p>At each measured budget, the paradigm with the best value over every model "
+             "and sampling setting trained to it; ties are within the measured 95 % intervals (or 10 % where a "
+             "number has none).</p>" + _html_table(*_rec_table(a.recommendations)))
+    p.append("<h2>The grid</h2>" + _html_table(*_runs_table(d), failed_col=7))
+    if d.autoencoders:
+        p.append("<h3>Autoencoders</h3><p>Reconstruction metrics on held-out images.</p>"
+                 + _html_table(*_autoencoder_table(d)))
+    if a.reconstructions:
+        p.append("<div class=samples>" + "".join(
+            f"<figure>{_img(Path(r['path']).read_bytes(), r['run'])}<figcaption>{_e(r['caption'] or r['run'])}"
+            f"</figcaption></figure>" for r in a.reconstructions) + "</div>")
+    p.append("<h3>Sampling setting per objective</h3><p>Figures and fits use each objective's primary setting: "
+             "the one evaluated at the most milestones.</p>" + _html_table(*_settings_table(d)))
+    p.append("<h2>Figures</h2>")
+    for pl in a.plots:
+        if pl.png is None:
+            p.append(f'<h3>{_e(pl.title)}</h3><p class="skip">Skipped: {_e(pl.note)}.</p>')
+        else:
+            p.append(f"<h3>{_e(pl.title)}</h3><figure>{_img(pl.png, pl.title)}<figcaption>{_e(pl.caption)}"
+                     f"</figcaption></figure>")
+    p.append("<h3>Samples at matched training compute</h3>")
+    if a.samples:
+        p.append(f"<p>{_e(a.samples_note)}.</p><div class=samples>")
+        for g in a.samples:
+            p.append(f"<figure>{_img(Path(g['path']).read_bytes(), g['label'])}<figcaption>{_e(g['label'])}"
+                     f"</figcaption></figure>")
+        p.append("</div>")
+    else:
+        p.append(f'<p class="skip">Skipped: {_e(a.samples_note)}.</p>')
+    p.append("<h2>Scaling fits</h2><h3>Loss: L(C) = E + A·C<sup>−α</sup></h3>"
+             "<p>Per objective, fitted to its loss frontier (Chinchilla approach 3: summed Huber, δ = 10<sup>−3</sup>, "
+             "on log residuals; L-BFGS-B from 84 starts); 95 % percentile bootstrap intervals over points; the hold-out "
+             "column refits without the largest-compute fifth of the points and predicts them.</p>"
+             + _html_table(*_fit_table(a.loss_fits, a.loss_errors)))
+    p.append("<h3>fd_probe (descriptive)</h3><p>The same functional form fitted to the FD frontier; a description of "
+             "the trend, not a law.</p>" + _html_table(*_fit_table(a.fd_fits, a.fd_errors)))
+    if a.crossovers:
+        p.append("<h3>Where the FD curves cross</h3><p>Within the training compute both objectives were measured on; "
+                 "the interval pairs bootstrap refits.</p>" + _html_table(*_crossover_table(a.crossovers)))
+    p.append("<details><summary>Residuals and held-out predictions</summary>"
+             + _html_table(*_residual_table(a.loss_fits)) + "</details>")
+    p.append("<h2>Findings in detail</h2>")
+    for f in a.findings:
+        p.append(f"<h3>{f.number}. {_e(f.claim)} {_verdict(f.verdict)}</h3><p><b>Rule.</b> {_e(f.rule)}</p><ul>"
+                 + "".join(f"<li>{_e(x)}</li>" for x in f.evidence) + "</ul>")
+    p.append("<h2>Conventions</h2><p>FLOPs are analytic counts, 2 per multiply-add; training = 3 × forward; "
+             "sampling FLOPs per image include classifier-free guidance's second pass. Quality is the Fréchet "
+             "distance over an in-domain probe's features (fd_probe) and KID; prompt following is the attribute "
+             "probe's whole-prompt accuracy with 95 % bootstrap bounds. Loss is each objective's own validation "
+             "loss and is never compared across objectives.</p></body></html>")
+    return "\n".join(p)
+
+
+# ---------------------------------------------------------------------------------------------- Markdown
+
+
+def _md_table(head: list[str], rows: list[list[str]]) -> str:
+    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| " + " | ".join(esc(h) for h in head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(a: Analysis, figure_files: dict[str, str], sample_files: list[str]) -> str:
+    d = a.data
+    m = [f"# synthscale report: {d.name}", ""]
+    if d.meta.get("notes"):
+        m += [f"> **{d.meta['notes']}**", ""]
+    m += [f"{len(d.runs)} runs, {len(d.records)} evaluation records, {len(d.autoencoders)} autoencoders. "
+          "The HTML report beside this file has every figure embedded.", "", "## Findings on this run", ""]
+    m.append(_md_table(["#", "claim", "verdict", "evidence"],
+                       [[str(f.number), f.claim, f"**{f.verdict}**", " · ".join(f.evidence)] for f in a.findings]))
+    m += ["", "## Recommendation", "", _md_table(*_rec_table(a.recommendations)), "", "## The grid", "",
+          _md_table(*_runs_table(d)), ""]
+    if d.autoencoders:
+        m += [_md_table(*_autoencoder_table(d)), ""]
+    m += [_md_table(*_settings_table(d)), "", "## Figures", ""]
+    for pl in a.plots:
+        if pl.png is None:
+            m += [f"**{pl.title}** — skipped: {pl.note}.", ""]
+        else:
+            m += [f"![{pl.title}]({figure_files[pl.key]})", "", f"*{pl.title}.* {pl.caption}", ""]
+    if a.samples:
+        m += [f"**Samples at matched training compute** ({a.samples_note}):", ""]
+        m += [f"![{g['label']}]({f}) {g['label']}  " for g, f in zip(a.samples, sample_files)] + [""]
+    else:
+        m += [f"**Samples** — skipped: {a.samples_note}.", ""]
+    m += ["## Scaling fits", "", "Loss, L(C) = E + A·C^−α (Chinchilla approach 3, 95 % bootstrap intervals):", "",
+          _md_table(*_fit_table(a.loss_fits, a.loss_errors)), "", "fd_probe (descriptive):", "",
+          _md_table(*_fit_table(a.fd_fits, a.fd_errors)), ""]
+    if a.crossovers:
+        m += [_md_table(*_crossover_table(a.crossovers)), ""]
+    m += ["## Decision rules", ""] + [f"{f.number}. {f.rule}" for f in a.findings] + [""]
+    return "\n".join(m)
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+
+
+def build_report(study_dir: str | Path, out_dir: str | Path | None = None, n_boot: int = 200,
+                 seed: int = 0) -> dict[str, Path]:
+    """Analyse a study and write `report.html` (self-contained) and `report.md` (+ figure PNGs) into out_dir
+    (default STUDY_DIR/report). Returns {"html": path, "markdown": path}."""
+    out = Path(out_dir) if out_dir is not None else Path(study_dir) / "report"
+    a = analyse(study_dir, n_boot=n_boot, seed=seed)
+    figure_files = {}
+    for pl in a.plots:
+        if pl.png is not None:
+            atomic.write_bytes(out / "figures" / f"{pl.key}.png", pl.png)
+            figure_files[pl.key] = f"figures/{pl.key}.png"
+    sample_files = [os.path.relpath(g["path"], out) for g in a.samples]
+    html_path, md_path = out / "report.html", out / "report.md"
+    atomic.write_text(html_path, render_html(a))
+    atomic.write_text(md_path, render_markdown(a, figure_files, sample_files))
+    return {"html": html_path, "markdown": md_path}
