@@ -142,9 +142,10 @@ def test_csv_and_sidecar_captions(tmp_path):
         (folder / "sub").mkdir(parents=True)
         (folder / "x.png").write_bytes(image_bytes(1))
         (folder / "sub" / "y.v2.png").write_bytes(image_bytes(2))
-    (a / "captions.csv").write_text('\ufefffile,caption,source\nx.png,"a cat, sleeping",web\nsub/y.v2.png,a dog,cam\n')
     (b / "x.txt").write_text("a cat, sleeping\n")
     (b / "sub" / "y.v2.txt").write_text("a dog")
+    (a / "captions.csv").write_text(
+        '\ufefffile,caption,source,key\nx.png,"a cat, sleeping",web,K1\nsub/y.v2.png,a dog,cam,K2\n')
     for folder, extra in ((a, {"source": "web"}), (b, {})):
         splits = all_items(cfg_for(folder, val_fraction=0.0, test_fraction=0.0))
         items = {it["attributes"]["key"]: it for it in (splits["train"][i] for i in range(len(splits["train"])))}

@@ -1,8 +1,8 @@
 """What folder and shard datasets share: caption rules, deterministic splits, size caps, skipping bad images.
 
 An item looks exactly like a shapes item: {"image": uint8 [R, R, 3], "caption": str, "attributes": dict}, with
-`attributes` = {"key": the item's key, **whatever metadata the source gives} (extra JSONL/CSV columns, a
-shard's `{key}.json`).
+`attributes` = whatever metadata the source gives (extra JSONL/CSV columns, a shard's `{key}.json`) plus
+"key": the item's key (which wins over a metadata field of that name).
 
 Splits. Item key k goes to val if u(k) < val_fraction, to test if u(k) < val_fraction + test_fraction, else to
 train, where u(k) ∈ [0, 1) is a BLAKE2 hash of (data.seed, k). Membership depends on the key alone, so the
@@ -120,7 +120,7 @@ class CaptionedDataset:
         for r in self.pool:
             if len(self.items) >= cap:
                 break
-            caption = (r.caption or "").strip()
+            caption, long = (r.caption or "").strip(), False
             if not caption:
                 if cfg.missing_caption == "skip":
                     self._skip(r, "missing caption (data.missing_caption=skip)")
@@ -132,12 +132,14 @@ class CaptionedDataset:
                     if cfg.long_caption == "skip":
                         self._skip(r, f"caption has {n} tokens > data.max_caption_tokens={cfg.max_caption_tokens}")
                         continue
-                    self.truncated.append(r.key)
+                    long = True
             try:
                 self._check(r)
             except UnreadableImage as e:
                 self._skip(r, f"unreadable image: {e}")
                 continue
+            if long:
+                self.truncated.append(r.key)
             self.items.append(dataclasses.replace(r, caption=caption))  # records may be shared: copy, not edit
         self._bad: dict[int, str] = {}  # item index → why its image failed to decode in __getitem__
 
@@ -169,7 +171,7 @@ class CaptionedDataset:
                 self._bad[j] = str(e)
                 self._skip(r, f"unreadable image: {e}")
                 continue
-            return {"image": image, "caption": r.caption, "attributes": {"key": r.key, **r.attributes}}
+            return {"image": image, "caption": r.caption, "attributes": {**r.attributes, "key": r.key}}
         raise UnreadableImage(
             f"no image of the {self.split} split of {self.cfg.path} can be decoded ({n} tried); see ds.skipped"
         )
