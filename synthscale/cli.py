@@ -61,6 +61,12 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
 
     cfg = _data_config(args)
     splits = [args.split] if args.only_split else ["train", "val", "test", "holdout"]
+    if cfg.dataset != "shapes":  # user data has no attribute labels: counts, skips and truncations per split
+        from synthscale.data.userdata import format_summaries, split_summaries
+
+        summaries = split_summaries(cfg, [s for s in splits if s != "holdout"])
+        print(json.dumps(summaries, indent=2) if args.json else format_summaries(summaries))
+        return 0
     stats = {s: attribute_stats(cfg, s, limit=args.limit) for s in splits}
     print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
     return 0

@@ -217,3 +217,12 @@ def test_cli_preview_reads_a_folder(tmp_path, capsys):
     rc = main(["data", "preview", "--dataset", "folder", "--set", f"path={tmp_path / 'data'}", "--set",
                "val_fraction=0", "--set", "test_fraction=0", "--n", "4", "--out", str(out)])  # fmt: skip
     assert rc == 0 and out.is_file() and "wrote 4 train items" in capsys.readouterr().out
+
+
+def test_cli_stats_summarises_user_data(tmp_path, capsys):
+    make_folder(tmp_path / "data", n=8)  # + bad.png and trunc.png
+    rc = main(["data", "stats", "--dataset", "folder", "--set", f"path={tmp_path / 'data'}", "--json"])
+    stats = json.loads(capsys.readouterr().out)
+    assert rc == 0 and set(stats) == {"train", "val", "test"}
+    assert sum(s["items"] for s in stats.values()) == 8
+    assert sum(n for s in stats.values() for n in s["skipped"].values()) == 2

@@ -205,3 +205,27 @@ class CaptionedDataset:
         """Write `report()` as JSON (atomically), e.g. `<cache>/data_report_train.json`."""
         atomic.write_json(path, self.report())
         return Path(path)
+
+
+def split_summaries(cfg: DataConfig, splits: list[str]) -> dict[str, dict[str, Any]]:
+    """`data stats` for user data: per split, the items kept and why others were left out (no image decoded)."""
+    from collections import Counter
+
+    from synthscale.data import get_dataset
+
+    out = {}
+    for split in splits:
+        r = get_dataset(cfg, split).report()
+        reasons = Counter(s["reason"].split(":")[0].split(" (")[0] for s in r["skipped"])
+        out[split] = {"items": r["items"], "pool": r["pool"], "skipped": dict(reasons.most_common()),
+                      "truncated": r["truncated_count"]}  # fmt: skip
+    return out
+
+
+def format_summaries(stats: dict[str, dict[str, Any]]) -> str:
+    lines = []
+    for split, s in stats.items():
+        skipped = ", ".join(f"{n} {why}" for why, n in s["skipped"].items()) or "none"
+        lines.append(f"== {split}: {s['items']} items (of {s['pool']} keys in the split); "
+                     f"truncated captions: {s['truncated']}; skipped: {skipped}")  # fmt: skip
+    return "\n".join(lines)
