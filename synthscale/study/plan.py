@@ -126,7 +126,7 @@ def plan_study(study: StudyConfig, root: str | Path, spec_dir: str | Path = ".")
     stages.append(probe)
 
     # the runs: the main grid, then each ablation autoencoder with the objectives of its latent kind
-    cache_root = root / "cache"
+    cache_root = root / "latents"  # the trainer keeps latent caches here, keyed by content
     grid = [(o, s, d, b, main[OBJECTIVE_LATENT[o]], False) for o in study.objectives for s in study.sizes
             for d in study.data_sizes for b in study.budgets]  # fmt: skip
     smallest = (study.sizes[0], min(study.data_sizes), min(study.budgets))

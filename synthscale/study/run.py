@@ -38,10 +38,10 @@ def dry_run(plan: StudyPlan) -> str:
 def ingest(plan: StudyPlan) -> Path:
     """Gather stage outcomes, autoencoders, run records and sample grids into the study's results store."""
     from synthscale.evaluate.runner import read_records
-    from synthscale.study.results import ResultsStore
+    from synthscale.study.results import ResultsStore, store_path
 
     root = plan.root
-    with ResultsStore.of(root) as store:
+    with ResultsStore(store_path(root), create=True) as store:
         store.set_meta("study", json.dumps(to_dict(plan.study)))
         store.set_meta("updated", time.strftime("%Y-%m-%dT%H:%M:%S"))
         for name, (cfg, stage) in plan.autoencoders.items():
