@@ -243,7 +243,7 @@ class ProbeConfig:
     weight_decay: float = 0.0
     width: int = 24  # conv channels of the cell reader (2× in its second half)
     hidden: int = 128  # MLP width before the penultimate layer
-    feature_dim: int = 16  # penultimate width per cell; fd-probe features are 9 × this
+    feature_dim: int = 16  # penultimate width per cell; fd-probe features: its mean over cells + 9 occupancies
     holdout_fraction: float = 0.2  # share of renders showing a held-out colour×shape pair
     seed: int = 0
     eval_items: int = 1000  # held-out real renders per split for the probe's ceiling
