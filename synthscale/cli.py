@@ -290,6 +290,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- probe
+
+
+def cmd_probe_train(args: argparse.Namespace) -> int:
+    from synthscale.config import ProbeConfig, load
+    from synthscale.evaluate.probes import format_ceiling, load_or_train_probe, probe_dir
+
+    data = _data_config(args)
+    probe_cfg = load(ProbeConfig, args.probe_config, args.probe_set or [])
+    probe = load_or_train_probe(data, args.cache, probe_cfg, progress=not args.quiet)
+    print(format_ceiling(probe.meta))
+    print(f"probe:{probe.key} at {probe_dir(data, args.cache, probe_cfg)}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- parser
 
 
@@ -438,6 +453,22 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "(default 200)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.set_defaults(func=cmd_report)
+
+    probe = sub.add_parser("probe", help="the in-domain attribute probe behind fd-probe and prompt following")
+    probe_sub = probe.add_subparsers(dest="probe_command", required=True, metavar="ACTION")
+    p = probe_sub.add_parser("train", help="train (or load) the probe of a dataset config and print its ceiling",
+                             description="Trains once per dataset distribution on fresh renders and caches it by "
+                                         "hash; prints its accuracy on held-out real renders (the ceiling of every "
+                                         "prompt-following number).")  # fmt: skip
+    p.add_argument("--dataset", default="shapes", choices=["shapes"], help="probes need exact labels: shapes")
+    p.add_argument("--config", type=Path, default=None, help="a YAML data config (keys of DataConfig)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a data key, e.g. counting=true")
+    p.add_argument("--probe-config", type=Path, default=None, help="a YAML probe config (keys of ProbeConfig)")
+    p.add_argument("--probe-set", action="append", metavar="KEY=VALUE", help="override a probe key, e.g. steps=400")
+    p.add_argument("--cache", type=Path, default=Path("cache/probes"), help="probe cache (default cache/probes)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _compute_args(p)
+    p.set_defaults(func=cmd_probe_train)
 
     return parser
 

@@ -155,3 +155,17 @@ def test_default_probe_reads_held_out_renders(tmp_path, changes):
         for fact in FACTS:
             if f"attr_acc_{fact}" in ceiling[split]:
                 assert ceiling[split][f"attr_acc_{fact}"] >= 0.99, (split, fact, ceiling[split])
+
+
+def test_probe_train_command(tmp_path, capsys):
+    from synthscale.cli import main
+
+    argv = ["probe", "train", "--cache", str(tmp_path), "--quiet", "--threads", "1",
+            *(f"--probe-set={k}={v}" for k, v in dataclasses.asdict(QUICK).items())]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "whole prompt" in out and "holdout" in out
+    folders = list(tmp_path.glob("probe-*/probe.json"))
+    assert len(folders) == 1 and folders[0].parent.name.split("-")[1] in out
+    assert main(["probe", "train", "--cache", str(tmp_path), "--probe-set", "stepz=3"]) == 2
+    assert "stepz" in capsys.readouterr().err

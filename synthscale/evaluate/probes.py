@@ -388,3 +388,16 @@ def load_or_train_probe(
     probe.meta = meta
     save_probe(probe, folder, meta)
     return probe
+
+
+def format_ceiling(meta: dict[str, Any]) -> str:
+    """A probe's training summary and ceiling as a small table."""
+    train = meta["train"]
+    lines = [f"probe:{meta['key']}  {meta['resolution']} px  trained on {train['train_images']} renders in "
+             f"{train['train_seconds']:.0f} s ({train['threads']} thread{'s' if train['threads'] > 1 else ''})"]  # fmt: skip
+    for split, c in meta["ceiling"].items():
+        accs = "  ".join(f"{k[len('attr_acc_'):]} {v:.4f}" for k, v in c.items() if k.startswith("attr_acc_"))
+        cells = "  ".join(f"{k} {v:.4f}" for k, v in c["cell"].items())
+        lines.append(f"  {split:<8} n={c['n']}  whole prompt {c['prompt_acc']:.4f}  {accs}")
+        lines.append(f"  {'':<8} per cell: {cells}")
+    return "\n".join(lines)
