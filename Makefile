@@ -23,9 +23,7 @@ install-test: $(VENV)/bin/python
 	$(PIP) install --quiet -e ".[test]"
 
 demo: install
-	$(VENV)/bin/synthscale data stats --limit 500
-	$(VENV)/bin/synthscale data preview --n 64 --out $(OUT)/data-preview.png
-	@echo "output: $(OUT)/data-preview.png"
+	$(VENV)/bin/synthscale study $(STUDY) --out $(OUT)
 
 test: install-test
 	$(PY) -m pytest -q

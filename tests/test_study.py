@@ -1,0 +1,99 @@
+"""The study end to end on a tiny grid: planning, running, resuming after a kill, ingesting, reporting."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from synthscale.config import load, StudyConfig
+from synthscale.study.plan import plan_study
+from synthscale.study.run import run_study
+
+SPEC = Path(__file__).parents[1] / "configs" / "studies" / "default.yaml"
+TINY = [
+    "sizes=[2x64]", "objectives=[flow, autoregressive]", "autoencoder_overrides=[train.steps=15, train.batch_size=16]",
+    "ablation_autoencoders=[]", "budgets=[3e9]", "data.size=512", "data.val_size=128", "data.test_size=64",
+    "data.holdout_size=32",
+    "run_overrides=[flow:model.patch_size=2, train.batch_size=16, train.milestones_per_decade=2, "
+    "train.first_milestone_flops=5e8, train.warmup_steps=2, train.checkpoint_every=5]",
+    "probe_overrides=[steps=15, eval_items=64]", "evaluation.n=16", "evaluation.holdout_n=4",
+    "evaluation.sweep={flow: [2, 4]}", "evaluation.steps={flow: 4}", "evaluation.loss_batches=1",
+    "evaluation.batch_size=16", "evaluation.speed=false", "executor=sequential",
+]  # fmt: skip
+
+
+def test_plan_keys_are_content_not_paths(tmp_path):
+    study = load(StudyConfig, SPEC)
+    a, b = plan_study(study, tmp_path / "a", SPEC.parent), plan_study(study, tmp_path / "b", SPEC.parent)
+    assert [s.id for s in a.stages] == [s.id for s in b.stages]
+    kinds = [s.kind for s in a.stages]
+    assert kinds.count("train") == len(a.runs) == 3 * 2 + 1  # the grid plus the kl-f4c8 ablation run
+    changed = plan_study(load(StudyConfig, SPEC, ["run_overrides=[train.lr=1e-4]"]), tmp_path / "a", SPEC.parent)
+    assert {s.id for s in changed.stages if s.kind == "autoencoder"} == {s.id for s in a.stages if s.kind == "autoencoder"}
+    assert not {s.id for s in changed.stages if s.kind == "train"} & {s.id for s in a.stages if s.kind == "train"}
+
+
+def test_objective_scoped_overrides_and_errors(tmp_path):
+    plan = plan_study(load(StudyConfig, SPEC), tmp_path, SPEC.parent)
+    patches = {r.run_cfg.objective.name: r.run_cfg.model.patch_size for r in plan.runs}
+    assert patches == {"flow": 2, "masked": 1, "autoregressive": 1}
+    with pytest.raises(ValueError, match="not an objective"):
+        plan_study(load(StudyConfig, SPEC, ["run_overrides=[diffusion:train.lr=1]"]), tmp_path, SPEC.parent)
+    with pytest.raises(ValueError, match="continuous"):
+        plan_study(load(StudyConfig, SPEC, ["continuous_autoencoder=../autoencoders/lfq-f8.yaml"]), tmp_path, SPEC.parent)
+
+
+def _records(root: Path) -> list[dict]:
+    out = []
+    for path in sorted(root.glob("train/*/eval/records.jsonl")):
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            r["metrics"].pop("latency_s", None), r["metrics"].pop("throughput_ips", None)
+            out.append(r)
+    return out
+
+
+def test_tiny_study_end_to_end_and_rerun_skips(tmp_path):
+    result = run_study(SPEC, tmp_path / "s", TINY, progress=False)
+    assert set(result["states"].values()) == {"done"}
+    assert Path(result["report"]["html"]).is_file() and Path(result["report"]["markdown"]).is_file()
+    records = _records(tmp_path / "s")
+    assert {r["objective"] for r in records} == {"flow", "autoregressive"}
+    assert {r["weights"] for r in records} == {"ema", "raw"}
+    assert all("fd_probe" in r["metrics"] and "prompt_acc" in r["metrics"] for r in records)
+    done_files = {p: p.stat().st_mtime_ns for p in (tmp_path / "s").glob("*/*/done.json")}
+    again = run_study(SPEC, tmp_path / "s", TINY, progress=False)
+    assert set(again["states"].values()) == {"done"}
+    assert {p: p.stat().st_mtime_ns for p in done_files} == done_files  # nothing re-ran
+
+
+@pytest.mark.slow
+def test_killed_study_resumes_to_the_same_results(tmp_path):
+    reference = tmp_path / "reference"
+    run_study(SPEC, reference, TINY, progress=False)
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "synthscale", "study", str(SPEC), "--out", str(killed), "--quiet", "--threads", "1"]
+    for o in TINY:
+        cmd += ["--set", o]
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    deadline = time.time() + 600
+    while not list(killed.glob("train/*/checkpoints/step_*")) and time.time() < deadline:  # mid-training
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished_before = set(killed.glob("*/*/done.json"))
+    stamps = {p: p.stat().st_mtime_ns for p in finished_before}
+    run_study(SPEC, killed, TINY, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in finished_before} == stamps  # finished stages were not redone
+    assert _strip(_records(killed)) == _strip(_records(reference))
+
+
+def _strip(records):
+    for r in records:
+        r.pop("run", None)
+        r["instruments"].pop("sample_grid", None)
+    return sorted(json.dumps(r, sort_keys=True) for r in records)
