@@ -203,7 +203,8 @@ def test_evaluate_writes_metrics_and_grid(tmp_path):
     train_autoencoder(tiny_cfg("lfq", 8), tmp_path / "ae", progress=False)
     r = evaluate_autoencoder(tmp_path / "ae", limit=8, progress=False)
     m = r["metrics"]
-    assert set(m) == {"psnr", "ssim", "l1", "codebook_usage", "perplexity"}
+    assert set(m) == {"psnr", "psnr_pooled", "ssim", "l1", "codebook_usage", "perplexity"}
+    assert m["psnr_pooled"] <= m["psnr"] + 1e-9  # Jensen: the mean of per-image PSNRs is the larger
     assert math.isfinite(m["psnr"]) and 0 < m["codebook_usage"] <= 1 and 1 <= m["perplexity"] <= 64
     assert r["instruments"]["n"] == 8 and r["instruments"]["split"] == "test"
     assert json.loads((tmp_path / "ae" / "eval.json").read_text())["metrics"] == m

@@ -62,7 +62,7 @@ def test_kl_stored_scale_gives_unit_variance_on_the_cached_training_latents(trai
     assert lat.mean().item() == pytest.approx(0.0, abs=0.02)
     assert lat.var().item() == pytest.approx(1.0, abs=0.03)
     # decode undoes the scaling: the cached posterior mean decodes to the autoencoder's own reconstruction
-    x = to_tensor(torch.from_numpy(train_split[3]["image"]))
+    x = to_tensor(train_split[3]["image"])
     mean = (ae.encode_for_cache(x)["mean"] - ae.shift) * ae.scale
     assert torch.allclose(ae.decode(mean), ae.reconstruct(x), atol=1e-5)
 

@@ -8,7 +8,11 @@ import torch
 
 def to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 [N, H, W, 3] (or one [H, W, 3]) → float32 [N, 3, H, W] in [-1, 1]."""
-    x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
+    if not isinstance(images, torch.Tensor):
+        images = np.asarray(images)
+        # PIL-backed arrays are read-only, which torch.from_numpy warns about; a uint8 copy is cheap
+        images = torch.from_numpy(images if images.flags.writeable else images.copy())
+    x = images
     if x.dtype != torch.uint8:
         raise TypeError(f"to_tensor expects uint8 images, got {x.dtype}")
     if x.ndim == 3:
