@@ -80,9 +80,9 @@ def finding_power_law(data: cmp.StudyData, fits: dict[str, PowerLawFit], errors:
             continue
         a_iv = fit.intervals.get("alpha")
         ho = fit.holdout.mean_abs_rel_error if fit.holdout else None
+        ho_text = "not computed (too few points)" if ho is None else f"{ho:.1%} on {len(fit.holdout.points)} point(s)"
         text = (f"{obj}: α = {fit.alpha:.3f} {fmt_interval(a_iv)}, E = {fmt(fit.E)}, R² = {fit.r2:.4f}, "
-                f"{fit.n} frontier points; hold-out error "
-                + (f"{ho:.1%} on {len(fit.holdout.points)} point(s)" if ho is not None else "not computed (too few points)"))
+                f"{fit.n} frontier points; hold-out error {ho_text}")
         if fit.r2 < R2_FAILS or (ho is not None and ho > HOLDOUT_FAILS):
             v = NOT_CONFIRMED
         elif fit.r2 >= R2_HOLDS and a_iv is not None and a_iv[0] > 0 and ho is not None and ho <= HOLDOUT_HOLDS:
@@ -109,7 +109,7 @@ def finding_prompt_following(data: cmp.StudyData) -> Finding:
     verdicts = []
     for token in ("autoregressive", "masked"):
         outcomes = []
-        for lv, best in levels.items():
+        for best in levels.values():
             if token in best and "flow" in best:
                 outcomes.append(cmp.compare(best[token], best["flow"], "prompt_acc"))
         wins, losses, n = _tally(outcomes)
@@ -146,7 +146,8 @@ def finding_quality_crossover(data: cmp.StudyData, crossovers: dict[tuple[str, s
         f.evidence.append(f"{len(levels)} matched compute level(s) with both next-token and diffusion FD; need ≥ 2")
         return f
     lo, hi = min(levels), max(levels)
-    ar_lo, fl_lo, ar_hi, fl_hi = levels[lo]["autoregressive"], levels[lo]["flow"], levels[hi]["autoregressive"], levels[hi]["flow"]
+    ar_lo, fl_lo = levels[lo]["autoregressive"], levels[lo]["flow"]
+    ar_hi, fl_hi = levels[hi]["autoregressive"], levels[hi]["flow"]
     c_lo, c_hi = cmp.compare_quality(ar_lo, fl_lo), cmp.compare_quality(ar_hi, fl_hi)
     r_lo = cmp.value(fl_lo, "fd_probe") / cmp.value(ar_lo, "fd_probe")  # > 1: next-token better
     r_hi = cmp.value(fl_hi, "fd_probe") / cmp.value(ar_hi, "fd_probe")
@@ -194,15 +195,16 @@ def step_sweeps(data: cmp.StudyData) -> dict[str, list[list[dict[str, Any]]]]:
 def finding_inference(data: cmp.StudyData) -> Finding:
     f = Finding(4, "Next-token prediction (KV cache) is by far the cheapest at inference; masked-token barely "
                    "improves with more steps; diffusion quality depends on steps.", INCONCLUSIVE,
-                f"(a) At each model size, next-token's sampling FLOPs per image at its primary setting are ≥ "
-                f"{FAR_CHEAPER:g}× below every other objective's (and its batch-1 latency lowest where measured): "
-                f"confirmed; another objective cheaper: not confirmed. (b) Masked: quality at the most steps is not "
-                f"significantly better than at the fewest in any sweep (KID interval, else 10 % FD margin). (c) "
-                f"Diffusion: quality at the most steps is significantly better than at the fewest in every sweep. "
-                f"Confirmed when (a)–(c) are; not confirmed when any part is contradicted.")
+                f"(a) At each model size (main autoencoders), next-token's sampling FLOPs per image at its "
+                f"primary setting are ≥ {FAR_CHEAPER:g}× below every other objective's (and its batch-1 latency "
+                f"lowest where measured): confirmed; another objective cheaper: not confirmed. (b) Masked: quality "
+                f"at the most steps is not significantly better than at the fewest in any sweep (KID interval, else "
+                f"10 % FD margin). (c) Diffusion: quality at the most steps is significantly better than at the "
+                f"fewest in every sweep. Confirmed when (a)–(c) are; not confirmed when any part is contradicted.")
     parts = []
     # (a) cost per image
-    last = _last_records(data)
+    main = cmp.main_autoencoders(data.records)
+    last = [r for r in _last_records(data) if r["autoencoder"] == main[r["objective"]]]
     by_size: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     for r in last:  # the cheapest record per (size, objective) at the last milestone
         cur = by_size[r["size"]].get(r["objective"])
@@ -235,14 +237,15 @@ def finding_inference(data: cmp.StudyData) -> Finding:
         f.evidence.append("(a) no model size has next-token and another objective at the last milestone")
     # (b), (c) step sweeps
     sweeps = step_sweeps(data)
+    change = {1: "better", -1: "worse", 0: "no significant change", None: "not comparable"}
     for label, obj, want in (("(b)", "masked", 0), ("(c)", "flow", 1)):
         outcomes = []
         for rs in sweeps.get(obj, []):
             o = cmp.compare_quality(rs[-1], rs[0])  # most steps vs fewest
             outcomes.append(o)
-            f.evidence.append(f"{label} {obj} {rs[0]['size']} @ {rs[0]['train_flops']:.3g} FLOPs: FD by steps "
-                              + ", ".join(f"{r['steps']}: {fmt(cmp.value(r, 'fd_probe'))}" for r in rs)
-                              + f" — most vs fewest steps: {({1: 'better', -1: 'worse', 0: 'no significant change', None: 'not comparable'})[o]}")
+            by_steps = ", ".join(f"{r['steps']}: {fmt(cmp.value(r, 'fd_probe'))}" for r in rs)
+            f.evidence.append(f"{label} {obj} {rs[0]['size']} {rs[0]['autoencoder']} @ {rs[0]['train_flops']:.3g} "
+                              f"FLOPs: FD by steps {by_steps} — most vs fewest steps: {change[o]}")
         known = [o for o in outcomes if o is not None]
         if not known:
             f.evidence.append(f"{label} no {obj} steps sweep measured")
@@ -273,11 +276,11 @@ def ema_pairs(data: cmp.StudyData) -> dict[str, list[tuple[dict[str, Any], dict[
 
 def finding_ema(data: cmp.StudyData) -> Finding:
     f = Finding(5, "EMA matters much more for diffusion than for the token methods.", INCONCLUSIVE,
-                f"Relative FD gain of EMA over raw weights, (FD_raw − FD_ema)/FD_raw, median over pairs with the same "
-                f"run, milestone, steps and CFG. Confirmed when diffusion's median gain is ≥ {EMA_GAIN_MATTERS:.0%}, "
-                f"≥ 2× each token method's, and EMA is significantly better (KID interval, else 10 % FD margin) in "
-                f"at least half of diffusion's pairs; not confirmed when a token method gains at least as much, or "
-                f"EMA is significantly better in none of diffusion's pairs.")
+                f"Relative FD gain of EMA over raw weights, (FD_raw − FD_ema)/FD_raw, median over pairs with the "
+                f"same run, milestone, steps and CFG. Confirmed when diffusion's median gain is ≥ "
+                f"{EMA_GAIN_MATTERS:.0%}, ≥ 2× each token method's, and EMA is significantly better (KID interval, "
+                f"else 10 % FD margin) in at least half of diffusion's pairs; not confirmed when a token method "
+                f"gains at least as much, or EMA is significantly better in none of diffusion's pairs.")
     pairs = ema_pairs(data)
     gains, sig = {}, {}
     for obj, ps in pairs.items():
@@ -395,6 +398,7 @@ def recommendations(data: cmp.StudyData) -> list[Recommendation]:
             ties = [o for o, r in ranked[1:] if cmp.compare(wr, r, metric) == 0]
             detail = "; ".join(f"{o}: {fmt(cmp.value(r, metric))}"
                                + (f" {fmt_interval(cmp.interval(r, metric))}" if cmp.interval(r, metric) else "")
-                               + f" ({r['size']}, {cmp.describe_setting(cmp.setting(r))})" for o, r in ranked)
+                               + f" ({r['size']}, {r['autoencoder']}, {cmp.describe_setting(cmp.setting(r))})"
+                               for o, r in ranked)
             out.append(Recommendation(criterion, metric, lv, winner, ties, detail))
     return out

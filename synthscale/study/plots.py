@@ -220,7 +220,8 @@ def quality_vs_inference_flops(data: cmp.StudyData) -> Plot:
     all_rs = [r for rs in sweeps.values() for r in rs]
     caption = ("Numbers beside points: sampling steps (flow: Euler ODE steps; masked: decoding steps; "
                "next-token: image tokens, one each with a KV cache). One run per objective: the one evaluated at "
-               f"the most step counts, at its primary weights and CFG. Instruments: {cmp.describe_instruments(all_rs)}.")
+               "the most step counts, at its primary weights and CFG. "
+               f"Instruments: {cmp.describe_instruments(all_rs)}.")
     return Plot(key, title, caption, _png(fig))
 
 

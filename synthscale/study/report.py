@@ -116,8 +116,9 @@ def analyse(study_dir: str | Path, n_boot: int = 200, seed: int = 0) -> Analysis
 
 def _runs_table(data: cmp.StudyData) -> tuple[list[str], list[list[str]]]:
     head = ["run", "objective", "size", "D", "autoencoder", "N", "budget FLOPs", "status", "error"]
-    rows = [[r["run"], r["objective"], r["size"], str(r["data_size"]), r["autoencoder"], fmt(r["params"]),
-             fmt(r["budget_flops"]), r["status"], (r["error"] or "").strip()] for r in data.runs]
+    rows = [[r["run"], r["objective"], r["size"], str(r["data_size"]), r["autoencoder"],
+             "—" if r["params"] is None else f"{r['params']:,}", fmt(r["budget_flops"]), r["status"],
+             (r["error"] or "").strip()] for r in data.runs]
     return head, rows
 
 
@@ -163,7 +164,8 @@ def _crossover_table(crossovers: dict[tuple[str, str], Crossover]) -> tuple[list
 def _rec_table(recs: list[fnd.Recommendation]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for r in recs:
-        win = "not measured" if r.winner is None else r.winner + (f" (tie: {', '.join(r.tie_with)})" if r.tie_with else "")
+        tie = f" (tie: {', '.join(r.tie_with)})" if r.tie_with else ""
+        win = "not measured" if r.winner is None else r.winner + tie
         rows.append([f"{r.budget:.3g}", r.criterion, win, r.detail])
     return ["budget (training FLOPs)", "best for", "paradigm", "numbers (best model per paradigm)"], rows
 
@@ -190,7 +192,8 @@ figcaption{font-size:.85em;color:#444;margin-top:.3em}
 .v{font-weight:600;padding:.1em .45em;border-radius:3px;white-space:nowrap}
 .confirmed{background:#d9f2dd;color:#1b5e20}.not-confirmed{background:#fbdada;color:#8e1b1b}
 .inconclusive{background:#eee;color:#444}.skip{color:#8a6d00}
-.samples{display:flex;flex-wrap:wrap;gap:1.2em}.samples figure{margin:0;max-width:360px}
+.samples{display:flex;flex-wrap:wrap;gap:1.2em}.samples figure{margin:0;width:360px}
+.samples img{width:100%;image-rendering:pixelated}
 code{background:#f3f3f5;padding:0 .25em}
 """
 
@@ -225,7 +228,8 @@ def render_html(a: Analysis) -> str:
              f"{len(d.runs)} runs, {len(d.records)} evaluation records, {len(d.autoencoders)} autoencoders.</p>")
     if d.meta.get("notes"):
         p.append(f'<p class="banner">{_e(d.meta["notes"])}</p>')
-    p.append("<h2>Findings on this run</h2><table><tr><th>#</th><th>claim (Kilian et al. 2024)</th><th>verdict</th></tr>")
+    p.append("<h2>Findings on this run</h2><table><tr><th>#</th><th>claim (Kilian et al. 2024)</th>"
+             "<th>verdict</th></tr>")
     for f in a.findings:
         p.append(f"<tr><td>{f.number}</td><td>{_e(f.claim)}</td><td>{_verdict(f.verdict)}</td></tr>")
     p.append("</table><p>Each verdict comes from a rule written in <code>synthscale/study/findings.py</code>, "
@@ -260,9 +264,10 @@ def render_html(a: Analysis) -> str:
     else:
         p.append(f'<p class="skip">Skipped: {_e(a.samples_note)}.</p>')
     p.append("<h2>Scaling fits</h2><h3>Loss: L(C) = E + A·C<sup>−α</sup></h3>"
-             "<p>Per objective, fitted to its loss frontier (Chinchilla approach 3: summed Huber, δ = 10<sup>−3</sup>, "
-             "on log residuals; L-BFGS-B from 84 starts); 95 % percentile bootstrap intervals over points; the hold-out "
-             "column refits without the largest-compute fifth of the points and predicts them.</p>"
+             "<p>Per objective, fitted to its loss frontier (Chinchilla approach 3: summed Huber, "
+             "δ = 10<sup>−3</sup>, on log residuals; L-BFGS-B from the 8 best of an 84-point grid of starts); 95 % "
+             "percentile bootstrap intervals over points; the hold-out column refits without the largest-compute "
+             "fifth of the points and predicts them.</p>"
              + _html_table(*_fit_table(a.loss_fits, a.loss_errors)))
     p.append("<h3>fd_probe (descriptive)</h3><p>The same functional form fitted to the FD frontier; a description of "
              "the trend, not a law.</p>" + _html_table(*_fit_table(a.fd_fits, a.fd_errors)))
@@ -298,8 +303,8 @@ def render_markdown(a: Analysis, figure_files: dict[str, str], sample_files: lis
     m = [f"# synthscale report: {d.name}", ""]
     if d.meta.get("notes"):
         m += [f"> **{d.meta['notes']}**", ""]
-    m += [f"{len(d.runs)} runs, {len(d.records)} evaluation records, {len(d.autoencoders)} autoencoders. "
-          "The HTML report beside this file has every figure embedded.", "", "## Findings on this run", ""]
+    m += [(f"{len(d.runs)} runs, {len(d.records)} evaluation records, {len(d.autoencoders)} autoencoders. "
+           "The HTML report beside this file has every figure embedded."), "", "## Findings on this run", ""]
     m.append(_md_table(["#", "claim", "verdict", "evidence"],
                        [[str(f.number), f.claim, f"**{f.verdict}**", " · ".join(f.evidence)] for f in a.findings]))
     m += ["", "## Recommendation", "", _md_table(*_rec_table(a.recommendations)), "", "## The grid", "",

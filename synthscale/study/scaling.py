@@ -124,7 +124,8 @@ class Crossover:
 
     def describe(self) -> str:
         if self.compute is None:
-            return f"no crossing within range [{self.lo:.3g}, {self.hi:.3g}] FLOPs (bootstrap: {self.p_cross:.0%} cross)"
+            return (f"no crossing within range [{self.lo:.3g}, {self.hi:.3g}] FLOPs "
+                    f"(bootstrap: {self.p_cross:.0%} cross)")
         iv = f"95 % interval [{self.interval[0]:.3g}, {self.interval[1]:.3g}]" if self.interval else "no interval"
         return f"curves cross at {self.compute:.3g} FLOPs ({iv}; {self.p_cross:.0%} of bootstrap refits cross)"
 
@@ -166,7 +167,8 @@ def _check(compute, values, metric: str) -> tuple[np.ndarray, np.ndarray]:
     if np.any(c <= 0) or np.any(v <= 0):
         raise FitError(f"{metric}: a power law needs compute > 0 and values > 0 (the fit is in log space)")
     if len(np.unique(c)) < MIN_POINTS:
-        raise FitError(f"{metric}: {len(np.unique(c))} distinct compute values; a 3-parameter fit needs ≥ {MIN_POINTS}")
+        raise FitError(f"{metric}: {len(np.unique(c))} distinct compute values; "
+                       f"a 3-parameter fit needs ≥ {MIN_POINTS}")
     order = np.argsort(c, kind="stable")
     return c[order], v[order]
 

@@ -1,0 +1,111 @@
+import re
+
+import pytest
+
+from synthscale.cli import main
+from synthscale.evaluate.record import EvalRecord
+from synthscale.study import compare as cmp
+from synthscale.study import findings as fnd
+from synthscale.study.report import build_report
+from synthscale.study.results import ResultsStore
+from tests.fixtures.synthetic_study import NOTE, make_study
+
+VERDICTS = {fnd.CONFIRMED, fnd.NOT_CONFIRMED, fnd.INCONCLUSIVE}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    make_study(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def flipped(tmp_path_factory):
+    root = tmp_path_factory.mktemp("flipped")
+    make_study(root, flip=True, grids=False)
+    return cmp.load_study(root)
+
+
+def test_report_builds_from_a_stored_study(study, capsys):
+    assert main(["report", str(study), "--bootstrap", "20"]) == 0
+    out = capsys.readouterr().out
+    html_path, md_path = study / "report" / "report.html", study / "report" / "report.md"
+    assert f"report: {html_path}" in out and f"summary: {md_path}" in out
+    html = html_path.read_text()
+    # self-contained: every image is embedded, nothing is fetched
+    assert re.findall(r'src="(?!data:image/png;base64,)', html) == []
+    assert html.count("data:image/png;base64,") == 5 + 3  # five figures, a sample grid per objective
+    for title in ("Fig. 2", "Fig. 3", "Fig. 4", "Fig. 5", "EMA vs raw"):
+        assert title in html
+    assert "2 per multiply-add" in html and "extractor=probe:synthetic" in html  # conventions, instruments
+    assert NOTE in html  # the test data says what it is
+    # the failed run is shown as failed, with its error
+    row = re.search(r'<tr class="failed">(.*?)</tr>', html).group(1)
+    assert "flow-4x128-diverged" in row and "loss is NaN at step 212" in row
+    # the six findings, each with a verdict
+    for n in range(1, 7):
+        assert re.search(rf"<h3>{n}\. .*?<span class=\"v (confirmed|not-confirmed|inconclusive)\">", html)
+    md = md_path.read_text()
+    assert "## Findings on this run" in md and "flow-4x128-diverged" in md and "| failed |" in md
+    for fig in re.findall(r"!\[[^]]*\]\((figures/[^)]+)\)", md):
+        assert (study / "report" / fig).is_file()
+    assert len(re.findall(r"!\[[^]]*\]\((figures/[^)]+)\)", md)) == 5
+
+
+def test_findings_follow_the_numbers(study, flipped):
+    data = cmp.load_study(study)
+    # the fixture's curves are drawn so findings 2-6 hold; the rules must see it
+    for finding in (fnd.finding_prompt_following(data), fnd.finding_quality_crossover(data, {}),
+                    fnd.finding_inference(data), fnd.finding_ema(data), fnd.finding_autoencoder(data)):
+        assert finding.verdict == fnd.CONFIRMED, (finding.number, finding.evidence)
+        assert finding.evidence and finding.rule
+    # reversed curves: diffusion follows prompts best, leads on FD at low compute, gains from steps and EMA as
+    # little as the token methods
+    assert fnd.finding_prompt_following(flipped).verdict == fnd.NOT_CONFIRMED
+    assert fnd.finding_quality_crossover(flipped, {}).verdict == fnd.NOT_CONFIRMED
+    assert fnd.finding_inference(flipped).verdict == fnd.NOT_CONFIRMED
+    assert fnd.finding_ema(flipped).verdict == fnd.NOT_CONFIRMED
+
+
+def test_recommendation_is_computed_from_the_results(study):
+    recs = {r.criterion: r for r in fnd.recommendations(cmp.load_study(study))}
+    assert recs["image quality"].winner == "flow"  # lowest FD at the budget in the fixture
+    assert recs["latency (batch 1)"].winner == "autoregressive"
+    assert recs["throughput"].winner == "autoregressive"
+    assert recs["prompt following"].winner == "autoregressive"
+    assert all(r.budget == pytest.approx(1e13) for r in recs.values())
+
+
+def _tiny_study(root, milestones: int) -> None:
+    store = ResultsStore.of(root)
+    store.add_run("only", "flow", "2x64", 256, "kl-f4c4", status="done")
+    store.add_run("broken", "masked", "2x64", 256, "lfq-f8", status="failed", error="ValueError: bad latent cache")
+    store.add_records([EvalRecord(run="only", objective="flow", size="2x64", params=1000, params_nonembedding=900,
+                                  data_size=256, autoencoder="kl-f4c4", milestone=m, step=m,
+                                  train_flops=10.0 ** (9 + m),
+                                  weights="ema", steps=20, cfg_scale=1.0, sample_flops_per_image=1e6,
+                                  metrics={"loss": 1.0 + 2.0 / (m + 1), "fd_probe": 50.0 / (m + 1)})
+                       for m in range(milestones)])
+    store.close()
+
+
+def test_a_thin_study_reports_what_it_cannot_say(tmp_path):
+    _tiny_study(tmp_path, milestones=3)
+    html = build_report(tmp_path, n_boot=10)["html"].read_text()
+    assert "Skipped: no objective was trained with more than one autoencoder" in html
+    assert "Skipped: no run was evaluated at more than one sampling-step count" in html
+    assert "Skipped: no run was evaluated with both EMA and raw weights" in html
+    assert "Skipped: no sample grids were stored" in html
+    assert "distinct compute values; a 3-parameter fit needs" in html  # no fit from 3 points
+    assert "bad latent cache" in html
+    data = cmp.load_study(tmp_path)
+    verdicts = [f.verdict for f in fnd.all_findings(data, {}, {"flow": "3 points"}, {})]
+    assert verdicts == [fnd.INCONCLUSIVE] * 6  # nothing here can confirm or refute a finding
+    recs = fnd.recommendations(data)
+    assert {r.criterion for r in recs if r.winner is None} == {"prompt following", "latency (batch 1)", "throughput"}
+
+
+def test_report_of_a_missing_study_is_a_clear_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert "no results store" in capsys.readouterr().err
