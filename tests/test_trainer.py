@@ -356,3 +356,9 @@ def test_run_on_an_autoencoder_latent_cache(tmp_path):
     assert len(list((tmp_path / "cache").glob("*/cache.json"))) == 1
     gen = load_generator(tmp_path / "run")
     assert (gen.latent_spec.kind, gen.latent_spec.channels, gen.latent_spec.height) == ("continuous", 4, 4)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "train").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_train_configs_load(path):
+    cfg = load(RunConfig, path)
+    assert cfg.train.budget_flops > 0 and (cfg.autoencoder or cfg.random_latents)
