@@ -144,3 +144,63 @@ def test_real_renders_follow_their_prompts_and_shuffled_captions_do_not(trained_
     inst = alignment_instruments(trained_probe, attrs, probe_data_cfg.holdout, n_boot=200)
     assert inst["extractor"] == f"probe:{trained_probe.key}" and inst["prompts"] == 800
     assert inst["prompts_holdout"] == 200
+
+
+# ---------------------------------------------------------------------------------------------- CLIP score (optional)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A random CLIP a few kilobytes big, saved like a downloaded one: for the mechanics only, never a score."""
+    transformers = pytest.importorskip("transformers")
+    import json
+
+    import torch
+
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in "abcdefghijklmnopqrstuvwxyz":
+        vocab[ch], vocab[ch + "</w>"] = len(vocab), len(vocab) + 1
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = transformers.CLIPTokenizer(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"))
+    small = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    config = transformers.CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), max_position_embeddings=128, bos_token_id=0, eos_token_id=1,
+                         pad_token_id=1, **small),
+        vision_config=dict(image_size=32, patch_size=8, **small), projection_dim=8)  # fmt: skip
+    torch.manual_seed(0)
+    transformers.CLIPModel(config).save_pretrained(folder)
+    images = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    transformers.CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+def test_clip_score_mechanics(tiny_clip, probe_data_cfg):
+    import torch
+
+    from synthscale.evaluate.reference import ClipScorer, load_clip
+
+    images, _, captions = real_renders(probe_data_cfg, "test", 6)
+    scorer = ClipScorer(tiny_clip, batch_size=4)
+    got = scorer.score(images, captions)
+    # the same number by hand: 100 · cosine of the projected embeddings, mean over pairs, floored at 0
+    model, processor = load_clip(tiny_clip)
+    with torch.no_grad():
+        pixels = processor(images=list(torch.from_numpy(images).permute(0, 3, 1, 2)), return_tensors="pt")["pixel_values"]
+        text = processor(text=captions, return_tensors="pt", padding=True)
+        a = model.get_image_features(pixels)
+        b = model.get_text_features(text["input_ids"], text["attention_mask"])
+    want = max(0.0, float((100 * torch.cosine_similarity(a, b, dim=-1)).mean()))
+    assert got == pytest.approx(want, abs=1e-3)
+    assert scorer.score(images, captions) == got  # deterministic
+    assert scorer.instruments()["clip_model"].startswith(f"clip:{tiny_clip.name}:") and scorer.instruments()["clip_n"] == 6
+    with pytest.raises(ValueError, match="one caption per image"):
+        scorer.score(images, captions[:2])
+
+
+def test_clip_needs_a_local_model(tmp_path):
+    from synthscale.evaluate.reference import load_clip
+
+    with pytest.raises(FileNotFoundError, match="save_pretrained"):
+        load_clip(tmp_path / "nowhere")

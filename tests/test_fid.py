@@ -99,3 +99,51 @@ def test_fd_probe_separates_real_from_mismatched(trained_probe, probe_data_cfg):
     assert quality.instruments()["extractor"] == f"probe:{trained_probe.key}"
     # same seed, same numbers; the one-off helper agrees with the reusable reference
     assert fd_probe(trained_probe, real, real2, kid_subsets=50) == same
+
+
+# ---------------------------------------------------------------------------------------------- Inception (optional)
+
+
+def test_inception_needs_local_weights(tmp_path, renders):
+    from synthscale.evaluate.reference import inception_distance
+
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+        inception_distance(tmp_path / "missing.pth", renders[0])
+
+
+def test_inception_without_the_extra_is_a_clear_error(tmp_path, renders):
+    try:
+        import torch_fidelity  # noqa: F401
+
+        pytest.skip("torch-fidelity is installed")
+    except ImportError:
+        pass
+    from synthscale.evaluate.reference import inception_distance
+
+    weights = tmp_path / "w.pth"
+    torch.save({}, weights)
+    with pytest.raises(ImportError, match="reference-metrics"):
+        inception_distance(weights, renders[0])
+
+
+def test_inception_mechanics_with_random_weights(tmp_path, renders, monkeypatch):
+    """Random InceptionV3 weights made here (no download): the optional path runs end to end; not a real score."""
+    pytest.importorskip("torch_fidelity")
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    from synthscale.evaluate.reference import inception_distance
+
+    empty = tmp_path / "empty.pth"
+    torch.save({}, empty)
+    with monkeypatch.context() as m:  # build the architecture with its random initialisation, skip loading
+        m.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
+        torch.manual_seed(0)
+        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty))
+    weights = tmp_path / "random-inception.pth"
+    torch.save(net.state_dict(), weights)
+    real, other = renders[0][:20], renders[1][:20]
+    fd = inception_distance(weights, real, kid_subsets=5, kid_subset_size=10)
+    assert fd.score(real)["fd"] == pytest.approx(0.0, abs=1e-2)
+    assert fd.score(other)["fd"] > 0
+    inst = fd.instruments()
+    assert inst["extractor"].startswith("inception-v3-compat:") and "antialias=False" in inst["resize"]

@@ -51,6 +51,7 @@ class FeatureDistance:
     ):
         self.extractor, self.name, self.batch_size = extractor, name, batch_size
         self.kid_subsets, self.kid_subset_size, self.seed = kid_subsets, kid_subset_size, seed
+        self.resize = "none"  # the probe reads images at the dataset's resolution; other extractors say theirs
         real = self.features(real_images)
         if len(real) < 2:
             raise ValueError(f"the reference set needs at least 2 images, got {len(real)}")
@@ -88,7 +89,7 @@ class FeatureDistance:
 
     def instruments(self) -> dict[str, Any]:
         """What the last score was measured with, for EvalRecord.instruments."""
-        return {"extractor": self.name, "n": getattr(self, "n_fake", None), "n_real": self.n_real, "resize": "none",
+        return {"extractor": self.name, "n": getattr(self, "n_fake", None), "n_real": self.n_real, "resize": self.resize,
                 "kid_subsets": self.kid_subsets, "kid_subset_size": self.kid.subset_size, "kid_seed": self.seed}  # fmt: skip
 
 
