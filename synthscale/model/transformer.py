@@ -50,11 +50,16 @@ class Attention(nn.Module):
     def forward(self, x, mask=None, cache: KVCache | None = None, layer: int = 0):
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3× [B, H, T, hd]
-        q, k = self.q_norm(q), self.k_norm(k)
+        q, k = _rms(self.q_norm, q), _rms(self.k_norm, k)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # [B, H, T_cached + T, hd]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T, hd]
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
+
+
+def _rms(norm: nn.RMSNorm, x: torch.Tensor) -> torch.Tensor:
+    # the weight in x's dtype: under bf16 autocast a float32 weight would force the slow unfused kernel
+    return F.rms_norm(x, norm.normalized_shape, norm.weight.to(x.dtype), norm.eps)
 
 
 class MLP(nn.Module):
