@@ -233,13 +233,17 @@ def describe_record(r: dict[str, Any]) -> str:
             f"({describe_setting(setting(r))})")
 
 
-def describe_instruments(records: list[dict[str, Any]], limit: int = 6) -> str:
+# instrument keys that repeat a record's own coordinates or name a file: left out of captions
+_SETTING_KEYS = {"steps", "cfg_scale", "weights", "checkpoint", "milestone", "step"}
+
+
+def describe_instruments(records: list[dict[str, Any]]) -> str:
     """The instruments behind a set of records, e.g. 'extractor=probe:ab12; n=256; split=test'; values that
-    differ between records are listed as alternatives. File references (…grid, …path) are left out."""
+    differ between records are listed as alternatives (the three most common, then …)."""
     seen: dict[str, Counter] = defaultdict(Counter)
     for r in records:
         for k, v in _flatten(r.get("instruments") or {}).items():
-            if not k.endswith(("grid", "path")):
+            if v is not None and k not in _SETTING_KEYS and not k.endswith(("grid", "path")):
                 seen[k][str(v)] += 1
     if not seen:
         return "instruments not recorded"
@@ -248,7 +252,7 @@ def describe_instruments(records: list[dict[str, Any]], limit: int = 6) -> str:
         vals = [v for v, _ in seen[k].most_common(3)]
         more = "…" if len(seen[k]) > 3 else ""
         parts.append(f"{k}={'|'.join(vals)}{more}")
-    return "; ".join(parts[:limit * 3])
+    return "; ".join(parts)
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -149,8 +149,8 @@ def finding_quality_crossover(data: cmp.StudyData, crossovers: dict[tuple[str, s
     ar_lo, fl_lo = levels[lo]["autoregressive"], levels[lo]["flow"]
     ar_hi, fl_hi = levels[hi]["autoregressive"], levels[hi]["flow"]
     c_lo, c_hi = cmp.compare_quality(ar_lo, fl_lo), cmp.compare_quality(ar_hi, fl_hi)
-    r_lo = cmp.value(fl_lo, "fd_probe") / cmp.value(ar_lo, "fd_probe")  # > 1: next-token better
-    r_hi = cmp.value(fl_hi, "fd_probe") / cmp.value(ar_hi, "fd_probe")
+    r_lo = cmp.value(fl_lo, "fd_probe") / max(cmp.value(ar_lo, "fd_probe"), 1e-12)  # > 1: next-token better
+    r_hi = cmp.value(fl_hi, "fd_probe") / max(cmp.value(ar_hi, "fd_probe"), 1e-12)
     names = {1: "next-token significantly better", -1: "diffusion significantly better", 0: "no significant difference",
              None: "not comparable"}
     f.evidence.append(f"lowest level {lo:.3g} FLOPs: FD next-token {fmt(cmp.value(ar_lo, 'fd_probe'))} vs diffusion "
@@ -373,6 +373,15 @@ class Recommendation:
     detail: str  # the numbers
 
 
+def _describe_candidate(objective: str, r: dict[str, Any], metric: str) -> str:
+    iv = cmp.interval(r, metric)
+    text = f"{objective}: {fmt(cmp.value(r, metric))}" + (f" {fmt_interval(iv)}" if iv else "")
+    text += f" ({r['size']}, {r['autoencoder']}, {cmp.describe_setting(cmp.setting(r))}"
+    if metric in ("latency_s", "throughput_ips"):  # speed at what quality: the trade-off stays visible
+        text += f"; FD {fmt(cmp.value(r, 'fd_probe'))}"
+    return text + ")"
+
+
 CRITERIA = (("image quality", "fd_probe"), ("prompt following", "prompt_acc"), ("latency (batch 1)", "latency_s"),
             ("throughput", "throughput_ips"))
 
@@ -396,9 +405,6 @@ def recommendations(data: cmp.StudyData) -> list[Recommendation]:
                             reverse=metric not in cmp.LOWER_IS_BETTER)
             winner, wr = ranked[0]
             ties = [o for o, r in ranked[1:] if cmp.compare(wr, r, metric) == 0]
-            detail = "; ".join(f"{o}: {fmt(cmp.value(r, metric))}"
-                               + (f" {fmt_interval(cmp.interval(r, metric))}" if cmp.interval(r, metric) else "")
-                               + f" ({r['size']}, {r['autoencoder']}, {cmp.describe_setting(cmp.setting(r))})"
-                               for o, r in ranked)
+            detail = "; ".join(_describe_candidate(o, r, metric) for o, r in ranked)
             out.append(Recommendation(criterion, metric, lv, winner, ties, detail))
     return out

@@ -45,8 +45,8 @@ def fit_points(data: cmp.StudyData, objective: str, metric: str) -> tuple[np.nda
     """The compute frontier of `metric` for one objective: its primary-setting records with its main
     autoencoder, keeping the points no cheaper point beats."""
     main = cmp.main_autoencoders(data.records).get(objective)
-    rs = [r for r in cmp.primary_records(data)
-          if r["objective"] == objective and r["autoencoder"] == main and cmp.value(r, metric) is not None]
+    rs = [r for r in cmp.primary_records(data) if r["objective"] == objective and r["autoencoder"] == main
+          and r["train_flops"] > 0 and (cmp.value(r, metric) or 0.0) > 0]  # log-space fit: positive values only
     c = np.array([r["train_flops"] for r in rs], dtype=float)
     v = np.array([cmp.value(r, metric) for r in rs], dtype=float)
     keep = frontier(c, v, lower_is_better=metric in cmp.LOWER_IS_BETTER)
@@ -167,6 +167,8 @@ def _rec_table(recs: list[fnd.Recommendation]) -> tuple[list[str], list[list[str
         tie = f" (tie: {', '.join(r.tie_with)})" if r.tie_with else ""
         win = "not measured" if r.winner is None else r.winner + tie
         rows.append([f"{r.budget:.3g}", r.criterion, win, r.detail])
+    if not rows:
+        rows = [["—", "anything", "not measured", "no evaluation records: nothing to compare"]]
     return ["budget (training FLOPs)", "best for", "paradigm", "numbers (best model per paradigm)"], rows
 
 
