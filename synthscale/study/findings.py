@@ -310,18 +310,19 @@ def finding_autoencoder(data: cmp.StudyData) -> Finding:
     f = Finding(6, "Autoencoder quality (and latent size) strongly moves FID, less so prompt following.", INCONCLUSIVE,
                 "Runs that differ only in the autoencoder, compared at each matched compute level (best vs worst "
                 "autoencoder by FD). Quality moves when the difference is significant (KID interval, else 10 % FD "
-                "margin); prompt following moves when the 95 % intervals of prompt accuracy do not overlap. "
-                "Confirmed when quality moves at most levels and the relative prompt-accuracy change is smaller "
-                "than the relative FD change at every such level; not confirmed when quality moves at none, or "
-                "prompt accuracy changes relatively more than FD at most levels.")
+                "margin). Confirmed when quality moves at most levels and the relative prompt-accuracy change is "
+                "smaller than the relative FD change at every level; not confirmed when quality moves at none, or "
+                "prompt accuracy changes relatively at least as much as FD at most levels. Whether the prompt-"
+                "accuracy change is significant (95 % intervals apart) is reported alongside.")
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in cmp.primary_records(data):
         groups[(r["objective"], r["size"], r["data_size"])].append(r)
-    q_moves, p_smaller, n = 0, 0, 0
-    for (obj, size, d), rs in sorted(groups.items()):
+    q_moves, p_smaller, p_larger, n = 0, 0, 0, 0
+    for (obj, size, _), rs in sorted(groups.items()):
         if len({r["autoencoder"] for r in rs}) < 2:
             continue
-        for lv, recs in cmp.by_level(rs).items():
+        levels = cmp.by_level(rs)
+        for lv, recs in levels.items():
             by_ae = cmp.best_per_objective([dict(r, objective=r["autoencoder"]) for r in recs], "fd_probe")
             if len(by_ae) < 2:
                 continue
@@ -335,7 +336,8 @@ def finding_autoencoder(data: cmp.StudyData) -> Finding:
             n += 1
             q_moves += q == 1
             p_smaller += p_rel is not None and p_rel < fd_rel
-            if lv == max(cmp.by_level(rs)):
+            p_larger += p_rel is not None and p_rel >= fd_rel
+            if lv == max(levels):
                 f.evidence.append(
                     f"{obj} {size} @ {lv:.3g} FLOPs: FD {best['autoencoder']} {fmt(cmp.value(best, 'fd_probe'))} vs "
                     f"{worst['autoencoder']} {fmt(cmp.value(worst, 'fd_probe'))} ({fd_rel:.0%} lower); prompt acc "
@@ -346,7 +348,7 @@ def finding_autoencoder(data: cmp.StudyData) -> Finding:
     ae_desc = ", ".join(f"{a['name']} ({a['kind']}, PSNR {fmt(a['metrics'].get('psnr'))})" for a in data.autoencoders)
     f.evidence.append(f"over {n} matched levels: quality moves significantly at {q_moves}; prompt accuracy moves "
                       f"relatively less than FD at {p_smaller}. Autoencoders: {ae_desc}")
-    if q_moves == 0 or (n - p_smaller) > n / 2:
+    if q_moves == 0 or p_larger > n / 2:
         f.verdict = NOT_CONFIRMED
     elif q_moves > n / 2 and p_smaller == n:
         f.verdict = CONFIRMED
