@@ -55,7 +55,8 @@ def main() -> None:
         ceiling = probe.meta["ceiling"]
         worst = {s: min((v, k[len("attr_acc_"):]) for k, v in c.items() if k.startswith("attr_acc_")) for s, c in ceiling.items()}
         rows.append({
-            "config": name, "train_s": probe.meta["train"]["train_seconds"], "total_s": wall,
+            "config": name, "train_s": probe.meta["train"]["train_seconds"],
+            "train_cpu_s": probe.meta["train"]["train_cpu_seconds"], "total_s": wall,
             "test_prompt_acc": ceiling["test"]["prompt_acc"], "test_worst_attr": f"{worst['test'][1]} {worst['test'][0]:.4f}",
             "holdout_prompt_acc": ceiling["holdout"]["prompt_acc"],
             "holdout_worst_attr": f"{worst['holdout'][1]} {worst['holdout'][0]:.4f}",
