@@ -84,3 +84,27 @@ def test_two_process_ddp_gives_the_full_batch_gradient_and_only_rank0_writes(tmp
     a, b = ckpt.load_tensors(list_checkpoints(out)[-1].path, "model"), ckpt.load_tensors(list_checkpoints(single)[-1].path, "model")
     assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
     assert [x for _, x in losses(out)] == pytest.approx([x for _, x in losses(single)], rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not installed")
+def test_two_process_fsdp2_gradient_and_exact_resume(tmp_path):
+    cfg = tiny_cfg(3, "train.grad_clip=0", "train.checkpoint_every=1", "train.parallel=fsdp")
+    out = tmp_path / "fsdp"
+    result = torchrun(tmp_path, cfg, out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "done.json").read_text())["world_size"] == 2
+    assert_same_gradient(step_one_gradient(out, cfg), reference_gradient(cfg, pieces=2), tol=1e-5)
+    final = {g: ckpt.load_tensors(list_checkpoints(out)[-1].path, g) for g in ("model", "ema", "optimizer")}
+
+    # sharded state goes back into the shards: drop the last checkpoint, resume, get the same bytes
+    shutil.copytree(out, tmp_path / "again")
+    again = tmp_path / "again"
+    (again / "done.json").unlink()
+    shutil.rmtree(list_checkpoints(again)[-1].path)
+    result = torchrun(tmp_path, cfg, again)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((again / "env.json").read_text())["sessions"][-1]["resumed_from_step"] == 2
+    for group, tensors in final.items():
+        resumed = ckpt.load_tensors(list_checkpoints(again)[-1].path, group)
+        assert resumed.keys() == tensors.keys() and all(torch.equal(resumed[k], tensors[k]) for k in tensors), group

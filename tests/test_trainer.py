@@ -362,3 +362,11 @@ def test_run_on_an_autoencoder_latent_cache(tmp_path):
 def test_shipped_train_configs_load(path):
     cfg = load(RunConfig, path)
     assert cfg.train.budget_flops > 0 and (cfg.autoencoder or cfg.random_latents)
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_like_eager(tmp_path):
+    """train.compile=true (inductor; minutes of compiling on a small CPU) follows the eager run's losses."""
+    train(tiny_cfg(3), tmp_path / "eager", progress=False)
+    train(tiny_cfg(3, "train.compile=true"), tmp_path / "compiled", progress=False)
+    assert [x for _, x in losses(tmp_path / "compiled")] == pytest.approx([x for _, x in losses(tmp_path / "eager")], rel=1e-5)
