@@ -51,9 +51,12 @@ def main() -> None:
         real, _, _ = real_renders(data, "test", args.n)
         real2, _, _ = real_renders(data, "val", args.n)
         q = ProbeQuality(probe, real, kid_subsets=50)
-        same, swapped, blurred = q.score(real2)["fd_probe"], q.score(real2[..., [2, 0, 1]])["fd_probe"], q.score(blur(real2))["fd_probe"]
+        same = q.score(real2)["fd_probe"]
+        swapped = q.score(real2[..., [2, 0, 1]])["fd_probe"]  # channel-shuffled: off-palette colours
+        blurred = q.score(blur(real2))["fd_probe"]
         ceiling = probe.meta["ceiling"]
-        worst = {s: min((v, k[len("attr_acc_"):]) for k, v in c.items() if k.startswith("attr_acc_")) for s, c in ceiling.items()}
+        worst = {s: min((v, k[len("attr_acc_"):]) for k, v in c.items() if k.startswith("attr_acc_"))
+                 for s, c in ceiling.items()}  # fmt: skip
         rows.append({
             "config": name, "train_s": probe.meta["train"]["train_seconds"],
             "train_cpu_s": probe.meta["train"]["train_cpu_seconds"], "total_s": wall,

@@ -17,6 +17,7 @@ seeded bootstrap 95 % interval over prompts.
 """
 from __future__ import annotations
 
+import inspect
 import itertools
 import zlib
 from typing import Any, Sequence
@@ -25,6 +26,7 @@ import numpy as np
 from scipy.stats import bootstrap
 
 FACTS = ("shape", "colour", "size", "position", "relation", "count")
+_RNG_ARG = "rng" if "rng" in inspect.signature(bootstrap).parameters else "random_state"  # scipy < 1.15: random_state
 TASKS = ("single", "two", "count")
 _OBJECT_FACTS = ("shape", "colour", "size")
 
@@ -105,8 +107,8 @@ def _mean_ci(values: np.ndarray, n_boot: int, seed: int, name: str) -> tuple[flo
     if np.all(values == values[0]):  # every resample has the same mean
         return mean, mean, mean
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-    ci = bootstrap((values,), np.mean, n_resamples=n_boot, method="percentile", rng=rng, vectorized=True).confidence_interval
-    return mean, float(ci.low), float(ci.high)
+    res = bootstrap((values,), np.mean, n_resamples=n_boot, method="percentile", vectorized=True, **{_RNG_ARG: rng})
+    return mean, float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def summarise(

@@ -89,8 +89,9 @@ class FeatureDistance:
 
     def instruments(self) -> dict[str, Any]:
         """What the last score was measured with, for EvalRecord.instruments."""
-        return {"extractor": self.name, "n": getattr(self, "n_fake", None), "n_real": self.n_real, "resize": self.resize,
-                "kid_subsets": self.kid_subsets, "kid_subset_size": self.kid.subset_size, "kid_seed": self.seed}  # fmt: skip
+        return {"extractor": self.name, "n": getattr(self, "n_fake", None), "n_real": self.n_real,
+                "resize": self.resize, "kid_subsets": self.kid_subsets, "kid_subset_size": self.kid.subset_size,
+                "kid_seed": self.seed}  # fmt: skip
 
 
 class ProbeQuality(FeatureDistance):
