@@ -124,7 +124,7 @@ def _check_config(run_dir: Path, run_cfg: RunConfig) -> None:
     import json
 
     old = _flatten(json.loads(path.read_text()))
-    new = _flatten(to_dict(run_cfg))
+    new = _flatten(json.loads(json.dumps(to_dict(run_cfg))))  # as it would read back (tuples → lists)
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
     if changed:
         detail = ", ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in changed[:5])
