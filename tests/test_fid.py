@@ -37,6 +37,8 @@ def test_frechet_distance_equals_the_formula(renders):
     want = frechet(coarse(torch.from_numpy(real)).double().numpy(), coarse(torch.from_numpy(other)).double().numpy())
     assert got == pytest.approx(want, rel=1e-3)
     assert fd.score(real)["fd"] == pytest.approx(0.0, abs=1e-6)  # the reference against itself
+    s = fd.score(other)  # KID subsets default to half the smaller set, so they differ and the std is informative
+    assert fd.instruments()["kid_subset_size"] == 75 and s["kid_std"] > 0
 
 
 def test_float_images_are_rounded_and_clamped_like_uint8(renders):

@@ -35,8 +35,8 @@ class FeatureDistance:
     """Fréchet distance and KID of image sets against one real reference set.
 
     extractor: uint8 [N, H, W, 3] → float [N, D]; name: how records name it (e.g. "probe:<key>").
-    KID uses `kid_subsets` random subsets of `kid_subset_size` (default: min(1000, n)) drawn from `seed`, so the
-    same inputs give the same numbers.
+    KID uses `kid_subsets` random subsets of `kid_subset_size` (default: half the smaller set, at most 1000) drawn
+    from `seed`, so the same inputs give the same numbers.
     """
 
     def __init__(
@@ -77,7 +77,8 @@ class FeatureDistance:
         self.fid.reset(), self.kid.reset()  # keeps the real statistics (reset_real_features=False)
         self.fid.update(fake, real=False)
         self.kid.update(fake, real=False)
-        self.kid.subset_size = self.kid_subset_size or min(1000, self.n_real, len(fake))
+        # default: half the smaller set (≤ 1000), so the subsets differ and kid_std measures something
+        self.kid.subset_size = self.kid_subset_size or max(2, min(1000, self.n_real // 2, len(fake) // 2))
         if self.kid.subset_size > min(self.n_real, len(fake)):
             raise ValueError(f"kid_subset_size {self.kid.subset_size} exceeds the images given "
                              f"({self.n_real} real, {len(fake)} generated); lower it")  # fmt: skip
