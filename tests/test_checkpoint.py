@@ -110,6 +110,16 @@ def test_disk_full_during_a_save_loses_no_earlier_checkpoint(tmp_path, monkeypat
     assert info.step == 5 and torch.equal(ckpt.load_tensors(good, "model")["w"], _groups(0)["model"]["w"])
 
 
+def test_a_save_killed_midway_leaves_only_a_temp_folder_that_is_cleaned(tmp_path):
+    root = tmp_path / "checkpoints"
+    good = ckpt.save(root, 1, _groups(0), _meta(1))
+    (root / ".tmp-step_00000002-999").mkdir()  # what a SIGKILL during a save leaves
+    (root / ".tmp-step_00000002-999" / "model.safetensors").write_bytes(b"partial")
+    assert [i.step for i in ckpt.list_checkpoints(tmp_path)] == [1]
+    assert [p.name for p in ckpt.remove_stale(tmp_path)] == [".tmp-step_00000002-999"]
+    assert [p.name for p in root.iterdir()] == [good.name]
+
+
 def test_saving_a_step_again_replaces_it(tmp_path):
     root = tmp_path / "checkpoints"
     ckpt.save(root, 3, _groups(0), _meta(3))

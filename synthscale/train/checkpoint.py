@@ -92,6 +92,16 @@ def save(root: str | os.PathLike, step: int, groups: dict[str, dict[str, torch.T
     return final
 
 
+def remove_stale(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temp/trash folders a killed save left behind (never a real checkpoint). Call before training,
+    when no other process writes this run."""
+    root = Path(run_dir) / "checkpoints"
+    stale = [p for p in root.iterdir() if p.is_dir() and p.name.startswith((".tmp-", ".trash-"))] if root.is_dir() else []
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
+
+
 def read_meta(path: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
     """The checkpoint's metadata after checking every file (size always, sha256 when `verify`)."""
     path = Path(path)

@@ -257,6 +257,8 @@ def _train(run_cfg: RunConfig, run_dir: Path, d: D.Dist, resume: bool, show_prog
 
     # resume: rank 0 picks the newest intact checkpoint, every rank loads it
     prog = Progress()
+    if d.is_main:
+        ckpt.remove_stale(run_dir)
     found = ckpt.latest(run_dir) if d.is_main and resume else None
     if d.is_main and found is None and not resume and ckpt.list_checkpoints(run_dir):
         raise ConfigError(f"{run_dir} already has checkpoints; resume it, or use a new --out directory")
