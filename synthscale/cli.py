@@ -91,7 +91,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import os
 
     from synthscale.config import RunConfig, load
-    from synthscale.train import NonFiniteLoss, train
+    from synthscale.train import TrainingStopped, train
 
     overrides = list(args.set or [])
     if args.budget is not None:
@@ -99,7 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_cfg = load(RunConfig, args.config, overrides)
     try:
         summary = train(run_cfg, args.out, resume=not args.no_resume, progress=not args.quiet)
-    except NonFiniteLoss as e:
+    except TrainingStopped as e:  # a NaN loss, a checkpoint that cannot be written: the message says what is kept
         print(f"synthscale: error: {e}", file=sys.stderr)
         return 1
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one report

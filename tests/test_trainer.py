@@ -370,3 +370,29 @@ def test_compiled_model_trains_like_eager(tmp_path):
     train(tiny_cfg(3), tmp_path / "eager", progress=False)
     train(tiny_cfg(3, "train.compile=true"), tmp_path / "compiled", progress=False)
     assert [x for _, x in losses(tmp_path / "compiled")] == pytest.approx([x for _, x in losses(tmp_path / "eager")], rel=1e-5)
+
+
+def test_disk_full_mid_run_keeps_earlier_checkpoints_and_resumes_exactly(tmp_path, monkeypatch):
+    import errno
+
+    from synthscale import atomic
+    from synthscale.train import CheckpointWriteFailed
+
+    cfg = tiny_cfg(6, "train.milestones_per_decade=1")
+    train(cfg, tmp_path / "whole", progress=False)
+    real, calls = atomic.save_safetensors, []
+
+    def fills_up(path, tensors, metadata=None):
+        calls.append(path)
+        if "step_00000004" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, tensors, metadata)
+
+    monkeypatch.setattr(atomic, "save_safetensors", fills_up)
+    run = tmp_path / "full"
+    with pytest.raises(CheckpointWriteFailed, match="step 4 could not be written.*earlier checkpoints are intact"):
+        train(cfg, run, progress=False)
+    assert list_checkpoints(run)[-1].step == 2 and not list((run / "checkpoints").glob(".tmp-*"))
+    monkeypatch.setattr(atomic, "save_safetensors", real)  # space freed: the same call resumes
+    train(cfg, run, progress=False)
+    assert same_tensors(final_tensors(run), final_tensors(tmp_path / "whole")) and losses(run) == losses(tmp_path / "whole")

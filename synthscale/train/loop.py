@@ -48,8 +48,16 @@ DONE = "done.json"
 RESUMABLE_CHANGES = {"train.log_every", "train.checkpoint_every", "train.keep_last"}
 
 
-class NonFiniteLoss(RuntimeError):
+class TrainingStopped(RuntimeError):
+    """A run that cannot go on; the message says why and what is kept. Run the same command again to resume."""
+
+
+class NonFiniteLoss(TrainingStopped):
     """The loss (or gradient norm) became NaN/inf; the message names the step and the intact checkpoint."""
+
+
+class CheckpointWriteFailed(TrainingStopped):
+    """A checkpoint could not be written (e.g. a full disk); earlier checkpoints are untouched."""
 
 
 # ---------------------------------------------------------------------------------------------- schedule
@@ -170,12 +178,18 @@ def _full_state(loss_module: LossModule, optimizer, ema: EMA) -> tuple[dict, dic
 def _save(run_dir: Path, d: D.Dist, loss_module, optimizer, ema: EMA, prog: Progress, extra: dict) -> Path | None:
     model_sd, ema_sd, opt_tensors, opt_rest = _full_state(loss_module, optimizer, ema)
     rng = D.rng_states(d)
-    path = None
+    path, error = None, None
     if d.is_main:
         meta = {**extra, **asdict(prog), "optimizer": opt_rest, "ema_updates": ema.updates, "world_size": d.world}
-        path = ckpt.save(run_dir / "checkpoints", prog.step, {"model": model_sd, "ema": ema_sd,
-                                                              "optimizer": opt_tensors, "rng": rng}, meta)
-    D.barrier(d)
+        try:
+            path = ckpt.save(run_dir / "checkpoints", prog.step, {"model": model_sd, "ema": ema_sd,
+                                                                  "optimizer": opt_tensors, "rng": rng}, meta)
+        except OSError as e:
+            error = e
+    if not D.broadcast_int(int(error is None), d):  # every rank stops together
+        raise CheckpointWriteFailed(
+            f"the checkpoint of step {prog.step} could not be written ({error or 'on rank 0'}); earlier checkpoints "
+            f"are intact — free disk space and run the same command to resume") from error  # fmt: skip
     return path
 
 
