@@ -3,7 +3,8 @@
 `train(run_cfg, run_dir)` trains one (objective, size, data size, autoencoder) until the analytic training
 FLOPs reach `train.budget_flops`, writing checkpoints at log-spaced FLOPs milestones so one run gives a whole
 loss/quality-vs-compute curve. Killed at any point, it resumes from its newest intact checkpoint and ends with
-bitwise the same weights and loss history as a run never interrupted (same seed, CPU fp32).
+bitwise the same weights and loss history as a run never interrupted (same seed, CPU fp32, same world size ×
+grad_accum; GPU kernels may be nondeterministic).
 
 Run dir layout (only rank 0 writes):
 
@@ -270,13 +271,14 @@ def _train(run_cfg: RunConfig, run_dir: Path, d: D.Dist, resume: bool, show_prog
     order = DataOrder(len(source), cfg.batch_size, seed)
 
     # resume: rank 0 picks the newest intact checkpoint, every rank loads it
-    prog = Progress()
+    prog, step = Progress(), -1
     if d.is_main:
         ckpt.remove_stale(run_dir)
-    found = ckpt.latest(run_dir) if d.is_main and resume else None
-    if d.is_main and found is None and not resume and ckpt.list_checkpoints(run_dir):
+        found = ckpt.latest(run_dir) if resume else None
+        step = found[0].step if found else (-2 if not resume and ckpt.list_checkpoints(run_dir) else -1)
+    step = D.broadcast_int(step, d)  # every rank decides alike (and raises alike)
+    if step == -2:
         raise ConfigError(f"{run_dir} already has checkpoints; resume it, or use a new --out directory")
-    step = D.broadcast_int(found[0].step if found else -1, d)
     if step >= 0:
         path = ckpt.checkpoint_dir(run_dir / "checkpoints", step)
         prog, meta = _restore(path, d, loss_module, optimizer, ema)
@@ -357,7 +359,8 @@ def _train(run_cfg: RunConfig, run_dir: Path, d: D.Dist, resume: bool, show_prog
             if prog.step % cfg.log_every == 0 or prog.step == total_steps:
                 now = time.perf_counter()
                 log.record({"step": prog.step, "train_flops": prog.train_flops,
-                            "loss": prog.window_loss / max(1, prog.window_steps), "lr": lr,
+                            "loss": prog.window_loss / prog.window_steps if prog.window_steps else float("nan"),
+                            "lr": lr,
                             "grad_norm": prog.window_grad_norm, **order.position(prog.step),
                             "skipped": prog.skipped, "images_per_s": window_images / max(now - window_start, 1e-9),
                             "seconds": prog.train_seconds + now - t0})  # fmt: skip
