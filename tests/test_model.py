@@ -96,3 +96,18 @@ def test_null_caption_replaces_dropped_rows_only():
     hd, vd = net.encode_text(tokens, drop=torch.tensor([False, True]))
     assert torch.equal(hd[0], h[0]) and torch.equal(vd[0], valid[0])
     assert torch.equal(hd[1], net.null.weight) and vd[1].all()
+
+
+def test_network_takes_a_caption_encoder_of_the_same_call():
+    from synthscale.config import ObjectiveConfig
+    from synthscale.data.latents import LatentSpec
+    from synthscale.objectives import get_objective
+
+    torch.manual_seed(0)
+    own = TextEncoder(vocab_size=20, max_length=4, width=64, depth=1, heads=2)
+    obj = get_objective(ObjectiveConfig(name="masked"))
+    model = obj.build_model(ModelConfig(size="2x64"), LatentSpec("discrete", 4, 2, 2, vocab_size=16),
+                            TextSpec(vocab_size=20, max_length=4), text_encoder=own)
+    assert model.text_encoder is own and len(own.transformer.blocks) == 1
+    tokens = torch.tensor([[3, 4, 0, 0]])
+    torch.testing.assert_close(model.encode_text(tokens)[0], own(tokens)[0])

@@ -17,13 +17,15 @@ from synthscale.model.transformer import Transformer
 
 
 class Network(nn.Module):
-    def __init__(self, model_cfg: ModelConfig, text: TextSpec, image_tokens: int, adaln: bool = False):
+    def __init__(self, model_cfg: ModelConfig, text: TextSpec, image_tokens: int, adaln: bool = False,
+                 text_encoder: nn.Module | None = None):
         super().__init__()
         size = get_size(model_cfg.size)
         self.size, self.text_spec, self.image_tokens = size, text, image_tokens
         D = size.width
-        self.text_encoder = TextEncoder(text.vocab_size, text.max_length, D, model_cfg.text_layers, size.heads,
-                                        text.pad_id)
+        # a caller may bring its own caption encoder (e.g. a frozen pretrained one projected to width D)
+        self.text_encoder = text_encoder or TextEncoder(text.vocab_size, text.max_length, D, model_cfg.text_layers,
+                                                        size.heads, text.pad_id)
         self.null = nn.Embedding(text.max_length, D)  # the dropped caption: one learned vector a position
         self.pos = nn.Embedding(image_tokens, D)  # image positions (learned, like nanoGPT)
         self.backbone = Transformer(D, size.depth, size.heads, adaln)

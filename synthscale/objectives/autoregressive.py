@@ -18,8 +18,8 @@ from synthscale.objectives.base import (Objective, cfg_copies, check_steps, guid
 
 
 class AutoregressiveNet(Network):
-    def __init__(self, model_cfg, latent, text):
-        super().__init__(model_cfg, text, latent.tokens)
+    def __init__(self, model_cfg, latent, text, text_encoder=None):
+        super().__init__(model_cfg, text, latent.tokens, text_encoder=text_encoder)
         self.vocab_size, self.grid = latent.vocab_size, (latent.height, latent.width)
         self.bos_id = latent.vocab_size
         self.embed = nn.Embedding(latent.vocab_size + 1, self.size.width)
@@ -53,9 +53,9 @@ class AutoregressiveObjective(Objective):
     name = "autoregressive"
     latent = "discrete"
 
-    def build_model(self, model_cfg, latent, text):
+    def build_model(self, model_cfg, latent, text, text_encoder=None):
         self.check_latent(latent)
-        return AutoregressiveNet(model_cfg, latent, text)
+        return AutoregressiveNet(model_cfg, latent, text, text_encoder)
 
     def loss(self, model, latents, text, generator, drop_captions=True):
         B, dev = latents.shape[0], latents.device

@@ -26,7 +26,11 @@ class Objective:
 
     # --------------------------------------------------------------------------------------- each objective
 
-    def build_model(self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec) -> nn.Module:
+    def build_model(self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec,
+                    text_encoder: nn.Module | None = None) -> nn.Module:
+        """Backbone + caption encoder + this objective's embedding, head and null caption. `text_encoder`
+        replaces the learned caption encoder (same call: tokens [B, L] → (features [B, L, D], key_valid [B, L]));
+        the FLOP counts here assume the learned one."""
         raise NotImplementedError
 
     def loss(self, model, latents: torch.Tensor, text: torch.Tensor, generator: torch.Generator,

@@ -48,9 +48,9 @@ def patch_grid(model_cfg: ModelConfig, latent: LatentSpec) -> tuple[int, int]:
 
 
 class FlowNet(Network):
-    def __init__(self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec):
+    def __init__(self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec, text_encoder=None):
         gh, gw = patch_grid(model_cfg, latent)
-        super().__init__(model_cfg, text, gh * gw, adaln=True)
+        super().__init__(model_cfg, text, gh * gw, adaln=True, text_encoder=text_encoder)
         self.p, self.latent_shape = model_cfg.patch_size, (latent.channels, latent.height, latent.width)
         D, patch = self.size.width, latent.channels * model_cfg.patch_size**2
         self.embed = nn.Linear(patch, D)
@@ -87,9 +87,9 @@ class FlowObjective(Objective):
     name = "flow"
     latent = "continuous"
 
-    def build_model(self, model_cfg, latent, text):
+    def build_model(self, model_cfg, latent, text, text_encoder=None):
         self.check_latent(latent)
-        return FlowNet(model_cfg, latent, text)
+        return FlowNet(model_cfg, latent, text, text_encoder)
 
     def loss(self, model, latents, text, generator, drop_captions=True):
         x = latents

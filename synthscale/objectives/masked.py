@@ -20,8 +20,8 @@ from synthscale.objectives.base import (Objective, cfg_copies, check_steps, guid
 
 
 class MaskedNet(Network):
-    def __init__(self, model_cfg, latent, text):
-        super().__init__(model_cfg, text, latent.tokens)
+    def __init__(self, model_cfg, latent, text, text_encoder=None):
+        super().__init__(model_cfg, text, latent.tokens, text_encoder=text_encoder)
         self.vocab_size, self.grid = latent.vocab_size, (latent.height, latent.width)
         self.mask_id = latent.vocab_size  # one extra input id
         self.embed = nn.Embedding(latent.vocab_size + 1, self.size.width)
@@ -48,9 +48,9 @@ class MaskedObjective(Objective):
     name = "masked"
     latent = "discrete"
 
-    def build_model(self, model_cfg, latent, text):
+    def build_model(self, model_cfg, latent, text, text_encoder=None):
         self.check_latent(latent)
-        return MaskedNet(model_cfg, latent, text)
+        return MaskedNet(model_cfg, latent, text, text_encoder)
 
     def loss(self, model, latents, text, generator, drop_captions=True):
         B, dev = latents.shape[0], latents.device
