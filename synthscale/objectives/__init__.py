@@ -8,7 +8,9 @@ from synthscale.objectives.autoregressive import AutoregressiveObjective
 from synthscale.objectives.flow import FlowObjective
 from synthscale.objectives.masked import MaskedObjective
 
-OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (FlowObjective, MaskedObjective, AutoregressiveObjective)}
+OBJECTIVES: dict[str, type[Objective]] = {
+    cls.name: cls for cls in (FlowObjective, MaskedObjective, AutoregressiveObjective)
+}
 
 
 def get_objective(cfg: ObjectiveConfig | str) -> Objective:
