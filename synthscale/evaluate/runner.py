@@ -171,6 +171,8 @@ class RunEvaluator:
         if s.speed:
             metrics.update(measure_speed(obj, gen_model.model, self.text[:32], s.steps, s.cfg_scale))
         counts = obj.param_counts(rc.model, gen_model.latent_spec, gen_model.text_spec)
+        # the generator's share; the caption encoder's is a separate, labelled column (DESIGN.md, FLOPs)
+        flops = obj.sample_flops_split(rc.model, gen_model.latent_spec, gen_model.text_spec, s.steps, s.cfg_scale)
         instruments = {
             **self.quality.instruments(),
             "alignment": alignment_instruments(self.probe, self.prompts, holdout_pairs, seed=self.settings.seed),
@@ -178,6 +180,8 @@ class RunEvaluator:
                      "captions_dropped": False},
             "prompts": {"test": n_test, "holdout": len(self.prompts) - n_test, "seed": self.settings.seed},
             "steps": s.steps, "cfg_scale": s.cfg_scale, "weights": s.weights, "checkpoint": s.checkpoint.name,
+            "sample_flops": {"generator": flops.generator, "text_encoder": flops.text_encoder,
+                             "convention": "2 per MAC, CFG included, autoencoder decode excluded"},
             "decoder": self.autoencoder.name, "sample_grid": str(grid_path.relative_to(self.run_dir)),
             "speed": {"device": str(self.device), "threads": torch.get_num_threads(), "repeats": 3} if s.speed else None,
         }  # fmt: skip
@@ -186,8 +190,7 @@ class RunEvaluator:
             params_nonembedding=counts["non_embedding"], data_size=rc.data.size, autoencoder=self.autoencoder.name,
             milestone=s.milestone, step=s.checkpoint.step, train_flops=float(s.checkpoint.train_flops),
             weights=s.weights, steps=s.steps, cfg_scale=s.cfg_scale,
-            sample_flops_per_image=float(obj.sample_flops(rc.model, gen_model.latent_spec, gen_model.text_spec,
-                                                          s.steps, s.cfg_scale)),
+            sample_flops_per_image=float(flops.generator),
             metrics=metrics, instruments=instruments,
         )  # fmt: skip
 
