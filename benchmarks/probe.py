@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--configs", default="default,counting,r16,r64")
     ap.add_argument("--n", type=int, default=1000, help="images per set for fd-probe")
     ap.add_argument("--cache", type=Path, default=None, help="probe cache (default: a temporary folder)")
+    ap.add_argument("--name", default="probe", help="results file name (default probe → results/probe.json)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from synthscale.config import DataConfig, ProbeConfig
@@ -68,7 +69,7 @@ def main() -> None:
         rows[-1]["ceiling"] = ceiling
         print_table([{k: v for k, v in rows[-1].items() if k != "ceiling"}], f"probe {name}")
     print_table([{k: v for k, v in r.items() if k != "ceiling"} for r in rows], "attribute probes (one thread)")
-    write_json("probe", {"n": args.n, "probe": dataclasses.asdict(ProbeConfig()), "rows": rows,
+    write_json(args.name, {"n": args.n, "probe": dataclasses.asdict(ProbeConfig()), "rows": rows,
                          "goals": {"attr_acc": 0.99, "fd_ratio": 20}})  # fmt: skip
 
 
