@@ -103,7 +103,7 @@ def _cell_windows(resolution: int) -> tuple[int, list[int]]:
 
 
 class AttributeProbe(nn.Module):
-    """Reads a scene cell by cell. `forward(uint8 [N, H, W, 3])` → logits per cell; `features` → [N, feature_dim + 9]."""
+    """Reads a scene cell by cell: `forward(uint8 [N, H, W, 3])` → logits per cell, `features` → [N, feature_dim + 9]."""
 
     HEADS = ("occupied", "shape", "colour", "size")
 
