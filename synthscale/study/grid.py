@@ -138,8 +138,10 @@ def execute(
     workers: int = 2,
     threads: int | None = 1,
     progress: bool = True,
+    cluster=None,
 ) -> dict[str, str]:
-    """Run every stage not yet done, respecting dependencies. Returns {stage id: done|failed|blocked}."""
+    """Run every stage not yet done, respecting dependencies. Returns {stage id: done|failed|blocked}.
+    `cluster` (a ClusterConfig) configures the slurm and ray executors (study/executors.py)."""
     root = Path(root)
     by_id = _check_graph(stages)
     states = {i: ("done" if status_of(root, s) == "done" else "pending") for i, s in by_id.items()}
@@ -166,15 +168,23 @@ def execute(
                     view.refresh()
                     status, info = run_stage(str(root), by_id[i], threads)
                     view.finished(i, status, info)
-        elif executor == "processes":
-            # spawn: a fresh interpreter per worker, so no torch/OpenMP state is inherited through fork
-            ctx = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        elif executor in ("processes", "slurm", "ray"):
+            if executor == "processes":
+                # spawn: a fresh interpreter per worker, so no torch/OpenMP state is inherited through fork
+                ctx = multiprocessing.get_context("spawn")
+                pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+                submit = lambda stage: pool.submit(run_stage, str(root), stage, threads)  # noqa: E731
+            else:  # cluster jobs: futures of the same (status, info)
+                from synthscale.study.executors import make_pool
+
+                pool = make_pool(executor, root, cluster)
+                submit = lambda stage: pool.submit_stage(str(root), stage, threads)  # noqa: E731
+            with pool:
                 running: dict[cf.Future, str] = {}
                 while True:
                     for i in ready():
                         states[i] = "running"
-                        running[pool.submit(run_stage, str(root), by_id[i], threads)] = i
+                        running[submit(by_id[i])] = i
                     view.refresh()
                     if not running:
                         break
@@ -188,7 +198,7 @@ def execute(
                             atomic.write_json(stage_dir(root, by_id[i]) / FAILED, {"stage": i, **info})
                         view.finished(i, status, info)
         else:
-            raise ValueError(f"unknown executor {executor!r}; valid: sequential, processes")
+            raise ValueError(f"unknown executor {executor!r}; valid: sequential, processes, slurm, ray")
     finally:
         view.close()
     return states
