@@ -412,7 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="study folder (created; reused on re-runs)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a study key, e.g. budgets=[1e12]")
     p.add_argument("--dry-run", action="store_true", help="print the stages and estimated FLOPs; run nothing")
-    p.add_argument("--executor", choices=["sequential", "processes"], default=None, help="default: the spec's")
+    p.add_argument("--executor", choices=["sequential", "processes", "slurm", "ray"], default=None,
+                   help="default: the spec's (slurm/ray: cluster jobs, configured by the spec's cluster: section)")
     p.add_argument("--workers", type=int, default=None, help="processes executor: parallel stages")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _compute_args(p)

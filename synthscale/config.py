@@ -193,16 +193,17 @@ class StudyConfig:
     run_overrides: list[str] = field(default_factory=list)  # --set style, applied to every RunConfig
     probe_overrides: list[str] = field(default_factory=list)
     evaluation: EvalSettings = field(default_factory=EvalSettings)
-    executor: Literal["sequential", "processes"] = "sequential"
+    executor: Literal["sequential", "processes", "slurm", "ray"] = "sequential"
     workers: int = 2  # processes executor
     threads: int = 1  # torch threads per stage
+    cluster: ClusterConfig = field(default_factory=lambda: ClusterConfig())  # slurm / ray executors
 
 
 @dataclass
 class AutoencoderTrainConfig:
     """How an autoencoder is trained (`synthscale autoencoder train`): AdamW, linear warm-up, cosine decay."""
 
-    steps: int = 2000
+    steps: int = 1200
     batch_size: int = 32
     lr: float = 2e-3
     warmup: int = 100  # steps of linear warm-up
@@ -247,6 +248,47 @@ class ProbeConfig:
     holdout_fraction: float = 0.2  # share of renders showing a held-out colour×shape pair
     seed: int = 0
     eval_items: int = 1000  # held-out real renders per split for the probe's ceiling
+
+
+@dataclass
+class ClusterConfig:
+    """Where the `slurm` and `ray` study executors run stages (`study/executors.py`). A training run is one job
+    of `nodes_per_run` nodes, each starting `procs_per_node` processes with torchrun (one per GPU); every other
+    stage is one process. The study folder must be on storage that every node sees."""
+
+    procs_per_node: int = 1  # torchrun processes per node of a training run (one per GPU)
+    gpus_per_node: int = 1  # GPUs per node of a training run: procs_per_node, or 0 for CPU processes (gloo)
+    nodes_per_run: int = 1  # > 1: a multi-node run (torchrun c10d rendezvous; slurm only)
+    cpus_per_proc: int = 8  # CPU cores per training process
+    stage_gpus: int = 1  # GPUs of every other stage (autoencoder, probe, cache, evaluate); 0 = CPU only
+    stage_cpus: int = 8
+    mem_gb: int = 0  # memory per node (0: the cluster's default)
+    time_min: int = 720  # time limit per job; on timeout or preemption the job is requeued and resumes
+    requeues: int = 3  # timeouts/preemptions a stage survives before it is marked failed
+    max_jobs: int = 32  # jobs in flight at once (slurm; with local: true keep it to what this machine holds)
+    port: int = 29500  # multi-node rendezvous port base (the job id is added, so runs sharing a node differ)
+    python: str | None = None  # interpreter on the nodes (default: the one running the study)
+    # slurm
+    local: bool = False  # run the jobs on this machine through submitit's local executor instead (no Slurm)
+    folder: str | None = None  # job scripts and logs (default: STUDY/jobs)
+    partition: str | None = None
+    account: str | None = None
+    setup: list[str] = field(default_factory=list)  # shell lines each job runs first, e.g. "module load cuda"
+    slurm_args: dict[str, str] = field(default_factory=dict)  # extra #SBATCH options, e.g. {qos: high}
+    # ray
+    ray_address: str | None = None  # None: start Ray on this machine; "auto": join the running cluster
+
+    def __post_init__(self):
+        for key in ("procs_per_node", "nodes_per_run", "cpus_per_proc", "stage_cpus", "time_min", "max_jobs"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"cluster.{key} must be ≥ 1, got {getattr(self, key)}")
+        for key in ("gpus_per_node", "stage_gpus", "mem_gb", "requeues"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"cluster.{key} must be ≥ 0, got {getattr(self, key)}")
+        if self.gpus_per_node not in (0, self.procs_per_node):
+            raise ValueError(f"cluster.gpus_per_node is {self.gpus_per_node} but procs_per_node is "
+                             f"{self.procs_per_node}: torchrun starts one process per GPU, so set them equal "
+                             "(or gpus_per_node: 0 for CPU processes)")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -105,7 +105,7 @@ def run_study(spec: str | Path, out: str | Path, overrides: list[str] | None = N
     atomic.write_json(root / "study.json", to_dict(study))
     started = time.time()
     states = execute(root, plan.stages, executor=executor or study.executor, workers=workers or study.workers,
-                     threads=study.threads, progress=progress)  # fmt: skip
+                     threads=study.threads, progress=progress, cluster=study.cluster)  # fmt: skip
     ingest(plan)
     report = build_report(root)
     return {"states": states, "report": report, "seconds": time.time() - started}
