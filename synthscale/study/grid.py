@@ -182,7 +182,7 @@ def execute(
             with pool:
                 running: dict[cf.Future, str] = {}
                 while True:
-                    for i in ready():
+                    for i in ready()[: max(0, workers - len(running))]:  # only what can run now: an honest "running"
                         states[i] = "running"
                         running[submit(by_id[i])] = i
                     view.refresh()
