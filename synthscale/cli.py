@@ -414,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the stages and estimated FLOPs; run nothing")
     p.add_argument("--executor", choices=["sequential", "processes", "slurm", "ray"], default=None,
                    help="default: the spec's (slurm/ray: cluster jobs, configured by the spec's cluster: section)")
-    p.add_argument("--workers", type=int, default=None, help="processes executor: parallel stages")
+    p.add_argument("--workers", type=int, default=None, help="stages at once: worker processes, or cluster jobs in flight")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _compute_args(p)
     p.set_defaults(func=cmd_study)

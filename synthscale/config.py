@@ -194,7 +194,7 @@ class StudyConfig:
     probe_overrides: list[str] = field(default_factory=list)
     evaluation: EvalSettings = field(default_factory=EvalSettings)
     executor: Literal["sequential", "processes", "slurm", "ray"] = "sequential"
-    workers: int = 2  # processes executor
+    workers: int = 2  # stages at once: worker processes, or jobs in flight (slurm, ray)
     threads: int = 1  # torch threads per stage
     cluster: ClusterConfig = field(default_factory=lambda: ClusterConfig())  # slurm / ray executors
 
@@ -265,7 +265,6 @@ class ClusterConfig:
     mem_gb: int = 0  # memory per node (0: the cluster's default)
     time_min: int = 720  # time limit per job; on timeout or preemption the job is requeued and resumes
     requeues: int = 3  # timeouts/preemptions a stage survives before it is marked failed
-    max_jobs: int = 32  # jobs in flight at once (slurm; with local: true keep it to what this machine holds)
     port: int = 29500  # multi-node rendezvous port base (the job id is added, so runs sharing a node differ)
     python: str | None = None  # interpreter on the nodes (default: the one running the study)
     # slurm
@@ -279,7 +278,7 @@ class ClusterConfig:
     ray_address: str | None = None  # None: start Ray on this machine; "auto": join the running cluster
 
     def __post_init__(self):
-        for key in ("procs_per_node", "nodes_per_run", "cpus_per_proc", "stage_cpus", "time_min", "max_jobs"):
+        for key in ("procs_per_node", "nodes_per_run", "cpus_per_proc", "stage_cpus", "time_min"):
             if getattr(self, key) < 1:
                 raise ValueError(f"cluster.{key} must be ≥ 1, got {getattr(self, key)}")
         for key in ("gpus_per_node", "stage_gpus", "mem_gb", "requeues"):

@@ -17,7 +17,7 @@ from synthscale.study.grid import Stage, execute, status_of
 from tests.test_grid import graph
 
 ROOT = Path(__file__).parents[1]
-LOCAL = dict(local=True, gpus_per_node=0, stage_gpus=0, stage_cpus=1, cpus_per_proc=1, max_jobs=3)
+LOCAL = dict(local=True, gpus_per_node=0, stage_gpus=0, stage_cpus=1, cpus_per_proc=1)
 
 
 def tiny_train_stage() -> Stage:
@@ -52,8 +52,8 @@ def test_training_stages_go_through_torchrun_with_their_resources():
 def test_cluster_config_errors():
     with pytest.raises(ConfigError, match="one process per GPU"):
         load(StudyConfig, None, ["cluster.procs_per_node=2", "cluster.gpus_per_node=4"])
-    with pytest.raises(ConfigError, match="max_jobs"):
-        load(StudyConfig, None, ["cluster.max_jobs=0"])
+    with pytest.raises(ConfigError, match="time_min"):
+        load(StudyConfig, None, ["cluster.time_min=0"])
     with pytest.raises(ConfigError, match="valid choices"):
         load(StudyConfig, None, ["executor=kubernetes"])
     assert load(StudyConfig, None, ["executor=ray"]).executor == "ray"

@@ -168,8 +168,8 @@ class StageJob:
 
 class SlurmPool:
     """Stages as Slurm jobs (or local processes with `cluster.local`). `submit_stage` queues a stage and
-    returns a Future; a watcher thread submits queued stages while fewer than `max_jobs` are in flight (and,
-    locally, enough GPUs are free), polls the jobs and completes the futures."""
+    returns a Future; a watcher thread submits the queued stages (locally: once enough GPUs are free), polls
+    the jobs and completes the futures. How many run at once is the grid's `workers`."""
 
     def __init__(self, root: str | Path, cluster: ClusterConfig, poll_s: float | None = None):
         submitit = _require("submitit", "slurm")
@@ -265,7 +265,7 @@ class SlurmPool:
                                 self.free_gpus += gpus
                             _settle(future, job)
                     waiting = deque()
-                    while self.queue and len(self.running) < self.cluster.max_jobs:
+                    while self.queue:
                         item = self.queue.popleft()
                         if not self._launch(*item):
                             waiting.append(item)
