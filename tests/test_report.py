@@ -109,3 +109,30 @@ def test_a_thin_study_reports_what_it_cannot_say(tmp_path):
 def test_report_of_a_missing_study_is_a_clear_error(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "no results store" in capsys.readouterr().err
+
+
+def test_main_autoencoder_is_the_grid_s_not_the_ablation_s():
+    runs = [{"objective": "flow", "autoencoder": "kl-f4c8"}, {"objective": "flow", "autoencoder": "kl-f4c4"}]
+    records = [{"objective": "flow", "autoencoder": a} for a in ("kl-f4c8", "kl-f4c8", "kl-f4c4", "kl-f4c4")]
+    # a tie in runs and records: the study spec's ablation list decides
+    spec = '{"name": "s", "ablation_autoencoders": ["../autoencoders/kl-f4c8.yaml"]}'
+    assert cmp.main_autoencoders({"study": spec}, runs, records) == {"flow": "kl-f4c4"}
+    spec = '{"name": "s", "ablation_autoencoders": ["../autoencoders/kl-f4c4.yaml"]}'
+    assert cmp.main_autoencoders({"study": spec}, runs, records) == {"flow": "kl-f4c8"}
+    # more runs win without a spec; an explicit choice wins over everything
+    assert cmp.main_autoencoders({}, runs + runs[1:], records) == {"flow": "kl-f4c4"}
+    assert cmp.main_autoencoders({"main_autoencoders": '{"flow": "kl-f4c8"}'}, runs + runs[1:], records) == {
+        "flow": "kl-f4c8"}
+
+
+def test_quality_differences_need_fd_and_kid_to_agree():
+    a = {"metrics": {"fd_probe": 100.0, "kid": 0.010, "kid_std": 0.001}}
+    b = {"metrics": {"fd_probe": 150.0, "kid": 0.020, "kid_std": 0.001}}
+    assert cmp.compare_quality(a, b) == 1 and cmp.compare_quality(b, a) == -1
+    kid_disagrees = {"metrics": {"fd_probe": 150.0, "kid": 0.005, "kid_std": 0.001}}
+    assert cmp.compare_quality(a, kid_disagrees) == 0
+    kid_overlaps = {"metrics": {"fd_probe": 150.0, "kid": 0.012, "kid_std": 0.002}}
+    assert cmp.compare_quality(a, kid_overlaps) == 0
+    assert cmp.compare_quality(a, {"metrics": {"fd_probe": 105.0}}) == 0  # within 10 %, no KID to say more
+    assert cmp.compare_quality(a, {"metrics": {"fd_probe": 130.0}}) == 1
+    assert cmp.compare_quality(a, {"metrics": {}}) is None

@@ -35,6 +35,7 @@ class StudyData:
     records: list[dict[str, Any]]
     artifacts: list[dict[str, Any]]
     settings: dict[str, tuple[str, int, float]] = field(default_factory=dict)  # objective → primary setting
+    main_autoencoders: dict[str, str] = field(default_factory=dict)  # objective → its main grid's autoencoder
 
     @property
     def name(self) -> str:
@@ -59,6 +60,7 @@ def load_study(study_dir: str | Path) -> StudyData:
         data = StudyData(Path(study_dir), store.meta(), store.runs(), store.autoencoders(), store.records(),
                          store.artifacts())
     data.settings = primary_settings(data.records)
+    data.main_autoencoders = main_autoencoders(data.meta, data.runs, data.records)
     return data
 
 
@@ -84,13 +86,33 @@ def primary_settings(records: list[dict[str, Any]]) -> dict[str, tuple[str, int,
             for obj, by_setting in points.items()}
 
 
-def main_autoencoders(records: list[dict[str, Any]]) -> dict[str, str]:
-    """Per objective, the autoencoder most of its records use: the main grid's (the others are ablations).
-    Losses over different latent spaces are not comparable, so fits use the main one only."""
-    counts: dict[str, Counter] = defaultdict(Counter)
-    for r in records:
-        counts[r["objective"]][r["autoencoder"]] += 1
-    return {o: max(c, key=lambda a: (c[a], a)) for o, c in counts.items()}
+def main_autoencoders(meta: dict[str, str], runs: list[dict[str, Any]],
+                      records: list[dict[str, Any]]) -> dict[str, str]:
+    """Per objective, the autoencoder of its main grid (the others are ablations; losses over different latent
+    spaces are not comparable, so fits use the main one only). Meta 'main_autoencoders' (JSON objective → name)
+    decides when present; otherwise an autoencoder not named by the study spec's `ablation_autoencoders`, then
+    the one with the most runs, then the most records, then the first name."""
+    explicit = _json_or(meta.get("main_autoencoders"), {})
+    spec = _json_or(meta.get("study"), {})
+    ablations = {Path(p).stem for p in spec.get("ablation_autoencoders", [])} if isinstance(spec, dict) else set()
+    n_runs = Counter((r["objective"], r["autoencoder"]) for r in runs)
+    n_records = Counter((r["objective"], r["autoencoder"]) for r in records)
+    out = {}
+    for obj in sorted({o for o, _ in n_records} | {o for o, _ in n_runs}):
+        if isinstance(explicit, dict) and obj in explicit:
+            out[obj] = explicit[obj]
+            continue
+        names = sorted({a for o, a in (n_records | n_runs) if o == obj})
+        out[obj] = max(names, key=lambda a: (a not in ablations, n_runs[(obj, a)], n_records[(obj, a)],
+                                             -names.index(a)))
+    return out
+
+
+def _json_or(text: str | None, default: Any) -> Any:
+    try:
+        return json.loads(text) if text else default
+    except ValueError:
+        return default
 
 
 def primary_records(data: StudyData) -> list[dict[str, Any]]:
@@ -198,19 +220,26 @@ def compare(a: dict[str, Any], b: dict[str, Any], metric: str) -> int | None:
     return lower if metric in LOWER_IS_BETTER else -lower
 
 
-def quality_metric(a: dict[str, Any], b: dict[str, Any]) -> str | None:
-    """Which quality number two records are compared on: KID when both measured it with its std (it carries an
-    interval), else fd_probe (10 % margin), else None."""
-    if interval(a, "kid") is not None and interval(b, "kid") is not None:
-        return "kid"
-    if value(a, "fd_probe") is not None and value(b, "fd_probe") is not None:
-        return "fd_probe"
-    return None
-
-
 def compare_quality(a: dict[str, Any], b: dict[str, Any]) -> int | None:
-    m = quality_metric(a, b)
-    return None if m is None else compare(a, b, m)
+    """Quality, a vs b: the direction is fd_probe's (the headline number, 10 % margin); when both records also
+    measured KID with its std, the difference counts only if KID's 95 % intervals agree on it, so two
+    instruments that disagree give 0 (no significant difference). Falls back to KID alone without fd_probe."""
+    fd = compare(a, b, "fd_probe")
+    kid = compare(a, b, "kid") if interval(a, "kid") is not None and interval(b, "kid") is not None else None
+    if fd is None:
+        return kid
+    if kid is None:
+        return fd
+    return fd if fd == kid else 0
+
+
+def quality_text(r: dict[str, Any]) -> str:
+    """e.g. 'FD 12.3, KID 0.012 ± 0.002' (KID's 1.96·std) — the numbers compare_quality decides on."""
+    text = f"FD {fmt(value(r, 'fd_probe'))}"
+    iv = interval(r, "kid")
+    if iv is not None:
+        text += f", KID {fmt(value(r, 'kid'))} ± {fmt((iv[1] - iv[0]) / 2, 2)}"
+    return text
 
 
 # ---------------------------------------------------------------------------------------------- labels
@@ -233,8 +262,8 @@ def describe_record(r: dict[str, Any]) -> str:
             f"({describe_setting(setting(r))})")
 
 
-# instrument keys that repeat a record's own coordinates or name a file: left out of captions
-_SETTING_KEYS = {"steps", "cfg_scale", "weights", "checkpoint", "milestone", "step"}
+# what a caption names of a record's instruments (the last part of a dotted key); the full set is in the store
+_CAPTION_KEYS = {"extractor", "n", "n_real", "resize", "split", "prompts", "batches", "device", "threads", "seed"}
 
 
 def describe_instruments(records: list[dict[str, Any]]) -> str:
@@ -243,7 +272,7 @@ def describe_instruments(records: list[dict[str, Any]]) -> str:
     seen: dict[str, Counter] = defaultdict(Counter)
     for r in records:
         for k, v in _flatten(r.get("instruments") or {}).items():
-            if v is not None and k not in _SETTING_KEYS and not k.endswith(("grid", "path")):
+            if v is not None and k.rsplit(".", 1)[-1] in _CAPTION_KEYS:
                 seen[k][str(v)] += 1
     if not seen:
         return "instruments not recorded"

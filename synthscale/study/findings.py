@@ -1,7 +1,8 @@
 """The paper's six findings (DESIGN.md), each judged on this study's numbers as confirmed / not confirmed /
 inconclusive by a rule written here, and the recommendation table. The rules use the measured intervals
 (bootstrap bounds, KID ± 1.96·std, fit intervals); where a number has no interval a difference must exceed
-`compare.REL_MARGIN`. With few points "inconclusive" is the honest answer, and the rules give it.
+`compare.REL_MARGIN` (for quality: fd_probe beyond the margin, and KID's intervals agreeing where measured).
+With few points "inconclusive" is the honest answer, and the rules give it.
 """
 from __future__ import annotations
 
@@ -135,8 +136,9 @@ def finding_prompt_following(data: cmp.StudyData) -> Finding:
 def finding_quality_crossover(data: cmp.StudyData, crossovers: dict[tuple[str, str], Crossover]) -> Finding:
     f = Finding(3, "On image quality next-token leads at low compute; diffusion catches up as compute grows.",
                 INCONCLUSIVE,
-                "Best quality per objective at the lowest and highest matched training-compute levels (KID with "
-                "±1.96·std intervals when measured, else fd_probe with a 10 % margin). Confirmed when next-token is "
+                "Best quality per objective at the lowest and highest matched training-compute levels; a quality "
+                "difference is significant when fd_probe differs by more than 10 % and, where KID was measured, "
+                "KID's 95 % intervals (±1.96·std) are apart in the same direction. Confirmed when next-token is "
                 "significantly better at the lowest level and, at the highest, either no longer significantly better "
                 "or its FD lead (ratio) has at least halved in log terms; not confirmed when diffusion is "
                 "significantly better at the lowest level, or next-token leads there and the gap does not shrink.")
@@ -153,10 +155,10 @@ def finding_quality_crossover(data: cmp.StudyData, crossovers: dict[tuple[str, s
     r_hi = cmp.value(fl_hi, "fd_probe") / max(cmp.value(ar_hi, "fd_probe"), 1e-12)
     names = {1: "next-token significantly better", -1: "diffusion significantly better", 0: "no significant difference",
              None: "not comparable"}
-    f.evidence.append(f"lowest level {lo:.3g} FLOPs: FD next-token {fmt(cmp.value(ar_lo, 'fd_probe'))} vs diffusion "
-                      f"{fmt(cmp.value(fl_lo, 'fd_probe'))} (ratio {r_lo:.2f}) — {names[c_lo]}")
-    f.evidence.append(f"highest level {hi:.3g} FLOPs: FD next-token {fmt(cmp.value(ar_hi, 'fd_probe'))} vs diffusion "
-                      f"{fmt(cmp.value(fl_hi, 'fd_probe'))} (ratio {r_hi:.2f}) — {names[c_hi]}")
+    f.evidence.append(f"lowest level {lo:.3g} FLOPs: next-token {cmp.quality_text(ar_lo)} vs diffusion "
+                      f"{cmp.quality_text(fl_lo)} (FD ratio {r_lo:.2f}) — {names[c_lo]}")
+    f.evidence.append(f"highest level {hi:.3g} FLOPs: next-token {cmp.quality_text(ar_hi)} vs diffusion "
+                      f"{cmp.quality_text(fl_hi)} (FD ratio {r_hi:.2f}) — {names[c_hi]}")
     cross = crossovers.get(("autoregressive", "flow"))
     if cross is not None:
         f.evidence.append(f"fd_probe fits, next-token vs diffusion: {cross.describe()}")
@@ -198,12 +200,12 @@ def finding_inference(data: cmp.StudyData) -> Finding:
                 f"(a) At each model size (main autoencoders), next-token's sampling FLOPs per image at its "
                 f"primary setting are ≥ {FAR_CHEAPER:g}× below every other objective's (and its batch-1 latency "
                 f"lowest where measured): confirmed; another objective cheaper: not confirmed. (b) Masked: quality "
-                f"at the most steps is not significantly better than at the fewest in any sweep (KID interval, else "
-                f"10 % FD margin). (c) Diffusion: quality at the most steps is significantly better than at the "
+                f"at the most steps is not significantly better than at the fewest in any sweep (significant as in "
+                f"finding 3). (c) Diffusion: quality at the most steps is significantly better than at the "
                 f"fewest in every sweep. Confirmed when (a)–(c) are; not confirmed when any part is contradicted.")
     parts = []
     # (a) cost per image
-    main = cmp.main_autoencoders(data.records)
+    main = data.main_autoencoders
     last = [r for r in _last_records(data) if r["autoencoder"] == main[r["objective"]]]
     by_size: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     for r in last:  # the cheapest record per (size, objective) at the last milestone
@@ -278,8 +280,8 @@ def finding_ema(data: cmp.StudyData) -> Finding:
     f = Finding(5, "EMA matters much more for diffusion than for the token methods.", INCONCLUSIVE,
                 f"Relative FD gain of EMA over raw weights, (FD_raw − FD_ema)/FD_raw, median over pairs with the "
                 f"same run, milestone, steps and CFG. Confirmed when diffusion's median gain is ≥ "
-                f"{EMA_GAIN_MATTERS:.0%}, ≥ 2× each token method's, and EMA is significantly better (KID interval, "
-                f"else 10 % FD margin) in at least half of diffusion's pairs; not confirmed when a token method "
+                f"{EMA_GAIN_MATTERS:.0%}, ≥ 2× each token method's, and EMA is significantly better (as in "
+                f"finding 3) in at least half of diffusion's pairs; not confirmed when a token method "
                 f"gains at least as much, or EMA is significantly better in none of diffusion's pairs.")
     pairs = ema_pairs(data)
     gains, sig = {}, {}
@@ -309,8 +311,8 @@ def finding_ema(data: cmp.StudyData) -> Finding:
 def finding_autoencoder(data: cmp.StudyData) -> Finding:
     f = Finding(6, "Autoencoder quality (and latent size) strongly moves FID, less so prompt following.", INCONCLUSIVE,
                 "Runs that differ only in the autoencoder, compared at each matched compute level (best vs worst "
-                "autoencoder by FD). Quality moves when the difference is significant (KID interval, else 10 % FD "
-                "margin). Confirmed when quality moves at most levels and the relative prompt-accuracy change is "
+                "autoencoder by FD). Quality moves when the difference is significant (as in finding "
+                "3). Confirmed when quality moves at most levels and the relative prompt-accuracy change is "
                 "smaller than the relative FD change at every level; not confirmed when quality moves at none, or "
                 "prompt accuracy changes relatively at least as much as FD at most levels. Whether the prompt-"
                 "accuracy change is significant (95 % intervals apart) is reported alongside.")

@@ -115,7 +115,7 @@ def _skip(key: str, title: str, note: str) -> Plot:
 def quality_vs_training_flops(data: cmp.StudyData) -> Plot:
     """Fig. 3: image quality and prompt following vs training FLOPs, a line per objective and model size."""
     key, title = "fig3-quality-vs-training-flops", "Fig. 3 — quality and prompt following vs training compute"
-    main = cmp.main_autoencoders(data.records)
+    main = data.main_autoencoders
     recs = [r for r in cmp.primary_records(data) if r["autoencoder"] == main[r["objective"]]]
     metrics = [m for m in ("fd_probe", "prompt_acc") if any(cmp.value(r, m) is not None for r in recs)]
     if not metrics:
@@ -143,7 +143,7 @@ def quality_vs_training_flops(data: cmp.StudyData) -> Plot:
 def loss_fits(data: cmp.StudyData, fits: dict[str, PowerLawFit]) -> Plot:
     """Fig. 4: each objective's validation loss vs training FLOPs, the fitted L(C) = E + A·C^−α and its band."""
     key, title = "fig4-loss-vs-flops", "Fig. 4 — loss vs training compute, with fitted power laws"
-    main = cmp.main_autoencoders(data.records)  # losses over other latent spaces are on other scales
+    main = data.main_autoencoders  # losses over other latent spaces are on other scales
     recs = [r for r in cmp.primary_records(data)
             if cmp.value(r, "loss") is not None and r["autoencoder"] == main[r["objective"]]]
     objectives = [o for o in data.objectives if any(r["objective"] == o for r in recs)]
@@ -182,7 +182,8 @@ def loss_fits(data: cmp.StudyData, fits: dict[str, PowerLawFit]) -> Plot:
 
 def _sweeps(data: cmp.StudyData) -> dict[str, list[dict[str, Any]]]:
     """Per objective, the records of one (run, milestone, weights, cfg) across sampling steps: the run with the
-    most step values (largest size, latest milestone on ties), at the objective's primary weights and CFG."""
+    most step values (then the main autoencoder's, the largest, the latest milestone), at the objective's
+    primary weights and CFG."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in data.records:
         prim = data.settings.get(r["objective"])
@@ -190,7 +191,8 @@ def _sweeps(data: cmp.StudyData) -> dict[str, list[dict[str, Any]]]:
             groups[(r["objective"], r["run"], r["milestone"])].append(r)
     best: dict[str, tuple] = {}
     for (obj, run, ms), rs in groups.items():
-        rank = (len({r["steps"] for r in rs}), rs[0]["params"], ms)
+        rank = (len({r["steps"] for r in rs}), rs[0]["autoencoder"] == data.main_autoencoders.get(obj),
+                rs[0]["params"], ms)
         if obj not in best or rank > best[obj][0]:
             best[obj] = (rank, sorted(rs, key=lambda r: r["steps"]))
     return {o: v[1] for o, v in best.items()}
@@ -269,7 +271,7 @@ def ema_vs_raw(data: cmp.StudyData) -> Plot:
     recs = [r for r in pairs if r["run"] in runs_both and cmp.value(r, "fd_probe") is not None]
     if not recs:
         return _skip(key, title, "no run was evaluated with both EMA and raw weights on fd_probe")
-    main = cmp.main_autoencoders(data.records)
+    main = data.main_autoencoders
     recs = [r for r in recs if r["autoencoder"] == main[r["objective"]]]
     objectives = [o for o in data.objectives if any(r["objective"] == o for r in recs)]
     fig, axes = _figure(len(objectives), width=4.4)

@@ -44,7 +44,7 @@ class Analysis:
 def fit_points(data: cmp.StudyData, objective: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """The compute frontier of `metric` for one objective: its primary-setting records with its main
     autoencoder, keeping the points no cheaper point beats."""
-    main = cmp.main_autoencoders(data.records).get(objective)
+    main = data.main_autoencoders.get(objective)
     rs = [r for r in cmp.primary_records(data) if r["objective"] == objective and r["autoencoder"] == main
           and r["train_flops"] > 0 and (cmp.value(r, metric) or 0.0) > 0]  # log-space fit: positive values only
     c = np.array([r["train_flops"] for r in rs], dtype=float)
@@ -173,7 +173,7 @@ def _rec_table(recs: list[fnd.Recommendation]) -> tuple[list[str], list[list[str
 
 
 def _settings_table(data: cmp.StudyData) -> tuple[list[str], list[list[str]]]:
-    main = cmp.main_autoencoders(data.records)
+    main = data.main_autoencoders
     return (["objective", "primary sampling setting", "main autoencoder"],
             [[o, cmp.describe_setting(s), main.get(o, "—")] for o, s in sorted(data.settings.items())])
 
