@@ -3,8 +3,10 @@ fits, plots and report. Every write is one transaction, so a crash never leaves 
 
 Schema (version 1). Metrics and instruments are JSON objects, queryable with SQLite's json_extract:
 
-    meta(key TEXT PRIMARY KEY, value TEXT)           schema_version, notes, anything study-wide
-    runs(run TEXT PRIMARY KEY,                       run id: the content hash of the training run's config
+    meta(key TEXT PRIMARY KEY, value TEXT)           schema_version; study (a name or the spec as JSON); notes
+                                                     (shown as a banner); main_autoencoders (optional JSON
+                                                     objective → autoencoder of the main grid)
+    runs(run TEXT PRIMARY KEY,                       run id (a study uses the run folder's name, config hash last)
          objective, size, data_size, autoencoder,    the grid coordinates
          params, params_nonembedding,                N (total, non-embedding); NULL until known
          budget_flops,                               the run's training FLOPs budget
