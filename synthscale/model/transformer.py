@@ -13,26 +13,55 @@ MLP_RATIO = 4
 
 
 class KVCache:
-    """Keys and values of every layer for incremental decoding; `length` positions are filled. Buffers are
-    allocated on the first write, so they take the batch, device and dtype (e.g. under autocast) of the keys."""
+    """Keys and values of every layer for incremental decoding. Buffers are allocated on the first write, so
+    they take the batch, device and dtype (e.g. under autocast) of the keys.
 
-    def __init__(self, depth: int, max_len: int):
-        self.depth, self.max_len, self.length = depth, max_len, 0
+    Growing (default): `length` positions are filled and attention reads keys [0, length), so every step costs
+    exactly its per-position FLOPs. Static (`static=True`, CUDA-graph friendly): attention always reads all
+    `max_len` positions — the caller's mask hides the unfilled ones, which hold zeros — and the write position
+    `pos` is a tensor (int64 [1]), so every decoding step has the same shapes and one compiled step (CUDA
+    graphs included) serves every position. Static caches count positions in `pos`, not `length`."""
+
+    def __init__(self, depth: int, max_len: int, static: bool = False):
+        self.depth, self.max_len, self.length, self.static = depth, max_len, 0, static
         self.k: torch.Tensor | None = None  # [depth, B, H, max_len, hd]
         self.v: torch.Tensor | None = None
+        self.pos: torch.Tensor | None = None  # static: int64 [1], the next position to write
+
+    def _allocate(self, k: torch.Tensor) -> None:
+        B, H, _, hd = k.shape
+        # zeros, not garbage: a hidden key still meets its value as 0 · v, and 0 · NaN would be NaN
+        self.k = k.new_zeros(self.depth, B, H, self.max_len, hd)
+        self.v = k.new_zeros(self.depth, B, H, self.max_len, hd)
+        if self.static:
+            self.pos = torch.zeros(1, dtype=torch.long, device=k.device)
+            if k.is_cuda and hasattr(torch, "_dynamo"):  # fixed addresses: CUDA graphs read them in place
+                for t in (self.k, self.v, self.pos):
+                    torch._dynamo.mark_static_address(t)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v [B, H, T, hd] after the filled positions; return all keys/values so far."""
+        """Store k, v [B, H, T, hd] after the filled positions; return the keys/values attention reads:
+        growing, those filled so far [B, H, length + T, hd]; static, the whole buffers [B, H, max_len, hd]."""
+        if self.k is None:
+            self._allocate(k)
+        if self.static:
+            index = self.pos + torch.arange(k.shape[2], device=k.device)  # [T]; writes past max_len raise
+            self.k[layer].index_copy_(2, index, k)
+            self.v[layer].index_copy_(2, index, v)
+            return self.k[layer], self.v[layer]
         end = self.length + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; cannot write up to {end}")
-        if self.k is None:
-            B, H, _, hd = k.shape
-            self.k = k.new_empty(self.depth, B, H, self.max_len, hd)
-            self.v = v.new_empty(self.depth, B, H, self.max_len, hd)
         self.k[layer, :, :, self.length:end] = k
         self.v[layer, :, :, self.length:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        """n positions were written by every layer."""
+        if self.static:
+            self.pos += n  # in place: the compiled step sees the same tensor every time
+        else:
+            self.length += n
 
 
 class Attention(nn.Module):
@@ -118,15 +147,15 @@ class Transformer(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, mask, c, cache, i)
         if cache is not None:
-            cache.length += x.shape[1]
+            cache.advance(x.shape[1])
         x = self.norm(x)
         if self.final_ada is not None:
             shift, scale = self.final_ada(F.silu(c)).unsqueeze(1).chunk(2, dim=-1)
             x = modulate(x, shift, scale)
         return x
 
-    def new_cache(self, max_len: int) -> KVCache:
-        return KVCache(self.depth, max_len)
+    def new_cache(self, max_len: int, static: bool = False) -> KVCache:
+        return KVCache(self.depth, max_len, static)
 
 
 def _init(m: nn.Module) -> None:

@@ -41,12 +41,39 @@ class AutoregressiveNet(Network):
                 raise ValueError("a caption prefix can only come with image position 0")
             seq = torch.cat([prefix.to(h.dtype), h], dim=1)  # [B, L + n, D]
             mask = attention_mask(text_valid, L + n, causal=True)
+            if cache is not None and cache.static:  # attention reads every cache position: later ones are future
+                mask = attention_mask(text_valid, cache.max_len, causal=True)[:, :, : L + n]
         else:
             if cache is None or cache.length != L + start:
                 raise ValueError(f"decoding image position {start} needs a KV cache holding {L + start} positions")
             seq = h
             mask = attention_mask(text_valid, L + start + n, causal=True, q_start=L + start)
         return self.backbone(seq, mask, cache=cache)[:, -n:]
+
+
+def decode_step(model: AutoregressiveNet, cache, ids: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
+    """One decoding step on a static KV cache: the image input ids [R, 1] at the cache's position →
+    logits [R, V] of the next token. key_valid bool [R, K] (K = cache.max_len) marks real keys (pad caption keys
+    False). Every shape is the same at every position, so one compilation serves the whole image."""
+    K = key_valid.shape[1]
+    L = K - model.image_tokens
+    here = cache.pos  # int64 [1]: this input's place in the sequence
+    h = model.embed(ids) + F.embedding(here - L, model.pos.weight)  # [R, 1, D]
+    mask = key_valid & (torch.arange(K, device=ids.device) <= here)  # [R, K]: this position and before
+    hidden = model.backbone(h, mask[:, None, None, :], cache=cache)  # writes position `here`, advances
+    return model.head(hidden[:, -1]).float()
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def compiled_decode_step(device: torch.device):
+    """`decode_step` compiled once per process and device type: CUDA graphs on GPUs (mode reduce-overhead),
+    fused kernels on CPU. fullgraph: a graph break would silently undo the point."""
+    mode = "reduce-overhead" if device.type == "cuda" else "default"
+    if mode not in _COMPILED:
+        _COMPILED[mode] = torch.compile(decode_step, mode=mode, fullgraph=True, dynamic=False)
+    return _COMPILED[mode]
 
 
 class AutoregressiveObjective(Objective):
@@ -67,25 +94,35 @@ class AutoregressiveObjective(Objective):
         return F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())
 
     @torch.no_grad()
-    def sample(self, model, text, steps, cfg_scale, generator, kv_cache: bool = True):
+    def sample(self, model, text, steps, cfg_scale, generator, kv_cache: bool = True, static_cache: bool = False,
+               compiled: bool = False):
         """`steps` must be the number of image tokens (one per step). kv_cache=False recomputes the whole
-        sequence every step (the reference the cache must match, and the baseline of the speed benchmark)."""
+        sequence every step (the reference the cache must match, and the baseline of the speed benchmark).
+        static_cache: preallocated cache read at full length with a position tensor (same shapes every step);
+        compiled: that step through torch.compile (CUDA graphs on GPUs), implies static_cache. All three give
+        the same tokens."""
         N = model.image_tokens
         check_steps("autoregressive", steps, N, N)
         dev, B = model.device, text.shape[0]
         guided = cfg_scale != 1
+        static = kv_cache and (static_cache or compiled)
         prefix, valid = model.guided_prefix(text.to(dev), guided)
-        rows = prefix.shape[0]  # B, or 2B with CFG
+        rows, L = prefix.shape[0], prefix.shape[1]  # B, or 2B with CFG
         ids = torch.full((rows, N + 1), model.bos_id, dtype=torch.long, device=dev)  # [BOS, x_0, …, x_{N-1}]
-        cache = model.backbone.new_cache(prefix.shape[1] + N) if kv_cache else None
+        cache = model.backbone.new_cache(L + N, static=static) if kv_cache else None
+        if static:
+            key_valid = torch.cat([valid, valid.new_ones(rows, N)], dim=1)  # [rows, L + N]
+            step = compiled_decode_step(dev) if compiled else decode_step
         for j in range(N):
             if not kv_cache:
-                hidden = model(ids[:, : j + 1], valid, prefix)
-            elif j == 0:
-                hidden = model(ids[:, :1], valid, prefix, cache=cache)  # caption + BOS fill the cache
+                logits = model.head(model(ids[:, : j + 1], valid, prefix)[:, -1])
+            elif j == 0:  # caption + BOS fill the cache
+                logits = model.head(model(ids[:, :1], valid, prefix, cache=cache)[:, -1])
+            elif static:
+                logits = step(model, cache, ids[:, j: j + 1].contiguous(), key_valid)
             else:
-                hidden = model(ids[:, j: j + 1], valid, cache=cache, start=j)
-            logits = model.head(hidden[:, -1]).float()  # [rows, V]
+                logits = model.head(model(ids[:, j: j + 1], valid, cache=cache, start=j)[:, -1])
+            logits = logits.float()  # [rows, V]
             logits = guide(logits, cfg_scale) if guided else logits
             nxt = sample_logits(logits, generator, self.cfg.temperature, self.cfg.top_k)  # [B]
             ids[:, j + 1] = torch.cat([nxt, nxt]) if guided else nxt
