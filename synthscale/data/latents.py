@@ -50,6 +50,10 @@ class TextSpec:
     vocab_size: int
     max_length: int
     pad_id: int = 0
+    # a frozen pretrained caption encoder (data.text_encoder) instead of the learned one: its forward FLOPs per
+    # caption and its output width (a trained linear layer projects it to the backbone width); 0 = learned
+    frozen_flops: int = 0
+    frozen_width: int = 0
 
 
 # ---------------------------------------------------------------------------------------------- the cache

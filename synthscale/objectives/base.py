@@ -61,8 +61,14 @@ class Objective:
     # --------------------------------------------------------------------------------------- shared
 
     def train_flops(self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec, batch: int) -> int:
-        """FLOPs of one optimizer step on `batch` examples: forward + backward = 3 × forward."""
-        return F.TRAIN_MULTIPLIER * batch * self.forward_flops(model_cfg, latent, text).total
+        """FLOPs of one optimizer step on `batch` examples: forward + backward = 3 × forward (a frozen caption
+        encoder runs forward only)."""
+        return batch * self.train_example_flops(model_cfg, latent, text).total
+
+    def train_example_flops(self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec) -> F.Flops:
+        """One training example, split into generator and caption-encoder columns."""
+        fwd = self.forward_flops(model_cfg, latent, text)
+        return F.Flops(F.TRAIN_MULTIPLIER * fwd.generator, text_encoder_train_flops(model_cfg, text))
 
     def sample_flops(self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec, steps: int,
                      cfg_scale: float) -> int:
@@ -71,8 +77,8 @@ class Objective:
 
     def param_counts(self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec) -> dict[str, int]:
         """{"total", "non_embedding"} of the model this objective builds (built on the meta device: no memory)."""
-        with torch.device("meta"):
-            model = self.build_model(model_cfg, latent, text)
+        with torch.device("meta"):  # a frozen caption encoder's own weights are not the network's: its projection is
+            model = self.build_model(model_cfg, latent, text, text_encoder=frozen_stand_in(model_cfg, text))
         return F.param_counts(model)
 
     def flops_report(self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec,
@@ -87,7 +93,7 @@ class Objective:
             "text_tokens": text.max_length, "text_layers": model_cfg.text_layers,
             "params": self.param_counts(model_cfg, latent, text),
             "forward": fwd.as_dict(),
-            "train_example": (fwd * F.TRAIN_MULTIPLIER).as_dict(),
+            "train_example": self.train_example_flops(model_cfg, latent, text).as_dict(),
             "sample": [{"steps": steps, "cfg": cfg, **self.sample_flops_split(
                 model_cfg, latent, text, steps, cfg_scale if cfg else 1.0).as_dict()}
                 for steps in self.steps_grid(latent) for cfg in (False, True)],
@@ -113,9 +119,32 @@ class Objective:
 
 
 def text_encoder_flops(model_cfg: ModelConfig, text: TextSpec) -> int:
-    """One caption through the text encoder (its token and position embeddings are lookups)."""
+    """One caption through the text encoder (its token and position embeddings are lookups); a frozen pretrained
+    encoder counts its measured forward plus the projection to the backbone width."""
     size = get_size(model_cfg.size)
+    if text.frozen_flops:
+        return text.frozen_flops + _projection_flops(size.width, text)
     return F.transformer(text.max_length, text.max_length, size.width, model_cfg.text_layers)
+
+
+def text_encoder_train_flops(model_cfg: ModelConfig, text: TextSpec) -> int:
+    """The caption encoder's share of one training example: 3 × forward when it learns; a frozen encoder runs
+    forward only (no gradient flows into it) and its trained projection counts 3 × forward."""
+    if text.frozen_flops:
+        return text.frozen_flops + F.TRAIN_MULTIPLIER * _projection_flops(get_size(model_cfg.size).width, text)
+    return F.TRAIN_MULTIPLIER * text_encoder_flops(model_cfg, text)
+
+
+def _projection_flops(width: int, text: TextSpec) -> int:
+    return 0 if text.frozen_width == width else F.linear(text.max_length, text.frozen_width, width)
+
+
+def frozen_stand_in(model_cfg: ModelConfig, text: TextSpec) -> nn.Module | None:
+    """For parameter counts: what a frozen encoder adds to the network's parameters (its projection only)."""
+    if not text.frozen_flops:
+        return None
+    width = get_size(model_cfg.size).width
+    return nn.Identity() if text.frozen_width == width else nn.Linear(text.frozen_width, width)
 
 
 def cfg_copies(cfg_scale: float) -> int:

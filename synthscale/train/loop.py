@@ -43,6 +43,7 @@ from synthscale.train import distributed as D
 from synthscale.train.data import DataOrder, derive_seed, generator, open_source
 from synthscale.train.ema import EMA
 from synthscale.train.log import RunLogger, environment
+from synthscale.train.network import build_network, check_recorded
 
 DONE = "done.json"
 # keys that may change between sessions of one run: they do not touch the math
@@ -253,7 +254,9 @@ def _train(run_cfg: RunConfig, run_dir: Path, d: D.Dist, resume: bool, show_prog
     latent_spec, text_spec = source.spec, source.text_spec
 
     torch.manual_seed(derive_seed(seed, "init"))  # the same initial weights on every rank and session
-    model = objective.build_model(run_cfg.model, latent_spec, text_spec).to(d.device)
+    # the learned caption encoder, or the frozen one of data.text_encoder (its FLOPs then in text_spec)
+    model, text_spec, encoder_facts = build_network(objective, run_cfg, latent_spec, text_spec)
+    model = model.to(d.device)
     loss_module = LossModule(objective, model)
     wrapped = D.wrap(loss_module, d, cfg.parallel)
     if cfg.compile:
@@ -298,7 +301,7 @@ def _train(run_cfg: RunConfig, run_dir: Path, d: D.Dist, resume: bool, show_prog
 
     extra = {"flops_per_step": flops_per_step, "total_steps": total_steps, "budget_flops": cfg.budget_flops,
              "config_hash": config_hash(run_cfg), "latent_spec": asdict(latent_spec),
-             "text_spec": asdict(text_spec)}  # fmt: skip
+             "text_spec": asdict(text_spec), **encoder_facts}  # fmt: skip
     autocast = torch.autocast(d.device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
     params = [p for p in model.parameters() if p.requires_grad]
     last_point = next((i for i in reversed(range(len(grid))) if grid[i] <= prog.train_flops), None)
@@ -461,6 +464,7 @@ def load_generator(run_dir: str | Path, checkpoint: ckpt.CheckpointInfo | int | 
     run_cfg = from_dict(RunConfig, cfg_data, source=str(run_dir / "config.json"))
     latent_spec, text_spec = LatentSpec(**meta["latent_spec"]), TextSpec(**meta["text_spec"])
     objective = get_objective(run_cfg.objective)
-    model = objective.build_model(run_cfg.model, latent_spec, text_spec)
+    model, text_spec, encoder_facts = build_network(objective, run_cfg, latent_spec, text_spec)
+    check_recorded(encoder_facts, meta, str(info.path))
     model.load_state_dict(ckpt.load_tensors(info.path, "ema" if weights == "ema" else "model"), strict=True)
     return Generator(model.to(device).eval(), objective, run_cfg, latent_spec, text_spec, info, weights)
