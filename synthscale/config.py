@@ -219,7 +219,8 @@ class AutoencoderConfig:
     token methods. The trunk has one level per entry of `widths`, so `downsample` = 2^(len(widths)-1)."""
 
     name: str = "kl-f4c4"
-    kind: Literal["kl", "lfq", "fsq"] = "kl"
+    kind: Literal["kl", "lfq", "fsq", "diffusers"] = "kl"
+    path: str | None = None  # diffusers: a local AutoencoderKL folder, frozen (only its latent scale is measured)
     downsample: int = 4  # f: latent side = image side / f
     latent_channels: int = 4  # kl: channels; lfq: bits per token (vocabulary 2^c); fsq: len(fsq_levels)
     widths: list[int] = field(default_factory=lambda: [16, 32, 64])  # trunk widths, full resolution first

@@ -15,11 +15,12 @@ import torch
 from synthscale import atomic
 from synthscale.autoencoders.base import Autoencoder, AutoencoderError, CheckpointError, ImageSizeError
 from synthscale.config import AutoencoderConfig, ConfigError, config_hash, from_dict, to_dict
+from synthscale.data.latents import LatentSpec
 from synthscale.data.pixels import to_tensor, to_uint8
 
 __all__ = [
     "Autoencoder", "AutoencoderError", "CheckpointError", "ImageSizeError", "build_autoencoder",
-    "load_autoencoder", "save_autoencoder", "validate", "to_tensor", "to_uint8",
+    "latent_spec_of", "load_autoencoder", "save_autoencoder", "validate", "to_tensor", "to_uint8",
 ]  # fmt: skip
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
@@ -28,6 +29,10 @@ FORMAT = 1
 
 def validate(cfg: AutoencoderConfig) -> None:
     """Check a config before any work, with messages that name the key and the fix."""
+    if cfg.kind == "diffusers":  # pretrained: no trunk to check; the folder is checked when it loads
+        if not cfg.path:
+            raise ConfigError(f"autoencoder {cfg.name!r}: kind diffusers needs path=<a local AutoencoderKL folder>")
+        return
     f = cfg.downsample
     if f < 1 or f & (f - 1):
         raise ConfigError(f"autoencoder {cfg.name!r}: downsample must be a power of two (2, 4, 8), got {f}")
@@ -69,6 +74,10 @@ def validate(cfg: AutoencoderConfig) -> None:
 def build_autoencoder(cfg: AutoencoderConfig) -> Autoencoder:
     """A freshly initialised autoencoder for a config (uses torch's global RNG for the initial weights)."""
     validate(cfg)
+    if cfg.kind == "diffusers":  # pretrained and frozen: loaded from its folder, never initialised here
+        from synthscale.autoencoders.diffusers_kl import DiffusersKL
+
+        return DiffusersKL(cfg.path, name=cfg.name, cfg=cfg)
     if cfg.kind == "kl":
         from synthscale.autoencoders.kl import KLAutoencoder
 
@@ -82,12 +91,23 @@ def save_autoencoder(model: Autoencoder, out: str | Path, info: dict | None = No
     """Write weights then config atomically; the config records the weights hash, so a torn pair is detected."""
     out = Path(out)
     weights_hash = model.weights_hash
-    atomic.save_safetensors(out / WEIGHTS, model.state_dict(), metadata={"name": model.name, "weights_hash": weights_hash})
+    state = model.saved_state() if hasattr(model, "saved_state") else model.state_dict()  # diffusers: shift/scale
+    atomic.save_safetensors(out / WEIGHTS, state, metadata={"name": model.name, "weights_hash": weights_hash})
     atomic.write_json(out / CONFIG, {
         "format": FORMAT, "name": model.name, "kind": model.kind, "weights_hash": weights_hash,
         "config_hash": config_hash(model.cfg), "config": to_dict(model.cfg), **({"info": info} if info else {}),
     })  # fmt: skip
     return out
+
+
+def latent_spec_of(cfg: AutoencoderConfig) -> LatentSpec:
+    """The latents an autoencoder config makes at its data resolution, without weights (for planning)."""
+    if cfg.kind == "diffusers":
+        from synthscale.autoencoders.diffusers_kl import diffusers_latent_spec
+
+        return diffusers_latent_spec(cfg.path, cfg.data.resolution)
+    with torch.device("meta"):  # only the shape is needed: no weights are allocated
+        return build_autoencoder(cfg).latent_spec(cfg.data.resolution)
 
 
 def load_autoencoder(path: str | Path) -> Autoencoder:
@@ -114,7 +134,7 @@ def load_autoencoder(path: str | Path) -> Autoencoder:
         raise CheckpointError(f"{weights_file} is corrupt or truncated ({type(e).__name__}: {e}); {retrain}") from e
     with torch.random.fork_rng(devices=[]):  # the throwaway initial weights must not move the caller's RNG
         model = build_autoencoder(cfg)
-    expected = model.state_dict()
+    expected = model.saved_state() if hasattr(model, "saved_state") else model.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
     if missing or unexpected or wrong:
@@ -122,7 +142,7 @@ def load_autoencoder(path: str | Path) -> Autoencoder:
             f"{weights_file} does not match its config {cfg.name!r} (missing {missing[:3]}, unexpected "
             f"{unexpected[:3]}, wrong shape {wrong[:3]}); the folder mixes two autoencoders — {retrain}"
         )
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=not hasattr(model, "saved_state"))
     if meta.get("weights_hash") != model.weights_hash:
         raise CheckpointError(
             f"{weights_file} has weights hash {model.weights_hash} but {cfg_file.name} records "

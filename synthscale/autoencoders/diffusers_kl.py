@@ -29,8 +29,10 @@ WHAT = "diffusers AutoencoderKL"
 class DiffusersKL(nn.Module):
     kind = "continuous"
 
-    def __init__(self, path: str | Path, name: str | None = None):
+    def __init__(self, path: str | Path, name: str | None = None, cfg=None):
         super().__init__()
+        self.cfg = cfg  # an AutoencoderConfig of kind "diffusers" when built by build_autoencoder
+        self.resolution = cfg.data.resolution if cfg is not None else None
         self.path = local_dir(path, WHAT, "the autoencoder path")
         diffusers = require("diffusers", WHAT)
         try:
@@ -46,6 +48,11 @@ class DiffusersKL(nn.Module):
         self.register_buffer("latent_shift", torch.tensor(float(getattr(cfg, "shift_factor", None) or 0.0)))
         self.register_buffer("latent_scale", torch.tensor(float(getattr(cfg, "scaling_factor", None) or 1.0)))
         self._files_hash = weights_hash(self.path)
+
+    def saved_state(self) -> dict[str, torch.Tensor]:
+        """What a synthscale autoencoder folder stores of it: the latent shift/scale. The weights stay in the
+        diffusers folder (recorded by hash), so a study does not copy them."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("vae.")}
 
     def train(self, mode: bool = True) -> "DiffusersKL":
         return super().train(False)  # frozen: GroupNorm has no batch statistics, but keep eval semantics anyway
@@ -122,6 +129,18 @@ class DiffusersKL(nn.Module):
         self.latent_shift.fill_(mu)
         self.latent_scale.fill_(1.0 / std)
         return mu, 1.0 / std
+
+
+def diffusers_latent_spec(path: str | Path, resolution: int) -> LatentSpec:
+    """The latent shape from the folder's config.json alone (no weights loaded, no extra needed): for planning."""
+    import json
+
+    cfg = json.loads((local_dir(path, WHAT, "the autoencoder path") / "config.json").read_text())
+    f = 2 ** (len(cfg.get("block_out_channels", [0])) - 1)
+    if resolution % f:
+        raise ConfigError(f"{WHAT} {path}: resolution {resolution} is not a multiple of its downsampling factor {f}")
+    return LatentSpec(kind="continuous", channels=int(cfg.get("latent_channels", 4)), height=resolution // f,
+                      width=resolution // f)
 
 
 def load_diffusers_kl(path: str | Path, name: str | None = None) -> DiffusersKL:

@@ -65,8 +65,11 @@ def psnr_of_mse(mse: float) -> float:
 
 
 def train_autoencoder(cfg: AutoencoderConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Train from scratch, write the model folder at `out` atomically, return the training summary."""
+    """Train from scratch, write the model folder at `out` atomically, return the training summary. A pretrained
+    diffusers autoencoder (kind diffusers) is not trained: only its latent shift/scale is measured."""
     out = Path(out)
+    if cfg.kind == "diffusers":
+        return prepare_pretrained(cfg, out, progress)
     t = cfg.train
     start = time.perf_counter()
     torch.manual_seed(t.seed)
@@ -111,6 +114,28 @@ def train_autoencoder(cfg: AutoencoderConfig, out: str | Path, progress: bool = 
                "steps": t.steps, "batch_size": t.batch_size, "threads": torch.get_num_threads(),
                "render_s": render_s, "train_s": train_s, "train_cpu_s": train_cpu_s, "total_s": time.perf_counter() - start,
                "images_per_s": t.steps * t.batch_size / train_s, "final": history[-1], "history": history, **info}  # fmt: skip
+    atomic.write_json(out / TRAIN_LOG, summary)
+    return summary
+
+
+@torch.no_grad()
+def prepare_pretrained(cfg: AutoencoderConfig, out: Path, progress: bool = True) -> dict[str, Any]:
+    """A frozen pretrained autoencoder as a synthscale autoencoder folder: the latent shift/scale measured on
+    `train.scale_items` train images (its own factors were tuned on other data), and the folder's hash."""
+    start = time.perf_counter()
+    model = build_autoencoder(cfg).eval()
+    images = render_split(cfg.data, "train", cfg.train.scale_items, progress)
+    render_s = time.perf_counter() - start
+    shift, scale = model.measure_scale(to_tensor(images[i : i + 64]) for i in range(0, len(images), 64))
+    first = to_tensor(images[:64])
+    mse = (to_tensor(to_uint8(model.reconstruct(first))) - first).div(2).pow(2).mean().item()  # on [0, 1] pixels
+    info = {"train_images": len(images), "latent_shift": shift, "latent_scale": scale, "scale_items": len(images),
+            "pretrained": str(model.path)}  # fmt: skip
+    save_autoencoder(model, out, info)
+    summary = {"name": cfg.name, "config_hash": config_hash(cfg), "weights_hash": model.weights_hash, "steps": 0,
+               "batch_size": 0, "threads": torch.get_num_threads(), "render_s": render_s, "train_s": 0.0,
+               "train_cpu_s": 0.0, "total_s": time.perf_counter() - start, "images_per_s": 0.0,
+               "final": {"psnr_batch": psnr_of_mse(mse)}, "history": [], **info}  # fmt: skip
     atomic.write_json(out / TRAIN_LOG, summary)
     return summary
 

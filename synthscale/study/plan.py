@@ -17,7 +17,7 @@ from synthscale.config import (
 from synthscale.study.grid import Stage
 
 OBJECTIVE_LATENT = {"flow": "continuous", "masked": "discrete", "autoregressive": "discrete"}
-AE_LATENT = {"kl": "continuous", "lfq": "discrete", "fsq": "discrete"}
+AE_LATENT = {"kl": "continuous", "lfq": "discrete", "fsq": "discrete", "diffusers": "continuous"}
 STAGES = "synthscale.study.stages"
 
 
@@ -161,9 +161,7 @@ def plan_study(study: StudyConfig, root: str | Path, spec_dir: str | Path = ".")
 
 def estimate_flops(plan: StudyPlan) -> dict[str, Any]:
     """Training FLOPs of every run (their budgets) and sampling FLOPs of the evaluation plan, analytically."""
-    import torch
-
-    from synthscale.autoencoders import build_autoencoder
+    from synthscale.autoencoders import latent_spec_of
     from synthscale.data.latents import TextSpec
     from synthscale.data.text import tokenizer_for
     from synthscale.objectives import get_objective
@@ -175,8 +173,7 @@ def estimate_flops(plan: StudyPlan) -> dict[str, Any]:
     train_total = sum(r.run_cfg.train.budget_flops for r in plan.runs)
     sample_total, per_run = 0.0, []
     for r in plan.runs:
-        with torch.device("meta"):  # only the latent shape is needed: no weights are allocated
-            latent = build_autoencoder(plan.autoencoders[r.autoencoder][0]).latent_spec(s.data.resolution)
+        latent = latent_spec_of(plan.autoencoders[r.autoencoder][0])  # the shape only: no weights
         obj = get_objective(r.run_cfg.objective)
         steps = s.evaluation.steps.get(obj.name, obj.default_steps(latent))
         per_image = obj.sample_flops(r.run_cfg.model, latent, text, steps, s.evaluation.cfg_scale)
