@@ -118,6 +118,10 @@ def cmd_autoencoder_train(args: argparse.Namespace) -> int:
     cfg = load(AutoencoderConfig, args.config, args.set)
     s = train_autoencoder(cfg, args.out, progress=not args.quiet)
     scale = f", latent shift {s['latent_shift']:.4g} scale {s['latent_scale']:.4g}" if "latent_scale" in s else ""
+    if "pretrained" in s:  # a frozen diffusers autoencoder: nothing trained, its latent scale measured
+        print(f"prepared {s['name']} from {s['pretrained']} (frozen){scale} on {s['scale_items']} train images, "
+              f"PSNR {s['final']['psnr_batch']:.2f} dB on the first 64; wrote {args.out}")  # fmt: skip
+        return 0
     print(f"trained {s['name']}: {s['steps']} steps in {s['train_s']:.0f} s ({s['images_per_s']:.0f} img/s; "
           f"{s['total_s']:.0f} s with rendering), final batch PSNR {s['final']['psnr_batch']:.2f} dB{scale}; "
           f"wrote {args.out}")  # fmt: skip
@@ -199,6 +203,10 @@ def _csv(kind):
             raise argparse.ArgumentTypeError(f"expected comma-separated values, e.g. 4,10,20; got {text!r}") from None
 
     return parse
+
+
+def _cfg_list(text: str):
+    return [None] if text.strip() == "best" else _csv(float)(text)
 
 
 def cmd_study(args: argparse.Namespace) -> int:
@@ -425,7 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path)
     p.add_argument("--milestones", choices=["all", "last"], default=None)
     p.add_argument("--steps", type=_csv(int), default=None, help="sampling steps, e.g. 4,10,20,50,100")
-    p.add_argument("--cfg", type=_csv(float), default=None, help="guidance scales, e.g. 1,2,3")
+    p.add_argument("--cfg", type=_cfg_list, default=None,
+                   help="guidance scales, e.g. 1,2,3; or 'best': chosen on validation prompts, reported on test")
     p.add_argument("--weights", type=_csv(str), default=None, help="ema,raw")
     p.add_argument("--n", type=int, default=256, help="test prompts per setting (default 256)")
     p.add_argument("--holdout-n", type=int, default=64, help="extra held-out-combination prompts (default 64)")

@@ -65,6 +65,7 @@ def test_tiny_study_end_to_end_and_rerun_skips(tmp_path):
     assert {r["objective"] for r in records} == {"flow", "autoregressive"}
     assert {r["weights"] for r in records} == {"ema", "raw"}
     assert all("fd_probe" in r["metrics"] and "prompt_acc" in r["metrics"] for r in records)
+    _check_cfg_best(tmp_path / "s")
     done_files = {p: p.stat().st_mtime_ns for p in (tmp_path / "s").glob("*/*/done.json")}
     again = run_study(SPEC, tmp_path / "s", TINY, progress=False)
     assert set(again["states"].values()) == {"done"}
@@ -97,3 +98,21 @@ def _strip(records):
         r.pop("run", None)
         r["instruments"].pop("sample_grid", None)
     return sorted(json.dumps(r, sort_keys=True) for r in records)
+
+
+def _check_cfg_best(root: Path):
+    """`--cfg best` picks the scale on validation prompts and records the choice beside the test numbers."""
+    from synthscale.config import EvalSettings
+    from synthscale.evaluate.probes import load_probe
+    from synthscale.evaluate.runner import CFG_CANDIDATES, Setting, evaluate_run, milestones_of
+
+    run_dir = next(root.glob("train/flow-*"))
+    probe = load_probe(next(root.glob("probe/*/**/probe.json")).parent)
+    settings = EvalSettings(n=16, holdout_n=0, loss_batches=1, batch_size=16, speed=False)
+    last = milestones_of(run_dir)[-1]
+    records = evaluate_run(run_dir, probe, settings, plan=[Setting(last, 0, "ema", 2, None)], progress=False)
+    chosen = [r for r in records if (r.instruments.get("cfg_selection") or {}).get("by")]
+    assert len(chosen) == 1
+    scores = chosen[0].instruments["cfg_selection"]["fd_probe_by_scale"]
+    assert set(scores) == {f"{c:g}" for c in CFG_CANDIDATES}
+    assert chosen[0].cfg_scale == min(CFG_CANDIDATES, key=lambda c: scores[f"{c:g}"])

@@ -8,6 +8,7 @@ the same instruments is skipped, so an interrupted evaluation resumes where it s
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from synthscale.evaluate.speed import measure_speed
 from synthscale.imagegrid import labelled_grid, save_png
 
 RECORDS = "records.jsonl"
+CFG_CANDIDATES = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 
 
 @dataclass(frozen=True)
@@ -38,12 +40,13 @@ class Setting:
     milestone: int  # index among the evaluated run's milestones (0 = first)
     weights: str
     steps: int
-    cfg_scale: float
+    cfg_scale: float | None  # None: pick the best of CFG_CANDIDATES on validation prompts, then report on test
     speed: bool = False
 
     @property
     def tag(self) -> str:
-        return f"{self.checkpoint.name}-{self.weights}-steps{self.steps}-cfg{self.cfg_scale:g}"
+        cfg = "best" if self.cfg_scale is None else f"{self.cfg_scale:g}"
+        return f"{self.checkpoint.name}-{self.weights}-steps{self.steps}-cfg{cfg}"
 
 
 def milestones_of(run_dir: str | Path) -> list:
@@ -107,6 +110,7 @@ class RunEvaluator:
         self.text = tok.encode(self.captions).to(self.device)
         self.quality = ProbeQuality(probe, self.test.images, seed=settings.seed)
         self._losses: dict[tuple[str, str], float] = {}
+        self._val = None  # validation prompts, loaded when `--cfg best` needs them
         self.out = self.run_dir / "eval"
 
     @staticmethod
@@ -126,12 +130,13 @@ class RunEvaluator:
     # ------------------------------------------------------------------------------------------ pieces
 
     @torch.no_grad()
-    def sample(self, gen_model, steps: int, cfg_scale: float) -> np.ndarray:
-        """uint8 images [len(prompts), H, W, 3] for every evaluation prompt, from the settings' seed."""
+    def sample(self, gen_model, steps: int, cfg_scale: float, text: torch.Tensor | None = None) -> np.ndarray:
+        """uint8 images [len(prompts), H, W, 3] for every evaluation prompt (or `text`), from the settings' seed."""
+        text = self.text if text is None else text
         generator = torch.Generator(self.device).manual_seed(self.settings.seed)
         bs, out = self.settings.batch_size, []
-        for i in range(0, len(self.text), bs):
-            latents = gen_model.objective.sample(gen_model.model, self.text[i : i + bs], steps, cfg_scale, generator)
+        for i in range(0, len(text), bs):
+            latents = gen_model.objective.sample(gen_model.model, text[i : i + bs], steps, cfg_scale, generator)
             out.append(to_uint8(self.autoencoder.decode(latents)))
         return np.concatenate(out)
 
@@ -155,9 +160,24 @@ class RunEvaluator:
             self._losses[key] = float(np.mean(losses))
         return self._losses[key]
 
+    def select_cfg(self, setting: Setting, gen_model) -> tuple[Setting, dict[str, Any]]:
+        """`--cfg best`: the scale with the lowest fd-probe on validation prompts (never on the test prompts)."""
+        if self._val is None:
+            self._val = prompt_set(self.run_cfg.data, "val", self.settings.n)
+            self._val_quality = ProbeQuality(self.probe, self._val.images, seed=self.settings.seed)
+        text = tokenizer_for(self.run_cfg.data).encode(self._val.captions).to(self.device)
+        scores = {}
+        for c in CFG_CANDIDATES:
+            images = self.sample(gen_model, setting.steps, c, text)
+            scores[c] = self._val_quality.score(images)["fd_probe"]
+        best = min(scores, key=scores.get)
+        info = {"by": "lowest fd_probe on validation prompts", "n_val": len(self._val),
+                "fd_probe_by_scale": {f"{c:g}": v for c, v in scores.items()}}  # fmt: skip
+        return dataclasses.replace(setting, cfg_scale=best), info
+
     # ------------------------------------------------------------------------------------------ one setting
 
-    def evaluate(self, setting: Setting, gen_model) -> EvalRecord:
+    def evaluate(self, setting: Setting, gen_model, cfg_selection: dict[str, Any] | None = None) -> EvalRecord:
         s, obj, rc = setting, gen_model.objective, self.run_cfg
         images = self.sample(gen_model, s.steps, s.cfg_scale)
         n_test = len(self.test)
@@ -182,6 +202,7 @@ class RunEvaluator:
             "steps": s.steps, "cfg_scale": s.cfg_scale, "weights": s.weights, "checkpoint": s.checkpoint.name,
             "sample_flops": {"generator": flops.generator, "text_encoder": flops.text_encoder,
                              "convention": "2 per MAC, CFG included, autoencoder decode excluded"},
+            "cfg_selection": cfg_selection,
             "decoder": self.autoencoder.name, "sample_grid": str(grid_path.relative_to(self.run_dir)),
             "speed": {"device": str(self.device), "threads": torch.get_num_threads(), "repeats": 3} if s.speed else None,
         }  # fmt: skip
@@ -201,6 +222,10 @@ class RunEvaluator:
 def _key(r: dict) -> tuple:
     ins = r["instruments"]
     return (ins["checkpoint"], r["weights"], r["steps"], float(r["cfg_scale"]), ins["n"], ins["prompts"]["seed"])
+
+
+def _key_of(s: Setting, settings: EvalSettings) -> tuple:
+    return (s.checkpoint.name, s.weights, s.steps, float(s.cfg_scale), settings.n, settings.seed)
 
 
 def read_records(run_dir: str | Path) -> list[dict]:
@@ -235,17 +260,22 @@ def evaluate_run(
     done = {_key(r): r for r in read_records(run_dir)}
 
     def finished(s: Setting) -> bool:
-        r = done.get((s.checkpoint.name, s.weights, s.steps, float(s.cfg_scale), settings.n, settings.seed))
+        r = done.get(_key_of(s, settings))
         return r is not None and (not s.speed or "latency_s" in r["metrics"])
 
-    todo = [s for s in plan if not finished(s)]
+    todo = [s for s in plan if s.cfg_scale is None or not finished(s)]
     loaded: dict[tuple[str, str], Any] = {}
     for s in tqdm(todo, desc=f"evaluate {run_dir.name}", unit="setting", disable=not progress, leave=False):
         key = (s.checkpoint.name, s.weights)
         if key not in loaded:
             loaded.clear()  # one generator in memory at a time
             loaded[key] = load_generator(run_dir, s.checkpoint, s.weights, device=device)
-        record = ev.evaluate(s, loaded[key]).to_dict()
+        selection = None
+        if s.cfg_scale is None:
+            s, selection = ev.select_cfg(s, loaded[key])
+            if finished(s) and done[_key_of(s, settings)]["instruments"].get("cfg_selection") == selection:
+                continue
+        record = ev.evaluate(s, loaded[key], selection).to_dict()
         done[_key(record)] = record
         _write_records(run_dir, sorted(done.values(), key=lambda r: (r["train_flops"], r["weights"], r["steps"],
                                                                       r["cfg_scale"])))  # fmt: skip
