@@ -61,7 +61,7 @@ def milestones_of(run_dir: str | Path) -> list:
 
 def study_settings(run_dir: str | Path, objective, latent_spec, settings: EvalSettings) -> list[Setting]:
     """A study's plan: every milestone at (steps, cfg_scale) for each weights; the last milestone also sweeps
-    steps and CFG (EMA weights when evaluated) and measures speed at each swept step count."""
+    steps and CFG (EMA weights when evaluated) and measures sampling speed at the main steps."""
     infos = milestones_of(run_dir)
     chosen = infos if settings.milestones == "all" else infos[-1:]
     steps = settings.steps.get(objective.name, objective.default_steps(latent_spec))
@@ -70,7 +70,7 @@ def study_settings(run_dir: str | Path, objective, latent_spec, settings: EvalSe
     last, w = infos[-1], ("ema" if "ema" in settings.weights else settings.weights[0])
     sweep = settings.sweep.get(objective.name, objective.steps_grid(latent_spec))
     for s in sorted(set(sweep) | {steps}):
-        plan.append(Setting(last, len(infos) - 1, w, s, settings.cfg_scale, speed=settings.speed))
+        plan.append(Setting(last, len(infos) - 1, w, s, settings.cfg_scale, speed=settings.speed and s == steps))
     for c in settings.cfg_sweep:
         plan.append(Setting(last, len(infos) - 1, w, steps, c))
     unique: dict[tuple, Setting] = {}
@@ -204,7 +204,8 @@ class RunEvaluator:
                              "convention": "2 per MAC, CFG included, autoencoder decode excluded"},
             "cfg_selection": cfg_selection,
             "decoder": self.autoencoder.name, "sample_grid": str(grid_path.relative_to(self.run_dir)),
-            "speed": {"device": str(self.device), "threads": torch.get_num_threads(), "repeats": 3} if s.speed else None,
+            "speed": {"device": str(self.device), "threads": torch.get_num_threads(), "repeats": 3,
+                      "batch_sizes": [1, 16, 64], "median": True} if s.speed else None,
         }  # fmt: skip
         return EvalRecord(
             run=self.run_dir.name, objective=obj.name, size=rc.model.size, params=counts["total"],
