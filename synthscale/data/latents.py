@@ -7,7 +7,9 @@ Layout of root/<key>/ (key = hash of dataset config + split, autoencoder weights
   build.json                 what is being built, written first;
   shard-00000.safetensors …  one atomic file each: the encoder's tensors (continuous: mean, logvar;
                              discrete: tokens), caption token ids, and captions/attributes as JSON metadata;
-  cache.json                 written last: the build is complete.
+  cache.json                 written last: the build is complete;
+  tokenizer.json             the word vocabulary the captions were encoded with (WordTokenizer.save);
+  data_report_<split>.json   user data: the items the split skipped and why, the captions it truncated.
 An interrupted build keeps its finished shards and resumes. This module takes any encoder with the
 `CacheEncoder` methods; it does not import `synthscale.autoencoders` (DESIGN.md: data sits below it).
 """
@@ -60,6 +62,7 @@ class TextSpec:
 
 FORMAT = 1
 BUILD, COMPLETE = "build.json", "cache.json"
+TOKENIZER = "tokenizer.json"  # beside a cache whose captions a word vocabulary encoded (WordTokenizer.load)
 
 
 class CacheError(ConfigError):
@@ -195,7 +198,10 @@ def build_cache(
         meta = {"key": key, "start": str(start), "count": str(end - start),
                 "captions": json.dumps(captions), "attributes": json.dumps(attributes, default=str)}  # fmt: skip
         atomic.save_safetensors(path / _shard_name(k), tensors, metadata=meta)
+        _write_data_report(dataset, path)  # after every shard: an interrupted build keeps what it saw
     bar.close()
+    if hasattr(tokenizer, "save"):  # a word vocabulary built from the data: keep it with what it encoded
+        tokenizer.save(path / TOKENIZER)
     extra: dict[str, Any] = {}
     if spec.kind == "continuous":
         extra = {"shift": float(encoder.shift), "scale": float(encoder.scale)}
@@ -207,6 +213,23 @@ def build_cache(
         **extra,
     })  # fmt: skip
     return LatentCache(path, expect=identity)
+
+
+def _write_data_report(dataset, path: Path) -> None:
+    """User data: what the split left out and why (`dataset.report()`), as data_report_<split>.json beside the
+    cache, merged with the list an interrupted earlier build wrote (its shards are not decoded again)."""
+    if not hasattr(dataset, "report"):
+        return
+    report, file = dataset.report(), path / f"data_report_{dataset.split}.json"
+    if file.is_file():
+        try:
+            earlier = json.loads(file.read_text()).get("skipped", [])
+        except (OSError, ValueError):  # a torn report: this build's list stands alone
+            earlier = []
+        seen = {(s.get("key"), s.get("reason")) for s in report["skipped"]}
+        report["skipped"] += [s for s in earlier if (s.get("key"), s.get("reason")) not in seen]
+        report["skipped_count"] = len(report["skipped"])
+    atomic.write_json(file, report)
 
 
 def open_cache(root: str | Path, encoder: CacheEncoder, dataset, tokenizer) -> "LatentCache":
