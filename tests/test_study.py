@@ -116,3 +116,13 @@ def _check_cfg_best(root: Path):
     scores = chosen[0].instruments["cfg_selection"]["fd_probe_by_scale"]
     assert set(scores) == {f"{c:g}" for c in CFG_CANDIDATES}
     assert chosen[0].cfg_scale == min(CFG_CANDIDATES, key=lambda c: scores[f"{c:g}"])
+
+
+def test_paper_grid_dry_run_needs_no_data_or_weights(tmp_path, capsys):
+    from synthscale.cli import main
+
+    paper = SPEC.parent / "paper.yaml"
+    assert main(["study", str(paper), "--out", str(tmp_path / "paper"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "flow-XL" in out and "autoregressive-S" in out and "estimated total:" in out
+    assert not (tmp_path / "paper").exists()  # a dry run writes nothing

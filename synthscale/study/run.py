@@ -32,6 +32,7 @@ def dry_run(plan: StudyPlan) -> str:
         lines.append(f"  {r['run']:<44} {r['params']:>10,} {r['train_flops']:>12.3g} {r['eval_sample_flops']:>12.3g}")
     lines.append(f"estimated total: {est['total_flops']:.3g} FLOPs (training {est['train_flops']:.3g} + evaluation "
                  f"sampling {est['eval_sample_flops']:.3g}; 2 FLOPs per MAC, autoencoder/probe costs not included)")
+    lines += [f"note: {n}" for n in est["notes"]]
     return "\n".join(lines)
 
 
