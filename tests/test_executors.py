@@ -221,3 +221,34 @@ def test_tiny_study_completes_through_the_slurm_executor(tmp_path):
     for run_dir in (tmp_path / "slurm" / "train").iterdir():
         assert "--standalone" in (run_dir / "torchrun.log").read_text()
         assert json.loads((run_dir / "done.json").read_text())["world_size"] == 1
+
+
+@pytest.mark.slow
+def test_a_two_node_run_meets_through_the_c10d_rendezvous(tmp_path, monkeypatch):
+    """Both "nodes" of a Slurm job on this machine: each runs torchrun_stage (one process each), they meet at
+    the first node's endpoint and train one model (world size 2)."""
+    import socket
+    import threading
+    from types import SimpleNamespace
+
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    nodes = {}
+    monkeypatch.setattr(X, "_slurm_env", lambda: SimpleNamespace(
+        num_nodes=2, node=nodes[threading.get_ident()], hostnames=["127.0.0.1", "127.0.0.1"], raw_job_id="7"))
+    stage = X.job_stage(tiny_train_stage(), ClusterConfig(gpus_per_node=0, nodes_per_run=2, port=free - 7), 1)
+    out, results = tmp_path / "run", {}
+
+    def node(rank):
+        nodes[threading.get_ident()] = rank
+        results[rank] = X.torchrun_stage(out, **stage.kwargs)
+
+    threads = [threading.Thread(target=node, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert results[0]["world_size"] == results[1]["world_size"] == 2
+    assert f"--rdzv_endpoint=127.0.0.1:{free}" in (out / "torchrun.log").read_text()
+    assert (out / "torchrun.node1.log").is_file()

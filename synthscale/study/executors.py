@@ -88,15 +88,16 @@ def torchrun_stage(stage_dir: Path, run_config: dict[str, Any], procs_per_node: 
     stage_dir = Path(stage_dir)
     config = stage_dir / "run_config.json"
     atomic.write_json(config, run_config)  # the same content on every node and attempt
-    endpoint, rdzv_id = None, "synthscale"
+    endpoint, rdzv_id, log_path = None, "synthscale", stage_dir / "torchrun.log"
     if nnodes > 1:
         env = _slurm_env()
         if env is None or env.num_nodes != nnodes:
             raise RuntimeError(f"a {nnodes}-node run must run inside a Slurm job of {nnodes} nodes")
         # the job id keeps runs that share a first node on different ports
         endpoint, rdzv_id = f"{env.hostnames[0]}:{port + int(env.raw_job_id) % 1000}", env.raw_job_id
+        if env.node:  # one log per node: appends from several hosts to one shared file interleave
+            log_path = stage_dir / f"torchrun.node{env.node}.log"
     cmd = torchrun_command(config, stage_dir, procs_per_node, nnodes, endpoint, rdzv_id, threads, python)
-    log_path = stage_dir / "torchrun.log"
     environ = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     with open(log_path, "a") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
