@@ -111,7 +111,8 @@ def specs(cfg: dict, objective) -> tuple[LatentSpec, TextSpec, ModelConfig]:
     text = TextSpec(vocab_size=cfg["vocab"], max_length=cfg["text"])
     if objective.latent == "continuous":
         return LatentSpec("continuous", 4, 2 * side, 2 * side), text, ModelConfig(patch_size=2)
-    return LatentSpec("discrete", max(1, (cfg["vocab"] - 1).bit_length()), side, side, cfg["vocab"]), text, ModelConfig()
+    bits = max(1, (cfg["vocab"] - 1).bit_length())
+    return LatentSpec("discrete", bits, side, side, cfg["vocab"]), text, ModelConfig()
 
 
 def batch_of(objective, latent: LatentSpec, text: TextSpec, batch: int, device):
@@ -316,8 +317,8 @@ def main(argv: list[str] | None = None) -> dict:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"{gpu}, torch {torch.__version__}: bf16 matmul peak {peak / 1e12:.1f} TFLOP/s (n={n})")
     train = training_rows(cfg, device, peak, compile_mode, clock)
-    print_table(filled(train), f"Training step (bf16 autocast, fused AdamW, clip, EMA), {cfg['side'] ** 2} image + "
-                       f"{cfg['text']} caption tokens; MFU = analytic train_flops / time / measured bf16 peak")  # fmt: skip
+    print_table(filled(train), f"Training step (bf16 autocast, fused AdamW, clip, EMA), {cfg['side'] ** 2} image "
+                f"+ {cfg['text']} caption tokens; MFU = analytic train_flops / time / measured bf16 peak")
     sample = sampling_rows(cfg, device, sample_sizes, clock, compile_decode=compile_mode != "none")
     print_table(filled(sample), f"Sampling (bf16 autocast, CFG {CFG}): latency at batch 1, throughput at batch "
                         f"{cfg['sample_batch']}")  # fmt: skip

@@ -4,7 +4,8 @@ Each stage becomes one job that calls `grid.run_stage` on a cluster node, so its
 folder exactly as with the local executors (`done.json` / `failed.json`); the study folder must therefore lie
 on storage every node sees. A training stage is launched with torchrun instead of in the job's own process:
 
-    python -m torch.distributed.run --standalone --nproc_per_node=G -m synthscale train --config RUN_CONFIG --out RUN_DIR
+    python -m torch.distributed.run --standalone --nproc_per_node=G \
+        -m synthscale train --config RUN_DIR/run_config.json --out RUN_DIR
 
 (one process per GPU; a multi-node run adds `--nnodes=N --rdzv_backend=c10d --rdzv_endpoint=HOST:PORT` and
 runs that command once per node). The trainer resumes from its newest checkpoint, which is what makes the
@@ -82,7 +83,8 @@ def _slurm_env():
 
 
 def torchrun_stage(stage_dir: Path, run_config: dict[str, Any], procs_per_node: int, nnodes: int = 1,
-                   port: int = 29500, threads: int | None = None, python: str | None = None) -> dict[str, Any]:  # fmt: skip
+                   port: int = 29500, threads: int | None = None,
+                   python: str | None = None) -> dict[str, Any]:  # fmt: skip
     """A study training stage as a cluster job runs it: the trainer under torchrun on this node (one node of
     `nnodes`), its output in `stage_dir/torchrun.log`; returns the trainer's summary (its done.json)."""
     stage_dir = Path(stage_dir)
@@ -134,7 +136,8 @@ def job_stage(stage: Stage, cluster: ClusterConfig, threads: int | None) -> Stag
     if stage.fn != TRAIN_FN:
         return stage
     kwargs = {"run_config": stage.kwargs["run_config"], "procs_per_node": cluster.procs_per_node,
-              "nnodes": cluster.nodes_per_run, "port": cluster.port, "threads": threads, "python": cluster.python}  # fmt: skip
+              "nnodes": cluster.nodes_per_run, "port": cluster.port, "threads": threads,
+              "python": cluster.python}  # fmt: skip
     return dataclasses.replace(stage, fn=TORCHRUN_FN, kwargs=kwargs)
 
 
@@ -216,7 +219,8 @@ class SlurmPool:
             return {"timeout_min": c.time_min, "gpus_per_node": need["gpus"], "visible_gpus": tuple(gpus),
                     "tasks_per_node": 1, "setup": list(c.setup)}  # fmt: skip
         params = {"job_name": name, "time": c.time_min, "nodes": need["nodes"], "ntasks_per_node": 1,
-                  "cpus_per_task": need["cpus"], "setup": list(c.setup), "additional_parameters": dict(c.slurm_args)}  # fmt: skip
+                  "cpus_per_task": need["cpus"], "setup": list(c.setup),
+                  "additional_parameters": dict(c.slurm_args)}  # fmt: skip
         if need["gpus"]:
             params["gpus_per_node"] = need["gpus"]
         if c.mem_gb:
@@ -384,8 +388,9 @@ class RayPool:
             future: cf.Future = cf.Future()
             future.set_exception(e)
             return future
-        ref = self.task.options(num_cpus=need["cpus"], num_gpus=need["gpus"], max_retries=self.cluster.requeues,
-                                name=f"{stage.kind}/{stage.name}").remote(root, job_stage(stage, self.cluster, threads), threads)  # fmt: skip
+        task = self.task.options(num_cpus=need["cpus"], num_gpus=need["gpus"], max_retries=self.cluster.requeues,
+                                 name=f"{stage.kind}/{stage.name}")  # fmt: skip
+        ref = task.remote(root, job_stage(stage, self.cluster, threads), threads)
         self.refs.append(ref)
         return ref.future()
 

@@ -18,7 +18,8 @@ from synthscale.data.latents import LatentSpec, TextSpec
 from synthscale.model.sizes import get_size
 
 
-def build_network(objective, run_cfg: RunConfig, latent: LatentSpec, text: TextSpec) -> tuple[nn.Module, TextSpec, dict[str, Any]]:
+def build_network(objective, run_cfg: RunConfig, latent: LatentSpec,
+                  text: TextSpec) -> tuple[nn.Module, TextSpec, dict[str, Any]]:
     """→ (model, the TextSpec its FLOPs are counted with, facts to record with checkpoints).
 
     With a frozen encoder the TextSpec carries its measured forward FLOPs per caption and its width, so the
@@ -32,9 +33,10 @@ def build_network(objective, run_cfg: RunConfig, latent: LatentSpec, text: TextS
     encoder = FrozenTextEncoder(path, run_cfg.data.max_caption_tokens, width=width)
     mine = (encoder.vocab_size, encoder.max_length, encoder.pad_id)
     if mine != (text.vocab_size, text.max_length, text.pad_id):
+        held = (text.vocab_size, text.max_length, text.pad_id)
         raise ConfigError(f"data.text_encoder={path!r} tokenizes to (vocab, length, pad) {mine}, but the latent "
-                          f"source holds captions as {(text.vocab_size, text.max_length, text.pad_id)}; rebuild the "
-                          "cache with this encoder's tokenizer (same data.text_encoder and max_caption_tokens)")  # fmt: skip
+                          f"source holds captions as {held}; rebuild the cache with this encoder's tokenizer "
+                          "(same data.text_encoder and max_caption_tokens)")  # fmt: skip
     projection = 0 if encoder.hidden == width else C.linear(encoder.max_length, encoder.hidden, width)
     frozen = dataclasses.replace(text, frozen_flops=encoder.forward_flops() - projection, frozen_width=encoder.hidden)
     model = objective.build_model(run_cfg.model, latent, frozen, text_encoder=encoder.prefix_encoder())
