@@ -227,9 +227,11 @@ class AutoencoderConfig:
     blocks: int = 1  # residual blocks per level (encoder and decoder)
     fsq_levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])  # fsq: vocabulary = product
     kl_weight: float = 1e-6  # kl: weight of KL(q(z|x) ‖ N(0, I)) per latent element
-    entropy_weight: float = 0.1  # lfq: weight of (per-token entropy − diversity · batch entropy)
+    # lfq: weights of (per-token entropy − diversity · batch entropy) and of the commitment ‖z − sg(q)‖². MAGVIT-v2's
+    # 0.1 / 0.25 swamp a ~0.005 pixel MSE: lfq-f8 measured 25.6 dB with them, 30.2 dB (99 % usage) with these
+    entropy_weight: float = 0.002
     diversity: float = 1.0  # lfq: weight of the batch (codebook-usage) entropy inside the entropy term
-    commit_weight: float = 0.25  # lfq: commitment ‖z − sg(q)‖²
+    commit_weight: float = 0.005
     lfq_temperature: float = 0.01  # lfq: softmax temperature of the code distribution in the entropy term
     data: DataConfig = field(default_factory=DataConfig)  # what it trains on
     train: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)

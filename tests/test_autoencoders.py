@@ -221,6 +221,10 @@ def test_cli_train_eval_and_bad_override(tmp_path, capsys):
     assert main(["autoencoder", "eval", str(out), "--json", "--limit", "4", "--no-grid"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["name"] == "kl-f4c4" and r["latent"]["kind"] == "continuous"
+    root = tmp_path / "caches"
+    assert main(["autoencoder", "cache", str(out), "--root", str(root), "--set", "size=12", "--quiet"]) == 0
+    assert "12 train items of kl-f4c4" in capsys.readouterr().out
+    assert len(list(root.glob("*/cache.json"))) == 1
     assert main(["autoencoder", "train", "--out", str(tmp_path / "x"), "--set", "train.stpes=2"]) == 2
     assert "stpes" in capsys.readouterr().err
     assert main(["autoencoder", "eval", str(tmp_path / "nothing")]) == 2

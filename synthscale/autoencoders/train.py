@@ -195,7 +195,7 @@ def evaluate_autoencoder(
         k = min(grid, n)
         recon = np.concatenate(recon_u8)[:k]
         pairs = [img for j in range(k) for img in (images[j], recon[j])]
-        labels = [s for j in range(k) for s in (f"{split} {j}", f"{model.name} {psnrs[j]:.1f} dB")]
-        save_png(labelled_grid(pairs, labels, cell=96, columns=8, label_lines=2), path / RECON_PNG)
+        labels = [s for j in range(k) for s in (f"{split} {j}", f"recon {psnrs[j]:.1f} dB")]
+        save_png(labelled_grid(pairs, labels, cell=96, columns=8, label_lines=1), path / RECON_PNG)
         result["grid"] = str(path / RECON_PNG)
     return result
