@@ -33,6 +33,7 @@ test-slow: install-test
 
 bench: install
 	$(PY) benchmarks/render.py
+	$(PY) benchmarks/latent_cache.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -19,6 +20,7 @@ from synthscale.data.latents import build_cache
 from synthscale.data.text import tokenizer_for
 
 GOAL = 50_000
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "autoencoders"
 
 
 def main() -> None:
@@ -29,7 +31,7 @@ def main() -> None:
     rows, builds = [], []
     with tempfile.TemporaryDirectory() as root:
         for name in ("kl-f4c4", "lfq-f8", "lfq-f4"):
-            cfg = load(AutoencoderConfig, f"configs/autoencoders/{name}.yaml", [f"data.size={args.items}"])
+            cfg = load(AutoencoderConfig, CONFIGS / f"{name}.yaml", [f"data.size={args.items}"])
             torch.manual_seed(0)
             ae = build_autoencoder(cfg).eval()
             ds = get_dataset(cfg.data, "train")
