@@ -55,19 +55,16 @@ def ingest(plan: StudyPlan) -> Path:
         for r in plan.runs:
             run_id = r.train.id.split("/", 1)[1]
             status, error = _run_status(plan, r)
-            store.add_run(run_id, r.run_cfg.objective.name, r.run_cfg.model.size, r.run_cfg.data.size, r.autoencoder,
-                          status=status, error=error, budget_flops=r.run_cfg.train.budget_flops,
-                          config=to_dict(r.run_cfg), config_hash=r.train.key)  # fmt: skip
             run_dir = stage_dir(root, r.train)
             records = read_records(run_dir)
+            first = records[0] if records else {}
+            store.add_run(run_id, r.run_cfg.objective.name, r.run_cfg.model.size, r.run_cfg.data.size, r.autoencoder,
+                          status=status, error=error, params=first.get("params"),
+                          params_nonembedding=first.get("params_nonembedding"),
+                          budget_flops=r.run_cfg.train.budget_flops, config=to_dict(r.run_cfg),
+                          config_hash=r.train.key)  # fmt: skip
             if records:
                 store.add_records(records)
-                first = records[0]
-                store.add_run(run_id, r.run_cfg.objective.name, r.run_cfg.model.size, r.run_cfg.data.size,
-                              r.autoencoder, status=status, error=error, params=first["params"],
-                              params_nonembedding=first["params_nonembedding"],
-                              budget_flops=r.run_cfg.train.budget_flops, config=to_dict(r.run_cfg),
-                              config_hash=r.train.key)  # fmt: skip
             for rec in records:
                 grid = run_dir / rec["instruments"].get("sample_grid", "")
                 if grid.is_file():
