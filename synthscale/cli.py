@@ -231,11 +231,11 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from synthscale.config import EvalSettings, load
+    from synthscale.config import EvalSettings
     from synthscale.evaluate.probes import load_or_train_probe
     from synthscale.evaluate.runner import RunEvaluator, evaluate_run, product_settings
 
-    settings = load(EvalSettings, None, [f"n={args.n}", f"holdout_n={args.holdout_n}", f"seed={args.seed}"])
+    settings = EvalSettings(n=args.n, holdout_n=args.holdout_n, seed=args.seed)
     run_cfg = RunEvaluator.run_config(args.run_dir)
     probe = load_or_train_probe(run_cfg.data, args.probe_cache, progress=not args.quiet)
     plan = None

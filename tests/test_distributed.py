@@ -15,7 +15,8 @@ from synthscale.train import checkpoint as ckpt
 from tests.test_trainer import (assert_same_gradient, cfg_overrides, losses, reference_gradient,
                                 step_one_gradient, tiny_cfg)
 
-TORCHRUN = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+# torch.distributed.run is torchrun itself, and always ships with torch: no skip, these tests must run
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
 # Ranks other than 0 run under an audit hook that records every write into the run dir (open for writing,
 # mkdir, rename, remove); any such write fails the run with exit code 3.
@@ -56,12 +57,11 @@ def torchrun(tmp_path, cfg, out, nproc=2, timeout=300):
     sets = sum((["--set", o] for o in cfg_overrides(cfg)), [])
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
            "MASTER_ADDR": "127.0.0.1", "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
-    cmd = [TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", str(script), "train", "--out", str(out), "--quiet",
+    cmd = [*TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", str(script), "train", "--out", str(out), "--quiet",
            "--threads", "1", *sets]  # fmt: skip
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not installed")
 def test_two_process_ddp_gives_the_full_batch_gradient_and_only_rank0_writes(tmp_path):
     cfg = tiny_cfg(3, "train.grad_clip=0", "train.checkpoint_every=1")
     out = tmp_path / "ddp"
@@ -87,7 +87,6 @@ def test_two_process_ddp_gives_the_full_batch_gradient_and_only_rank0_writes(tmp
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not installed")
 def test_two_process_fsdp2_gradient_and_exact_resume(tmp_path):
     cfg = tiny_cfg(3, "train.grad_clip=0", "train.checkpoint_every=1", "train.parallel=fsdp")
     out = tmp_path / "fsdp"

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from synthscale.autoencoders.kl import posterior_shift_scale
 from synthscale.config import ConfigError
 from synthscale.data.latents import LatentSpec
 from synthscale.pretrained import local_dir, require, weights_hash
@@ -113,22 +114,13 @@ class DiffusersKL(nn.Module):
 
     @torch.no_grad()
     def measure_scale(self, batches) -> tuple[float, float]:
-        """Set shift = E[z], scale = 1/std(z) over posterior samples z of the image batches (exact moments:
-        Var z = Var(mean) + E[exp(logvar)]), as `kl.KLAutoencoder.measure_scale`. Returns (shift, scale)."""
-        n, s1, s2 = 0, 0.0, 0.0
-        for images in batches:
-            m = self.encode_for_cache(images)
-            mean, var = m["mean"].double(), m["logvar"].double().exp()
-            n += mean.numel()
-            s1 += mean.sum().item()
-            s2 += (mean.pow(2) + var).sum().item()
-        if n == 0:
-            raise ValueError("measure_scale needs at least one batch of images")
-        mu = s1 / n
-        std = max(s2 / n - mu * mu, 1e-12) ** 0.5
+        """Set shift = E[z], scale = 1/std(z) over posterior samples z of the image batches, as
+        `kl.KLAutoencoder.measure_scale`. Returns (shift, scale)."""
+        moments = ((m["mean"], m["logvar"]) for m in map(self.encode_for_cache, batches))
+        mu, scale = posterior_shift_scale(moments)
         self.latent_shift.fill_(mu)
-        self.latent_scale.fill_(1.0 / std)
-        return mu, 1.0 / std
+        self.latent_scale.fill_(scale)
+        return mu, scale
 
 
 def diffusers_latent_spec(path: str | Path, resolution: int) -> LatentSpec:

@@ -77,19 +77,25 @@ class KLAutoencoder(Autoencoder):
 
     @torch.no_grad()
     def measure_scale(self, batches) -> tuple[float, float]:
-        """Set shift = E[z] and scale = 1/std(z) over sampled posteriors z of the given image batches, using
-        the exact moments: Var z = Var(mean) + E[exp(logvar)]. Returns (shift, scale)."""
-        n, s1, s2 = 0, 0.0, 0.0
-        for images in batches:
-            mean, logvar = self.moments(images)
-            mean, var = mean.double(), logvar.double().exp()
-            n += mean.numel()
-            s1 += mean.sum().item()
-            s2 += (mean.pow(2) + var).sum().item()
-        if n == 0:
-            raise ValueError("measure_scale needs at least one batch of images")
-        mu = s1 / n
-        std = max(s2 / n - mu * mu, 1e-12) ** 0.5
+        """Set shift = E[z] and scale = 1/std(z) over sampled posteriors z of the given image batches.
+        Returns (shift, scale)."""
+        mu, scale = posterior_shift_scale(self.moments(images) for images in batches)
         self.latent_shift.fill_(mu)
-        self.latent_scale.fill_(1.0 / std)
-        return mu, 1.0 / std
+        self.latent_scale.fill_(scale)
+        return mu, scale
+
+
+def posterior_shift_scale(moments) -> tuple[float, float]:
+    """(E[z], 1/std(z)) of posterior samples z ~ N(mean, exp(logvar)) from (mean, logvar) batches, computed from
+    the exact moments — Var z = Var(mean) + E[exp(logvar)] — rather than from sampled z."""
+    n, s1, s2 = 0, 0.0, 0.0
+    for mean, logvar in moments:
+        mean, var = mean.double(), logvar.double().exp()
+        n += mean.numel()
+        s1 += mean.sum().item()
+        s2 += (mean.pow(2) + var).sum().item()
+    if n == 0:
+        raise ValueError("measure_scale needs at least one batch of images")
+    mu = s1 / n
+    std = max(s2 / n - mu * mu, 1e-12) ** 0.5
+    return mu, 1.0 / std

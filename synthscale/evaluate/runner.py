@@ -111,6 +111,7 @@ class RunEvaluator:
         self.quality = ProbeQuality(probe, self.test.images, seed=settings.seed)
         self._losses: dict[tuple[str, str], float] = {}
         self._val = None  # validation prompts, loaded when `--cfg best` needs them
+        self._val_latents = None  # validation latent cache, for the loss
         self.out = self.run_dir / "eval"
 
     @staticmethod
@@ -140,14 +141,20 @@ class RunEvaluator:
             out.append(to_uint8(self.autoencoder.decode(latents)))
         return np.concatenate(out)
 
+    def _val_source(self):
+        """The validation latent cache, opened once per evaluator (it is read into memory)."""
+        if self._val_latents is None:
+            from synthscale.train.data import open_source
+
+            self._val_latents = open_source(self.run_cfg, split="val")
+        return self._val_latents
+
     @torch.no_grad()
     def validation_loss(self, gen_model) -> float:
         """Mean objective loss on fixed validation batches, captions never dropped (the same draws every time)."""
         key = (gen_model.checkpoint.name, gen_model.weights)
         if key not in self._losses:
-            from synthscale.train.data import open_source
-
-            source = open_source(self.run_cfg, split="val")
+            source = self._val_source()
             bs = min(self.settings.batch_size, len(source))
             generator = torch.Generator().manual_seed(self.settings.seed)
             losses = []
@@ -165,10 +172,10 @@ class RunEvaluator:
         if self._val is None:
             self._val = prompt_set(self.run_cfg.data, "val", self.settings.n)
             self._val_quality = ProbeQuality(self.probe, self._val.images, seed=self.settings.seed)
-        text = tokenizer_for(self.run_cfg.data).encode(self._val.captions).to(self.device)
+            self._val_text = tokenizer_for(self.run_cfg.data).encode(self._val.captions).to(self.device)
         scores = {}
         for c in CFG_CANDIDATES:
-            images = self.sample(gen_model, setting.steps, c, text)
+            images = self.sample(gen_model, setting.steps, c, self._val_text)
             scores[c] = self._val_quality.score(images)["fd_probe"]
         best = min(scores, key=scores.get)
         info = {"by": "lowest fd_probe on validation prompts", "n_val": len(self._val),

@@ -79,10 +79,7 @@ def compiled_decode_step(device: torch.device):
 class AutoregressiveObjective(Objective):
     name = "autoregressive"
     latent = "discrete"
-
-    def build_model(self, model_cfg, latent, text, text_encoder=None):
-        self.check_latent(latent)
-        return AutoregressiveNet(model_cfg, latent, text, text_encoder)
+    network = AutoregressiveNet
 
     def loss(self, model, latents, text, generator, drop_captions=True):
         B, dev = latents.shape[0], latents.device

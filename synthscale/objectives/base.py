@@ -16,6 +16,7 @@ from synthscale.model.sizes import get_size
 class Objective:
     name: ClassVar[str]
     latent: ClassVar[Literal["continuous", "discrete"]]
+    network: ClassVar[type[nn.Module]]  # backbone + caption encoder + this objective's embedding and head
 
     def __init__(self, cfg: ObjectiveConfig | None = None):
         self.cfg = cfg or ObjectiveConfig(name=self.name)
@@ -31,7 +32,8 @@ class Objective:
         """Backbone + caption encoder + this objective's embedding, head and null caption. `text_encoder`
         replaces the learned caption encoder (same call: tokens [B, L] → (features [B, L, D], key_valid [B, L]));
         the FLOP counts here assume the learned one."""
-        raise NotImplementedError
+        self.check_latent(latent)
+        return self.network(model_cfg, latent, text, text_encoder)
 
     def loss(self, model, latents: torch.Tensor, text: torch.Tensor, generator: torch.Generator,
              drop_captions: bool = True) -> torch.Tensor:

@@ -86,10 +86,7 @@ class FlowNet(Network):
 class FlowObjective(Objective):
     name = "flow"
     latent = "continuous"
-
-    def build_model(self, model_cfg, latent, text, text_encoder=None):
-        self.check_latent(latent)
-        return FlowNet(model_cfg, latent, text, text_encoder)
+    network = FlowNet
 
     def loss(self, model, latents, text, generator, drop_captions=True):
         x = latents

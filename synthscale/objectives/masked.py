@@ -47,10 +47,7 @@ def mask_ratio(u: torch.Tensor) -> torch.Tensor:
 class MaskedObjective(Objective):
     name = "masked"
     latent = "discrete"
-
-    def build_model(self, model_cfg, latent, text, text_encoder=None):
-        self.check_latent(latent)
-        return MaskedNet(model_cfg, latent, text, text_encoder)
+    network = MaskedNet
 
     def loss(self, model, latents, text, generator, drop_captions=True):
         B, dev = latents.shape[0], latents.device
