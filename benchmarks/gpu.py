@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from common import print_table, write_json
-from synthscale.config import ModelConfig, ObjectiveConfig
+from synthscale.config import ModelConfig, ObjectiveConfig, TrainConfig
 from synthscale.data.latents import LatentSpec, TextSpec
 from synthscale.model.network import attention_mask
 from synthscale.model.sizes import get_size
@@ -43,7 +43,7 @@ from synthscale.model.transformer import Block
 from synthscale.objectives import get_objective
 from synthscale.train.distributed import enable_tf32
 from synthscale.train.ema import EMA
-from synthscale.train.loop import LossModule, _clip, param_groups
+from synthscale.train.loop import LossModule, _clip, build_optimizer
 
 GOAL_MFU = 0.40  # L, bf16, one H100, every objective
 CFG = 3.0
@@ -148,8 +148,7 @@ def train_step_time(objective, size: str, cfg: dict, device, compiled: bool) -> 
     if compiled:
         compile_blocks(model)
     loss_module = LossModule(objective, model).train()
-    cuda = device.type == "cuda"
-    opt = torch.optim.AdamW(param_groups(model, 0.0), lr=1e-4, fused=cuda or None, foreach=None if cuda else True)
+    opt = build_optimizer(model, TrainConfig(lr=1e-4))
     ema = EMA(model, 0.9999)
     params = [p for p in model.parameters() if p.requires_grad]
     x, captions = batch_of(objective, latent, text, batch, device)

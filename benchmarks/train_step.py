@@ -4,9 +4,11 @@ One run measures a float32 matmul peak, then the training step (loss, backward, 
 at 4x128 and 6x192 with 16 and 64 image tokens (+ 24 caption tokens), in float32 and under bf16 autocast, and
 prints achieved FLOP/s (analytic `train_flops` / median step time) against the float32 and bf16 matmul peaks,
 and against the FLOP/s of a lone matmul of the model's own MLP shape ([B·T, D] @ [D, 4D]; `fp32_of_mlp_mm`).
-Goal: ≥ 0.6 of the float32 peak at 6x192 with 64 image tokens.
+Goal: ≥ 0.6 of the float32 peak at 6x192 with 64 image tokens. The optimizer is the trainer's (`build_optimizer`);
+`--compile` adds a column for the float32 step under torch.compile (the trainer's `train.compile`).
 
-Usage: python benchmarks/train_step.py [--threads 1] [--batch 32] [--repeats 5] [--device cpu|cuda]
+Usage: python benchmarks/train_step.py [--threads 1] [--batch 32] [--repeats 5] [--device cpu|cuda] [--compile]
+       [--objectives flow masked autoregressive] [--sizes 4x128 6x192]
 """
 from __future__ import annotations
 
@@ -16,9 +18,10 @@ import contextlib
 import torch
 
 from common import median_time, print_table, write_json
-from synthscale.config import ModelConfig, ObjectiveConfig
+from synthscale.config import ModelConfig, ObjectiveConfig, TrainConfig
 from synthscale.data.latents import LatentSpec, TextSpec
 from synthscale.objectives import get_objective
+from synthscale.train.loop import build_optimizer
 
 GOAL = 0.6  # fraction of the float32 peak at 6x192, 64 image tokens
 TEXT = TextSpec(vocab_size=64, max_length=24)
@@ -71,11 +74,13 @@ def latents(obj, side: int, batch: int, device: str):
     return spec, x.to(device), text.to(device)
 
 
-def step_time(obj, model_cfg, side, batch, repeats, device, bf16: bool) -> tuple[float, int]:
+def step_time(obj, model_cfg, side, batch, repeats, device, bf16: bool, compiled: bool = False) -> tuple[float, int]:
     torch.manual_seed(0)
     spec, x, text = latents(obj, side, batch, device)
     model = obj.build_model(model_cfg, spec, TEXT).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    if compiled:
+        model.compile()
+    opt = build_optimizer(model, TrainConfig(lr=1e-4))
     gen = torch.Generator().manual_seed(0)
     autocast = torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
@@ -96,6 +101,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--compile", action="store_true", help="also time the float32 step under torch.compile")
+    ap.add_argument("--objectives", nargs="+", default=["flow", "masked", "autoregressive"])
+    ap.add_argument("--sizes", nargs="+", default=["4x128", "6x192"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dev = args.device
@@ -103,25 +111,31 @@ def main() -> None:
     peak32, n32 = matmul_peak(torch.float32, dev, args.repeats)
     peak16, n16 = matmul_peak(torch.bfloat16, dev, args.repeats)
     rows = []
-    for name in ("flow", "masked", "autoregressive"):
+    for name in args.objectives:
         obj = get_objective(ObjectiveConfig(name=name))
-        for size in ("4x128", "6x192"):
+        for size in args.sizes:
             for side in (4, 8):
                 t32, flops = step_time(obj, ModelConfig(size=size), side, args.batch, args.repeats, dev, False)
                 t16, _ = step_time(obj, ModelConfig(size=size), side, args.batch, args.repeats, dev, True)
                 width = int(size.split("x")[1])
                 mlp_peak = shape_peak(args.batch * (side * side + TEXT.max_length), width, dev, args.repeats)
-                rows.append({
+                row = {
                     "objective": name, "size": size, "img_tokens": side * side, "batch": args.batch,
                     "GFLOP_step": flops / 1e9,
                     "fp32_ms": 1e3 * t32, "fp32_GFLOPs": flops / t32 / 1e9, "fp32_of_peak": flops / t32 / peak32,
                     "fp32_of_mlp_mm": flops / t32 / mlp_peak,
                     "bf16_ms": 1e3 * t16, "bf16_GFLOPs": flops / t16 / 1e9, "bf16_of_peak": flops / t16 / peak16,
-                })  # fmt: skip
+                }  # fmt: skip
+                if args.compile:
+                    tc, _ = step_time(obj, ModelConfig(size=size), side, args.batch, args.repeats, dev, False, True)
+                    row.update(compiled_fp32_ms=1e3 * tc, compiled_fp32_GFLOPs=flops / tc / 1e9)
+                rows.append(row)
     # the peak again at the end: on a shared machine, keep the better of the two
     peak32 = max(peak32, matmul_peak(torch.float32, dev, args.repeats)[0])
     for r in rows:
         r["fp32_of_peak"] = r["fp32_GFLOPs"] * 1e9 / peak32
+        if args.compile:
+            r["compiled_fp32_of_peak"] = r["compiled_fp32_GFLOPs"] * 1e9 / peak32
     goal = [r for r in rows if r["size"] == "6x192" and r["img_tokens"] == 64]
     print(f"matmul peak: float32 {peak32 / 1e9:.1f} GFLOP/s (n={n32}), bf16 {peak16 / 1e9:.1f} GFLOP/s (n={n16}); "
           f"{args.threads} thread(s), device {dev}")

@@ -25,7 +25,7 @@ from synthscale.config import RunConfig, load
 from synthscale.objectives import get_objective
 from synthscale.train import list_checkpoints, train
 from synthscale.train.data import DataOrder, derive_seed, generator, open_source
-from synthscale.train.loop import param_groups
+from synthscale.train.loop import build_optimizer
 
 GOAL = 0.05
 
@@ -50,7 +50,7 @@ def bare_step_fn(cfg: RunConfig):
     objective, source = get_objective(cfg.objective), open_source(cfg)
     torch.manual_seed(0)
     model = objective.build_model(cfg.model, source.spec, source.text_spec)
-    opt = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr, foreach=True)
+    opt = build_optimizer(model, cfg.train)
     batch = source.get_batch(DataOrder(len(source), cfg.train.batch_size, 0).batch(0), generator(0))
     gen = generator(derive_seed(0, "loss", 0, 0))
 
