@@ -1,6 +1,7 @@
 """The study end to end on a tiny grid: planning, running, resuming after a kill, ingesting, reporting."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from synthscale.config import load, StudyConfig
+from synthscale.config import ConfigError, RunConfig, StudyConfig, from_dict, load
 from synthscale.study.plan import plan_study
 from synthscale.study.run import run_study
+from synthscale.train.location import relocate
 
 SPEC = Path(__file__).parents[1] / "configs" / "studies" / "default.yaml"
 TINY = [
@@ -70,6 +72,27 @@ def test_tiny_study_end_to_end_and_rerun_skips(tmp_path):
     again = run_study(SPEC, tmp_path / "s", TINY, progress=False)
     assert set(again["states"].values()) == {"done"}
     assert {p: p.stat().st_mtime_ns for p in done_files} == done_files  # nothing re-ran
+    _check_moved_study_resumes(tmp_path / "s", tmp_path / "moved", records)
+
+
+def _check_moved_study_resumes(root: Path, moved: Path, records: list[dict]):
+    """A study moved mid-run (here: one run cut back to its first checkpoint, its evaluation undone) resumes at
+    the new place to the same records; a run whose autoencoder is not the one it recorded is refused."""
+    shutil.move(root, moved)
+    run = next(moved.glob("train/flow-*"))
+    for path in sorted((run / "checkpoints").glob("step_*"))[1:] + [run / "done.json", run / "eval",
+                                                                     *moved.glob("evaluate/flow-*")]:  # fmt: skip
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    result = run_study(SPEC, moved, TINY, progress=False)
+    assert set(result["states"].values()) == {"done"}
+    assert _strip(_records(moved)) == _strip(records)
+    assert json.loads((run / "config.json").read_text())["autoencoder"].startswith(str(moved))
+
+    other = next(moved.glob("train/autoregressive-*"))
+    kl = next(moved.glob("autoencoder/kl-*")) / "model"
+    wrong = {**json.loads((other / "config.json").read_text()), "autoencoder": str(kl)}
+    with pytest.raises(ConfigError, match="fsq-f8.*point autoencoder at the folder it was trained with"):
+        relocate(other, from_dict(RunConfig, wrong))  # the kl autoencoder for a run trained on fsq-f8 latents
 
 
 @pytest.mark.slow

@@ -153,7 +153,7 @@ def plan_study(study: StudyConfig, root: str | Path, spec_dir: str | Path = ".")
                                                        "probe": probe_key}),  # fmt: skip
                          f"{STAGES}:evaluate_stage",
                          {"run_dir": str(run_dir), "probe_dir": str(root / probe.id),
-                          "settings": to_dict(study.evaluation)},
+                          "settings": to_dict(study.evaluation), "run_config": to_dict(run_cfg)},
                          deps=[train.id, probe.id], cost=3.0)  # fmt: skip
         stages += [train, evaluate]
         runs.append(RunPlan(run_cfg, train, evaluate, ae_cfg.name, ablation))

@@ -45,10 +45,14 @@ def train_stage(stage_dir: Path, run_config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool, type(None)))}
 
 
-def evaluate_stage(stage_dir: Path, run_dir: str, probe_dir: str, settings: dict[str, Any]) -> dict[str, Any]:
+def evaluate_stage(stage_dir: Path, run_dir: str, probe_dir: str, settings: dict[str, Any],
+                   run_config: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     from synthscale.evaluate.probes import load_probe
     from synthscale.evaluate.runner import evaluate_run
+    from synthscale.train.location import relocate
 
+    # a run trained before the study moved still names the old autoencoder and cache folders
+    relocate(run_dir, from_dict(RunConfig, run_config, source="evaluate stage"))
     probe = _find_probe(Path(probe_dir), load_probe)
     records = evaluate_run(run_dir, probe, from_dict(EvalSettings, settings, source="evaluate stage"), progress=False)
     return {"records": len(records), "run_dir": run_dir}

@@ -10,6 +10,7 @@ Run dir layout (only rank 0 writes):
 
     RUN_DIR/
         config.json          the resolved RunConfig
+        latents.json         what the latents come from (autoencoder name, weights hash): see train/location.py
         env.json             one entry per session: versions, device, world size, git revision
         metrics.jsonl        a record every `log_every` steps: step, train_flops, loss (mean over the window),
                              lr, grad_norm, samples_seen, epoch, skipped, images_per_s, seconds
@@ -42,6 +43,7 @@ from synthscale.train import checkpoint as ckpt
 from synthscale.train import distributed as D
 from synthscale.train.data import DataOrder, derive_seed, generator, open_source
 from synthscale.train.ema import EMA
+from synthscale.train.location import LOCATION_KEYS, record_latents, relocate
 from synthscale.train.log import RunLogger, environment
 from synthscale.train.network import build_network, check_recorded
 
@@ -133,7 +135,8 @@ class Progress:
 
 
 def _check_config(run_dir: Path, run_cfg: RunConfig) -> None:
-    """A run dir belongs to one config; only log/checkpoint cadence may change between sessions."""
+    """A run dir belongs to one config; only log/checkpoint cadence, and the latents' locations (checked by
+    `relocate`), may change between sessions."""
     path = run_dir / "config.json"
     if not path.exists():
         return
@@ -141,7 +144,8 @@ def _check_config(run_dir: Path, run_cfg: RunConfig) -> None:
 
     old = _flatten(json.loads(path.read_text()))
     new = _flatten(json.loads(json.dumps(to_dict(run_cfg))))  # as it would read back (tuples → lists)
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+    free = RESUMABLE_CHANGES | set(LOCATION_KEYS)
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in free)
     if changed:
         detail = ", ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in changed[:5])
         raise ConfigError(f"{run_dir} holds a run with a different config ({detail}); "
@@ -232,6 +236,7 @@ def train(run_cfg: RunConfig, run_dir: str | Path, resume: bool = True, progress
     """
     run_dir = Path(run_dir)
     _check_config(run_dir, run_cfg)
+    relocate(run_dir, run_cfg)
     done = _read_json(run_dir / DONE)
     if done is not None:
         return done
@@ -296,6 +301,8 @@ def _train(run_cfg: RunConfig, run_dir: Path, d: D.Dist, resume: bool, show_prog
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic.write_json(run_dir / "config.json", to_dict(run_cfg))
+        identity = getattr(source, "identity", None)  # a latent cache knows its autoencoder; random latents don't
+        record_latents(run_dir, identity["autoencoder"] if identity else None)
         sessions = (_read_json(run_dir / "env.json") or {}).get("sessions", [])
         env = {**environment(d.device, d.world), "resumed_from_step": prog.step}
         atomic.write_json(run_dir / "env.json", {"sessions": [*sessions, env]})
