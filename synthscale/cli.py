@@ -237,16 +237,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     settings = EvalSettings(n=args.n, holdout_n=args.holdout_n, seed=args.seed)
     run_cfg = RunEvaluator.run_config(args.run_dir)
-    probe = load_or_train_probe(run_cfg.data, args.probe_cache, progress=not args.quiet)
+    moved = {k: str(v) for k, v in (("autoencoder", args.autoencoder), ("cache_root", args.cache_root)) if v}
+    if moved:  # the run's autoencoder or latent cache moved: point the run at them, once checked
+        import dataclasses
+
+        from synthscale.train.location import relocate
+
+        relocate(args.run_dir, dataclasses.replace(run_cfg, **moved))
+        run_cfg = RunEvaluator.run_config(args.run_dir)
     plan = None
     if args.steps or args.cfg or args.weights or args.milestones:
         from synthscale.objectives import get_objective
 
         objective = get_objective(run_cfg.objective)
         spec = RunEvaluator.latent_spec(args.run_dir)
+        for s in args.steps or []:
+            try:
+                objective.check_steps(s, objective.image_tokens(run_cfg.model, spec))
+            except ValueError as e:
+                raise ConfigError(f"--steps: {e}") from None
         cfgs = args.cfg or [settings.cfg_scale]
         plan = product_settings(args.run_dir, args.milestones or "all", args.weights or ["ema", "raw"],
                                 args.steps or [objective.default_steps(spec)], cfgs, speed=args.speed)  # fmt: skip
+    probe = load_or_train_probe(run_cfg.data, args.probe_cache, progress=not args.quiet)  # after the checks: minutes
     records = evaluate_run(args.run_dir, probe, settings, plan=plan, progress=not args.quiet)
     for r in sorted(records, key=lambda r: (r.train_flops, r.weights, r.steps, r.cfg_scale)):
         m = r.metrics
@@ -441,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--speed", action="store_true", help="also measure sampling latency and throughput")
     p.add_argument("--probe-cache", type=Path, default=Path("cache/probes"), help="where the probe is kept")
+    p.add_argument("--autoencoder", type=Path, default=None,
+                   help="the run's autoencoder folder, if it moved (checked against the one the run recorded)")
+    p.add_argument("--cache-root", type=Path, default=None, help="the run's latent-cache root, if it moved")
     p.add_argument("--quiet", action="store_true")
     _compute_args(p)
     p.set_defaults(func=cmd_evaluate)

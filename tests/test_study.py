@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from synthscale.cli import main
 from synthscale.config import ConfigError, RunConfig, StudyConfig, from_dict, load
 from synthscale.study.plan import plan_study
 from synthscale.study.run import run_study
@@ -93,6 +94,10 @@ def _check_moved_study_resumes(root: Path, moved: Path, records: list[dict]):
     wrong = {**json.loads((other / "config.json").read_text()), "autoencoder": str(kl)}
     with pytest.raises(ConfigError, match="fsq-f8.*point autoencoder at the folder it was trained with"):
         relocate(other, from_dict(RunConfig, wrong))  # the kl autoencoder for a run trained on fsq-f8 latents
+    before = (other / "config.json").read_text()
+    assert main(["evaluate", str(other), "--autoencoder", str(kl)]) == 2  # the CLI's way in: refused alike
+    assert (other / "config.json").read_text() == before
+    assert main(["evaluate", str(other), "--steps", "4"]) == 2  # next-token samples all 16 tokens: 16 steps
 
 
 @pytest.mark.slow

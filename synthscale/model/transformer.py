@@ -98,8 +98,8 @@ class MLP(nn.Module):
         self.proj = nn.Linear(MLP_RATIO * width, width)
 
     def forward(self, x):
-        # exact (erf) GELU, as nanoGPT: on CPUs about 3× faster forward and 1.7× backward than DiT's tanh
-        # approximation, on GPUs the same
+        # exact (erf) GELU, as nanoGPT: on a CPU (measured, x86 with AVX-512) 3× faster forward and 1.7× faster
+        # backward than DiT's tanh approximation
         return self.proj(F.gelu(self.fc(x)))
 
 

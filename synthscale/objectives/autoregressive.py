@@ -13,8 +13,7 @@ from torch import nn
 from synthscale.compute import flops as C
 from synthscale.model.network import Network, attention_mask
 from synthscale.model.sizes import get_size
-from synthscale.objectives.base import (Objective, cfg_copies, check_steps, guide, sample_logits,
-                                        text_encoder_flops)
+from synthscale.objectives.base import Objective, cfg_copies, guide, sample_logits, text_encoder_flops
 
 
 class AutoregressiveNet(Network):
@@ -99,7 +98,7 @@ class AutoregressiveObjective(Objective):
         compiled: that step through torch.compile (CUDA graphs on GPUs), implies static_cache. All three give
         the same tokens."""
         N = model.image_tokens
-        check_steps("autoregressive", steps, N, N)
+        self.check_steps(steps, N)
         dev, B = model.device, text.shape[0]
         guided = cfg_scale != 1
         static = kv_cache and (static_cache or compiled)
@@ -131,6 +130,9 @@ class AutoregressiveObjective(Objective):
     def steps_grid(self, latent):
         return [latent.tokens]
 
+    def steps_range(self, tokens):
+        return tokens, tokens  # one token a step
+
     def forward_flops(self, model_cfg, latent, text):
         self.check_latent(latent)
         size = get_size(model_cfg.size)
@@ -142,7 +144,7 @@ class AutoregressiveObjective(Objective):
         """Per image: with the cache, caption + BOS once, then one position a step attending to all before it;
         without it, the whole sequence so far every step. The head runs on the newest position only."""
         N = latent.tokens
-        check_steps("autoregressive", steps, N, N)
+        self.check_steps(steps, N)
         size = get_size(model_cfg.size)
         D, depth, L = size.width, size.depth, text.max_length
         flops = 0

@@ -51,6 +51,17 @@ class Objective:
     def steps_grid(self, latent: LatentSpec) -> list[int]:
         raise NotImplementedError
 
+    def steps_range(self, tokens: int) -> tuple[int, int | None]:
+        """The sampling steps accepted for `tokens` image tokens: (lowest, highest or None when unbounded)."""
+        return 1, None
+
+    def check_steps(self, steps: int, tokens: int) -> None:
+        low, high = self.steps_range(tokens)
+        if not isinstance(steps, int) or steps < low or (high is not None and steps > high):
+            allowed = f"{low}..{high}" if high is not None else f"≥ {low}"
+            raise ValueError(f"{self.name}: steps must be an integer in {allowed} for {tokens} image tokens, "
+                             f"got {steps!r}")
+
     def forward_flops(self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec) -> F.Flops:
         """One training forward pass for one example."""
         raise NotImplementedError
@@ -185,9 +196,3 @@ def sample_logits(logits: torch.Tensor, generator: torch.Generator, temperature:
     if temperature == 0:
         return logits.argmax(-1)
     return (logits / temperature + gumbel(logits.shape, generator, logits.device)).argmax(-1)
-
-
-def check_steps(name: str, steps: int, low: int, high: int | None = None) -> None:
-    if not isinstance(steps, int) or steps < low or (high is not None and steps > high):
-        allowed = f"{low}..{high}" if high is not None else f"≥ {low}"
-        raise ValueError(f"{name}: steps must be an integer in {allowed}, got {steps!r}")

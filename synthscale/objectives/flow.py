@@ -16,7 +16,7 @@ from synthscale.config import ConfigError, ModelConfig
 from synthscale.data.latents import LatentSpec, TextSpec
 from synthscale.model.network import Network, attention_mask
 from synthscale.model.sizes import get_size
-from synthscale.objectives.base import (Objective, cfg_copies, check_steps, guide, randn, text_encoder_flops)
+from synthscale.objectives.base import Objective, cfg_copies, guide, randn, text_encoder_flops
 
 FREQ_DIM = 256  # sinusoidal features of t before the timestep MLP (DiT)
 
@@ -102,7 +102,7 @@ class FlowObjective(Objective):
 
     @torch.no_grad()
     def sample(self, model, text, steps, cfg_scale, generator):
-        check_steps("flow", steps, 1)
+        self.check_steps(steps, model.image_tokens)
         dev, B = model.device, text.shape[0]
         guided = cfg_scale != 1
         prefix, valid = model.guided_prefix(text.to(dev), guided)  # the caption is encoded once for all steps
@@ -150,6 +150,6 @@ class FlowObjective(Objective):
         return C.Flops(self._generator_forward(model_cfg, latent, text), text_encoder_flops(model_cfg, text))
 
     def sample_flops_split(self, model_cfg, latent, text, steps, cfg_scale):
-        check_steps("flow", steps, 1)
+        self.check_steps(steps, self.image_tokens(model_cfg, latent))
         per_eval = self._generator_forward(model_cfg, latent, text) * cfg_copies(cfg_scale)
         return C.Flops(self.model_evals(steps) * per_eval, text_encoder_flops(model_cfg, text))

@@ -15,7 +15,7 @@ from torch import nn
 from synthscale.compute import flops as C
 from synthscale.model.network import Network, attention_mask
 from synthscale.model.sizes import get_size
-from synthscale.objectives.base import (Objective, cfg_copies, check_steps, guide, gumbel, rand, sample_logits,
+from synthscale.objectives.base import (Objective, cfg_copies, guide, gumbel, rand, sample_logits,
                                         text_encoder_flops)
 
 
@@ -64,7 +64,7 @@ class MaskedObjective(Objective):
     @torch.no_grad()
     def sample(self, model, text, steps, cfg_scale, generator):
         N = model.image_tokens
-        check_steps("masked", steps, 1, N)
+        self.check_steps(steps, N)
         dev, B = model.device, text.shape[0]
         guided = cfg_scale != 1
         prefix, valid = model.guided_prefix(text.to(dev), guided)
@@ -94,6 +94,9 @@ class MaskedObjective(Objective):
     def steps_grid(self, latent):
         return [k for k in (4, 8, 16, 32) if k <= latent.tokens] or [latent.tokens]
 
+    def steps_range(self, tokens):
+        return 1, tokens  # each step reveals at least one token
+
     def _generator_forward(self, model_cfg, latent, text) -> int:
         size = get_size(model_cfg.size)
         N, T = latent.tokens, text.max_length + latent.tokens
@@ -104,6 +107,6 @@ class MaskedObjective(Objective):
         return C.Flops(self._generator_forward(model_cfg, latent, text), text_encoder_flops(model_cfg, text))
 
     def sample_flops_split(self, model_cfg, latent, text, steps, cfg_scale):
-        check_steps("masked", steps, 1, latent.tokens)
+        self.check_steps(steps, latent.tokens)
         per_step = self._generator_forward(model_cfg, latent, text) * cfg_copies(cfg_scale)
         return C.Flops(steps * per_step, text_encoder_flops(model_cfg, text))
