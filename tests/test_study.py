@@ -48,6 +48,8 @@ def test_objective_scoped_overrides_and_errors(tmp_path):
         plan_study(load(StudyConfig, SPEC, ["run_overrides=[diffusion:train.lr=1]"]), tmp_path, SPEC.parent)
     with pytest.raises(ValueError, match="continuous"):
         plan_study(load(StudyConfig, SPEC, ["continuous_autoencoder=../autoencoders/lfq-f8.yaml"]), tmp_path, SPEC.parent)
+    with pytest.raises(ConfigError, match=r"evaluation.sweep of run masked-.*1\.\.16 for 16 image tokens, got 100"):
+        plan_study(load(StudyConfig, SPEC, ["evaluation.sweep={masked: [4, 100]}"]), tmp_path, SPEC.parent)
 
 
 def _records(root: Path) -> list[dict]:

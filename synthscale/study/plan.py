@@ -157,7 +157,22 @@ def plan_study(study: StudyConfig, root: str | Path, spec_dir: str | Path = ".")
                          deps=[train.id, probe.id], cost=3.0)  # fmt: skip
         stages += [train, evaluate]
         runs.append(RunPlan(run_cfg, train, evaluate, ae_cfg.name, ablation))
+        _check_eval_steps(study, run_cfg, _latent_shape(ae_cfg, []), name)
     return StudyPlan(study, root, stages, runs, autoencoders, probe)
+
+
+def _check_eval_steps(study: StudyConfig, run_cfg: RunConfig, latent, name: str) -> None:
+    """A run's evaluation steps must suit its objective and token count: refused when planned, not after training."""
+    from synthscale.objectives import get_objective
+
+    objective, ev = get_objective(run_cfg.objective), study.evaluation
+    tokens = objective.image_tokens(run_cfg.model, latent)
+    asked = [("steps", k) for k in ([ev.steps[objective.name]] if objective.name in ev.steps else [])]
+    for key, steps in asked + [("sweep", k) for k in ev.sweep.get(objective.name, [])]:
+        try:
+            objective.check_steps(steps, tokens)
+        except ValueError as e:
+            raise ConfigError(f"evaluation.{key} of run {name}: {e}") from None
 
 
 def estimate_flops(plan: StudyPlan) -> dict[str, Any]:
