@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -69,15 +70,20 @@ def _fits(data: cmp.StudyData, metric: str, n_boot: int, seed: int):
 
 def _sample_grids(data: cmp.StudyData) -> tuple[list[dict[str, Any]], str]:
     """Sample-grid artifacts at matched compute: the highest compute level where the most objectives have one;
-    per objective the largest model's grid, at its primary setting when there is one."""
+    per objective the grid at its primary setting when there is one, of the model with the best fd_probe there
+    (at small budgets the largest model is often the under-trained one)."""
     flops = {(r["run"], r["milestone"]): (r["train_flops"], r["params"]) for r in data.records}
+    fd = {(r["run"], r["milestone"], r["weights"], r["steps"], r["cfg_scale"]): r["metrics"].get("fd_probe")
+          for r in data.records}  # fmt: skip
     grids = []
     for a in data.artifacts:
         if a["kind"] == "samples" and (a["run"], a["milestone"]) in flops and Path(a["path"]).is_file():
             objective = next((r["objective"] for r in data.runs if r["run"] == a["run"]), None) or next(
                 r["objective"] for r in data.records if r["run"] == a["run"])
             c, n = flops[(a["run"], a["milestone"])]
-            grids.append(dict(a, objective=objective, train_flops=c, params=n))
+            score = fd.get((a["run"], a["milestone"], a["weights"], a["steps"], a["cfg_scale"]))
+            grids.append(dict(a, objective=objective, train_flops=c, params=n,
+                              fd_probe=score if score is not None and math.isfinite(score) else math.inf))  # fmt: skip
     if not grids:
         return [], "no sample grids were stored (artifacts of kind 'samples')"
     by_level = cmp.by_level(grids)
@@ -88,10 +94,11 @@ def _sample_grids(data: cmp.StudyData) -> tuple[list[dict[str, Any]], str]:
         if not cands:
             continue
         prim = data.settings.get(obj)
-        g = max(cands, key=lambda g: ((g["weights"], g["steps"], g["cfg_scale"]) == prim, g["params"]))
+        g = max(cands, key=lambda g: ((g["weights"], g["steps"], g["cfg_scale"]) == prim, -g["fd_probe"], g["params"]))
         size = next((r["size"] for r in data.runs if r["run"] == g["run"]), "")
         g["label"] = (f"{obj} {size} @ {g['train_flops']:.3g} training FLOPs — {g['weights']} weights, "
-                      f"{g['steps']} steps, CFG {g['cfg_scale']:g}" + (f" — {g['caption']}" if g["caption"] else ""))
+                      f"{g['steps']} steps, CFG {g['cfg_scale']:g}"
+                      + (f", fd-probe {g['fd_probe']:.3g}" if math.isfinite(g["fd_probe"]) else ""))
         chosen.append(g)
     missing = [o for o in data.objectives if o not in {g["objective"] for g in chosen}]
     note = f"at {lv:.3g} training FLOPs" + (f"; no grid at this compute for {', '.join(missing)}" if missing else "")
