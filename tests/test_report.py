@@ -136,3 +136,17 @@ def test_quality_differences_need_fd_and_kid_to_agree():
     assert cmp.compare_quality(a, {"metrics": {"fd_probe": 105.0}}) == 0  # within 10 %, no KID to say more
     assert cmp.compare_quality(a, {"metrics": {"fd_probe": 130.0}}) == 1
     assert cmp.compare_quality(a, {"metrics": {}}) is None
+
+
+def test_sample_grids_show_each_objective_s_best_model_at_matched_compute(study):
+    from synthscale.study.report import _sample_grids
+
+    data = cmp.load_study(study)
+    chosen, note = _sample_grids(data)
+    assert {g["objective"] for g in chosen} == set(data.objectives) and "training FLOPs" in note
+    for g in chosen:
+        at_level = [r for r in data.records if r["objective"] == g["objective"] and r["milestone"] == g["milestone"]
+                    and (r["weights"], r["steps"], r["cfg_scale"]) == (g["weights"], g["steps"], g["cfg_scale"])
+                    and {a["run"] for a in data.artifacts if a["kind"] == "samples"} >= {r["run"]}]  # fmt: skip
+        assert g["fd_probe"] == min(r["metrics"]["fd_probe"] for r in at_level)
+        assert f"fd-probe {g['fd_probe']:.3g}" in g["label"]
