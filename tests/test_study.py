@@ -40,6 +40,23 @@ def test_plan_keys_are_content_not_paths(tmp_path):
     assert not {s.id for s in changed.stages if s.kind == "train"} & {s.id for s in a.stages if s.kind == "train"}
 
 
+def test_generator_code_version_rekeys_training_not_autoencoders(tmp_path, monkeypatch):
+    import synthscale.objectives as objectives
+
+    study = load(StudyConfig, SPEC)
+    before = plan_study(study, tmp_path, SPEC.parent)
+    monkeypatch.setattr(objectives, "GENERATOR_VERSION", objectives.GENERATOR_VERSION + 1)
+    after = plan_study(study, tmp_path, SPEC.parent)
+
+    def ids(plan, kind):
+        return {s.id for s in plan.stages if s.kind == kind}
+
+    for kind in ("autoencoder", "probe", "cache"):
+        assert ids(before, kind) == ids(after, kind)
+    for kind in ("train", "evaluate"):
+        assert ids(before, kind) and not ids(before, kind) & ids(after, kind)
+
+
 def test_objective_scoped_overrides_and_errors(tmp_path):
     plan = plan_study(load(StudyConfig, SPEC), tmp_path, SPEC.parent)
     patches = {r.run_cfg.objective.name: r.run_cfg.model.patch_size for r in plan.runs}

@@ -8,6 +8,11 @@ from synthscale.objectives.autoregressive import AutoregressiveObjective
 from synthscale.objectives.flow import FlowObjective
 from synthscale.objectives.masked import MaskedObjective
 
+# Bump when a change alters what a trained generator computes (backbone, embeddings, loss, sampler). Study train
+# stages are keyed by it, so a study folder made by older code trains again instead of mixing old and new numbers.
+# 1: the first release; 2: exact (erf) GELU in the MLP.
+GENERATOR_VERSION = 2
+
 OBJECTIVES: dict[str, type[Objective]] = {
     cls.name: cls for cls in (FlowObjective, MaskedObjective, AutoregressiveObjective)
 }

@@ -85,9 +85,13 @@ def _run_config(study: StudyConfig, objective: str, size: str, data_size: int, b
 
 
 def _portable_hash(run_cfg: RunConfig, ae_key: str) -> str:
-    """The run's key: its config with machine paths replaced by the content keys they stand for."""
+    """The run's key: its config with machine paths replaced by the content keys they stand for, and the version of
+    the generator code that trains it."""
+    from synthscale.objectives import GENERATOR_VERSION
+
     d = to_dict(run_cfg)
     d["autoencoder"], d["cache_root"] = ae_key, None
+    d["generator_version"] = GENERATOR_VERSION
     d["train"] = {k: v for k, v in d["train"].items() if k not in ("log_every", "checkpoint_every", "keep_last")}
     return config_hash(d)
 
