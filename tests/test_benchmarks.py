@@ -1,0 +1,51 @@
+"""The CPU benchmarks run end to end at toy settings and write their result files, so an API change cannot break a
+benchmark unnoticed until someone needs its numbers. Nothing here judges speed (see benchmarks/ for that)."""
+import json
+import math
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).parents[1] / "benchmarks"
+
+
+def run_benchmark(name: str, argv: list[str], tmp_path: Path, monkeypatch) -> dict:
+    monkeypatch.syspath_prepend(str(BENCH))
+    import common
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)  # never overwrite the real results
+    monkeypatch.setattr(sys, "argv", [name, *argv])
+    runpy.run_path(str(BENCH / name), run_name="__main__")
+    (written,) = tmp_path.glob("*.json")
+    return json.loads(written.read_text())
+
+
+def test_train_step_benchmark(tmp_path, monkeypatch):
+    result = run_benchmark("train_step.py", ["--sizes", "2x64", "--batch", "2", "--repeats", "1"], tmp_path,
+                           monkeypatch)  # fmt: skip
+    rows = {(r["objective"], r["img_tokens"]): r for r in result["rows"]}
+    assert set(rows) == {(o, n) for o in ("flow", "masked", "autoregressive") for n in (16, 64)}
+    for r in rows.values():
+        assert r["GFLOP_step"] > 0 and all(math.isfinite(r[k]) and r[k] > 0 for k in ("fp32_of_peak", "bf16_of_peak"))
+    assert result["peak_fp32_flops"] > 0 and result["goal_met"] == {}  # the goal size (6x192) was not run
+
+
+def test_sampling_benchmark(tmp_path, monkeypatch):
+    result = run_benchmark("sampling.py", ["--size", "2x64", "--batch", "2", "--repeats", "1"], tmp_path, monkeypatch)
+    labels = {r["objective"] for r in result["rows"]}
+    assert labels == {"flow", "masked", "autoregressive (KV cache)", "autoregressive (recompute)"}
+    for tokens in ("16", "64"):  # JSON keys
+        assert result["kv_speedup"][tokens]["flops"] > 1  # the cache always saves FLOPs; time is not judged here
+    assert isinstance(result["goal_met"], bool)
+
+
+@pytest.mark.parametrize("name, argv, key", [
+    ("trainer_overhead.py", ["--size", "2x64", "--batch", "4", "--steps", "12", "--repeats", "1"], "rows"),
+    ("userdata.py", ["--n", "24"], "rows"),
+    ("latent_cache.py", ["--items", "64"], "rows"),
+])  # fmt: skip
+def test_small_benchmarks_run(name, argv, key, tmp_path, monkeypatch):
+    result = run_benchmark(name, argv, tmp_path, monkeypatch)
+    assert result[key]
