@@ -2,6 +2,7 @@
 interface the latent cache and the generators use (`latent_spec`, `encode_for_cache`, `decode`)."""
 from __future__ import annotations
 
+import abc
 import hashlib
 
 import torch
@@ -23,7 +24,7 @@ class ImageSizeError(AutoencoderError):
     """Images of a size, layout or range the autoencoder was not trained for."""
 
 
-class Autoencoder(nn.Module):
+class Autoencoder(nn.Module, abc.ABC):
     """Base class. Subclasses set `kind` ("continuous" | "discrete") and implement `losses`, `reconstruct`,
     `encode_for_cache`, `decode` and `latent_spec`."""
 
@@ -55,8 +56,9 @@ class Autoencoder(nn.Module):
             )
         return resolution // self.downsample
 
+    @abc.abstractmethod
     def latent_spec(self, resolution: int) -> LatentSpec:
-        raise NotImplementedError
+        """The latents of one image of `resolution` pixels a side."""
 
     def check_images(self, images: torch.Tensor) -> None:
         """Refuse what would encode to garbage: wrong layout, size, dtype or value range."""

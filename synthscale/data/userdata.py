@@ -30,6 +30,7 @@ Unreadable images never stop a run:
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 import hashlib
 import struct
@@ -91,7 +92,7 @@ def validate_user_config(cfg: DataConfig) -> None:
         raise ConfigError(f"data.max_caption_tokens must be ≥ 1, got {cfg.max_caption_tokens}")
 
 
-class CaptionedDataset:
+class CaptionedDataset(abc.ABC):
     """Random access over one split of a user dataset. Subclasses index their source into `Record`s and read
     encoded bytes (`_read`); this class applies the rules above. `ds[i]` → {"image", "caption", "attributes"}."""
 
@@ -145,9 +146,9 @@ class CaptionedDataset:
 
     # ------------------------------------------------------------------------------------------ subclass hooks
 
+    @abc.abstractmethod
     def _read(self, record: Record) -> bytes | str | Path:
         """The encoded image (bytes or a path Pillow can open); raise UnreadableImage if it cannot be read."""
-        raise NotImplementedError
 
     def _check(self, record: Record) -> None:
         """A cheap check at index time; raise UnreadableImage to skip the item."""

@@ -2,6 +2,7 @@
 output head, loss, sampler and FLOP count. The trainer, evaluator and study only ever call these methods."""
 from __future__ import annotations
 
+import abc
 from typing import ClassVar, Literal
 
 import torch
@@ -13,7 +14,7 @@ from synthscale.data.latents import LatentSpec, TextSpec
 from synthscale.model.sizes import get_size
 
 
-class Objective:
+class Objective(abc.ABC):
     name: ClassVar[str]
     latent: ClassVar[Literal["continuous", "discrete"]]
     network: ClassVar[type[nn.Module]]  # backbone + caption encoder + this objective's embedding and head
@@ -35,21 +36,23 @@ class Objective:
         self.check_latent(latent)
         return self.network(model_cfg, latent, text, text_encoder)
 
+    @abc.abstractmethod
     def loss(self, model, latents: torch.Tensor, text: torch.Tensor, generator: torch.Generator,
              drop_captions: bool = True) -> torch.Tensor:
         """Mean loss over the batch; every random draw comes from `generator`."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def sample(self, model, text: torch.Tensor, steps: int, cfg_scale: float,
                generator: torch.Generator) -> torch.Tensor:
         """Latents for captions `text` [B, L]: continuous float [B, C, H, W] or discrete int64 [B, H, W]."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def default_steps(self, latent: LatentSpec) -> int:
-        raise NotImplementedError
+        """Sampling steps of the primary setting."""
 
+    @abc.abstractmethod
     def steps_grid(self, latent: LatentSpec) -> list[int]:
-        raise NotImplementedError
+        """The step counts a study sweeps."""
 
     def steps_range(self, tokens: int) -> tuple[int, int | None]:
         """The sampling steps accepted for `tokens` image tokens: (lowest, highest or None when unbounded)."""
@@ -62,14 +65,14 @@ class Objective:
             raise ValueError(f"{self.name}: steps must be an integer in {allowed} for {tokens} image tokens, "
                              f"got {steps!r}")
 
+    @abc.abstractmethod
     def forward_flops(self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec) -> F.Flops:
         """One training forward pass for one example."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def sample_flops_split(self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec, steps: int,
                            cfg_scale: float) -> F.Flops:
         """Sampling one image, split into generator and caption-encoder columns."""
-        raise NotImplementedError
 
     # --------------------------------------------------------------------------------------- shared
 
