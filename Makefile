@@ -8,7 +8,7 @@ TORCH  := torch==2.13.0
 STUDY  ?= configs/studies/default.yaml
 OUT    ?= runs/default
 
-.PHONY: demo test test-slow install install-test bench clean
+.PHONY: demo test test-slow lint install install-test bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,12 @@ install-test: $(VENV)/bin/python
 demo: install
 	$(VENV)/bin/synthscale study $(STUDY) --out $(OUT)
 
-test: install-test
+# ruff's format and lint settings live in pyproject.toml
+lint: install-test
+	$(VENV)/bin/ruff format --check synthscale tests benchmarks
+	$(VENV)/bin/ruff check synthscale tests benchmarks
+
+test: lint
 	$(PY) -m pytest -q
 
 test-slow: install-test

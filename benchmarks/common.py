@@ -1,7 +1,7 @@
 """Shared helpers for benchmarks: medians over repeats, a printed table and a JSON result file."""
+
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -45,8 +45,13 @@ def _fmt(v) -> str:
 def write_json(name: str, payload: dict) -> Path:
     from synthscale import atomic
 
-    payload = {"machine": platform.machine(), "processor": platform.processor(), "python": platform.python_version(),
-               "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **payload}  # fmt: skip
+    payload = {
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "python": platform.python_version(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **payload,
+    }
     path = RESULTS / f"{name}.json"
     atomic.write_json(path, payload)
     print(f"\nwrote {path}")

@@ -21,6 +21,7 @@ tested on CPU with tiny sizes (`--quick --device cpu`, tests/test_gpu_path.py).
 Usage: python benchmarks/gpu.py [--device cuda] [--compile regional|none] [--budget-s 450]
        python benchmarks/gpu.py --quick --device cpu
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from common import print_table, write_json
+
 from synthscale.config import ModelConfig, ObjectiveConfig, TrainConfig
 from synthscale.data.latents import LatentSpec, TextSpec
 from synthscale.model.network import attention_mask
@@ -49,15 +50,35 @@ GOAL_MFU = 0.40  # L, bf16, one H100, every objective
 CFG = 3.0
 OBJECTIVES = ("flow", "masked", "autoregressive")
 PAPER = {
-    "sizes": ["S", "B", "L"], "side": 16, "text": 32, "vocab": 8192, "batch": {"S": 256, "B": 128, "L": 64},
-    "flow_steps": [4, 10, 20, 50, 100], "masked_steps": [4, 8, 16, 32], "sample_batch": 64, "timed": 10,
-    "warmup": 3, "peak_sizes": [4096, 8192, 16384], "latency_repeats": 3, "throughput_repeats": 2,
-}  # fmt: skip
+    "sizes": ["S", "B", "L"],
+    "side": 16,
+    "text": 32,
+    "vocab": 8192,
+    "batch": {"S": 256, "B": 128, "L": 64},
+    "flow_steps": [4, 10, 20, 50, 100],
+    "masked_steps": [4, 8, 16, 32],
+    "sample_batch": 64,
+    "timed": 10,
+    "warmup": 3,
+    "peak_sizes": [4096, 8192, 16384],
+    "latency_repeats": 3,
+    "throughput_repeats": 2,
+}
 QUICK = {
-    "sizes": ["2x64", "4x128"], "side": 4, "text": 8, "vocab": 64, "batch": {"2x64": 8, "4x128": 8},
-    "flow_steps": [2, 4], "masked_steps": [2, 4], "sample_batch": 4, "timed": 2, "warmup": 1,
-    "peak_sizes": [256, 512], "latency_repeats": 1, "throughput_repeats": 1,
-}  # fmt: skip
+    "sizes": ["2x64", "4x128"],
+    "side": 4,
+    "text": 8,
+    "vocab": 64,
+    "batch": {"2x64": 8, "4x128": 8},
+    "flow_steps": [2, 4],
+    "masked_steps": [2, 4],
+    "sample_batch": 4,
+    "timed": 2,
+    "warmup": 1,
+    "peak_sizes": [256, 512],
+    "latency_repeats": 1,
+    "throughput_repeats": 1,
+}
 
 
 class Clock:
@@ -100,7 +121,6 @@ def matmul_peak(device, sizes: list[int], repeats: int = 5) -> tuple[float, int]
         b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
         seconds = timed(lambda: a @ b, device, repeats, warmup=2)
         best = max(best, (2 * n**3 / seconds, n))
-        del a, b
     return best
 
 
@@ -165,7 +185,6 @@ def train_step_time(objective, size: str, cfg: dict, device, compiled: bool) -> 
 
     seconds = timed(step, device, cfg["timed"], cfg["warmup"] + (2 if compiled else 0))
     flops = objective.train_flops(model_cfg, latent, text, batch)
-    del model, loss_module, opt, ema
     return seconds, flops
 
 
@@ -184,8 +203,11 @@ def sdpa_kernels(size: str, cfg: dict, device, causal: bool, queries: int | None
     q = torch.randn(B, s.heads, T - q_start, s.head_dim, device=device, dtype=torch.bfloat16)
     k = torch.randn(B, s.heads, T, s.head_dim, device=device, dtype=torch.bfloat16)
     ok = []
-    for name, backend in (("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION),
-                          ("efficient", SDPBackend.EFFICIENT_ATTENTION)):  # fmt: skip
+    for name, backend in (
+        ("flash", SDPBackend.FLASH_ATTENTION),
+        ("cudnn", SDPBackend.CUDNN_ATTENTION),
+        ("efficient", SDPBackend.EFFICIENT_ATTENTION),
+    ):
         try:
             with sdpa_kernel(backend), torch.no_grad():
                 F.scaled_dot_product_attention(q, k, k, attn_mask=mask)
@@ -242,8 +264,9 @@ def sampling_rows(cfg: dict, device, sizes: list[str], clock: Clock, compile_dec
                         continue
                     row = {"objective": name + (f" ({label})" if label else ""), "size": size, "steps": steps}
                     with recorded(row):
-                        row.update(_sample_row(objective, model, model_cfg, latent, text, captions, steps, extra,
-                                               cfg, device))  # fmt: skip
+                        row.update(
+                            _sample_row(objective, model, model_cfg, latent, text, captions, steps, extra, cfg, device)
+                        )
                     rows.append(row)
             del model
             _free(device)
@@ -262,8 +285,13 @@ def _sample_row(objective, model, model_cfg, latent, text, captions, steps, extr
     latency = timed(run(1), device, cfg["latency_repeats"], warmup=1)
     batch_s = timed(run(B), device, cfg["throughput_repeats"], warmup=1)
     flops = objective.sample_flops(model_cfg, latent, text, steps, CFG)
-    return {"latency_ms": 1e3 * latency, "images_per_s": B / batch_s, "batch": B, "GFLOP_image": flops / 1e9,
-            "TFLOP_per_s": B * flops / batch_s / 1e12}  # fmt: skip
+    return {
+        "latency_ms": 1e3 * latency,
+        "images_per_s": B / batch_s,
+        "batch": B,
+        "GFLOP_image": flops / 1e9,
+        "TFLOP_per_s": B * flops / batch_s / 1e12,
+    }
 
 
 @contextlib.contextmanager
@@ -295,8 +323,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--quick", action="store_true", help="tiny sizes and step counts: the mechanics, in seconds")
-    ap.add_argument("--compile", choices=["regional", "none"], default=None,
-                    help="also time the step with compiled Transformer blocks (default: regional on CUDA)")
+    ap.add_argument(
+        "--compile",
+        choices=["regional", "none"],
+        default=None,
+        help="also time the step with compiled Transformer blocks (default: regional on CUDA)",
+    )
     ap.add_argument("--sample-sizes", default=None, help="comma-separated sizes for sampling (default: all)")
     ap.add_argument("--budget-s", type=float, default=450.0, help="stop starting measurements after this long")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (--device cpu)")
@@ -316,21 +348,40 @@ def main(argv: list[str] | None = None) -> dict:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"{gpu}, torch {torch.__version__}: bf16 matmul peak {peak / 1e12:.1f} TFLOP/s (n={n})")
     train = training_rows(cfg, device, peak, compile_mode, clock)
-    print_table(filled(train), f"Training step (bf16 autocast, fused AdamW, clip, EMA), {cfg['side'] ** 2} image "
-                f"+ {cfg['text']} caption tokens; MFU = analytic train_flops / time / measured bf16 peak")
+    print_table(
+        filled(train),
+        f"Training step (bf16 autocast, fused AdamW, clip, EMA), {cfg['side'] ** 2} image "
+        f"+ {cfg['text']} caption tokens; MFU = analytic train_flops / time / measured bf16 peak",
+    )
     sample = sampling_rows(cfg, device, sample_sizes, clock, compile_decode=compile_mode != "none")
-    print_table(filled(sample), f"Sampling (bf16 autocast, CFG {CFG}): latency at batch 1, throughput at batch "
-                        f"{cfg['sample_batch']}")  # fmt: skip
-    goal = {r["objective"]: max(r.get("eager_mfu", 0.0), r.get("compiled_mfu", 0.0)) >= GOAL_MFU
-            for r in train if r["size"] == "L"}  # fmt: skip
+    print_table(
+        filled(sample),
+        f"Sampling (bf16 autocast, CFG {CFG}): latency at batch 1, throughput at batch {cfg['sample_batch']}",
+    )
+    goal = {
+        r["objective"]: max(r.get("eager_mfu", 0.0), r.get("compiled_mfu", 0.0)) >= GOAL_MFU
+        for r in train
+        if r["size"] == "L"
+    }
     if goal:
         print(f"\ngoal MFU ≥ {GOAL_MFU} at L: {goal}")
     if clock.skipped:
         print(f"\nskipped after the {args.budget_s:.0f} s budget: {', '.join(clock.skipped)}")
-    payload = {"device": gpu, "torch": torch.__version__, "quick": args.quick, "peak_bf16_flops": peak,
-               "peak_matmul_n": n, "compile": compile_mode, "cfg_scale": CFG, "training": train, "sampling": sample,
-               "goal_mfu": GOAL_MFU, "goal_met": goal, "skipped": clock.skipped,
-               "seconds": time.perf_counter() - clock.start}  # fmt: skip
+    payload = {
+        "device": gpu,
+        "torch": torch.__version__,
+        "quick": args.quick,
+        "peak_bf16_flops": peak,
+        "peak_matmul_n": n,
+        "compile": compile_mode,
+        "cfg_scale": CFG,
+        "training": train,
+        "sampling": sample,
+        "goal_mfu": GOAL_MFU,
+        "goal_met": goal,
+        "skipped": clock.skipped,
+        "seconds": time.perf_counter() - clock.start,
+    }
     if args.out:
         from synthscale import atomic
 

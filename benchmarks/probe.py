@@ -6,6 +6,7 @@ renders) and how far fd-probe separates real from mismatched images.
 Goals: ≥ 99 % per attribute on held-out renders; fd-probe(real, real′) ≥ 20× smaller than against channel-shuffled
 or blurred images; training the default probe at 32 px in a few minutes on one thread.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,10 +17,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import print_table, write_json  # noqa: E402
-
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+
+from benchmarks.common import print_table, write_json  # noqa: E402
 
 CONFIGS = {"default": {}, "counting": {"counting": True}, "r16": {"resolution": 16}, "r64": {"resolution": 64}}
 
@@ -56,21 +57,37 @@ def main() -> None:
         swapped = q.score(real2[..., [2, 0, 1]])["fd_probe"]  # channel-shuffled: off-palette colours
         blurred = q.score(blur(real2))["fd_probe"]
         ceiling = probe.meta["ceiling"]
-        worst = {s: min((v, k[len("attr_acc_"):]) for k, v in c.items() if k.startswith("attr_acc_"))
-                 for s, c in ceiling.items()}  # fmt: skip
-        rows.append({
-            "config": name, "train_s": probe.meta["train"]["train_seconds"],
-            "train_cpu_s": probe.meta["train"]["train_cpu_seconds"], "total_s": wall,
-            "test_prompt_acc": ceiling["test"]["prompt_acc"], "test_worst_attr": f"{worst['test'][1]} {worst['test'][0]:.4f}",
-            "holdout_prompt_acc": ceiling["holdout"]["prompt_acc"],
-            "holdout_worst_attr": f"{worst['holdout'][1]} {worst['holdout'][0]:.4f}",
-            "fd_real": same, "fd_swap/real": swapped / same, "fd_blur/real": blurred / same,
-        })  # fmt: skip
+        worst = {
+            s: min((v, k[len("attr_acc_") :]) for k, v in c.items() if k.startswith("attr_acc_"))
+            for s, c in ceiling.items()
+        }
+        rows.append(
+            {
+                "config": name,
+                "train_s": probe.meta["train"]["train_seconds"],
+                "train_cpu_s": probe.meta["train"]["train_cpu_seconds"],
+                "total_s": wall,
+                "test_prompt_acc": ceiling["test"]["prompt_acc"],
+                "test_worst_attr": f"{worst['test'][1]} {worst['test'][0]:.4f}",
+                "holdout_prompt_acc": ceiling["holdout"]["prompt_acc"],
+                "holdout_worst_attr": f"{worst['holdout'][1]} {worst['holdout'][0]:.4f}",
+                "fd_real": same,
+                "fd_swap/real": swapped / same,
+                "fd_blur/real": blurred / same,
+            }
+        )
         rows[-1]["ceiling"] = ceiling
         print_table([{k: v for k, v in rows[-1].items() if k != "ceiling"}], f"probe {name}")
     print_table([{k: v for k, v in r.items() if k != "ceiling"} for r in rows], "attribute probes (one thread)")
-    write_json(args.name, {"n": args.n, "probe": dataclasses.asdict(ProbeConfig()), "rows": rows,
-                         "goals": {"attr_acc": 0.99, "fd_ratio": 20}})  # fmt: skip
+    write_json(
+        args.name,
+        {
+            "n": args.n,
+            "probe": dataclasses.asdict(ProbeConfig()),
+            "rows": rows,
+            "goals": {"attr_acc": 0.99, "fd_ratio": 20},
+        },
+    )
 
 
 if __name__ == "__main__":

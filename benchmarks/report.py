@@ -1,6 +1,7 @@
 """Analysis cost: one scaling fit, the whole report of a study, and the fit with OpenBLAS threads left alone (what
 `threadpoolctl` saves). Goal: the report of a default-sized study (3 objectives × 9 milestones) in ≤ 60 s on one
 busy core, so `make demo` can always afford it. Usage: python benchmarks/report.py [--bootstrap 200]"""
+
 from __future__ import annotations
 
 import argparse
@@ -10,7 +11,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import median_time, print_table, write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the synthetic study lives in tests/fixtures
@@ -48,13 +48,21 @@ def main() -> None:
         t = time.perf_counter()
         build_report(tmp, n_boot=args.bootstrap)
         t_report = time.perf_counter() - t
-    rows.append({"what": f"report of the synthetic study ({n_records} records), {args.bootstrap} bootstrap refits",
-                 "seconds": t_report})
+    rows.append(
+        {
+            "what": f"report of the synthetic study ({n_records} records), {args.bootstrap} bootstrap refits",
+            "seconds": t_report,
+        }
+    )
     print_table(rows, "Analysis cost (wall seconds, median of 3 for fits; other processes may share the CPU)")
-    print(f"\nreport goal ≤ {GOAL_S:.0f} s: {'met' if t_report <= GOAL_S else 'NOT met'}; one BLAS thread makes a fit "
-          f"{t_threads / t_one:.1f}× faster")
-    write_json("report", {"rows": rows, "goal_report_s": GOAL_S, "bootstrap": args.bootstrap,
-                          "blas_thread_speedup": t_threads / t_one})
+    print(
+        f"\nreport goal ≤ {GOAL_S:.0f} s: {'met' if t_report <= GOAL_S else 'NOT met'}; one BLAS thread makes a fit "
+        f"{t_threads / t_one:.1f}× faster"
+    )
+    write_json(
+        "report",
+        {"rows": rows, "goal_report_s": GOAL_S, "bootstrap": args.bootstrap, "blas_thread_speedup": t_threads / t_one},
+    )
 
 
 if __name__ == "__main__":

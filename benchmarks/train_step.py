@@ -10,14 +10,15 @@ Goal: ≥ 0.6 of the float32 peak at 6x192 with 64 image tokens. The optimizer i
 Usage: python benchmarks/train_step.py [--threads 1] [--batch 32] [--repeats 5] [--device cpu|cuda] [--compile]
        [--objectives flow masked autoregressive] [--sizes 4x128 6x192]
 """
+
 from __future__ import annotations
 
 import argparse
 import contextlib
 
 import torch
-
 from common import median_time, print_table, write_json
+
 from synthscale.config import ModelConfig, ObjectiveConfig, TrainConfig
 from synthscale.data.latents import LatentSpec, TextSpec
 from synthscale.objectives import get_objective
@@ -36,7 +37,7 @@ def sync(device: str) -> None:
 def matmul_peak(dtype: torch.dtype, device: str, repeats: int) -> tuple[float, int]:
     """Best FLOP/s over square matmuls of a few sizes (the size that fits the cache/cores best wins)."""
     best = (0.0, 0)
-    for n in ((1024, 2048, 4096) if device == "cuda" else (512, 1024, 2048)):
+    for n in (1024, 2048, 4096) if device == "cuda" else (512, 1024, 2048):
         a = torch.randn(n, n, device=device, dtype=dtype)
         b = torch.randn(n, n, device=device, dtype=dtype)
 
@@ -120,12 +121,19 @@ def main() -> None:
                 width = int(size.split("x")[1])
                 mlp_peak = shape_peak(args.batch * (side * side + TEXT.max_length), width, dev, args.repeats)
                 row = {
-                    "objective": name, "size": size, "img_tokens": side * side, "batch": args.batch,
+                    "objective": name,
+                    "size": size,
+                    "img_tokens": side * side,
+                    "batch": args.batch,
                     "GFLOP_step": flops / 1e9,
-                    "fp32_ms": 1e3 * t32, "fp32_GFLOPs": flops / t32 / 1e9, "fp32_of_peak": flops / t32 / peak32,
+                    "fp32_ms": 1e3 * t32,
+                    "fp32_GFLOPs": flops / t32 / 1e9,
+                    "fp32_of_peak": flops / t32 / peak32,
                     "fp32_of_mlp_mm": flops / t32 / mlp_peak,
-                    "bf16_ms": 1e3 * t16, "bf16_GFLOPs": flops / t16 / 1e9, "bf16_of_peak": flops / t16 / peak16,
-                }  # fmt: skip
+                    "bf16_ms": 1e3 * t16,
+                    "bf16_GFLOPs": flops / t16 / 1e9,
+                    "bf16_of_peak": flops / t16 / peak16,
+                }
                 if args.compile:
                     tc, _ = step_time(obj, ModelConfig(size=size), side, args.batch, args.repeats, dev, False, True)
                     row.update(compiled_fp32_ms=1e3 * tc, compiled_fp32_GFLOPs=flops / tc / 1e9)
@@ -137,14 +145,28 @@ def main() -> None:
         if args.compile:
             r["compiled_fp32_of_peak"] = r["compiled_fp32_GFLOPs"] * 1e9 / peak32
     goal = [r for r in rows if r["size"] == "6x192" and r["img_tokens"] == 64]
-    print(f"matmul peak: float32 {peak32 / 1e9:.1f} GFLOP/s (n={n32}), bf16 {peak16 / 1e9:.1f} GFLOP/s (n={n16}); "
-          f"{args.threads} thread(s), device {dev}")
-    print_table(rows, f"Training step (loss + backward + AdamW), {TEXT.max_length} caption tokens, codebook {VOCAB}; "
-                f"achieved = analytic train_flops / median step time")
+    print(
+        f"matmul peak: float32 {peak32 / 1e9:.1f} GFLOP/s (n={n32}), bf16 {peak16 / 1e9:.1f} GFLOP/s (n={n16}); "
+        f"{args.threads} thread(s), device {dev}"
+    )
+    print_table(
+        rows,
+        f"Training step (loss + backward + AdamW), {TEXT.max_length} caption tokens, codebook {VOCAB}; "
+        f"achieved = analytic train_flops / median step time",
+    )
     met = {r["objective"]: r["fp32_of_peak"] >= GOAL for r in goal}
     print(f"\ngoal ≥ {GOAL} of the float32 peak at 6x192, 64 tokens: {met}")
-    write_json(f"train_step_{dev}", {"rows": rows, "peak_fp32_flops": peak32, "peak_bf16_flops": peak16,
-                                     "threads": args.threads, "goal_fraction": GOAL, "goal_met": met})
+    write_json(
+        f"train_step_{dev}",
+        {
+            "rows": rows,
+            "peak_fp32_flops": peak32,
+            "peak_bf16_flops": peak16,
+            "threads": args.threads,
+            "goal_fraction": GOAL,
+            "goal_met": met,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ reported apart (a real run writes a handful of milestones and one checkpoint per
 Usage: python benchmarks/trainer_overhead.py [--size 4x128] [--batch 32] [--steps 40] [--repeats 3]
 (about 4 minutes of one core at the defaults)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import print_table, write_json
+
 from synthscale.config import RunConfig, load
 from synthscale.objectives import get_objective
 from synthscale.train import list_checkpoints, train
@@ -32,8 +33,11 @@ GOAL = 0.05
 
 def run_config(size: str, batch: int, steps: int) -> RunConfig:
     # trainer defaults otherwise: log_every=10, milestones 4 per decade, checkpoint_every=200
-    cfg = load(RunConfig, None, ["random_latents=continuous:4x8x8", f"model.size={size}", "data.size=4096",
-                                 f"train.batch_size={batch}"])  # fmt: skip
+    cfg = load(
+        RunConfig,
+        None,
+        ["random_latents=continuous:4x8x8", f"model.size={size}", "data.size=4096", f"train.batch_size={batch}"],
+    )
     src = open_source(cfg)
     fps = get_objective(cfg.objective).train_flops(cfg.model, src.spec, src.text_spec, batch)
     cfg.train.budget_flops = float(fps * steps)
@@ -117,24 +121,51 @@ def main() -> None:
     overhead_cpu, overhead_wall = med(full_c) / med(bare_c) - 1, med(full_w) / med(bare_w) - 1
     per_save = outside / max(saves, 1)  # includes the run's setup (model build, first imports): an upper bound
     rows = [
-        {"loop": "bare fwd/bwd/AdamW", "cpu_ms_per_step": 1e3 * med(bare_c), "wall_ms_per_step": 1e3 * med(bare_w),
-         "images_per_cpu_s": args.batch / med(bare_c), "overhead_cpu": "", "overhead_wall": ""},
-        {"loop": "synthscale trainer", "cpu_ms_per_step": 1e3 * med(full_c), "wall_ms_per_step": 1e3 * med(full_w),
-         "images_per_cpu_s": args.batch / med(full_c), "overhead_cpu": f"{100 * overhead_cpu:+.1f} %",
-         "overhead_wall": f"{100 * overhead_wall:+.1f} %"},
-    ]  # fmt: skip
-    print_table(rows, f"Trainer overhead: flow {args.size}, batch {args.batch}, 8x8x4 latents, one thread, medians "
-                      f"of {len(bare_c)} / {len(full_c)} steps (other processes share this machine: CPU time is "
-                      "the steadier measure)")  # fmt: skip
-    print(f"\nsetup + checkpoint writes outside the step loop: {1e3 * per_save:.0f} ms per checkpoint "
-          f"({saves} checkpoints in {args.repeats} runs); at checkpoint_every=200 that adds "
-          f"{100 * per_save / (200 * med(full_w)):.2f} % to a run")
+        {
+            "loop": "bare fwd/bwd/AdamW",
+            "cpu_ms_per_step": 1e3 * med(bare_c),
+            "wall_ms_per_step": 1e3 * med(bare_w),
+            "images_per_cpu_s": args.batch / med(bare_c),
+            "overhead_cpu": "",
+            "overhead_wall": "",
+        },
+        {
+            "loop": "synthscale trainer",
+            "cpu_ms_per_step": 1e3 * med(full_c),
+            "wall_ms_per_step": 1e3 * med(full_w),
+            "images_per_cpu_s": args.batch / med(full_c),
+            "overhead_cpu": f"{100 * overhead_cpu:+.1f} %",
+            "overhead_wall": f"{100 * overhead_wall:+.1f} %",
+        },
+    ]
+    print_table(
+        rows,
+        f"Trainer overhead: flow {args.size}, batch {args.batch}, 8x8x4 latents, one thread, medians "
+        f"of {len(bare_c)} / {len(full_c)} steps (other processes share this machine: CPU time is "
+        "the steadier measure)",
+    )
+    print(
+        f"\nsetup + checkpoint writes outside the step loop: {1e3 * per_save:.0f} ms per checkpoint "
+        f"({saves} checkpoints in {args.repeats} runs); at checkpoint_every=200 that adds "
+        f"{100 * per_save / (200 * med(full_w)):.2f} % to a run"
+    )
     overhead = overhead_cpu
     print(f"goal ≤ {100 * GOAL:.0f} % step overhead (CPU time): {'met' if overhead <= GOAL else 'NOT met'}")
-    write_json("trainer_overhead", {"rows": rows, "overhead_cpu": overhead_cpu, "overhead_wall": overhead_wall,
-                                    "goal": GOAL, "met": overhead <= GOAL,
-                                    "seconds_per_checkpoint_incl_setup": per_save, "size": args.size,
-                                    "batch": args.batch, "steps": args.steps, "repeats": args.repeats})  # fmt: skip
+    write_json(
+        "trainer_overhead",
+        {
+            "rows": rows,
+            "overhead_cpu": overhead_cpu,
+            "overhead_wall": overhead_wall,
+            "goal": GOAL,
+            "met": overhead <= GOAL,
+            "seconds_per_checkpoint_incl_setup": per_save,
+            "size": args.size,
+            "batch": args.batch,
+            "steps": args.steps,
+            "repeats": args.repeats,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -1,19 +1,19 @@
 """User-data throughput on one core: indexing a folder / shards, reading items (decode + resize + crop), writing
 shards, and what JPEG draft decoding buys. Images are loaded once, to build the latent cache, so the number that
 matters is core-hours per million images. Usage: python benchmarks/userdata.py [--n 400]"""
+
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import median_time, print_table, write_json
 from PIL import Image
 
-from common import median_time, print_table, write_json
 from synthscale.config import DataConfig
 from synthscale.data import get_dataset
 from synthscale.data.imagefit import decode, fit_image
@@ -53,19 +53,37 @@ def main() -> None:
         make_folder(src, args.n, (512, 384))
         n = args.n
         t = median_time(lambda: write_shards(src, out, shard_size=100, overwrite=True), repeats=3)
-        rows.append({"what": "write shards (full decode check + copy)", "resolution": "-", "per_s": n / t,
-                     "core_h_per_1M": 1e6 / (n / t) / 3600})  # fmt: skip
+        rows.append(
+            {
+                "what": "write shards (full decode check + copy)",
+                "resolution": "-",
+                "per_s": n / t,
+                "core_h_per_1M": 1e6 / (n / t) / 3600,
+            }
+        )
         for dataset, path in (("folder", src), ("shards", out)):
             cfg = DataConfig(dataset=dataset, path=str(path), size=n, val_fraction=0.0, test_fraction=0.0)
             t = median_time(lambda: (_index_once.cache_clear(), get_dataset(cfg, "train")), repeats=3)  # cold index
-            rows.append({"what": f"{dataset}: index train split", "resolution": "-", "per_s": n / t,
-                         "core_h_per_1M": 1e6 / (n / t) / 3600})  # fmt: skip
+            rows.append(
+                {
+                    "what": f"{dataset}: index train split",
+                    "resolution": "-",
+                    "per_s": n / t,
+                    "core_h_per_1M": 1e6 / (n / t) / 3600,
+                }
+            )
             for res in (64, 256):
                 cfg.resolution = res
                 ds = get_dataset(cfg, "train")
                 t = median_time(lambda: [ds[i] for i in range(n)], repeats=3)
-                rows.append({"what": f"{dataset}: read items", "resolution": res, "per_s": n / t,
-                             "core_h_per_1M": 1e6 / (n / t) / 3600})  # fmt: skip
+                rows.append(
+                    {
+                        "what": f"{dataset}: read items",
+                        "resolution": res,
+                        "per_s": n / t,
+                        "core_h_per_1M": 1e6 / (n / t) / 3600,
+                    }
+                )
         # what Image.draft buys: the same 512×384 JPEG to 64×64, DCT-scaled decode vs full decode
         data = [(src / f"img{i:05d}.jpg").read_bytes() for i in range(min(n, 100))]
         cfg = DataConfig(dataset="folder", resolution=64)
@@ -79,14 +97,35 @@ def main() -> None:
 
         t_full = median_time(lambda: [full(d) for d in data], repeats=5)
         diff = max(np.abs(fit_image(d, cfg, bg).astype(int) - full(d).astype(int)).mean() for d in data[:20])
-        rows.append({"what": "fit 512x384 JPEG, draft decode", "resolution": 64, "per_s": len(data) / t_draft,
-                     "core_h_per_1M": 1e6 / (len(data) / t_draft) / 3600})  # fmt: skip
-        rows.append({"what": "fit 512x384 JPEG, full decode", "resolution": 64, "per_s": len(data) / t_full,
-                     "core_h_per_1M": 1e6 / (len(data) / t_full) / 3600})  # fmt: skip
+        rows.append(
+            {
+                "what": "fit 512x384 JPEG, draft decode",
+                "resolution": 64,
+                "per_s": len(data) / t_draft,
+                "core_h_per_1M": 1e6 / (len(data) / t_draft) / 3600,
+            }
+        )
+        rows.append(
+            {
+                "what": "fit 512x384 JPEG, full decode",
+                "resolution": 64,
+                "per_s": len(data) / t_full,
+                "core_h_per_1M": 1e6 / (len(data) / t_full) / 3600,
+            }
+        )
     print_table(rows, f"User data on one core ({n} photo-like 512×384 JPEGs, median of 3; per_s = items/s)")
     print(f"draft decode speed-up {t_full / t_draft:.2f}×; mean |Δ| pixel vs full decode ≤ {diff:.2f} (0–255)")
-    write_json("userdata", {"rows": rows, "n": n, "source": "512x384 JPEG q90", "draft_speedup": t_full / t_draft,
-                            "draft_mean_abs_pixel_diff": diff, "threads": 1})  # fmt: skip
+    write_json(
+        "userdata",
+        {
+            "rows": rows,
+            "n": n,
+            "source": "512x384 JPEG q90",
+            "draft_speedup": t_full / t_draft,
+            "draft_mean_abs_pixel_diff": diff,
+            "threads": 1,
+        },
+    )
 
 
 if __name__ == "__main__":

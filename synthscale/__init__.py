@@ -1,4 +1,5 @@
 """synthscale: compute-controlled comparison of diffusion, masked-token and next-token image synthesis."""
+
 import os
 
 # OpenMP spin-waiting stalls a 2-core machine whose second core is busy (DESIGN.md, Threads). This must be

@@ -1,13 +1,15 @@
 """Atomic file writes: temp file in the same folder, fsync, rename. A crash or a full disk never leaves a
 half-written file under the final name, and never touches an earlier file of that name."""
+
 from __future__ import annotations
 
 import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 @contextlib.contextmanager

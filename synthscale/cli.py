@@ -1,4 +1,5 @@
 """The `synthscale` command. Thin: each subcommand parses its arguments, then calls its stage's function."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,8 +13,12 @@ from synthscale.config import ConfigError
 
 def _compute_args(p: argparse.ArgumentParser) -> None:
     """Arguments every compute command takes."""
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads (default: torch's choice; 1 is safest on a busy 2-core machine)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's choice; 1 is safest on a busy 2-core machine)",
+    )
 
 
 def _apply_threads(args: argparse.Namespace) -> None:
@@ -33,8 +38,12 @@ def _data_config(args: argparse.Namespace):
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="shapes", choices=["shapes", "folder", "shards"],
-                   help="which dataset (default: shapes; folder/shards also need --set path=DIR)")
+    p.add_argument(
+        "--dataset",
+        default="shapes",
+        choices=["shapes", "folder", "shards"],
+        help="which dataset (default: shapes; folder/shards also need --set path=DIR)",
+    )
     p.add_argument("--config", type=Path, default=None, help="a YAML data config (keys of DataConfig)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a data config key, e.g. resolution=64")
     p.add_argument("--split", default="train", choices=["train", "val", "test", "holdout"])
@@ -77,8 +86,10 @@ def cmd_data_shard(args: argparse.Namespace) -> int:
 
     m = write_shards(args.src, args.out, shard_size=args.shard_size, overwrite=args.overwrite, progress=True)
     size = sum(s["bytes"] for s in m["shards"])
-    print(f"wrote {m['items']} items in {len(m['shards'])} shards ({size / 2**20:.1f} MiB) to {args.out}; "
-          f"skipped {m['skipped_count']} (listed in {args.out / MANIFEST})")
+    print(
+        f"wrote {m['items']} items in {len(m['shards'])} shards ({size / 2**20:.1f} MiB) to {args.out}; "
+        f"skipped {m['skipped_count']} (listed in {args.out / MANIFEST})"
+    )
     for s in m["skipped"][:10]:
         print(f"  skipped {s['where']}: {s['reason']}")
     return 0
@@ -103,8 +114,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"synthscale: error: {e}", file=sys.stderr)
         return 1
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one report
-        print(f"done: {summary['steps']} steps, {summary['train_flops']:.4g} / {summary['budget_flops']:.4g} FLOPs, "
-              f"final loss {summary['final_loss']:.4f}, {len(summary['checkpoints'])} checkpoints in {args.out}")
+        print(
+            f"done: {summary['steps']} steps, {summary['train_flops']:.4g} / {summary['budget_flops']:.4g} FLOPs, "
+            f"final loss {summary['final_loss']:.4f}, {len(summary['checkpoints'])} checkpoints in {args.out}"
+        )
     return 0
 
 
@@ -119,28 +132,42 @@ def cmd_autoencoder_train(args: argparse.Namespace) -> int:
     s = train_autoencoder(cfg, args.out, progress=not args.quiet)
     scale = f", latent shift {s['latent_shift']:.4g} scale {s['latent_scale']:.4g}" if "latent_scale" in s else ""
     if "pretrained" in s:  # a frozen diffusers autoencoder: nothing trained, its latent scale measured
-        print(f"prepared {s['name']} from {s['pretrained']} (frozen){scale} on {s['scale_items']} train images, "
-              f"PSNR {s['final']['psnr_batch']:.2f} dB on the first 64; wrote {args.out}")  # fmt: skip
+        print(
+            f"prepared {s['name']} from {s['pretrained']} (frozen){scale} on {s['scale_items']} train images, "
+            f"PSNR {s['final']['psnr_batch']:.2f} dB on the first 64; wrote {args.out}"
+        )
         return 0
-    print(f"trained {s['name']}: {s['steps']} steps in {s['train_s']:.0f} s ({s['images_per_s']:.0f} img/s; "
-          f"{s['total_s']:.0f} s with rendering), final batch PSNR {s['final']['psnr_batch']:.2f} dB{scale}; "
-          f"wrote {args.out}")  # fmt: skip
+    print(
+        f"trained {s['name']}: {s['steps']} steps in {s['train_s']:.0f} s ({s['images_per_s']:.0f} img/s; "
+        f"{s['total_s']:.0f} s with rendering), final batch PSNR {s['final']['psnr_batch']:.2f} dB{scale}; "
+        f"wrote {args.out}"
+    )
     return 0
 
 
 def cmd_autoencoder_eval(args: argparse.Namespace) -> int:
     from synthscale.autoencoders.train import evaluate_autoencoder
 
-    r = evaluate_autoencoder(args.dir, split=args.split, limit=args.limit, grid=0 if args.no_grid else 16,
-                             progress=not args.quiet and not args.json)  # fmt: skip
+    r = evaluate_autoencoder(
+        args.dir,
+        split=args.split,
+        limit=args.limit,
+        grid=0 if args.no_grid else 16,
+        progress=not args.quiet and not args.json,
+    )
     if args.json:
         print(json.dumps(r, indent=2))
     else:
         m = r["metrics"]
-        extra = (f", codebook usage {100 * m['codebook_usage']:.1f}%, perplexity {m['perplexity']:.1f}"
-                 if "codebook_usage" in m else "")  # fmt: skip
-        print(f"{r['name']} on {r['instruments']['n']} {args.split} images: PSNR {m['psnr']:.2f} dB, "
-              f"SSIM {m['ssim']:.4f}, L1 {m['l1']:.4f}{extra}" + (f"; grid {r['grid']}" if "grid" in r else ""))
+        extra = (
+            f", codebook usage {100 * m['codebook_usage']:.1f}%, perplexity {m['perplexity']:.1f}"
+            if "codebook_usage" in m
+            else ""
+        )
+        print(
+            f"{r['name']} on {r['instruments']['n']} {args.split} images: PSNR {m['psnr']:.2f} dB, "
+            f"SSIM {m['ssim']:.4f}, L1 {m['l1']:.4f}{extra}" + (f"; grid {r['grid']}" if "grid" in r else "")
+        )
     return 0
 
 
@@ -154,8 +181,11 @@ def cmd_autoencoder_cache(args: argparse.Namespace) -> int:
     from synthscale.data.text import tokenizer_for
 
     ae = load_autoencoder(args.dir)
-    data = from_dict(DataConfig, apply_overrides(DataConfig, dataclasses.asdict(ae.cfg.data), args.set or []),
-                     source=f"{args.dir} data config with --set")  # fmt: skip
+    data = from_dict(
+        DataConfig,
+        apply_overrides(DataConfig, dataclasses.asdict(ae.cfg.data), args.set or []),
+        source=f"{args.dir} data config with --set",
+    )
     cache = build_cache(ae, get_dataset(data, args.split), tokenizer_for(data), args.root, progress=not args.quiet)
     print(f"{len(cache)} {args.split} items of {ae.name} at {cache.path}: {cache.spec}")
     return 0
@@ -176,8 +206,12 @@ def cmd_flops(args: argparse.Namespace) -> int:
     side = math.isqrt(max(args.tokens, 0))
     if args.tokens < 1 or side * side != args.tokens:
         raise ConfigError(f"--tokens must be a square number of image tokens (e.g. 64, 256), got {args.tokens}")
-    for flag, value in (("--text-tokens", args.text_tokens), ("--patch-size", args.patch_size),
-                        ("--channels", args.channels), ("--vocab", args.vocab)):
+    for flag, value in (
+        ("--text-tokens", args.text_tokens),
+        ("--patch-size", args.patch_size),
+        ("--channels", args.channels),
+        ("--vocab", args.vocab),
+    ):
         if value < 1:
             raise ConfigError(f"{flag} must be ≥ 1, got {value}")
     objective = get_objective(ObjectiveConfig(name=args.objective, sampler=args.sampler))
@@ -217,12 +251,15 @@ def cmd_study(args: argparse.Namespace) -> int:
         study = load_study(args.spec, args.set)
         print(dry_run(plan_study(study, args.out, spec_dir=args.spec.resolve().parent)))
         return 0
-    result = run_study(args.spec, args.out, args.set, executor=args.executor, workers=args.workers,
-                       progress=not args.quiet)  # fmt: skip
+    result = run_study(
+        args.spec, args.out, args.set, executor=args.executor, workers=args.workers, progress=not args.quiet
+    )
     states = result["states"]
     failed = [i for i, v in states.items() if v in ("failed", "blocked")]
-    print(f"study finished in {result['seconds'] / 60:.1f} min: {sum(v == 'done' for v in states.values())} stages "
-          f"done, {len(failed)} failed or blocked")  # fmt: skip
+    print(
+        f"study finished in {result['seconds'] / 60:.1f} min: {sum(v == 'done' for v in states.values())} stages "
+        f"done, {len(failed)} failed or blocked"
+    )
     for i in failed:
         print(f"  {states[i]}: {i}")
     report = result["report"]
@@ -257,15 +294,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             except ValueError as e:
                 raise ConfigError(f"--steps: {e}") from None
         cfgs = args.cfg or [settings.cfg_scale]
-        plan = product_settings(args.run_dir, args.milestones or "all", args.weights or ["ema", "raw"],
-                                args.steps or [objective.default_steps(spec)], cfgs, speed=args.speed)  # fmt: skip
+        plan = product_settings(
+            args.run_dir,
+            args.milestones or "all",
+            args.weights or ["ema", "raw"],
+            args.steps or [objective.default_steps(spec)],
+            cfgs,
+            speed=args.speed,
+        )
     probe = load_or_train_probe(run_cfg.data, args.probe_cache, progress=not args.quiet)  # after the checks: minutes
     records = evaluate_run(args.run_dir, probe, settings, plan=plan, progress=not args.quiet)
     for r in sorted(records, key=lambda r: (r.train_flops, r.weights, r.steps, r.cfg_scale)):
         m = r.metrics
-        print(f"{r.train_flops:10.3g} FLOPs {r.weights:3} steps {r.steps:4} cfg {r.cfg_scale:<4g} "
-              f"fd-probe {m.get('fd_probe', float('nan')):8.3f}  prompt {m.get('prompt_acc', float('nan')):.3f}  "
-              f"loss {m.get('loss', float('nan')):.4f}")  # fmt: skip
+        print(
+            f"{r.train_flops:10.3g} FLOPs {r.weights:3} steps {r.steps:4} cfg {r.cfg_scale:<4g} "
+            f"fd-probe {m.get('fd_probe', float('nan')):8.3f}  prompt {m.get('prompt_acc', float('nan')):.3f}  "
+            f"loss {m.get('loss', float('nan')):.4f}"
+        )
     print(f"records: {Path(args.run_dir) / 'eval' / 'records.jsonl'}")
     return 0
 
@@ -287,9 +332,13 @@ def cmd_results(args: argparse.Namespace) -> int:
             if not (args.csv or args.parquet):
                 runs = Counter(r["status"] for r in store.runs())
                 recs = Counter(r["objective"] for r in store.records())
-                print(f"{store.path}: runs " + (", ".join(f"{n} {s}" for s, n in sorted(runs.items())) or "none")
-                      + "; records " + (", ".join(f"{n} {o}" for o, n in sorted(recs.items())) or "none")
-                      + f"; {len(store.autoencoders())} autoencoders, {len(store.artifacts())} artifacts")
+                print(
+                    f"{store.path}: runs "
+                    + (", ".join(f"{n} {s}" for s, n in sorted(runs.items())) or "none")
+                    + "; records "
+                    + (", ".join(f"{n} {o}" for o, n in sorted(recs.items())) or "none")
+                    + f"; {len(store.autoencoders())} autoencoders, {len(store.artifacts())} artifacts"
+                )
     except ResultsError as e:
         print(f"synthscale: error: {e}", file=sys.stderr)
         return 2
@@ -350,11 +399,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_data_stats)
 
-    p = data_sub.add_parser("shard", help="write an image folder with captions as webdataset tar shards",
-                            description="Write SRC (images + captions.jsonl / captions.csv / name.txt sidecars) as "
-                            "shard-NNNNNN.tar files ({key}.png|jpg + {key}.txt [+ {key}.json]) and manifest.json. "
-                            "Unreadable images are skipped and listed in the manifest. Read them back with "
-                            "--dataset shards --set path=OUT.")  # fmt: skip
+    p = data_sub.add_parser(
+        "shard",
+        help="write an image folder with captions as webdataset tar shards",
+        description="Write SRC (images + captions.jsonl / captions.csv / name.txt sidecars) as "
+        "shard-NNNNNN.tar files ({key}.png|jpg + {key}.txt [+ {key}.json]) and manifest.json. "
+        "Unreadable images are skipped and listed in the manifest. Read them back with "
+        "--dataset shards --set path=OUT.",
+    )
     p.add_argument("src", type=Path, help="the image folder")
     p.add_argument("--out", type=Path, required=True, help="folder to write the shards into")
     p.add_argument("--shard-size", type=int, default=1000, help="items per shard (default 1000)")
@@ -363,18 +415,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     ae = sub.add_parser("autoencoder", help="train, evaluate and cache image autoencoders")
     ae_sub = ae.add_subparsers(dest="autoencoder_command", required=True, metavar="ACTION")
-    p = ae_sub.add_parser("train", help="train an autoencoder from a config (e.g. configs/autoencoders/kl-f4c4.yaml)",
-                          description="Train an autoencoder from scratch and write DIR/model.safetensors, "
-                          "DIR/config.json and DIR/train.json (atomically). Deterministic for train.seed.")  # fmt: skip
+    p = ae_sub.add_parser(
+        "train",
+        help="train an autoencoder from a config (e.g. configs/autoencoders/kl-f4c4.yaml)",
+        description="Train an autoencoder from scratch and write DIR/model.safetensors, "
+        "DIR/config.json and DIR/train.json (atomically). Deterministic for train.seed.",
+    )
     p.add_argument("--config", type=Path, default=None, help="a YAML autoencoder config (keys of AutoencoderConfig)")
     p.add_argument("--out", type=Path, required=True, help="the model folder to write")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.steps=500")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _compute_args(p)
     p.set_defaults(func=cmd_autoencoder_train)
-    p = ae_sub.add_parser("eval", help="PSNR, SSIM, L1 (+ codebook usage, perplexity) and a reconstruction grid",
-                          description="Reconstruct a split (default: test) and write DIR/eval.json and "
-                          "DIR/reconstructions.png (originals beside reconstructions).")  # fmt: skip
+    p = ae_sub.add_parser(
+        "eval",
+        help="PSNR, SSIM, L1 (+ codebook usage, perplexity) and a reconstruction grid",
+        description="Reconstruct a split (default: test) and write DIR/eval.json and "
+        "DIR/reconstructions.png (originals beside reconstructions).",
+    )
     p.add_argument("dir", type=Path, help="a model folder written by `synthscale autoencoder train`")
     p.add_argument("--split", default="test", choices=["train", "val", "test", "holdout"])
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N images (default 0 = all)")
@@ -383,23 +441,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _compute_args(p)
     p.set_defaults(func=cmd_autoencoder_eval)
-    p = ae_sub.add_parser("cache", help="encode a dataset split once into the latent cache",
-                          description="Encode a split with the autoencoder in DIR into ROOT/<key>/ (key = hash of "
-                          "data config + split, autoencoder weights, tokenizer). Resumes an interrupted build; "
-                          "a complete cache is reused.")  # fmt: skip
+    p = ae_sub.add_parser(
+        "cache",
+        help="encode a dataset split once into the latent cache",
+        description="Encode a split with the autoencoder in DIR into ROOT/<key>/ (key = hash of "
+        "data config + split, autoencoder weights, tokenizer). Resumes an interrupted build; "
+        "a complete cache is reused.",
+    )
     p.add_argument("dir", type=Path, help="a model folder written by `synthscale autoencoder train`")
     p.add_argument("--root", type=Path, required=True, help="the cache root folder")
     p.add_argument("--split", default="train", choices=["train", "val", "test", "holdout"])
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override the autoencoder's data config for the cached data, e.g. size=5000")  # fmt: skip
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override the autoencoder's data config for the cached data, e.g. size=5000",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _compute_args(p)
     p.set_defaults(func=cmd_autoencoder_cache)
 
-    p = sub.add_parser("flops", help="parameters and analytic FLOPs of a model size × objective",
-                       description="Parameters (total, non-embedding) and FLOPs/MACs per forward, per training "
-                       "example and per sampled image (every step count of the objective, with and without CFG); "
-                       "the caption encoder is its own column.")  # fmt: skip
+    p = sub.add_parser(
+        "flops",
+        help="parameters and analytic FLOPs of a model size × objective",
+        description="Parameters (total, non-embedding) and FLOPs/MACs per forward, per training "
+        "example and per sampled image (every step count of the objective, with and without CFG); "
+        "the caption encoder is its own column.",
+    )
     p.add_argument("--size", default="B", help="a model size preset: S, B, L, XL, 2x64, 4x128, 6x192, 8x256")
     p.add_argument("--objective", default="flow", help="flow, masked or autoregressive (default flow)")
     p.add_argument("--tokens", type=int, default=256, help="image tokens in the sequence (after patchify; a square)")
@@ -413,79 +481,121 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_flops)
 
-    p = sub.add_parser("train", help="train a generator to a FLOPs budget (torchrun for several processes)",
-                       description="Train one generator until its training-FLOPs budget, with milestone checkpoints. "
-                       "Resumes from the newest intact checkpoint in --out. Under `torchrun --nproc_per_node=N -m "
-                       "synthscale train ...` the processes train together (DDP; train.parallel=fsdp for FSDP2).")
-    p.add_argument("--config", type=Path, default=None, help="a YAML run config (keys of RunConfig), e.g. configs/train/smoke.yaml")
+    p = sub.add_parser(
+        "train",
+        help="train a generator to a FLOPs budget (torchrun for several processes)",
+        description="Train one generator until its training-FLOPs budget, with milestone checkpoints. "
+        "Resumes from the newest intact checkpoint in --out. Under `torchrun --nproc_per_node=N -m "
+        "synthscale train ...` the processes train together (DDP; train.parallel=fsdp for FSDP2).",
+    )
+    p.add_argument(
+        "--config", type=Path, default=None, help="a YAML run config (keys of RunConfig), e.g. configs/train/smoke.yaml"
+    )
     p.add_argument("--out", type=Path, required=True, help="the run directory (created; resumed when it exists)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.lr=1e-3")
-    p.add_argument("--budget", type=float, default=None, help="training FLOPs budget (sets train.budget_flops), e.g. 3e13")
+    p.add_argument(
+        "--budget", type=float, default=None, help="training FLOPs budget (sets train.budget_flops), e.g. 3e13"
+    )
     p.add_argument("--no-resume", action="store_true", help="refuse to continue a run dir that has checkpoints")
     p.add_argument("--quiet", action="store_true", help="no progress bar (metrics.jsonl and TensorBoard still written)")
     _compute_args(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("study", help="run (or resume) a study grid and write its report",
-                       description="Expand a study spec into stages (autoencoders, probe, caches, training runs, "
-                                   "evaluations), run those not yet done, and write the report. Re-running resumes.")
+    p = sub.add_parser(
+        "study",
+        help="run (or resume) a study grid and write its report",
+        description="Expand a study spec into stages (autoencoders, probe, caches, training runs, "
+        "evaluations), run those not yet done, and write the report. Re-running resumes.",
+    )
     p.add_argument("spec", type=Path, help="study spec YAML, e.g. configs/studies/default.yaml")
     p.add_argument("--out", type=Path, required=True, help="study folder (created; reused on re-runs)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a study key, e.g. budgets=[1e12]")
     p.add_argument("--dry-run", action="store_true", help="print the stages and estimated FLOPs; run nothing")
-    p.add_argument("--executor", choices=["sequential", "processes", "slurm", "ray"], default=None,
-                   help="default: the spec's (slurm/ray: cluster jobs, configured by the spec's cluster: section)")
-    p.add_argument("--workers", type=int, default=None, help="stages at once: worker processes, or cluster jobs in flight")
+    p.add_argument(
+        "--executor",
+        choices=["sequential", "processes", "slurm", "ray"],
+        default=None,
+        help="default: the spec's (slurm/ray: cluster jobs, configured by the spec's cluster: section)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=None, help="stages at once: worker processes, or cluster jobs in flight"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _compute_args(p)
     p.set_defaults(func=cmd_study)
 
-    p = sub.add_parser("evaluate", help="sample and score a trained run at its milestones",
-                       description="Generate from fixed test prompts with fixed seeds, score quality (fd-probe, KID), "
-                                   "prompt following and validation loss; append records to RUN_DIR/eval/.")
+    p = sub.add_parser(
+        "evaluate",
+        help="sample and score a trained run at its milestones",
+        description="Generate from fixed test prompts with fixed seeds, score quality (fd-probe, KID), "
+        "prompt following and validation loss; append records to RUN_DIR/eval/.",
+    )
     p.add_argument("run_dir", type=Path)
     p.add_argument("--milestones", choices=["all", "last"], default=None)
     p.add_argument("--steps", type=_csv(int), default=None, help="sampling steps, e.g. 4,10,20,50,100")
-    p.add_argument("--cfg", type=_cfg_list, default=None,
-                   help="guidance scales, e.g. 1,2,3; or 'best': chosen on validation prompts, reported on test")
+    p.add_argument(
+        "--cfg",
+        type=_cfg_list,
+        default=None,
+        help="guidance scales, e.g. 1,2,3; or 'best': chosen on validation prompts, reported on test",
+    )
     p.add_argument("--weights", type=_csv(str), default=None, help="ema,raw")
     p.add_argument("--n", type=int, default=256, help="test prompts per setting (default 256)")
     p.add_argument("--holdout-n", type=int, default=64, help="extra held-out-combination prompts (default 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--speed", action="store_true", help="also measure sampling latency and throughput")
     p.add_argument("--probe-cache", type=Path, default=Path("cache/probes"), help="where the probe is kept")
-    p.add_argument("--autoencoder", type=Path, default=None,
-                   help="the run's autoencoder folder, if it moved (checked against the one the run recorded)")
+    p.add_argument(
+        "--autoencoder",
+        type=Path,
+        default=None,
+        help="the run's autoencoder folder, if it moved (checked against the one the run recorded)",
+    )
     p.add_argument("--cache-root", type=Path, default=None, help="the run's latent-cache root, if it moved")
     p.add_argument("--quiet", action="store_true")
     _compute_args(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("results", help="summarise or export a study's results store (CSV, Parquet)",
-                       description="One row per (run, milestone, eval setting): grid coordinates, FLOPs, every "
-                                   "metric as a column and the instruments as JSON. Without a flag, print counts.")
+    p = sub.add_parser(
+        "results",
+        help="summarise or export a study's results store (CSV, Parquet)",
+        description="One row per (run, milestone, eval setting): grid coordinates, FLOPs, every "
+        "metric as a column and the instruments as JSON. Without a flag, print counts.",
+    )
     p.add_argument("study_dir", type=Path, help="the study folder (holds results.sqlite)")
     p.add_argument("--csv", type=Path, default=None, metavar="OUT.csv", help="write the records as CSV")
-    p.add_argument("--parquet", type=Path, default=None, metavar="OUT.parquet",
-                   help="write the records as Parquet (needs the parquet extra: pyarrow)")
+    p.add_argument(
+        "--parquet",
+        type=Path,
+        default=None,
+        metavar="OUT.parquet",
+        help="write the records as Parquet (needs the parquet extra: pyarrow)",
+    )
     p.set_defaults(func=cmd_results)
 
-    p = sub.add_parser("report", help="fit scaling laws and write the study's HTML report and Markdown summary",
-                       description="Fits, figures, the six findings judged on this study's numbers and a "
-                                   "recommendation, from the study's results store. Prints the paths written.")
+    p = sub.add_parser(
+        "report",
+        help="fit scaling laws and write the study's HTML report and Markdown summary",
+        description="Fits, figures, the six findings judged on this study's numbers and a "
+        "recommendation, from the study's results store. Prints the paths written.",
+    )
     p.add_argument("study_dir", type=Path, help="the study folder (holds results.sqlite)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default STUDY_DIR/report)")
-    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap refits per fit for the 95 %% intervals "
-                                                              "(default 200)")
+    p.add_argument(
+        "--bootstrap", type=int, default=200, help="bootstrap refits per fit for the 95 %% intervals (default 200)"
+    )
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.set_defaults(func=cmd_report)
 
     probe = sub.add_parser("probe", help="the in-domain attribute probe behind fd-probe and prompt following")
     probe_sub = probe.add_subparsers(dest="probe_command", required=True, metavar="ACTION")
-    p = probe_sub.add_parser("train", help="train (or load) the probe of a dataset config and print its ceiling",
-                             description="Trains once per dataset distribution on fresh renders and caches it by "
-                                         "hash; prints its accuracy on held-out real renders (the ceiling of every "
-                                         "prompt-following number).")  # fmt: skip
+    p = probe_sub.add_parser(
+        "train",
+        help="train (or load) the probe of a dataset config and print its ceiling",
+        description="Trains once per dataset distribution on fresh renders and caches it by "
+        "hash; prints its accuracy on held-out real renders (the ceiling of every "
+        "prompt-following number).",
+    )
     p.add_argument("--dataset", default="shapes", choices=["shapes"], help="probes need exact labels: shapes")
     p.add_argument("--config", type=Path, default=None, help="a YAML data config (keys of DataConfig)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a data key, e.g. counting=true")

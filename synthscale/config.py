@@ -4,6 +4,7 @@ Every stage's config is a dataclass here. `load(cls, path, overrides)` validates
 wrong type raises `ConfigError` naming the key, the file and the valid choices, so a typo never silently falls
 back to a default. `config_hash` is a stable content hash used to key every cached stage.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -114,9 +115,15 @@ class TrainConfig:
     max_skipped: int = 10  # nan_policy=skip: stop once this many batches were skipped
 
     def __post_init__(self):
-        positive = {"budget_flops": self.budget_flops, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
-                    "lr": self.lr, "milestones_per_decade": self.milestones_per_decade,
-                    "checkpoint_every": self.checkpoint_every, "log_every": self.log_every}  # fmt: skip
+        positive = {
+            "budget_flops": self.budget_flops,
+            "batch_size": self.batch_size,
+            "grad_accum": self.grad_accum,
+            "lr": self.lr,
+            "milestones_per_decade": self.milestones_per_decade,
+            "checkpoint_every": self.checkpoint_every,
+            "log_every": self.log_every,
+        }
         for key, value in positive.items():
             if not value > 0:
                 raise ValueError(f"train.{key} must be > 0, got {value}")
@@ -130,7 +137,9 @@ class TrainConfig:
             if getattr(self, key) < 0:
                 raise ValueError(f"train.{key} must be ≥ 0, got {getattr(self, key)}")
         if self.first_milestone_flops is not None and not 0 < self.first_milestone_flops <= self.budget_flops:
-            raise ValueError(f"train.first_milestone_flops must be in (0, budget_flops], got {self.first_milestone_flops}")
+            raise ValueError(
+                f"train.first_milestone_flops must be in (0, budget_flops], got {self.first_milestone_flops}"
+            )
 
 
 @dataclass
@@ -288,9 +297,11 @@ class ClusterConfig:
             if getattr(self, key) < 0:
                 raise ValueError(f"cluster.{key} must be ≥ 0, got {getattr(self, key)}")
         if self.gpus_per_node not in (0, self.procs_per_node):
-            raise ValueError(f"cluster.gpus_per_node is {self.gpus_per_node} but procs_per_node is "
-                             f"{self.procs_per_node}: torchrun starts one process per GPU, so set them equal "
-                             "(or gpus_per_node: 0 for CPU processes)")  # fmt: skip
+            raise ValueError(
+                f"cluster.gpus_per_node is {self.gpus_per_node} but procs_per_node is "
+                f"{self.procs_per_node}: torchrun starts one process per GPU, so set them equal "
+                "(or gpus_per_node: 0 for CPU processes)"
+            )
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -385,14 +396,16 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
 def from_dict(cls: type[T], data: dict[str, Any], source: str = "<config>", prefix: str = "") -> T:
     """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types with a helpful message."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: '{prefix.rstrip('.') or 'top level'}' must be a mapping, got {type(data).__name__}")
+        raise ConfigError(
+            f"{source}: '{prefix.rstrip('.') or 'top level'}' must be a mapping, got {type(data).__name__}"
+        )
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
     if unknown:
+        under = f" under {prefix.rstrip('.')}" if prefix else ""
         raise ConfigError(
-            f"{source}: unknown key '{prefix}{unknown[0]}'; valid keys{' under ' + prefix.rstrip('.') if prefix else ''}: "
-            f"{', '.join(sorted(fields))}"
+            f"{source}: unknown key '{prefix}{unknown[0]}'; valid keys{under}: {', '.join(sorted(fields))}"
         )
     kwargs = {name: _convert(value, hints[name], prefix + name, source) for name, value in data.items()}
     try:
@@ -433,7 +446,8 @@ def apply_overrides(cls: type, data: dict[str, Any], overrides: list[str]) -> di
                 raise ConfigError(f"--set {text}: '{'.'.join(path[:depth])}' is not a section, it has no key '{part}'")
             if part not in fields:
                 raise ConfigError(
-                    f"--set {text}: unknown key '{'.'.join(path[: depth + 1])}'; valid keys: {', '.join(sorted(fields))}"
+                    f"--set {text}: unknown key '{'.'.join(path[: depth + 1])}'; "
+                    f"valid keys: {', '.join(sorted(fields))}"
                 )
             hint = typing.get_type_hints(schema)[part]
             if depth == len(path) - 1:

@@ -1,10 +1,11 @@
 """Labelled image grids (PNG) so a person can look: data previews, reconstructions, samples."""
+
 from __future__ import annotations
 
 import math
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont

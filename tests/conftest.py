@@ -33,5 +33,6 @@ def trained_probe(probe_data_cfg, tmp_path_factory):
     from synthscale.config import ProbeConfig
     from synthscale.evaluate.probes import load_or_train_probe
 
-    return load_or_train_probe(probe_data_cfg, tmp_path_factory.getbasetemp() / "probes", ProbeConfig(**TEST_PROBE),
-                               progress=False)  # fmt: skip
+    return load_or_train_probe(
+        probe_data_cfg, tmp_path_factory.getbasetemp() / "probes", ProbeConfig(**TEST_PROBE), progress=False
+    )

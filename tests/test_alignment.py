@@ -1,5 +1,6 @@
 """Prompt following: the fact checks on hand-made scenes, the summary and its intervals, and (with the trained
 probe) the must-show: real renders score ≥ 0.97 whole-prompt, the same renders under shuffled captions near chance."""
+
 import math
 
 import numpy as np
@@ -31,7 +32,12 @@ def two(a, b, relation):
 
 
 def count(n, **kw):
-    return {"task": "count", "count": n, "relation": None, "objects": [obj(row=k // 3, col=k % 3, **kw) for k in range(n)]}
+    return {
+        "task": "count",
+        "count": n,
+        "relation": None,
+        "objects": [obj(row=k // 3, col=k % 3, **kw) for k in range(n)],
+    }
 
 
 def test_single_object_facts():
@@ -163,12 +169,17 @@ def tiny_clip(tmp_path_factory):
         vocab[ch], vocab[ch + "</w>"] = len(vocab), len(vocab) + 1
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = transformers.CLIPTokenizer(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"))
+    tokenizer = transformers.CLIPTokenizer(
+        vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt")
+    )
     small = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
     config = transformers.CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), max_position_embeddings=128, bos_token_id=0, eos_token_id=1,
-                         pad_token_id=1, **small),
-        vision_config=dict(image_size=32, patch_size=8, **small), projection_dim=8)  # fmt: skip
+        text_config=dict(
+            vocab_size=len(vocab), max_position_embeddings=128, bos_token_id=0, eos_token_id=1, pad_token_id=1, **small
+        ),
+        vision_config=dict(image_size=32, patch_size=8, **small),
+        projection_dim=8,
+    )
     torch.manual_seed(0)
     transformers.CLIPModel(config).save_pretrained(folder)
     images = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
@@ -187,14 +198,18 @@ def test_clip_score_mechanics(tiny_clip, probe_data_cfg):
     # the same number by hand: 100 · cosine of the projected embeddings, mean over pairs, floored at 0
     model, processor = load_clip(tiny_clip)
     with torch.no_grad():
-        pixels = processor(images=list(torch.from_numpy(images).permute(0, 3, 1, 2)), return_tensors="pt")["pixel_values"]
+        pixels = processor(images=list(torch.from_numpy(images).permute(0, 3, 1, 2)), return_tensors="pt")[
+            "pixel_values"
+        ]
         text = processor(text=captions, return_tensors="pt", padding=True)
         a = model.get_image_features(pixels)
         b = model.get_text_features(text["input_ids"], text["attention_mask"])
     want = max(0.0, float((100 * torch.cosine_similarity(a, b, dim=-1)).mean()))
     assert got == pytest.approx(want, abs=1e-3)
     assert scorer.score(images, captions) == got  # deterministic
-    assert scorer.instruments()["clip_model"].startswith(f"clip:{tiny_clip.name}:") and scorer.instruments()["clip_n"] == 6
+    assert (
+        scorer.instruments()["clip_model"].startswith(f"clip:{tiny_clip.name}:") and scorer.instruments()["clip_n"] == 6
+    )
     with pytest.raises(ValueError, match="one caption per image"):
         scorer.score(images, captions[:2])
 

@@ -6,8 +6,14 @@ import pytest
 import torch
 
 from synthscale.autoencoders import (
-    CheckpointError, ImageSizeError, build_autoencoder, load_autoencoder, save_autoencoder, to_tensor, to_uint8,
-)  # fmt: skip
+    CheckpointError,
+    ImageSizeError,
+    build_autoencoder,
+    load_autoencoder,
+    save_autoencoder,
+    to_tensor,
+    to_uint8,
+)
 from synthscale.autoencoders.fsq import FSQ
 from synthscale.autoencoders.lfq import LFQ
 from synthscale.autoencoders.train import evaluate_autoencoder, psnr_of_mse, train_autoencoder
@@ -19,9 +25,15 @@ WIDTHS = {2: [4, 8], 4: [4, 8, 8], 8: [4, 8, 8, 8]}
 
 def tiny_cfg(kind="kl", f=4, **kw) -> AutoencoderConfig:
     channels = {"kl": 4, "lfq": 6, "fsq": 3}[kind]
-    cfg = AutoencoderConfig(name=f"tiny-{kind}-f{f}", kind=kind, downsample=f, latent_channels=channels,
-                            widths=WIDTHS[f], fsq_levels=[5, 4, 3],
-                            data=DataConfig(size=64, val_size=8, test_size=16, holdout_size=8))  # fmt: skip
+    cfg = AutoencoderConfig(
+        name=f"tiny-{kind}-f{f}",
+        kind=kind,
+        downsample=f,
+        latent_channels=channels,
+        widths=WIDTHS[f],
+        fsq_levels=[5, 4, 3],
+        data=DataConfig(size=64, val_size=8, test_size=16, holdout_size=8),
+    )
     cfg.train.steps, cfg.train.batch_size, cfg.train.warmup = 3, 8, 1
     for k, v in kw.items():
         setattr(cfg.train if hasattr(cfg.train, k) else cfg, k, v)
@@ -213,8 +225,20 @@ def test_evaluate_writes_metrics_and_grid(tmp_path):
 
 
 def test_cli_train_eval_and_bad_override(tmp_path, capsys):
-    sets = ["--set", "widths=[4,8,8]", "--set", "train.steps=2", "--set", "train.batch_size=4",
-            "--set", "data.size=16", "--set", "data.test_size=8", "--set", "train.scale_items=16"]  # fmt: skip
+    sets = [
+        "--set",
+        "widths=[4,8,8]",
+        "--set",
+        "train.steps=2",
+        "--set",
+        "train.batch_size=4",
+        "--set",
+        "data.size=16",
+        "--set",
+        "data.test_size=8",
+        "--set",
+        "train.scale_items=16",
+    ]
     out = tmp_path / "kl"
     assert main(["autoencoder", "train", "--out", str(out), "--quiet", "--threads", "1", *sets]) == 0
     assert "trained kl-f4c4" in capsys.readouterr().out

@@ -1,5 +1,6 @@
 """The CPU benchmarks run end to end at toy settings and write their result files, so an API change cannot break a
 benchmark unnoticed until someone needs its numbers. Nothing here judges speed (see benchmarks/ for that)."""
+
 import json
 import math
 import runpy
@@ -23,8 +24,9 @@ def run_benchmark(name: str, argv: list[str], tmp_path: Path, monkeypatch) -> di
 
 
 def test_train_step_benchmark(tmp_path, monkeypatch):
-    result = run_benchmark("train_step.py", ["--sizes", "2x64", "--batch", "2", "--repeats", "1"], tmp_path,
-                           monkeypatch)  # fmt: skip
+    result = run_benchmark(
+        "train_step.py", ["--sizes", "2x64", "--batch", "2", "--repeats", "1"], tmp_path, monkeypatch
+    )
     rows = {(r["objective"], r["img_tokens"]): r for r in result["rows"]}
     assert set(rows) == {(o, n) for o in ("flow", "masked", "autoregressive") for n in (16, 64)}
     for r in rows.values():
@@ -41,11 +43,14 @@ def test_sampling_benchmark(tmp_path, monkeypatch):
     assert isinstance(result["goal_met"], bool)
 
 
-@pytest.mark.parametrize("name, argv, key", [
-    ("trainer_overhead.py", ["--size", "2x64", "--batch", "4", "--steps", "12", "--repeats", "1"], "rows"),
-    ("userdata.py", ["--n", "24"], "rows"),
-    ("latent_cache.py", ["--items", "64"], "rows"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, argv, key",
+    [
+        ("trainer_overhead.py", ["--size", "2x64", "--batch", "4", "--steps", "12", "--repeats", "1"], "rows"),
+        ("userdata.py", ["--n", "24"], "rows"),
+        ("latent_cache.py", ["--items", "64"], "rows"),
+    ],
+)
 def test_small_benchmarks_run(name, argv, key, tmp_path, monkeypatch):
     result = run_benchmark(name, argv, tmp_path, monkeypatch)
     assert result[key]

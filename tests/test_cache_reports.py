@@ -1,5 +1,6 @@
 """Beside a latent cache of user data: the split's skip list (kept across an interrupted build) and the word
 vocabulary the captions were encoded with."""
+
 import json
 
 import torch
@@ -26,15 +27,13 @@ class PoolEncoder:
 
 def test_cache_keeps_the_skip_list_and_the_vocabulary(tmp_path):
     make_folder(tmp_path / "data", n=24)  # plus bad.png and trunc.png, caught when the folder is indexed
-    cfg = DataConfig(dataset="folder", path=str(tmp_path / "data"), resolution=16, val_fraction=0.0,
-                     test_fraction=0.0)  # fmt: skip
+    cfg = DataConfig(dataset="folder", path=str(tmp_path / "data"), resolution=16, val_fraction=0.0, test_fraction=0.0)
     ds = get_dataset(cfg, "train")
     victim = ds.items[5].key  # an image that fails only when decoded, during the build
     (tmp_path / "data" / f"{victim}.{'png' if int(victim[3:]) % 2 else 'jpg'}").write_bytes(truncated_jpeg(3))
     assert victim not in {s["key"] for s in get_dataset(cfg, "train").skipped}  # indexing does not catch it
     tok = tokenizer_for(cfg)
-    cache = build_cache(PoolEncoder(), get_dataset(cfg, "train"), tok, tmp_path / "cache", shard_size=4,
-                        progress=False)  # fmt: skip
+    cache = build_cache(PoolEncoder(), get_dataset(cfg, "train"), tok, tmp_path / "cache", shard_size=4, progress=False)
     report_path = cache.path / "data_report_train.json"
     report = json.loads(report_path.read_text())
     reasons = {s["key"]: s["reason"] for s in report["skipped"]}

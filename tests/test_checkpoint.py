@@ -1,4 +1,5 @@
 """Checkpoint files: round trips, corruption and truncation detected, disk-full loses nothing, pruning, EMA."""
+
 import errno
 import warnings
 
@@ -13,8 +14,10 @@ from synthscale.train.ema import EMA
 
 def _groups(seed=0):
     g = torch.Generator().manual_seed(seed)
-    return {"model": {"w": torch.randn(4, 3, generator=g), "b": torch.randn(3, generator=g)},
-            "ema": {"w": torch.randn(4, 3, generator=g), "b": torch.randn(3, generator=g)}}  # fmt: skip
+    return {
+        "model": {"w": torch.randn(4, 3, generator=g), "b": torch.randn(3, generator=g)},
+        "ema": {"w": torch.randn(4, 3, generator=g), "b": torch.randn(3, generator=g)},
+    }
 
 
 def _meta(step, milestone=None, final=False):
@@ -25,7 +28,11 @@ def test_round_trip_is_exact(tmp_path):
     groups = _groups()
     path = ckpt.save(tmp_path / "checkpoints", 7, groups, _meta(7, milestone=0))
     meta = ckpt.read_meta(path)
-    assert meta["step"] == 7 and meta["train_flops"] == 700 and set(meta["files"]) == {"model.safetensors", "ema.safetensors"}
+    assert (
+        meta["step"] == 7
+        and meta["train_flops"] == 700
+        and set(meta["files"]) == {"model.safetensors", "ema.safetensors"}
+    )
     for name, tensors in groups.items():
         loaded = ckpt.load_tensors(path, name)
         assert loaded.keys() == tensors.keys()
@@ -131,8 +138,15 @@ def test_saving_a_step_again_replaces_it(tmp_path):
 def test_prune_keeps_milestones_final_and_newest(tmp_path):
     root = tmp_path / "checkpoints"
     g = {"model": {"w": torch.zeros(1)}}
-    kinds = {1: _meta(1), 2: _meta(2, milestone=0), 3: _meta(3), 4: _meta(4), 5: _meta(5, milestone=1), 6: _meta(6),
-             7: _meta(7)}  # fmt: skip
+    kinds = {
+        1: _meta(1),
+        2: _meta(2, milestone=0),
+        3: _meta(3),
+        4: _meta(4),
+        5: _meta(5, milestone=1),
+        6: _meta(6),
+        7: _meta(7),
+    }
     for step, meta in kinds.items():
         ckpt.save(root, step, g, meta)
     with warnings.catch_warnings():

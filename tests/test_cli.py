@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import pytest_socket
 from PIL import Image
 
 from synthscale.cli import main
@@ -33,5 +34,5 @@ def test_module_entry_point_and_help():
 
 
 def test_network_is_blocked_in_tests():
-    with pytest.raises(Exception):
+    with pytest.raises(pytest_socket.SocketConnectBlockedError):
         socket.create_connection(("93.184.216.34", 80), timeout=1)

@@ -1,11 +1,11 @@
 """Cluster executors: a study through submitit's local executor (a real 2-process gloo training run under
 torchrun), the sbatch script a Slurm submission writes, requeue on preemption, Ray, and the errors."""
+
 import builtins
 import json
 import os
 import signal
 import stat
-import sys
 import time
 from pathlib import Path
 
@@ -27,8 +27,23 @@ def tiny_train_stage() -> Stage:
 
 def test_torchrun_command_single_and_multi_node():
     one = X.torchrun_command("/s/run_config.json", "/s", 4, threads=2, python="py")
-    assert one == ["py", "-m", "torch.distributed.run", "--nproc_per_node=4", "--standalone", "-m", "synthscale",
-                   "train", "--config", "/s/run_config.json", "--out", "/s", "--quiet", "--threads", "2"]
+    assert one == [
+        "py",
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=4",
+        "--standalone",
+        "-m",
+        "synthscale",
+        "train",
+        "--config",
+        "/s/run_config.json",
+        "--out",
+        "/s",
+        "--quiet",
+        "--threads",
+        "2",
+    ]
     multi = X.torchrun_command("c.json", "out", 8, nnodes=2, rdzv_endpoint="gpu01:29517", rdzv_id="77")
     assert "--standalone" not in multi
     assert {"--nnodes=2", "--rdzv_backend=c10d", "--rdzv_endpoint=gpu01:29517", "--rdzv_id=77"} <= set(multi)
@@ -37,8 +52,9 @@ def test_torchrun_command_single_and_multi_node():
 
 
 def test_training_stages_go_through_torchrun_with_their_resources():
-    cluster = ClusterConfig(procs_per_node=4, gpus_per_node=4, nodes_per_run=2, cpus_per_proc=6, stage_gpus=1,
-                            stage_cpus=3)  # fmt: skip
+    cluster = ClusterConfig(
+        procs_per_node=4, gpus_per_node=4, nodes_per_run=2, cpus_per_proc=6, stage_gpus=1, stage_cpus=3
+    )
     train, other = tiny_train_stage(), graph(Path("log"))[0]
     job = X.job_stage(train, cluster, threads=2)
     assert job.id == train.id and job.fn == "synthscale.study.executors:torchrun_stage"
@@ -123,9 +139,18 @@ def test_slurm_submission_asks_for_the_run_resources_and_cancels_on_interrupt(tm
     pytest.importorskip("submitit")
     record = _fake_slurm(tmp_path / "bin")
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
-    cluster = ClusterConfig(procs_per_node=4, gpus_per_node=4, nodes_per_run=2, cpus_per_proc=6, mem_gb=200,
-                            time_min=90, partition="gpu", account="lab", setup=["module load cuda"],
-                            slurm_args={"qos": "high"})  # fmt: skip
+    cluster = ClusterConfig(
+        procs_per_node=4,
+        gpus_per_node=4,
+        nodes_per_run=2,
+        cpus_per_proc=6,
+        mem_gb=200,
+        time_min=90,
+        partition="gpu",
+        account="lab",
+        setup=["module load cuda"],
+        slurm_args={"qos": "high"},
+    )
     stage = tiny_train_stage()
     with pytest.raises(KeyboardInterrupt):
         with X.make_pool("slurm", tmp_path / "study", cluster) as pool:
@@ -136,8 +161,18 @@ def test_slurm_submission_asks_for_the_run_resources_and_cancels_on_interrupt(tm
                 time.sleep(0.1)
             raise KeyboardInterrupt  # the driver is interrupted: its jobs must not outlive it
     calls = record.read_text()
-    for option in ("--nodes=2", "--gpus-per-node=4", "--cpus-per-task=24", "--ntasks-per-node=1", "--mem=200GB",
-                   "--time=90", "--partition=gpu", "--account=lab", "--qos=high", "--signal=USR2@90"):
+    for option in (
+        "--nodes=2",
+        "--gpus-per-node=4",
+        "--cpus-per-task=24",
+        "--ntasks-per-node=1",
+        "--mem=200GB",
+        "--time=90",
+        "--partition=gpu",
+        "--account=lab",
+        "--qos=high",
+        "--signal=USR2@90",
+    ):
         assert f"#SBATCH {option}" in calls, option
     assert "module load cuda" in calls and "scancel 4242" in calls
     job = json.loads((tmp_path / "study" / stage.id / "job.json").read_text())
@@ -203,8 +238,13 @@ def test_ray_executor_runs_the_same_graph(tmp_path):
     states = execute(tmp_path / "study", stages, executor="ray", progress=False, cluster=cluster)
     assert [states[s.id] for s in stages] == ["done", "failed", "blocked", "done"]
     too_big = Stage("evaluate", "big", "k9", "tests.test_grid:toy_ok", {"value": 9, "log": str(log)})
-    states = execute(tmp_path / "study", [too_big], executor="ray", progress=False,
-                     cluster=ClusterConfig(stage_cpus=4096, stage_gpus=0))  # fmt: skip
+    states = execute(
+        tmp_path / "study",
+        [too_big],
+        executor="ray",
+        progress=False,
+        cluster=ClusterConfig(stage_cpus=4096, stage_gpus=0),
+    )
     failure = json.loads((tmp_path / "study" / too_big.id / "failed.json").read_text())
     assert states[too_big.id] == "failed" and "4096 CPUs" in failure["error"]
 
@@ -235,8 +275,13 @@ def test_a_two_node_run_meets_through_the_c10d_rendezvous(tmp_path, monkeypatch)
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]
     nodes = {}
-    monkeypatch.setattr(X, "_slurm_env", lambda: SimpleNamespace(
-        num_nodes=2, node=nodes[threading.get_ident()], hostnames=["127.0.0.1", "127.0.0.1"], raw_job_id="7"))
+    monkeypatch.setattr(
+        X,
+        "_slurm_env",
+        lambda: SimpleNamespace(
+            num_nodes=2, node=nodes[threading.get_ident()], hostnames=["127.0.0.1", "127.0.0.1"], raw_job_id="7"
+        ),
+    )
     stage = X.job_stage(tiny_train_stage(), ClusterConfig(gpus_per_node=0, nodes_per_run=2, port=free - 7), 1)
     out, results = tmp_path / "run", {}
 

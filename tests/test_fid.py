@@ -1,5 +1,6 @@
 """Fréchet distance and KID: the torchmetrics wiring equals the textbook formula, inputs are handled as uint8, the
 numbers are seeded, and (with the trained probe) fd-probe separates real renders from a mismatched distribution."""
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -68,8 +69,15 @@ def test_kid_is_seeded_and_separates(renders):
     inverted = 255 - other
     assert a.score(inverted)["kid"] > 20 * abs(sa["kid"])
     inst = a.instruments()
-    assert inst == {"extractor": "coarse", "n": 150, "n_real": 150, "resize": "none", "kid_subsets": 20,
-                    "kid_subset_size": 100, "kid_seed": 1}  # fmt: skip
+    assert inst == {
+        "extractor": "coarse",
+        "n": 150,
+        "n_real": 150,
+        "resize": "none",
+        "kid_subsets": 20,
+        "kid_subset_size": 100,
+        "kid_seed": 1,
+    }
     with pytest.raises(ValueError, match="kid_subset_size"):
         FeatureDistance(coarse, "coarse", real, kid_subset_size=500).score(other)
     with pytest.raises(ValueError, match="at least 2"):
@@ -93,8 +101,10 @@ def test_fd_probe_separates_real_from_mismatched(trained_probe, probe_data_cfg):
     same = quality.score(real2)
     swapped = quality.score(real2[..., [2, 0, 1]])  # shuffled colour channels: off-palette colours
     blurred = quality.score(blur(real2))
-    print(f"fd-probe real/real' {same['fd_probe']:.4f}  channel-shuffled {swapped['fd_probe']:.3f}  "
-          f"blurred {blurred['fd_probe']:.3f}")  # fmt: skip
+    print(
+        f"fd-probe real/real' {same['fd_probe']:.4f}  channel-shuffled {swapped['fd_probe']:.3f}  "
+        f"blurred {blurred['fd_probe']:.3f}"
+    )
     assert swapped["fd_probe"] >= 20 * same["fd_probe"]
     assert blurred["fd_probe"] >= 20 * same["fd_probe"]
     assert swapped["kid"] > 20 * abs(same["kid"]) and blurred["kid"] > 20 * abs(same["kid"])

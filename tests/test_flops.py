@@ -33,8 +33,12 @@ def close(measured, analytic, tol=0.01):
     return abs(measured - analytic) <= tol * analytic
 
 
-CASES = [(name, size, side, patch) for name in ("flow", "masked", "autoregressive") for size in ("2x64", "4x128")
-         for side, patch in ((4, 1), (8, 1))] + [("flow", "2x64", 8, 2)]
+CASES = [
+    (name, size, side, patch)
+    for name in ("flow", "masked", "autoregressive")
+    for size in ("2x64", "4x128")
+    for side, patch in ((4, 1), (8, 1))
+] + [("flow", "2x64", 8, 2)]
 
 
 @pytest.mark.parametrize("name,size,side,patch", CASES)
@@ -50,9 +54,15 @@ def test_analytic_flops_equal_the_counter(name, size, side, patch):
     assert close(count_flops(step), obj.train_flops(model_cfg, latent, TEXT, B))
 
 
-SAMPLING = [("flow", 3, 1.0, {}), ("flow", 3, 2.5, {}), ("flow", 3, 2.5, {"sampler": "heun"}),
-            ("masked", 4, 1.0, {}), ("masked", 4, 2.5, {}),
-            ("autoregressive", 16, 1.0, {}), ("autoregressive", 16, 2.5, {})]
+SAMPLING = [
+    ("flow", 3, 1.0, {}),
+    ("flow", 3, 2.5, {}),
+    ("flow", 3, 2.5, {"sampler": "heun"}),
+    ("masked", 4, 1.0, {}),
+    ("masked", 4, 2.5, {}),
+    ("autoregressive", 16, 1.0, {}),
+    ("autoregressive", 16, 2.5, {}),
+]
 
 
 @pytest.mark.parametrize("name,steps,cfg_scale,cfg", SAMPLING)
@@ -87,8 +97,13 @@ def test_dit_published_gflops_are_reproduced():
 
     for name, published in (("S", 6.06), ("B", 23.01), ("L", 80.71), ("XL", 118.64)):
         s = get_size(name)
-        flops = (C.linear(256, 4 * 4, s.width) + C.linear(1, FREQ_DIM, s.width) + C.linear(1, s.width, s.width)
-                 + C.transformer(256, 256, s.width, s.depth, adaln=True) + C.linear(256, s.width, 8 * 4))
+        flops = (
+            C.linear(256, 4 * 4, s.width)
+            + C.linear(1, FREQ_DIM, s.width)
+            + C.linear(1, s.width, s.width)
+            + C.transformer(256, 256, s.width, s.depth, adaln=True)
+            + C.linear(256, s.width, 8 * 4)
+        )
         assert close(flops / 2 / 1e9, published), (name, flops / 2e9)
 
 
@@ -106,8 +121,9 @@ def test_flops_cli_table_and_json(capsys):
     assert main(["flops", "--size", "B", "--objective", "flow", "--tokens", "256", "--text-tokens", "32"]) == 0
     out = capsys.readouterr().out
     assert "size B" in out and "sample 100 steps, CFG" in out and "non-embedding" in out
-    assert main(["flops", "--size", "B", "--objective", "flow", "--tokens", "256", "--text-tokens", "32",
-                 "--json"]) == 0
+    assert (
+        main(["flops", "--size", "B", "--objective", "flow", "--tokens", "256", "--text-tokens", "32", "--json"]) == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert [s["steps"] for s in report["sample"]] == [4, 4, 10, 10, 20, 20, 50, 50, 100, 100]
     first, second = report["sample"][0], report["sample"][1]
@@ -117,8 +133,15 @@ def test_flops_cli_table_and_json(capsys):
     assert [s["steps"] for s in json.loads(capsys.readouterr().out)["sample"]] == [64, 64]
 
 
-@pytest.mark.parametrize("argv,needle", [(["--size", "M"], "valid sizes"), (["--objective", "gan"], "valid objectives"),
-                                         (["--tokens", "10"], "square"), (["--text-tokens", "0"], "--text-tokens")])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--size", "M"], "valid sizes"),
+        (["--objective", "gan"], "valid objectives"),
+        (["--tokens", "10"], "square"),
+        (["--text-tokens", "0"], "--text-tokens"),
+    ],
+)
 def test_flops_cli_bad_input(argv, needle, capsys):
     assert main(["flops", *argv]) == 2
     assert needle in capsys.readouterr().err

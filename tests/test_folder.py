@@ -14,8 +14,16 @@ from tests.userdata_helpers import image_bytes, make_folder, truncated_jpeg
 
 
 def cfg_for(path, **kw):
-    base = dict(dataset="folder", path=str(path), resolution=16, size=1000, val_size=1000, test_size=1000,
-                val_fraction=0.2, test_fraction=0.2)  # fmt: skip
+    base = dict(
+        dataset="folder",
+        path=str(path),
+        resolution=16,
+        size=1000,
+        val_size=1000,
+        test_size=1000,
+        val_fraction=0.2,
+        test_fraction=0.2,
+    )
     return DataConfig(**{**base, **kw})
 
 
@@ -129,9 +137,14 @@ def test_long_caption_rule_truncates_with_count_or_skips(tmp_path):
     ids = tok.encode([ds[0]["caption"]])
     assert ids.shape == (1, 4) and tok.pad_id not in ids[0].tolist() and tok.truncations == 1
     assert tok.decode(ids[0].tolist()) == " ".join(ds[0]["caption"].split()[:4])
-    skip = get_dataset(cfg_for(tmp_path, max_caption_tokens=4, long_caption="skip", val_fraction=0.0,
-                               test_fraction=0.0), "train")  # fmt: skip
-    assert len(skip) == 0 and len(skip.skipped) == 10 and "6 tokens > data.max_caption_tokens=4" in skip.skipped[0]["reason"]
+    skip = get_dataset(
+        cfg_for(tmp_path, max_caption_tokens=4, long_caption="skip", val_fraction=0.0, test_fraction=0.0), "train"
+    )
+    assert (
+        len(skip) == 0
+        and len(skip.skipped) == 10
+        and "6 tokens > data.max_caption_tokens=4" in skip.skipped[0]["reason"]
+    )
     with pytest.raises(CaptionTooLong):
         WordTokenizer(["a"], 2).encode(["a a a"])  # the shapes default still refuses
 
@@ -145,7 +158,8 @@ def test_csv_and_sidecar_captions(tmp_path):
     (b / "x.txt").write_text("a cat, sleeping\n")
     (b / "sub" / "y.v2.txt").write_text("a dog")
     (a / "captions.csv").write_text(
-        '\ufefffile,caption,source,key\nx.png,"a cat, sleeping",web,K1\nsub/y.v2.png,a dog,cam,K2\n')
+        '\ufefffile,caption,source,key\nx.png,"a cat, sleeping",web,K1\nsub/y.v2.png,a dog,cam,K2\n'
+    )
     for folder, extra in ((a, {"source": "web"}), (b, {})):
         splits = all_items(cfg_for(folder, val_fraction=0.0, test_fraction=0.0))
         items = {it["attributes"]["key"]: it for it in (splits["train"][i] for i in range(len(splits["train"])))}
@@ -164,7 +178,9 @@ def test_crop_filter_and_alpha_policy(tmp_path):
     rgba = np.zeros((16, 16, 4), np.uint8)
     rgba[..., 3] = 0  # fully transparent
     Image.fromarray(rgba, "RGBA").save(tmp_path / "clear.png")
-    (tmp_path / "captions.jsonl").write_text('{"file": "wide.png", "caption": "w"}\n{"file": "clear.png", "caption": "c"}\n')
+    (tmp_path / "captions.jsonl").write_text(
+        '{"file": "wide.png", "caption": "w"}\n{"file": "clear.png", "caption": "c"}\n'
+    )
     kw = dict(val_fraction=0.0, test_fraction=0.0, resize_filter="nearest", background="white")
 
     def get(**extra):
@@ -214,8 +230,24 @@ def test_bad_folder_configs_fail_clearly(tmp_path):
 def test_cli_preview_reads_a_folder(tmp_path, capsys):
     make_folder(tmp_path / "data", n=8)
     out = tmp_path / "grid.png"
-    rc = main(["data", "preview", "--dataset", "folder", "--set", f"path={tmp_path / 'data'}", "--set",
-               "val_fraction=0", "--set", "test_fraction=0", "--n", "4", "--out", str(out)])  # fmt: skip
+    rc = main(
+        [
+            "data",
+            "preview",
+            "--dataset",
+            "folder",
+            "--set",
+            f"path={tmp_path / 'data'}",
+            "--set",
+            "val_fraction=0",
+            "--set",
+            "test_fraction=0",
+            "--n",
+            "4",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0 and out.is_file() and "wrote 4 train items" in capsys.readouterr().out
 
 

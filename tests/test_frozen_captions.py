@@ -1,6 +1,7 @@
 """A run with `data.text_encoder`: the generator trains on a frozen pretrained caption encoder (a tiny random
 BERT made in the test), counts its FLOPs in the caption-encoder column, checkpoints without its weights, and
 reloads only with the same encoder."""
+
 import json
 import shutil
 
@@ -15,11 +16,23 @@ from synthscale.objectives.base import text_encoder_flops, text_encoder_train_fl
 from tests.test_pretrained import bert_dir, transformers  # noqa: F401  (the tiny-BERT fixture)
 
 
-def run_config(bert_dir):
-    return load(RunConfig, None, [f"data.text_encoder={bert_dir}", "data.max_caption_tokens=8", "data.size=64",
-                                  "random_latents=continuous:4x4x4", "model.size=2x64", "objective.name=flow",
-                                  "train.batch_size=8", "train.budget_flops=3e8", "train.warmup_steps=1",
-                                  "train.checkpoint_every=50"])  # fmt: skip
+def run_config(bert_dir):  # noqa: F811 (the imported fixture)
+    return load(
+        RunConfig,
+        None,
+        [
+            f"data.text_encoder={bert_dir}",
+            "data.max_caption_tokens=8",
+            "data.size=64",
+            "random_latents=continuous:4x4x4",
+            "model.size=2x64",
+            "objective.name=flow",
+            "train.batch_size=8",
+            "train.budget_flops=3e8",
+            "train.warmup_steps=1",
+            "train.checkpoint_every=50",
+        ],
+    )
 
 
 def test_frozen_caption_encoder_flops_columns():
@@ -40,10 +53,10 @@ def test_frozen_caption_encoder_flops_columns():
     assert with_learned["total"] - with_frozen["total"] == sum(p.numel() for p in enc.parameters()) - (16 * 64 + 64)
 
 
-def test_a_run_trains_and_reloads_with_the_frozen_encoder(bert_dir, tmp_path):
+def test_a_run_trains_and_reloads_with_the_frozen_encoder(bert_dir, tmp_path):  # noqa: F811
     from safetensors import safe_open
 
-    from synthscale.model.pretrained_text import FrozenTextEncoder, FrozenPrefix
+    from synthscale.model.pretrained_text import FrozenPrefix, FrozenTextEncoder
     from synthscale.train import load_generator, train
 
     bert_dir = shutil.copytree(bert_dir, tmp_path / "bert")  # this test rewrites the folder at its end
@@ -60,8 +73,10 @@ def test_a_run_trains_and_reloads_with_the_frozen_encoder(bert_dir, tmp_path):
     final = sorted((tmp_path / "run" / "checkpoints").iterdir())[-1]
     with safe_open(str(final / "model.safetensors"), framework="pt") as f:
         names = list(f.keys())
-    assert [n for n in names if n.startswith("text_encoder.")] == ["text_encoder.encoder.proj.bias",
-                                                                   "text_encoder.encoder.proj.weight"]
+    assert [n for n in names if n.startswith("text_encoder.")] == [
+        "text_encoder.encoder.proj.bias",
+        "text_encoder.encoder.proj.weight",
+    ]
     meta = json.loads((final / "meta.json").read_text())
     assert meta["text_encoder_hash"] == enc.weights_hash and meta["text_spec"]["frozen_width"] == 16
 

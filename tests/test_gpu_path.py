@@ -1,5 +1,6 @@
 """The GPU performance path, checked on CPU: the static KV cache and the compiled decode step give the
 recomputation's tokens, TF32 only touches CUDA runs, and benchmarks/gpu.py runs end to end in quick mode."""
+
 import importlib.util
 import json
 import math
@@ -20,8 +21,9 @@ BENCH = Path(__file__).parents[1] / "benchmarks"
 def tiny_ar():
     obj = get_objective(ObjectiveConfig(name="autoregressive"))
     torch.manual_seed(0)
-    model = obj.build_model(ModelConfig(size="2x64"), LatentSpec("discrete", 6, 4, 4, vocab_size=64),
-                            TextSpec(vocab_size=32, max_length=8)).eval()  # fmt: skip
+    model = obj.build_model(
+        ModelConfig(size="2x64"), LatentSpec("discrete", 6, 4, 4, vocab_size=64), TextSpec(vocab_size=32, max_length=8)
+    ).eval()
     with torch.no_grad():
         for p in model.parameters():  # away from the zero-initialised head: varied, confident logits
             p.normal_(0, 0.3)

@@ -13,8 +13,15 @@ DATA = DataConfig(size=48, val_size=8, test_size=8, holdout_size=8)
 
 
 def tiny(kind: str) -> AutoencoderConfig:
-    cfg = AutoencoderConfig(name=f"tiny-{kind}", kind=kind, downsample=4, widths=[4, 8, 8],
-                            latent_channels={"kl": 4, "lfq": 6, "fsq": 3}[kind], fsq_levels=[5, 4, 3], data=DATA)  # fmt: skip
+    cfg = AutoencoderConfig(
+        name=f"tiny-{kind}",
+        kind=kind,
+        downsample=4,
+        widths=[4, 8, 8],
+        latent_channels={"kl": 4, "lfq": 6, "fsq": 3}[kind],
+        fsq_levels=[5, 4, 3],
+        data=DATA,
+    )
     cfg.train.steps, cfg.train.batch_size, cfg.train.warmup, cfg.train.scale_items = 4, 8, 1, 0
     return cfg
 
@@ -85,7 +92,10 @@ def test_cache_key_changes_with_the_autoencoder_split_and_tokenizer(trained, tra
         changed.decoder.conv_out.bias[0] += 1e-3  # any weight, even the decoder's: another autoencoder
     assert cache_path(tmp_path, changed, train_split, tok) != key
     assert cache_path(tmp_path, ae, get_dataset(DATA, "val"), tok) != key
-    assert cache_path(tmp_path, ae, train_split, tokenizer_for(DataConfig(**{**vars(DATA), "max_caption_tokens": 30}))) != key
+    assert (
+        cache_path(tmp_path, ae, train_split, tokenizer_for(DataConfig(**{**vars(DATA), "max_caption_tokens": 30})))
+        != key
+    )
 
 
 def test_a_cache_is_refused_for_another_autoencoder(trained, train_split, tmp_path):
@@ -126,7 +136,9 @@ class _Exploding:
 def test_an_interrupted_build_resumes_and_matches_a_clean_one(trained, train_split, tmp_path):
     ae, tok = trained["lfq"], tokenizer_for(DATA)
     with pytest.raises(KeyboardInterrupt):  # 2 shards of 16 finished (2 batches of 8 each), third interrupted
-        build_cache(_Exploding(ae, after=5), train_split, tok, tmp_path / "a", shard_size=16, batch_size=8, progress=False)
+        build_cache(
+            _Exploding(ae, after=5), train_split, tok, tmp_path / "a", shard_size=16, batch_size=8, progress=False
+        )
     path = cache_path(tmp_path / "a", ae, train_split, tok)
     assert sorted(p.name for p in path.glob("shard-*")) == ["shard-00000.safetensors", "shard-00001.safetensors"]
     with pytest.raises(CacheError, match="interrupted build"):

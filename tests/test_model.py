@@ -8,7 +8,11 @@ from synthscale.model import SIZES, Network, TextEncoder, Transformer, attention
 
 def test_size_registry_has_paper_and_cpu_presets():
     assert [(SIZES[n].depth, SIZES[n].width) for n in ("S", "B", "L", "XL")] == [
-        (12, 384), (12, 768), (24, 1024), (28, 1152)]
+        (12, 384),
+        (12, 768),
+        (24, 1024),
+        (28, 1152),
+    ]
     for name in ("2x64", "4x128", "6x192", "8x256"):
         s = get_size(name)
         assert f"{s.depth}x{s.width}" == name and s.heads >= 2 and s.width % s.heads == 0
@@ -82,7 +86,7 @@ def test_kv_cache_decoding_matches_full_forward():
     cache = net.backbone.new_cache(10)
     parts = [net.backbone(seq[:, :5], attention_mask(valid, 5, causal=True), cache=cache)]
     for i in range(5, 10):
-        parts.append(net.backbone(seq[:, i:i + 1], attention_mask(valid, i + 1, causal=True, q_start=i), cache=cache))
+        parts.append(net.backbone(seq[:, i : i + 1], attention_mask(valid, i + 1, causal=True, q_start=i), cache=cache))
     torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="KV cache holds 10"):
         net.backbone(seq[:, :1], attention_mask(valid, 11, causal=True, q_start=10), cache=cache)
@@ -106,8 +110,12 @@ def test_network_takes_a_caption_encoder_of_the_same_call():
     torch.manual_seed(0)
     own = TextEncoder(vocab_size=20, max_length=4, width=64, depth=1, heads=2)
     obj = get_objective(ObjectiveConfig(name="masked"))
-    model = obj.build_model(ModelConfig(size="2x64"), LatentSpec("discrete", 4, 2, 2, vocab_size=16),
-                            TextSpec(vocab_size=20, max_length=4), text_encoder=own)
+    model = obj.build_model(
+        ModelConfig(size="2x64"),
+        LatentSpec("discrete", 4, 2, 2, vocab_size=16),
+        TextSpec(vocab_size=20, max_length=4),
+        text_encoder=own,
+    )
     assert model.text_encoder is own and len(own.transformer.blocks) == 1
     tokens = torch.tensor([[3, 4, 0, 0]])
     torch.testing.assert_close(model.encode_text(tokens)[0], own(tokens)[0])

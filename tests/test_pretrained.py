@@ -1,5 +1,6 @@
 """Frozen pretrained parts from local folders: tiny random models are made in the test (nothing downloads;
 sockets are blocked)."""
+
 import json
 import shutil
 import sys
@@ -23,8 +24,14 @@ def bert_dir(tmp_path_factory):
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
     transformers.BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(folder)
     torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                  intermediate_size=32, max_position_embeddings=64)  # fmt: skip
+    cfg = transformers.BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
     transformers.BertModel(cfg).save_pretrained(folder)
     return folder
 
@@ -92,9 +99,14 @@ def test_sentence_transformers_layout_is_found(bert_dir, tmp_path):
 
     st = tmp_path / "st-model"
     shutil.copytree(bert_dir, st / "0_Transformer")
-    (st / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (st / "modules.json").write_text(
+        json.dumps(
+            [
+                {"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            ]
+        )
+    )
     enc = FrozenTextEncoder(st, max_length=8)
     assert enc.path == st / "0_Transformer" and enc.weights_hash == FrozenTextEncoder(bert_dir, 8).weights_hash
 
@@ -120,9 +132,17 @@ def test_diffusers_autoencoder_kl_from_a_local_folder(tmp_path):
     from synthscale.autoencoders.diffusers_kl import load_diffusers_kl
 
     torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-                                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8,
-                                  layers_per_block=1, sample_size=16, scaling_factor=0.5, shift_factor=0.1)  # fmt: skip
+    vae = diffusers.AutoencoderKL(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
+        sample_size=16,
+        scaling_factor=0.5,
+        shift_factor=0.1,
+    )
     vae.save_pretrained(tmp_path / "vae")
     ae = load_diffusers_kl(tmp_path / "vae")
     spec = ae.latent_spec(16)

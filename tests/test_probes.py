@@ -1,5 +1,6 @@
 """The attribute probe: how it reads cells, what it trains on, how it is cached, and (must show) that it reads
 held-out real renders ≥ 99 % right per attribute — the ceiling of every prompt-following number."""
+
 import dataclasses
 import json
 
@@ -82,7 +83,9 @@ def test_training_renders_are_fresh_and_cover_holdout_and_counting(probe_data_cf
     shared = [im for im in images.numpy() if bytes(im) in seen and im.max() > 0]
     assert len(shared) <= 8  # chance repeats only (2 of 400 when measured), besides the empty scene
     pairs = {(c, s) for c, s in cfg.holdout}
-    held = [any((o["colour"], o["shape"]) in pairs for o in renders.item(i)["attributes"]["objects"]) for i in range(400)]
+    held = [
+        any((o["colour"], o["shape"]) in pairs for o in renders.item(i)["attributes"]["objects"]) for i in range(400)
+    ]
     assert held == [i % 4 == 0 for i in range(400)]  # every 4th render shows a held-out pair, no other does
     counts = targets["occupied"].sum(1)
     assert (counts == 0).any() and (counts == 3).any()  # counting scenes (0 and 3 objects) are in the stream
@@ -160,8 +163,16 @@ def test_default_probe_reads_held_out_renders(tmp_path, changes):
 def test_probe_train_command(tmp_path, capsys):
     from synthscale.cli import main
 
-    argv = ["probe", "train", "--cache", str(tmp_path), "--quiet", "--threads", "1",
-            *(f"--probe-set={k}={v}" for k, v in dataclasses.asdict(QUICK).items())]  # fmt: skip
+    argv = [
+        "probe",
+        "train",
+        "--cache",
+        str(tmp_path),
+        "--quiet",
+        "--threads",
+        "1",
+        *(f"--probe-set={k}={v}" for k, v in dataclasses.asdict(QUICK).items()),
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "whole prompt" in out and "holdout" in out

@@ -56,8 +56,13 @@ def test_report_builds_from_a_stored_study(study, capsys):
 def test_findings_follow_the_numbers(study, flipped):
     data = cmp.load_study(study)
     # the fixture's curves are drawn so findings 2-6 hold; the rules must see it
-    for finding in (fnd.finding_prompt_following(data), fnd.finding_quality_crossover(data, {}),
-                    fnd.finding_inference(data), fnd.finding_ema(data), fnd.finding_autoencoder(data)):
+    for finding in (
+        fnd.finding_prompt_following(data),
+        fnd.finding_quality_crossover(data, {}),
+        fnd.finding_inference(data),
+        fnd.finding_ema(data),
+        fnd.finding_autoencoder(data),
+    ):
         assert finding.verdict == fnd.CONFIRMED, (finding.number, finding.evidence)
         assert finding.evidence and finding.rule
     # reversed curves: diffusion follows prompts best, leads on FD at low compute, gains from steps and EMA as
@@ -81,12 +86,28 @@ def _tiny_study(root, milestones: int) -> None:
     store = ResultsStore.of(root)
     store.add_run("only", "flow", "2x64", 256, "kl-f4c4", status="done")
     store.add_run("broken", "masked", "2x64", 256, "lfq-f8", status="failed", error="ValueError: bad latent cache")
-    store.add_records([EvalRecord(run="only", objective="flow", size="2x64", params=1000, params_nonembedding=900,
-                                  data_size=256, autoencoder="kl-f4c4", milestone=m, step=m,
-                                  train_flops=10.0 ** (9 + m),
-                                  weights="ema", steps=20, cfg_scale=1.0, sample_flops_per_image=1e6,
-                                  metrics={"loss": 1.0 + 2.0 / (m + 1), "fd_probe": 50.0 / (m + 1)})
-                       for m in range(milestones)])
+    store.add_records(
+        [
+            EvalRecord(
+                run="only",
+                objective="flow",
+                size="2x64",
+                params=1000,
+                params_nonembedding=900,
+                data_size=256,
+                autoencoder="kl-f4c4",
+                milestone=m,
+                step=m,
+                train_flops=10.0 ** (9 + m),
+                weights="ema",
+                steps=20,
+                cfg_scale=1.0,
+                sample_flops_per_image=1e6,
+                metrics={"loss": 1.0 + 2.0 / (m + 1), "fd_probe": 50.0 / (m + 1)},
+            )
+            for m in range(milestones)
+        ]
+    )
     store.close()
 
 
@@ -122,7 +143,8 @@ def test_main_autoencoder_is_the_grid_s_not_the_ablation_s():
     # more runs win without a spec; an explicit choice wins over everything
     assert cmp.main_autoencoders({}, runs + runs[1:], records) == {"flow": "kl-f4c4"}
     assert cmp.main_autoencoders({"main_autoencoders": '{"flow": "kl-f4c8"}'}, runs + runs[1:], records) == {
-        "flow": "kl-f4c8"}
+        "flow": "kl-f4c8"
+    }
 
 
 def test_quality_differences_need_fd_and_kid_to_agree():
@@ -145,8 +167,13 @@ def test_sample_grids_show_each_objective_s_best_model_at_matched_compute(study)
     chosen, note = _sample_grids(data)
     assert {g["objective"] for g in chosen} == set(data.objectives) and "training FLOPs" in note
     for g in chosen:
-        at_level = [r for r in data.records if r["objective"] == g["objective"] and r["milestone"] == g["milestone"]
-                    and (r["weights"], r["steps"], r["cfg_scale"]) == (g["weights"], g["steps"], g["cfg_scale"])
-                    and {a["run"] for a in data.artifacts if a["kind"] == "samples"} >= {r["run"]}]  # fmt: skip
+        at_level = [
+            r
+            for r in data.records
+            if r["objective"] == g["objective"]
+            and r["milestone"] == g["milestone"]
+            and (r["weights"], r["steps"], r["cfg_scale"]) == (g["weights"], g["steps"], g["cfg_scale"])
+            and {a["run"] for a in data.artifacts if a["kind"] == "samples"} >= {r["run"]}
+        ]
         assert g["fd_probe"] == min(r["metrics"]["fd_probe"] for r in at_level)
         assert f"fd-probe {g['fd_probe']:.3g}" in g["label"]

@@ -13,12 +13,24 @@ from synthscale.study.results import ResultsError, ResultsStore, store_path
 
 
 def _record(run="r1", milestone=0, weights="ema", steps=20, cfg=3.0, **metrics) -> EvalRecord:
-    return EvalRecord(run=run, objective="flow", size="2x64", params=1000, params_nonembedding=900, data_size=256,
-                      autoencoder="kl-f4c4", milestone=milestone, step=10 * (milestone + 1),
-                      train_flops=1e9 * (milestone + 1), weights=weights, steps=steps, cfg_scale=cfg,
-                      sample_flops_per_image=1e6 * steps,
-                      metrics=metrics or {"loss": 0.5, "fd_probe": 12.0, "prompt_acc": 0.4},
-                      instruments={"extractor": "probe:abc", "n": 64})
+    return EvalRecord(
+        run=run,
+        objective="flow",
+        size="2x64",
+        params=1000,
+        params_nonembedding=900,
+        data_size=256,
+        autoencoder="kl-f4c4",
+        milestone=milestone,
+        step=10 * (milestone + 1),
+        train_flops=1e9 * (milestone + 1),
+        weights=weights,
+        steps=steps,
+        cfg_scale=cfg,
+        sample_flops_per_image=1e6 * steps,
+        metrics=metrics or {"loss": 0.5, "fd_probe": 12.0, "prompt_acc": 0.4},
+        instruments={"extractor": "probe:abc", "n": 64},
+    )
 
 
 def test_records_round_trip_with_run_config_hash(tmp_path):
@@ -84,8 +96,12 @@ def test_runs_autoencoders_status_and_errors(tmp_path):
     store.set_run_status("r1", "failed", "RuntimeError: loss is NaN")
     store.add_autoencoder("lfq-f8", "discrete", {"psnr": 21.5, "usage": 0.9})
     (run,) = store.runs()
-    assert (run["status"], run["error"], run["params"], run["budget_flops"]) == ("failed", "RuntimeError: loss is NaN",
-                                                                                  12345, 1e13)
+    assert (run["status"], run["error"], run["params"], run["budget_flops"]) == (
+        "failed",
+        "RuntimeError: loss is NaN",
+        12345,
+        1e13,
+    )
     assert store.runs(status="done") == []
     assert store.autoencoders()[0]["metrics"] == {"psnr": 21.5, "usage": 0.9}
     with pytest.raises(ResultsError, match="not in"):

@@ -18,8 +18,9 @@ def test_exact_power_law_is_recovered():
     assert np.abs(fit.residuals).max() < 1e-6
 
 
-@pytest.mark.parametrize("E,A,alpha,lo,hi",
-                         [(1.5, 300.0, 0.15, 12, 16), (0.2, 4e6, 0.35, 18, 22), (3.0, 1e6, 0.6, 9, 11)])
+@pytest.mark.parametrize(
+    "E,A,alpha,lo,hi", [(1.5, 300.0, 0.15, 12, 16), (0.2, 4e6, 0.35, 18, 22), (3.0, 1e6, 0.6, 9, 11)]
+)
 def test_noisy_data_recovers_alpha_within_5_percent(E, A, alpha, lo, hi):
     rng = np.random.default_rng(0)
     c = np.logspace(lo, hi, 24)

@@ -8,8 +8,13 @@ import pytest
 
 from synthscale.config import ConfigError, DataConfig
 from synthscale.data.shapes import (
-    COUNT_TEMPLATES, SINGLE_TEMPLATES, TWO_TEMPLATES, ShapesDataset, _Stream, parse_caption,
-)  # fmt: skip
+    COUNT_TEMPLATES,
+    SINGLE_TEMPLATES,
+    TWO_TEMPLATES,
+    ShapesDataset,
+    _Stream,
+    parse_caption,
+)
 
 
 def digest(cfg: DataConfig, split: str, n: int) -> str:
@@ -28,8 +33,10 @@ def test_same_bytes_across_processes():
         "from tests.test_shapes import digest\n"
         "print(digest(DataConfig(counting=True), 'train', 100))\n"
     )
-    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-            for _ in range(2)}  # fmt: skip
+    outs = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        for _ in range(2)
+    }
     assert len(outs) == 1
     assert outs.pop().strip() == digest(DataConfig(counting=True), "train", 100)
 
@@ -84,8 +91,12 @@ def test_captions_agree_with_attributes_for_every_template():
         if a["task"] == "two":
             assert facts["relation"] == a["relation"]
             (r1, c1), (r2, c2) = [(o["row"], o["col"]) for o in a["objects"]]
-            expected = {"to the left of": c1 < c2 and r1 == r2, "to the right of": c1 > c2 and r1 == r2,
-                        "above": r1 < r2 and c1 == c2, "below": r1 > r2 and c1 == c2}  # fmt: skip
+            expected = {
+                "to the left of": c1 < c2 and r1 == r2,
+                "to the right of": c1 > c2 and r1 == r2,
+                "above": r1 < r2 and c1 == c2,
+                "below": r1 > r2 and c1 == c2,
+            }
             assert expected[a["relation"]]
         used.add(_template_of(item["caption"]))
     assert used >= {*range(len(SINGLE_TEMPLATES) + len(TWO_TEMPLATES) + len(COUNT_TEMPLATES))} - {None}
@@ -122,10 +133,15 @@ def test_antialiased_edges():
     assert len(levels) > 3  # box-downsampled edges give intermediate colours
 
 
-@pytest.mark.parametrize("change, match", [
-    ({"resolution": 48}, "resolution"), ({"objects": [3]}, "counting"), ({"holdout": [["pink", "circle"]]}, "colour"),
-    ({"background": "not-a-colour"}, "background"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"resolution": 48}, "resolution"),
+        ({"objects": [3]}, "counting"),
+        ({"holdout": [["pink", "circle"]]}, "colour"),
+        ({"background": "not-a-colour"}, "background"),
+    ],
+)
 def test_bad_configs_are_explained(change, match):
     with pytest.raises(ConfigError, match=match):
         ShapesDataset(DataConfig(**change), "train")

@@ -15,8 +15,16 @@ SPLITS = ("train", "val", "test")
 
 
 def cfg_for(dataset, path, **kw):
-    base = dict(dataset=dataset, path=str(path), resolution=16, size=1000, val_size=1000, test_size=1000,
-                val_fraction=0.2, test_fraction=0.2)  # fmt: skip
+    base = dict(
+        dataset=dataset,
+        path=str(path),
+        resolution=16,
+        size=1000,
+        val_size=1000,
+        test_size=1000,
+        val_fraction=0.2,
+        test_fraction=0.2,
+    )
     return DataConfig(**{**base, **kw})
 
 

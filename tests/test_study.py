@@ -1,4 +1,5 @@
 """The study end to end on a tiny grid: planning, running, resuming after a kill, ingesting, reporting."""
+
 import json
 import os
 import shutil
@@ -18,15 +19,27 @@ from synthscale.train.location import relocate
 
 SPEC = Path(__file__).parents[1] / "configs" / "studies" / "default.yaml"
 TINY = [
-    "sizes=[2x64]", "objectives=[flow, autoregressive]", "autoencoder_overrides=[train.steps=15, train.batch_size=16]",
-    "ablation_autoencoders=[]", "budgets=[3e9]", "data.size=512", "data.val_size=128", "data.test_size=64",
+    "sizes=[2x64]",
+    "objectives=[flow, autoregressive]",
+    "autoencoder_overrides=[train.steps=15, train.batch_size=16]",
+    "ablation_autoencoders=[]",
+    "budgets=[3e9]",
+    "data.size=512",
+    "data.val_size=128",
+    "data.test_size=64",
     "data.holdout_size=32",
     "run_overrides=[flow:model.patch_size=2, train.batch_size=16, train.milestones_per_decade=2, "
     "train.first_milestone_flops=5e8, train.warmup_steps=2, train.checkpoint_every=5]",
-    "probe_overrides=[steps=15, eval_items=64]", "evaluation.n=16", "evaluation.holdout_n=4",
-    "evaluation.sweep={flow: [2, 4]}", "evaluation.steps={flow: 4}", "evaluation.loss_batches=1",
-    "evaluation.batch_size=16", "evaluation.speed=false", "executor=sequential",
-]  # fmt: skip
+    "probe_overrides=[steps=15, eval_items=64]",
+    "evaluation.n=16",
+    "evaluation.holdout_n=4",
+    "evaluation.sweep={flow: [2, 4]}",
+    "evaluation.steps={flow: 4}",
+    "evaluation.loss_batches=1",
+    "evaluation.batch_size=16",
+    "evaluation.speed=false",
+    "executor=sequential",
+]
 
 
 def test_plan_keys_are_content_not_paths(tmp_path):
@@ -36,7 +49,9 @@ def test_plan_keys_are_content_not_paths(tmp_path):
     kinds = [s.kind for s in a.stages]
     assert kinds.count("train") == len(a.runs) == 3 * 2 + 1  # the grid plus the kl-f4c8 ablation run
     changed = plan_study(load(StudyConfig, SPEC, ["run_overrides=[train.lr=1e-4]"]), tmp_path / "a", SPEC.parent)
-    assert {s.id for s in changed.stages if s.kind == "autoencoder"} == {s.id for s in a.stages if s.kind == "autoencoder"}
+    assert {s.id for s in changed.stages if s.kind == "autoencoder"} == {
+        s.id for s in a.stages if s.kind == "autoencoder"
+    }
     assert not {s.id for s in changed.stages if s.kind == "train"} & {s.id for s in a.stages if s.kind == "train"}
 
 
@@ -64,7 +79,9 @@ def test_objective_scoped_overrides_and_errors(tmp_path):
     with pytest.raises(ValueError, match="not an objective"):
         plan_study(load(StudyConfig, SPEC, ["run_overrides=[diffusion:train.lr=1]"]), tmp_path, SPEC.parent)
     with pytest.raises(ValueError, match="continuous"):
-        plan_study(load(StudyConfig, SPEC, ["continuous_autoencoder=../autoencoders/lfq-f8.yaml"]), tmp_path, SPEC.parent)
+        plan_study(
+            load(StudyConfig, SPEC, ["continuous_autoencoder=../autoencoders/lfq-f8.yaml"]), tmp_path, SPEC.parent
+        )
     with pytest.raises(ConfigError, match=r"evaluation.sweep of run masked-.*1\.\.16 for 16 image tokens, got 100"):
         plan_study(load(StudyConfig, SPEC, ["evaluation.sweep={masked: [4, 100]}"]), tmp_path, SPEC.parent)
 
@@ -100,8 +117,11 @@ def _check_moved_study_resumes(root: Path, moved: Path, records: list[dict]):
     the new place to the same records; a run whose autoencoder is not the one it recorded is refused."""
     shutil.move(root, moved)
     run = next(moved.glob("train/flow-*"))
-    for path in sorted((run / "checkpoints").glob("step_*"))[1:] + [run / "done.json", run / "eval",
-                                                                     *moved.glob("evaluate/flow-*")]:  # fmt: skip
+    for path in sorted((run / "checkpoints").glob("step_*"))[1:] + [
+        run / "done.json",
+        run / "eval",
+        *moved.glob("evaluate/flow-*"),
+    ]:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     result = run_study(SPEC, moved, TINY, progress=False)
     assert set(result["states"].values()) == {"done"}

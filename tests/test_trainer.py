@@ -1,5 +1,6 @@
 """The FLOPs-budgeted trainer: schedule, milestones, data order, exact resume (in-process and after SIGKILL),
 NaN handling, gradient accumulation, the run dir and the evaluation API."""
+
 import dataclasses
 import json
 import math
@@ -29,9 +30,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 def tiny_cfg(steps: int, *overrides: str, latents: str = "continuous:4x4x4") -> RunConfig:
     """A 2x64 run on random latents whose budget is exactly `steps` optimizer steps."""
-    base = [f"random_latents={latents}", "model.size=2x64", "model.text_layers=1", "data.size=40",
-            "data.max_caption_tokens=8", "train.batch_size=8", "train.warmup_steps=2", "train.lr=1e-3",
-            "train.log_every=1", "train.checkpoint_every=2", "train.keep_last=100", "train.ema_decay=0.9"]  # fmt: skip
+    base = [
+        f"random_latents={latents}",
+        "model.size=2x64",
+        "model.text_layers=1",
+        "data.size=40",
+        "data.max_caption_tokens=8",
+        "train.batch_size=8",
+        "train.warmup_steps=2",
+        "train.lr=1e-3",
+        "train.log_every=1",
+        "train.checkpoint_every=2",
+        "train.keep_last=100",
+        "train.ema_decay=0.9",
+    ]
     cfg = load(RunConfig, None, base + list(overrides))
     source = open_source(cfg)
     fps = get_objective(cfg.objective).train_flops(cfg.model, source.spec, source.text_spec, cfg.train.batch_size)
@@ -175,8 +187,11 @@ def step_one_gradient(run_dir, cfg) -> dict[str, torch.Tensor]:
     info = next(i for i in list_checkpoints(run_dir) if i.step == 1)
     tensors = ckpt.load_tensors(info.path, "optimizer")
     beta1 = cfg.train.betas[0]
-    return {k.removeprefix("state.model.").removesuffix(".exp_avg"): v / (1 - beta1)
-            for k, v in tensors.items() if k.endswith(".exp_avg")}  # fmt: skip
+    return {
+        k.removeprefix("state.model.").removesuffix(".exp_avg"): v / (1 - beta1)
+        for k, v in tensors.items()
+        if k.endswith(".exp_avg")
+    }
 
 
 def reference_gradient(cfg: RunConfig, pieces: int) -> dict[str, torch.Tensor]:
@@ -190,7 +205,9 @@ def reference_gradient(cfg: RunConfig, pieces: int) -> dict[str, torch.Tensor]:
     total = 0
     for p in range(pieces):
         batch = source.get_batch(indices[p * m : (p + 1) * m], generator(derive_seed(cfg.seed, "data", 0, p)))
-        total = total + objective.loss(model, batch["latents"], batch["text"], generator(derive_seed(cfg.seed, "loss", 0, p)))
+        total = total + objective.loss(
+            model, batch["latents"], batch["text"], generator(derive_seed(cfg.seed, "loss", 0, p))
+        )
     (total / pieces).backward()
     return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
@@ -345,12 +362,21 @@ def test_run_on_an_autoencoder_latent_cache(tmp_path):
     from synthscale.config import AutoencoderConfig, DataConfig
 
     torch.manual_seed(0)
-    ae_cfg = AutoencoderConfig(name="kl-tiny", kind="kl", widths=[8, 8, 8], latent_channels=4,
-                               data=DataConfig(resolution=16))
+    ae_cfg = AutoencoderConfig(
+        name="kl-tiny", kind="kl", widths=[8, 8, 8], latent_channels=4, data=DataConfig(resolution=16)
+    )
     save_autoencoder(build_autoencoder(ae_cfg), tmp_path / "ae")  # untrained weights serve the plumbing
-    sets = [f"autoencoder={tmp_path / 'ae'}", f"cache_root={tmp_path / 'cache'}", "data.resolution=16",
-            "data.size=24", "model.size=2x64", "model.text_layers=1", "train.batch_size=8",
-            "train.budget_flops=1", "train.log_every=1"]  # fmt: skip
+    sets = [
+        f"autoencoder={tmp_path / 'ae'}",
+        f"cache_root={tmp_path / 'cache'}",
+        "data.resolution=16",
+        "data.size=24",
+        "model.size=2x64",
+        "model.text_layers=1",
+        "train.batch_size=8",
+        "train.budget_flops=1",
+        "train.log_every=1",
+    ]
     summary = train(load(RunConfig, None, sets), tmp_path / "run", progress=False)
     assert summary["steps"] == 1 and math.isfinite(summary["final_loss"])
     assert len(list((tmp_path / "cache").glob("*/cache.json"))) == 1
@@ -369,7 +395,9 @@ def test_compiled_model_trains_like_eager(tmp_path):
     """train.compile=true (inductor; minutes of compiling on a small CPU) follows the eager run's losses."""
     train(tiny_cfg(3), tmp_path / "eager", progress=False)
     train(tiny_cfg(3, "train.compile=true"), tmp_path / "compiled", progress=False)
-    assert [x for _, x in losses(tmp_path / "compiled")] == pytest.approx([x for _, x in losses(tmp_path / "eager")], rel=1e-5)
+    assert [x for _, x in losses(tmp_path / "compiled")] == pytest.approx(
+        [x for _, x in losses(tmp_path / "eager")], rel=1e-5
+    )
 
 
 def test_disk_full_mid_run_keeps_earlier_checkpoints_and_resumes_exactly(tmp_path, monkeypatch):
@@ -395,4 +423,6 @@ def test_disk_full_mid_run_keeps_earlier_checkpoints_and_resumes_exactly(tmp_pat
     assert list_checkpoints(run)[-1].step == 2 and not list((run / "checkpoints").glob(".tmp-*"))
     monkeypatch.setattr(atomic, "save_safetensors", real)  # space freed: the same call resumes
     train(cfg, run, progress=False)
-    assert same_tensors(final_tensors(run), final_tensors(tmp_path / "whole")) and losses(run) == losses(tmp_path / "whole")
+    assert same_tensors(final_tensors(run), final_tensors(tmp_path / "whole")) and losses(run) == losses(
+        tmp_path / "whole"
+    )

@@ -1,4 +1,5 @@
 """Small on-disk image folders for the folder / shard dataset tests."""
+
 from __future__ import annotations
 
 import io

@@ -4,6 +4,7 @@ A trained autoencoder is a folder: `model.safetensors` (every tensor, including 
 `config.json` (the `AutoencoderConfig` and the weights hash). `load_autoencoder(dir)` rebuilds it and refuses a
 missing, corrupt or mismatched checkpoint with a `CheckpointError` that says what to do.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,9 +20,18 @@ from synthscale.data.latents import LatentSpec
 from synthscale.data.pixels import to_tensor, to_uint8
 
 __all__ = [
-    "Autoencoder", "AutoencoderError", "CheckpointError", "ImageSizeError", "build_autoencoder",
-    "latent_spec_of", "load_autoencoder", "save_autoencoder", "validate", "to_tensor", "to_uint8",
-]  # fmt: skip
+    "Autoencoder",
+    "AutoencoderError",
+    "CheckpointError",
+    "ImageSizeError",
+    "build_autoencoder",
+    "latent_spec_of",
+    "load_autoencoder",
+    "save_autoencoder",
+    "validate",
+    "to_tensor",
+    "to_uint8",
+]
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 FORMAT = 1
@@ -54,7 +64,7 @@ def validate(cfg: AutoencoderConfig) -> None:
                 f"autoencoder {cfg.name!r}: fsq uses one channel per level, so latent_channels must be "
                 f"len(fsq_levels)={len(cfg.fsq_levels)}, got {cfg.latent_channels}"
             )
-        if any(l < 2 for l in cfg.fsq_levels):
+        if any(level < 2 for level in cfg.fsq_levels):
             raise ConfigError(f"autoencoder {cfg.name!r}: fsq_levels must all be ≥ 2, got {cfg.fsq_levels}")
     if cfg.kind == "lfq" and not 1 <= cfg.latent_channels <= 20:
         raise ConfigError(
@@ -93,10 +103,18 @@ def save_autoencoder(model: Autoencoder, out: str | Path, info: dict | None = No
     weights_hash = model.weights_hash
     state = model.saved_state() if hasattr(model, "saved_state") else model.state_dict()  # diffusers: shift/scale
     atomic.save_safetensors(out / WEIGHTS, state, metadata={"name": model.name, "weights_hash": weights_hash})
-    atomic.write_json(out / CONFIG, {
-        "format": FORMAT, "name": model.name, "kind": model.kind, "weights_hash": weights_hash,
-        "config_hash": config_hash(model.cfg), "config": to_dict(model.cfg), **({"info": info} if info else {}),
-    })  # fmt: skip
+    atomic.write_json(
+        out / CONFIG,
+        {
+            "format": FORMAT,
+            "name": model.name,
+            "kind": model.kind,
+            "weights_hash": weights_hash,
+            "config_hash": config_hash(model.cfg),
+            "config": to_dict(model.cfg),
+            **({"info": info} if info else {}),
+        },
+    )
     return out
 
 

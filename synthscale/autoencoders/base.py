@@ -1,5 +1,6 @@
 """What every autoencoder shares: its name and identity (a content hash of its weights), input checks, and the
 interface the latent cache and the generators use (`latent_spec`, `encode_for_cache`, `decode`)."""
+
 from __future__ import annotations
 
 import abc
@@ -65,7 +66,8 @@ class Autoencoder(nn.Module, abc.ABC):
         if not isinstance(images, torch.Tensor) or not images.is_floating_point():
             raise ImageSizeError(
                 f"autoencoder {self.name!r} takes float images [B, 3, H, W] in [-1, 1], got "
-                f"{type(images).__name__} {getattr(images, 'dtype', '')}; convert uint8 with synthscale.data.pixels.to_tensor"
+                f"{type(images).__name__} {getattr(images, 'dtype', '')}; "
+                "convert uint8 with synthscale.data.pixels.to_tensor"
             )
         if images.ndim != 4 or images.shape[1] != 3:
             raise ImageSizeError(

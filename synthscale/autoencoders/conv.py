@@ -3,11 +3,12 @@ one resolution level per entry of `widths`, a stride-2 convolution between level
 
 At 32×32 with widths [16, 32, 64] every level costs about the same (H·W·C² is constant), which keeps the
 full-resolution level — the one that dominates CPU time — narrow."""
+
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 
 def group_norm(channels: int) -> nn.GroupNorm:

@@ -11,6 +11,7 @@ because SD's factor was tuned on its own data. Loading is offline and safetensor
     moments = ae.encode_for_cache(images)            # images float [B, 3, H, W] in [-1, 1]
     images = ae.decode(scaled_latents)               # [B, 4, H/8, W/8] → [B, 3, H, W] in [-1, 1]
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,8 +38,9 @@ class DiffusersKL(nn.Module):
         self.path = local_dir(path, WHAT, "the autoencoder path")
         diffusers = require("diffusers", WHAT)
         try:
-            self.vae = diffusers.AutoencoderKL.from_pretrained(str(self.path), local_files_only=True,
-                                                               use_safetensors=True)  # fmt: skip
+            self.vae = diffusers.AutoencoderKL.from_pretrained(
+                str(self.path), local_files_only=True, use_safetensors=True
+            )
         except (OSError, ValueError, TypeError) as e:
             raise ConfigError(f"{WHAT}: cannot load {self.path}: {e}") from e
         self.vae.requires_grad_(False).eval()
@@ -55,7 +57,7 @@ class DiffusersKL(nn.Module):
         diffusers folder (recorded by hash), so a study does not copy them."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("vae.")}
 
-    def train(self, mode: bool = True) -> "DiffusersKL":
+    def train(self, mode: bool = True) -> DiffusersKL:
         return super().train(False)  # frozen: GroupNorm has no batch statistics, but keep eval semantics anyway
 
     @property
@@ -74,21 +76,30 @@ class DiffusersKL(nn.Module):
 
     def latent_spec(self, resolution: int) -> LatentSpec:
         if resolution % self.downsample:
-            raise ConfigError(f"{self.name}: resolution {resolution} is not a multiple of its downsampling factor "
-                              f"{self.downsample}; set data.resolution to a multiple")  # fmt: skip
+            raise ConfigError(
+                f"{self.name}: resolution {resolution} is not a multiple of its downsampling factor "
+                f"{self.downsample}; set data.resolution to a multiple"
+            )
         side = resolution // self.downsample
         return LatentSpec(kind="continuous", channels=self.channels, height=side, width=side)
 
     def check_images(self, images: torch.Tensor) -> None:
-        if not isinstance(images, torch.Tensor) or not images.is_floating_point() or images.ndim != 4 \
-                or images.shape[1] != 3:  # fmt: skip
-            raise ConfigError(f"{self.name} takes float images [B, 3, H, W] in [-1, 1], got "
-                              f"{getattr(images, 'dtype', type(images).__name__)} {list(getattr(images, 'shape', []))}; "
-                              "convert uint8 with synthscale.data.pixels.to_tensor")  # fmt: skip
+        if (
+            not isinstance(images, torch.Tensor)
+            or not images.is_floating_point()
+            or images.ndim != 4
+            or images.shape[1] != 3
+        ):
+            raise ConfigError(
+                f"{self.name} takes float images [B, 3, H, W] in [-1, 1], got "
+                f"{getattr(images, 'dtype', type(images).__name__)} {list(getattr(images, 'shape', []))}; "
+                "convert uint8 with synthscale.data.pixels.to_tensor"
+            )
         self.latent_spec(images.shape[-1])
         if images.numel() and images.abs().max() > 1.0 + 1e-3:
-            raise ConfigError(f"{self.name} takes pixel values in [-1, 1], got values up to "
-                              f"{images.abs().max().item():.3g}")  # fmt: skip
+            raise ConfigError(
+                f"{self.name} takes pixel values in [-1, 1], got values up to {images.abs().max().item():.3g}"
+            )
 
     @torch.no_grad()
     def encode_for_cache(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -101,8 +112,10 @@ class DiffusersKL(nn.Module):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents [B, c, h, w] (as the cache yields them) → images [B, 3, h·f, w·f] in [-1, 1]."""
         if not latents.is_floating_point() or latents.ndim != 4 or latents.shape[1] != self.channels:
-            raise ConfigError(f"{self.name} decodes float latents [B, {self.channels}, h, w], got "
-                              f"{latents.dtype} {list(latents.shape)}")  # fmt: skip
+            raise ConfigError(
+                f"{self.name} decodes float latents [B, {self.channels}, h, w], got "
+                f"{latents.dtype} {list(latents.shape)}"
+            )
         z = latents / self.latent_scale + self.latent_shift
         return self.vae.decode(z).sample.clamp(-1.0, 1.0)
 
@@ -131,8 +144,9 @@ def diffusers_latent_spec(path: str | Path, resolution: int) -> LatentSpec:
     f = 2 ** (len(cfg.get("block_out_channels", [0])) - 1)
     if resolution % f:
         raise ConfigError(f"{WHAT} {path}: resolution {resolution} is not a multiple of its downsampling factor {f}")
-    return LatentSpec(kind="continuous", channels=int(cfg.get("latent_channels", 4)), height=resolution // f,
-                      width=resolution // f)
+    return LatentSpec(
+        kind="continuous", channels=int(cfg.get("latent_channels", 4)), height=resolution // f, width=resolution // f
+    )
 
 
 def load_diffusers_kl(path: str | Path, name: str | None = None) -> DiffusersKL:

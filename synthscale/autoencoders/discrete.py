@@ -1,5 +1,6 @@
 """Discrete latents: the conv trunk with a quantiser (LFQ or FSQ) between encoder and decoder. The cache
 stores token indices; generators predict them; `decode` maps indices back to codes and images."""
+
 from __future__ import annotations
 
 import torch
@@ -29,8 +30,9 @@ class DiscreteAutoencoder(Autoencoder):
 
     def latent_spec(self, resolution: int) -> LatentSpec:
         side = self.latent_side(resolution)
-        return LatentSpec(kind="discrete", channels=self.quantizer.dim, height=side, width=side,
-                          vocab_size=self.vocab_size)  # fmt: skip
+        return LatentSpec(
+            kind="discrete", channels=self.quantizer.dim, height=side, width=side, vocab_size=self.vocab_size
+        )
 
     def losses(self, images: torch.Tensor, generator: torch.Generator | None = None):
         """Training forward: (reconstruction [B, 3, H, W], the quantiser's auxiliary losses)."""

@@ -2,6 +2,7 @@
 rounded (straight-through), index = mixed-radix number of the digits, vocabulary Π L_i. No codebook, no
 auxiliary loss, and in practice near-full codebook usage — the robust alternative to LFQ. Hand-written for the
 same reason as LFQ (a few lines; the library brings einx/einops)."""
+
 from __future__ import annotations
 
 import math
@@ -13,9 +14,9 @@ from torch import nn
 class FSQ(nn.Module):
     def __init__(self, levels: list[int], eps: float = 1e-3):
         super().__init__()
-        if not levels or any(int(l) < 2 for l in levels):
+        if not levels or any(int(level) < 2 for level in levels):
             raise ValueError(f"fsq_levels must be a non-empty list of integers ≥ 2, got {levels}")
-        self.levels = [int(l) for l in levels]
+        self.levels = [int(level) for level in levels]
         self.dim = len(levels)
         self.vocab_size = math.prod(self.levels)
         L = torch.tensor(self.levels, dtype=torch.float64)

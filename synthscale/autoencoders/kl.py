@@ -4,6 +4,7 @@ terms). The encoder returns a diagonal Gaussian (mean, log-variance) per latent 
 Diffusion wants unit-variance latents, so after training the autoencoder measures, on training images, a
 shift and a scale (SD3's `shift_factor`/`scaling_factor`, global scalars) and stores them as buffers:
 cached latents are (z − shift)·scale, and `decode` undoes that before the decoder runs."""
+
 from __future__ import annotations
 
 import torch

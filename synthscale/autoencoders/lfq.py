@@ -5,11 +5,12 @@ Training adds an entropy term that keeps codes confident per token and diverse a
 usage), and a commitment term that keeps the encoder output near its code. Written here rather than taken
 from a library: it is ~50 lines, and the maintained implementation (vector-quantize-pytorch) brings einx/einops
 and changes its API often."""
+
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 EXACT_ENTROPY_BITS = 12  # up to 4096 codes the batch code distribution is computed exactly
 

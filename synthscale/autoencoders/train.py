@@ -7,6 +7,7 @@ seed fixes the initial weights, the batch order and the KL noise, so the same se
 Evaluation: PSNR (per image on the uint8 reconstruction, then averaged), SSIM (torchmetrics, Gaussian 11×11),
 mean L1 on [0, 1] pixels, and for discrete autoencoders codebook usage and perplexity of the test tokens.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from synthscale import atomic
@@ -110,10 +110,22 @@ def train_autoencoder(cfg: AutoencoderConfig, out: str | Path, progress: bool = 
         shift, scale = model.measure_scale(batches)
         info.update(latent_shift=shift, latent_scale=scale, scale_items=n)
     save_autoencoder(model, out, info)
-    summary = {"name": cfg.name, "config_hash": config_hash(cfg), "weights_hash": model.weights_hash,
-               "steps": t.steps, "batch_size": t.batch_size, "threads": torch.get_num_threads(),
-               "render_s": render_s, "train_s": train_s, "train_cpu_s": train_cpu_s, "total_s": time.perf_counter() - start,
-               "images_per_s": t.steps * t.batch_size / train_s, "final": history[-1], "history": history, **info}  # fmt: skip
+    summary = {
+        "name": cfg.name,
+        "config_hash": config_hash(cfg),
+        "weights_hash": model.weights_hash,
+        "steps": t.steps,
+        "batch_size": t.batch_size,
+        "threads": torch.get_num_threads(),
+        "render_s": render_s,
+        "train_s": train_s,
+        "train_cpu_s": train_cpu_s,
+        "total_s": time.perf_counter() - start,
+        "images_per_s": t.steps * t.batch_size / train_s,
+        "final": history[-1],
+        "history": history,
+        **info,
+    }
     atomic.write_json(out / TRAIN_LOG, summary)
     return summary
 
@@ -129,22 +141,43 @@ def prepare_pretrained(cfg: AutoencoderConfig, out: Path, progress: bool = True)
     shift, scale = model.measure_scale(to_tensor(images[i : i + 64]) for i in range(0, len(images), 64))
     first = to_tensor(images[:64])
     mse = (to_tensor(to_uint8(model.reconstruct(first))) - first).div(2).pow(2).mean().item()  # on [0, 1] pixels
-    info = {"train_images": len(images), "latent_shift": shift, "latent_scale": scale, "scale_items": len(images),
-            "pretrained": str(model.path)}  # fmt: skip
+    info = {
+        "train_images": len(images),
+        "latent_shift": shift,
+        "latent_scale": scale,
+        "scale_items": len(images),
+        "pretrained": str(model.path),
+    }
     save_autoencoder(model, out, info)
-    summary = {"name": cfg.name, "config_hash": config_hash(cfg), "weights_hash": model.weights_hash, "steps": 0,
-               "batch_size": 0, "threads": torch.get_num_threads(), "render_s": render_s, "train_s": 0.0,
-               "train_cpu_s": 0.0, "total_s": time.perf_counter() - start, "images_per_s": 0.0,
-               "final": {"psnr_batch": psnr_of_mse(mse)}, "history": [], **info}  # fmt: skip
+    summary = {
+        "name": cfg.name,
+        "config_hash": config_hash(cfg),
+        "weights_hash": model.weights_hash,
+        "steps": 0,
+        "batch_size": 0,
+        "threads": torch.get_num_threads(),
+        "render_s": render_s,
+        "train_s": 0.0,
+        "train_cpu_s": 0.0,
+        "total_s": time.perf_counter() - start,
+        "images_per_s": 0.0,
+        "final": {"psnr_batch": psnr_of_mse(mse)},
+        "history": [],
+        **info,
+    }
     atomic.write_json(out / TRAIN_LOG, summary)
     return summary
 
 
 @torch.no_grad()
 def evaluate_autoencoder(
-    path: str | Path, split: str = "test", limit: int = 0, batch_size: int = 100, grid: int = 16,
+    path: str | Path,
+    split: str = "test",
+    limit: int = 0,
+    batch_size: int = 100,
+    grid: int = 16,
     progress: bool = True,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Reconstruction quality on a split; writes eval.json and a reconstruction grid PNG into the folder."""
     from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
@@ -174,22 +207,39 @@ def evaluate_autoencoder(
         se_sum += mse.sum().item()
         l1_sum += (a - b).abs().flatten(1).mean(1).sum().item()
         ssim_sum += ssim(b.permute(0, 3, 1, 2).float(), a.permute(0, 3, 1, 2).float(), data_range=1.0).item() * len(a)
-    metrics: dict[str, float] = {"psnr": float(np.mean(psnrs)), "psnr_pooled": psnr_of_mse(se_sum / n),
-                                 "ssim": ssim_sum / n, "l1": l1_sum / n}
+    metrics: dict[str, float] = {
+        "psnr": float(np.mean(psnrs)),
+        "psnr_pooled": psnr_of_mse(se_sum / n),
+        "ssim": ssim_sum / n,
+        "l1": l1_sum / n,
+    }
     if model.kind == "discrete":
         p = counts.double() / counts.sum()
         metrics["codebook_usage"] = (counts > 0).double().mean().item()
         metrics["perplexity"] = math.exp(-(p[p > 0] * p[p > 0].log()).sum().item())
     result = {
-        "name": model.name, "kind": model.kind, "weights_hash": model.weights_hash, "metrics": metrics,
-        "instruments": {"split": split, "n": n, "psnr": "mean over images of per-image PSNR, uint8, data range 255",
-                        "psnr_pooled": "PSNR of the mean squared error over all test pixels (lower: not Jensen-inflated)",
-                        "ssim": "torchmetrics SSIM, gaussian 11x11 sigma 1.5, data range 1, mean over images",
-                        "l1": "mean |x - x̂| on [0, 1] pixels",
-                        **({"codebook": f"share of the {model.vocab_size} codes used by the {split} tokens; "
-                            "perplexity = exp(entropy of their frequencies)"} if model.kind == "discrete" else {})},
+        "name": model.name,
+        "kind": model.kind,
+        "weights_hash": model.weights_hash,
+        "metrics": metrics,
+        "instruments": {
+            "split": split,
+            "n": n,
+            "psnr": "mean over images of per-image PSNR, uint8, data range 255",
+            "psnr_pooled": "PSNR of the mean squared error over all test pixels (lower: not Jensen-inflated)",
+            "ssim": "torchmetrics SSIM, gaussian 11x11 sigma 1.5, data range 1, mean over images",
+            "l1": "mean |x - x̂| on [0, 1] pixels",
+            **(
+                {
+                    "codebook": f"share of the {model.vocab_size} codes used by the {split} tokens; "
+                    "perplexity = exp(entropy of their frequencies)"
+                }
+                if model.kind == "discrete"
+                else {}
+            ),
+        },
         "latent": dataclasses.asdict(model.latent_spec(model.resolution)),
-    }  # fmt: skip
+    }
     atomic.write_json(path / EVAL_JSON, result)
     if grid:
         k = min(grid, n)

@@ -6,13 +6,13 @@ at the length it runs (a masked SDPA call computes the full Q×K block; a KV-cac
 training = 3 × forward. The analytic count is the source of truth; `count_flops` measures the same with
 `torch.utils.flop_counter.FlopCounterMode` as a cross-check.
 """
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-import torch
 from torch import nn
 
 MLP_RATIO = 4
@@ -34,10 +34,10 @@ class Flops:
     def macs(self) -> int:
         return self.total // 2
 
-    def __add__(self, other: "Flops") -> "Flops":
+    def __add__(self, other: Flops) -> Flops:
         return Flops(self.generator + other.generator, self.text_encoder + other.text_encoder)
 
-    def __mul__(self, k: int) -> "Flops":
+    def __mul__(self, k: int) -> Flops:
         return Flops(self.generator * k, self.text_encoder * k)
 
     __rmul__ = __mul__
@@ -61,8 +61,13 @@ def attention(queries: int, keys: int, width: int) -> int:
 def block(queries: int, keys: int, width: int) -> int:
     """One Transformer block for `queries` new tokens attending to `keys` positions."""
     D = width
-    return (linear(queries, D, 3 * D) + attention(queries, keys, D) + linear(queries, D, D)
-            + linear(queries, D, MLP_RATIO * D) + linear(queries, MLP_RATIO * D, D))
+    return (
+        linear(queries, D, 3 * D)
+        + attention(queries, keys, D)
+        + linear(queries, D, D)
+        + linear(queries, D, MLP_RATIO * D)
+        + linear(queries, MLP_RATIO * D, D)
+    )
 
 
 def transformer(queries: int, keys: int, width: int, depth: int, adaln: bool = False) -> int:

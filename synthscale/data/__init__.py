@@ -1,4 +1,5 @@
 """Datasets, caption tokenizers and the latent cache."""
+
 from __future__ import annotations
 
 from synthscale.config import ConfigError, DataConfig

@@ -9,6 +9,7 @@ excepted) with an image suffix; one without a caption follows `data.missing_capt
 is missing or outside DIR, and a second file with the same key (a.png beside a.jpg), are skipped and listed.
 A malformed captions file is a `ConfigError` naming the line — that is fixed before a run, not skipped in it.
 """
+
 from __future__ import annotations
 
 import csv
@@ -56,8 +57,10 @@ def read_caption_rows(path: Path) -> list[tuple[str, str | None, dict[str, Any]]
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise ConfigError(f"{path}:{n}: not valid JSON ({e.msg}); each line is one object like "
-                                      '{"file": "img.png", "caption": "a red car"}') from None  # fmt: skip
+                    raise ConfigError(
+                        f"{path}:{n}: not valid JSON ({e.msg}); each line is one object like "
+                        '{"file": "img.png", "caption": "a red car"}'
+                    ) from None
                 if not isinstance(obj, dict):
                     raise ConfigError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
                 extra = {k: v for k, v in obj.items() if k not in ("file", "caption")}
@@ -66,8 +69,10 @@ def read_caption_rows(path: Path) -> list[tuple[str, str | None, dict[str, Any]]
     with open(path, encoding="utf-8-sig", newline="") as f:  # utf-8-sig: spreadsheets write a BOM
         reader = csv.DictReader(f)
         if reader.fieldnames is None or not {"file", "caption"} <= set(reader.fieldnames):
-            raise ConfigError(f"{path}: the first row must be a header naming the columns 'file' and 'caption', "
-                              f"got {reader.fieldnames}")  # fmt: skip
+            raise ConfigError(
+                f"{path}: the first row must be a header naming the columns 'file' and 'caption', "
+                f"got {reader.fieldnames}"
+            )
         for n, row in enumerate(reader, 2):
             if None in row:
                 raise ConfigError(f"{path}:{n}: more fields than header columns; quote captions that hold commas")
@@ -112,8 +117,13 @@ def index_folder(root: Path) -> tuple[list[Record], list[dict[str, str]]]:
                 try:
                     text = txt.read_text(encoding="utf-8")
                 except UnicodeDecodeError:
-                    skipped.append({"key": item_key(rel_posix), "where": str(txt.relative_to(root)),
-                                    "reason": "caption file is not UTF-8"})  # fmt: skip
+                    skipped.append(
+                        {
+                            "key": item_key(rel_posix),
+                            "where": str(txt.relative_to(root)),
+                            "reason": "caption file is not UTF-8",
+                        }
+                    )
                     continue
             captions[rel_posix] = (text, {})
     records, seen = [], {}

@@ -10,6 +10,7 @@
      `resize_filter` is the Pillow filter (Pillow filters are antialiased when shrinking).
 Anything Pillow cannot read raises `UnreadableImage`, never another exception, so callers can skip and count it.
 """
+
 from __future__ import annotations
 
 import io
@@ -63,8 +64,15 @@ def decode(data: bytes | str | os.PathLike, draft_size: int | None = None) -> Im
                 image.draft("RGB", (draft_size, draft_size))  # DCT-domain downscale, still ≥ draft_size
             image.load()  # decode now: a truncated file fails here, not later
             return ImageOps.exif_transpose(image)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning,
-            EOFError, struct.error) as e:  # fmt: skip
+    except (
+        OSError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+        EOFError,
+        struct.error,
+    ) as e:
         raise UnreadableImage(f"{type(e).__name__}: {e}") from e
 
 

@@ -13,6 +13,7 @@ Layout of root/<key>/ (key = hash of dataset config + split, autoencoder weights
 An interrupted build keeps its finished shards and resumes. This module takes any encoder with the
 `CacheEncoder` methods; it does not import `synthscale.autoencoders` (DESIGN.md: data sits below it).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -84,9 +85,13 @@ class CacheEncoder(Protocol):
 
 def tokenizer_identity(tokenizer) -> dict[str, Any]:
     """What fixes a tokenizer's output: its class, length, padding and (when it has one) its vocabulary."""
-    ident = {"class": type(tokenizer).__name__, "vocab_size": tokenizer.vocab_size,
-             "max_length": tokenizer.max_length, "pad_id": tokenizer.pad_id,
-             "truncate": getattr(tokenizer, "truncate", False)}  # fmt: skip
+    ident = {
+        "class": type(tokenizer).__name__,
+        "vocab_size": tokenizer.vocab_size,
+        "max_length": tokenizer.max_length,
+        "pad_id": tokenizer.pad_id,
+        "truncate": getattr(tokenizer, "truncate", False),
+    }
     itos = getattr(tokenizer, "itos", None)
     if itos is not None:
         ident["vocab"] = hashlib.sha256("\n".join(itos).encode()).hexdigest()[:16]
@@ -105,9 +110,12 @@ def dataset_identity(dataset) -> dict[str, Any]:
 
 
 def cache_identity(encoder: CacheEncoder, dataset, tokenizer) -> dict[str, Any]:
-    return {"format": FORMAT, "dataset": dataset_identity(dataset),
-            "autoencoder": {"name": encoder.name, "weights_hash": encoder.weights_hash},
-            "tokenizer": tokenizer_identity(tokenizer)}  # fmt: skip
+    return {
+        "format": FORMAT,
+        "dataset": dataset_identity(dataset),
+        "autoencoder": {"name": encoder.name, "weights_hash": encoder.weights_hash},
+        "tokenizer": tokenizer_identity(tokenizer),
+    }
 
 
 def cache_key(identity: dict[str, Any]) -> str:
@@ -145,9 +153,14 @@ def _shard_ok(path: Path, key: str, count: int) -> bool:
 
 
 def build_cache(
-    encoder: CacheEncoder, dataset, tokenizer, root: str | Path, shard_size: int = 4096, batch_size: int = 256,
+    encoder: CacheEncoder,
+    dataset,
+    tokenizer,
+    root: str | Path,
+    shard_size: int = 4096,
+    batch_size: int = 256,
     progress: bool = True,
-) -> "LatentCache":  # fmt: skip
+) -> LatentCache:
     """Encode every item of `dataset` once into shards under `root/<key>/` and open the result.
 
     Already complete: opened, nothing is encoded. Interrupted earlier: finished shards are kept, the rest encoded.
@@ -174,8 +187,12 @@ def build_cache(
     atomic.write_json(path / BUILD, plan)
     shards = [(k, s, min(s + shard_size, n)) for k, s in enumerate(range(0, n, shard_size))]
     todo = [(k, s, e) for k, s, e in shards if not _shard_ok(path / _shard_name(k), key, e - s)]
-    bar = tqdm(total=sum(e - s for _, s, e in todo), desc=f"cache {encoder.name} {dataset.split}", unit="img",
-               disable=not progress)  # fmt: skip
+    bar = tqdm(
+        total=sum(e - s for _, s, e in todo),
+        desc=f"cache {encoder.name} {dataset.split}",
+        unit="img",
+        disable=not progress,
+    )
     for k, start, end in todo:
         parts: dict[str, list[torch.Tensor]] = {}
         captions, attributes = [], []
@@ -195,8 +212,13 @@ def build_cache(
         else:
             tensors = {k_: v.float() for k_, v in tensors.items()}
         tensors["text"] = tokenizer.encode(captions).to(torch.int32)
-        meta = {"key": key, "start": str(start), "count": str(end - start),
-                "captions": json.dumps(captions), "attributes": json.dumps(attributes, default=str)}  # fmt: skip
+        meta = {
+            "key": key,
+            "start": str(start),
+            "count": str(end - start),
+            "captions": json.dumps(captions),
+            "attributes": json.dumps(attributes, default=str),
+        }
         atomic.save_safetensors(path / _shard_name(k), tensors, metadata=meta)
         _write_data_report(dataset, path)  # after every shard: an interrupted build keeps what it saw
     bar.close()
@@ -205,13 +227,22 @@ def build_cache(
     extra: dict[str, Any] = {}
     if spec.kind == "continuous":
         extra = {"shift": float(encoder.shift), "scale": float(encoder.scale)}
-    atomic.write_json(path / COMPLETE, {
-        "identity": identity, "key": key, "count": n, "shards": [_shard_name(k) for k, _, _ in shards],
-        "spec": {f: getattr(spec, f) for f in ("kind", "channels", "height", "width", "vocab_size")},
-        "text_spec": {"vocab_size": tokenizer.vocab_size, "max_length": tokenizer.max_length,
-                      "pad_id": tokenizer.pad_id},
-        **extra,
-    })  # fmt: skip
+    atomic.write_json(
+        path / COMPLETE,
+        {
+            "identity": identity,
+            "key": key,
+            "count": n,
+            "shards": [_shard_name(k) for k, _, _ in shards],
+            "spec": {f: getattr(spec, f) for f in ("kind", "channels", "height", "width", "vocab_size")},
+            "text_spec": {
+                "vocab_size": tokenizer.vocab_size,
+                "max_length": tokenizer.max_length,
+                "pad_id": tokenizer.pad_id,
+            },
+            **extra,
+        },
+    )
     return LatentCache(path, expect=identity)
 
 
@@ -232,7 +263,7 @@ def _write_data_report(dataset, path: Path) -> None:
     atomic.write_json(file, report)
 
 
-def open_cache(root: str | Path, encoder: CacheEncoder, dataset, tokenizer) -> "LatentCache":
+def open_cache(root: str | Path, encoder: CacheEncoder, dataset, tokenizer) -> LatentCache:
     """The complete cache of exactly this (dataset split, autoencoder, tokenizer), or a `CacheError`."""
     identity = cache_identity(encoder, dataset, tokenizer)
     path = Path(root) / cache_key(identity)
@@ -257,13 +288,17 @@ class LatentCache:
 
         self.path = Path(path)
         if not (self.path / COMPLETE).is_file():
-            hint = " (an interrupted build: run build_cache again to resume it)" if (self.path / BUILD).is_file() else ""
+            hint = (
+                " (an interrupted build: run build_cache again to resume it)" if (self.path / BUILD).is_file() else ""
+            )
             raise CacheError(f"{self.path} is not a complete latent cache{hint}")
         self.meta = _read_json(self.path / COMPLETE)
         self.identity = self.meta["identity"]
         if expect is not None and expect != self.identity:
-            raise CacheError(f"{self.path} was built from {_describe(self.identity)}, not {_describe(expect)}; "
-                             "build a cache for this one with build_cache")  # fmt: skip
+            raise CacheError(
+                f"{self.path} was built from {_describe(self.identity)}, not {_describe(expect)}; "
+                "build a cache for this one with build_cache"
+            )
         if autoencoder is not None:
             self.check_autoencoder(autoencoder)
         self.spec = LatentSpec(**self.meta["spec"])
@@ -273,8 +308,10 @@ class LatentCache:
             try:
                 shards.append(load_file(str(self.path / name)))
             except Exception as e:
-                raise CacheError(f"{self.path / name} is missing or corrupt ({type(e).__name__}); delete "
-                                 f"{self.path} and rebuild the cache") from e  # fmt: skip
+                raise CacheError(
+                    f"{self.path / name} is missing or corrupt ({type(e).__name__}); delete "
+                    f"{self.path} and rebuild the cache"
+                ) from e
         cat = {k: torch.cat([s[k] for s in shards]) for k in shards[0]}
         if len(cat["text"]) != self.meta["count"]:
             raise CacheError(f"{self.path}: shards hold {len(cat['text'])} items, cache.json says {self.meta['count']}")
@@ -339,5 +376,7 @@ class LatentCache:
 
 def _describe(identity: dict[str, Any]) -> str:
     ae, ds = identity.get("autoencoder", {}), identity.get("dataset", {})
-    return (f"autoencoder {ae.get('name')!r} (weights {ae.get('weights_hash')}) on the {ds.get('split')} split "
-            f"(data {config_hash(ds.get('config', {}), 8)})")  # fmt: skip
+    return (
+        f"autoencoder {ae.get('name')!r} (weights {ae.get('weights_hash')}) on the {ds.get('split')} split "
+        f"(data {config_hash(ds.get('config', {}), 8)})"
+    )

@@ -1,5 +1,6 @@
 """Images between their two forms: uint8 [N, H, W, 3] arrays (datasets, PNGs) and float [N, 3, H, W] tensors
 in [-1, 1] (networks)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -12,6 +12,7 @@ Python guarantees). A rendered image's bytes are hashed into [0, 1); the image b
 splits can never share an image, by construction. Scenes with a withheld
 colour×shape pair never enter train/val/test; they form the `holdout` split (compositional generalisation).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -41,10 +42,16 @@ SIZE_RANGE = {"small": (0.36, 0.46), "large": (0.68, 0.82)}
 ROW_NAMES = ("top", "middle", "bottom")
 COL_NAMES = ("left", "center", "right")
 POSITION_PHRASES = {
-    (0, 0): "in the top left", (0, 1): "at the top", (0, 2): "in the top right",
-    (1, 0): "on the left", (1, 1): "in the center", (1, 2): "on the right",
-    (2, 0): "in the bottom left", (2, 1): "at the bottom", (2, 2): "in the bottom right",
-}  # fmt: skip
+    (0, 0): "in the top left",
+    (0, 1): "at the top",
+    (0, 2): "in the top right",
+    (1, 0): "on the left",
+    (1, 1): "in the center",
+    (1, 2): "on the right",
+    (2, 0): "in the bottom left",
+    (2, 1): "at the bottom",
+    (2, 2): "in the bottom right",
+}
 RELATIONS = ("to the left of", "to the right of", "above", "below")
 NUMBERS = ("no", "one", "two", "three")
 PLURALS = {s: s + "s" for s in SHAPES}
@@ -105,8 +112,19 @@ class _Stream:
 
 def vocabulary() -> list[str]:
     """Every word a shapes caption can contain, independent of config (so token ids are stable)."""
-    texts = [*SINGLE_TEMPLATES, *TWO_TEMPLATES, *COUNT_TEMPLATES, *EMPTY_CAPTIONS, *POSITION_PHRASES.values(),
-             *RELATIONS, *NUMBERS, *SHAPES, *PLURALS.values(), *COLOURS, *SIZES]  # fmt: skip
+    texts = [
+        *SINGLE_TEMPLATES,
+        *TWO_TEMPLATES,
+        *COUNT_TEMPLATES,
+        *EMPTY_CAPTIONS,
+        *POSITION_PHRASES.values(),
+        *RELATIONS,
+        *NUMBERS,
+        *SHAPES,
+        *PLURALS.values(),
+        *COLOURS,
+        *SIZES,
+    ]
     words = set()
     for text in texts:
         words.update(w for w in re.findall(r"[a-z]+", re.sub(r"\{[a-z]+\}", " ", text)))
@@ -187,8 +205,12 @@ class ShapesDataset:
                 relation = None
                 if kind == "two":
                     relation = next(r for r in RELATIONS if f" {r} " in caption)
-                attributes = {"task": kind, "count": len(objects), "relation": relation,
-                              "objects": [o.attributes() for o in objects]}  # fmt: skip
+                attributes = {
+                    "task": kind,
+                    "count": len(objects),
+                    "relation": relation,
+                    "objects": [o.attributes() for o in objects],
+                }
                 return image, caption, attributes
         raise RuntimeError(f"could not draw a {self.split} scene for item {i}; is data.holdout too broad?")
 
@@ -312,8 +334,11 @@ def parse_caption(caption: str) -> dict[str, Any]:
     m = re.fullmatch(rf"(?:a picture of |there is )?a {_OBJ} ({rel}) a {_OBJ}", caption)
     if m:
         s1, c1, sh1, r, s2, c2, sh2 = m.groups()
-        return {"task": "two", "relation": r, "objects": [dict(size=s1, colour=c1, shape=sh1),
-                                                            dict(size=s2, colour=c2, shape=sh2)]}  # fmt: skip
+        return {
+            "task": "two",
+            "relation": r,
+            "objects": [dict(size=s1, colour=c1, shape=sh1), dict(size=s2, colour=c2, shape=sh2)],
+        }
     pos = "|".join(POSITION_PHRASES.values())
     cells = {v: k for k, v in POSITION_PHRASES.items()}
     m = re.fullmatch(rf"(?:a picture of |there is )?a {_OBJ} ({pos})", caption) or None

@@ -16,6 +16,7 @@ Robustness: a truncated or damaged shard keeps the members before the damage (th
 skipped); an image member that fails to decode is skipped in `ds[i]` (see `userdata`); an item without a
 caption follows `data.missing_caption`; a `.json` that does not parse skips the item (listed).
 """
+
 from __future__ import annotations
 
 import functools
@@ -61,17 +62,23 @@ def shard_files(path: Path) -> list[Path]:
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise ConfigError(f"{manifest} is damaged ({e}); delete it to read every *.tar in {path}") from e
         if not data.get("complete", True):
-            raise ConfigError(f"{path}: the shard writer did not finish (manifest.json says incomplete); "
-                              f"run `synthscale data shard SRC --out {path} --overwrite` again")  # fmt: skip
+            raise ConfigError(
+                f"{path}: the shard writer did not finish (manifest.json says incomplete); "
+                f"run `synthscale data shard SRC --out {path} --overwrite` again"
+            )
         missing = [p.name for p in listed if not p.is_file()]
         if missing:
-            raise ConfigError(f"{manifest} lists shards that are missing: {', '.join(missing[:5])}; "
-                              "copy them back or rewrite the shards")  # fmt: skip
+            raise ConfigError(
+                f"{manifest} lists shards that are missing: {', '.join(missing[:5])}; "
+                "copy them back or rewrite the shards"
+            )
         return listed
     found = sorted(path.glob("*.tar"))
     if not found:
         hint = " (compressed tars are not read: random access needs plain .tar)" if any(path.glob("*.tar.*")) else ""
-        raise ConfigError(f"{path} holds no .tar shards{hint}; write some with `synthscale data shard SRC --out {path}`")
+        raise ConfigError(
+            f"{path} holds no .tar shards{hint}; write some with `synthscale data shard SRC --out {path}`"
+        )
     return found
 
 
@@ -115,8 +122,14 @@ def index_shards(files: list[Path]) -> tuple[list[Record], list[dict[str, str]]]
         except tarfile.ReadError as e:
             raise ConfigError(f"{file} is not a readable uncompressed tar ({e}); shards must be plain .tar") from e
         if damage:  # a shard-wide problem: listed in every split (key None)
-            skipped.append({"key": None, "where": file.name, "reason": f"shard truncated or damaged ({damage}); "
-                            f"{len(groups)} keys read before it, any after it are lost"})  # fmt: skip
+            skipped.append(
+                {
+                    "key": None,
+                    "where": file.name,
+                    "reason": f"shard truncated or damaged ({damage}); "
+                    f"{len(groups)} keys read before it, any after it are lost",
+                }
+            )
         for key, g in groups.items():
             where = f"{file.name}:{key}"
             if "image" not in g:
@@ -205,8 +218,9 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_shards(src: str | Path, out: str | Path, shard_size: int = 1000, overwrite: bool = False,
-                 progress: bool = False) -> dict[str, Any]:  # fmt: skip
+def write_shards(
+    src: str | Path, out: str | Path, shard_size: int = 1000, overwrite: bool = False, progress: bool = False
+) -> dict[str, Any]:
     """Write an image folder (see `data/folder.py`) as tar shards of `shard_size` items plus `manifest.json`.
 
     Every image is fully decoded first; unreadable ones (and keys a folder cannot hold twice) are skipped and
@@ -257,7 +271,16 @@ def write_shards(src: str | Path, out: str | Path, shard_size: int = 1000, overw
     for stale in out.glob("shard-*.tar"):  # --overwrite of a larger earlier set
         if stale.name not in keep:
             stale.unlink()
-    manifest = {"format": FORMAT, "version": 1, "complete": True, "source": str(src), "items": written,
-                "shard_size": shard_size, "shards": shards, "skipped_count": len(skipped), "skipped": skipped}  # fmt: skip
+    manifest = {
+        "format": FORMAT,
+        "version": 1,
+        "complete": True,
+        "source": str(src),
+        "items": written,
+        "shard_size": shard_size,
+        "shards": shards,
+        "skipped_count": len(skipped),
+        "skipped": skipped,
+    }
     atomic.write_json(out / MANIFEST, manifest)
     return manifest

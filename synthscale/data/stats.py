@@ -1,4 +1,5 @@
 """Attribute frequencies per split: a quick check that a dataset config holds what it should."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -10,8 +11,9 @@ from synthscale.data import get_dataset
 def attribute_stats(cfg: DataConfig, split: str, limit: int = 2000) -> dict[str, dict[str, int]]:
     ds = get_dataset(cfg, split)
     n = len(ds) if limit <= 0 else min(limit, len(ds))
-    counts: dict[str, Counter] = {k: Counter() for k in ("task", "count", "relation", "shape", "colour", "size",
-                                                         "row", "col", "colour×shape")}  # fmt: skip
+    counts: dict[str, Counter] = {
+        k: Counter() for k in ("task", "count", "relation", "shape", "colour", "size", "row", "col", "colour×shape")
+    }
     for i in range(n):
         a = ds[i]["attributes"]
         counts["task"][a["task"]] += 1

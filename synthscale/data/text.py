@@ -1,12 +1,14 @@
 """Caption tokenizers. The embedded default is a word-level vocabulary built from the shapes templates;
 a pretrained tokenizer can stand in by implementing `CaptionTokenizer`."""
+
 from __future__ import annotations
 
 import json
 import re
 from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 import torch
 
@@ -47,14 +49,15 @@ class WordTokenizer:
         self.truncate, self.truncations = truncate, 0
 
     @classmethod
-    def for_shapes(cls, max_length: int = 24) -> "WordTokenizer":
+    def for_shapes(cls, max_length: int = 24) -> WordTokenizer:
         from synthscale.data.shapes import vocabulary
 
         return cls(vocabulary(), max_length)
 
     @classmethod
-    def from_captions(cls, captions: Sequence[str], max_length: int, vocab_size: int = 8192,
-                      truncate: bool = True) -> "WordTokenizer":  # fmt: skip
+    def from_captions(
+        cls, captions: Sequence[str], max_length: int, vocab_size: int = 8192, truncate: bool = True
+    ) -> WordTokenizer:
         """A vocabulary of the `vocab_size - 3` most frequent words of `captions` (ties alphabetical); rarer
         words map to `<unk>`. Deterministic: the same captions give the same ids."""
         if vocab_size <= len(SPECIALS):
@@ -67,11 +70,12 @@ class WordTokenizer:
         """Store the vocabulary as JSON (atomically), e.g. beside a latent cache."""
         from synthscale import atomic
 
-        atomic.write_json(path, {"kind": "word", "max_length": self.max_length, "truncate": self.truncate,
-                                 "itos": self.itos})  # fmt: skip
+        atomic.write_json(
+            path, {"kind": "word", "max_length": self.max_length, "truncate": self.truncate, "itos": self.itos}
+        )
 
     @classmethod
-    def load(cls, path: str | Path) -> "WordTokenizer":
+    def load(cls, path: str | Path) -> WordTokenizer:
         data = json.loads(Path(path).read_text())
         if data.get("kind") != "word" or data.get("itos", [])[: len(SPECIALS)] != list(SPECIALS):
             raise ConfigError(f"{path} is not a word-tokenizer vocabulary written by WordTokenizer.save")
@@ -149,8 +153,9 @@ class PretrainedTokenizer:
                 "Raise data.max_caption_tokens or set data.long_caption=truncate."
             )
         self.truncations += too_long
-        out = self.hf(list(captions), padding="max_length", truncation=True, max_length=self.max_length,
-                      return_tensors="pt")  # fmt: skip
+        out = self.hf(
+            list(captions), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
         return out["input_ids"].to(torch.long).reshape(-1, self.max_length)
 
 

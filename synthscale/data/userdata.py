@@ -28,15 +28,17 @@ Unreadable images never stop a run:
     cost of one duplicate per such image. Both kinds are listed in `ds.skipped` with the reason, and
     `ds.write_report(path)` writes them, with the truncation list, as JSON beside a cache or a run.
 """
+
 from __future__ import annotations
 
 import abc
 import dataclasses
 import hashlib
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -113,8 +115,9 @@ class CaptionedDataset(abc.ABC):
         )
         self.pool = [r for _, _, r in mine]  # every record of this split, in take order (before rules and cap)
         # index problems of this split's keys, and those of no one key (a damaged shard) in every split
-        self.skipped: list[dict[str, str]] = [s for s in index_skipped
-                                              if s["key"] is None or split_of(cfg, s["key"]) == split]  # fmt: skip
+        self.skipped: list[dict[str, str]] = [
+            s for s in index_skipped if s["key"] is None or split_of(cfg, s["key"]) == split
+        ]
         self.truncated: list[str] = []
         self.items: list[Record] = []
         caption_length: Callable[[str], int] | None = None
@@ -150,7 +153,7 @@ class CaptionedDataset(abc.ABC):
     def _read(self, record: Record) -> bytes | str | Path:
         """The encoded image (bytes or a path Pillow can open); raise UnreadableImage if it cannot be read."""
 
-    def _check(self, record: Record) -> None:
+    def _check(self, record: Record) -> None:  # noqa: B027 (an optional hook: most datasets check nothing)
         """A cheap check at index time; raise UnreadableImage to skip the item."""
 
     # ------------------------------------------------------------------------------------------ access
@@ -194,13 +197,24 @@ class CaptionedDataset(abc.ABC):
     def report(self) -> dict[str, Any]:
         """Counts and lists for this split: what was skipped and why, which captions were truncated."""
         return {
-            "dataset": self.cfg.dataset, "path": str(self.cfg.path), "split": self.split, "items": len(self),
-            "pool": len(self.pool), "skipped_count": len(self.skipped), "skipped": list(self.skipped),
-            "truncated_count": len(self.truncated), "truncated": list(self.truncated),
-            "rules": {"missing_caption": self.cfg.missing_caption, "long_caption": self.cfg.long_caption,
-                      "max_caption_tokens": self.cfg.max_caption_tokens, "crop": self.cfg.crop,
-                      "resize_filter": self.cfg.resize_filter, "resolution": self.cfg.resolution},
-        }  # fmt: skip
+            "dataset": self.cfg.dataset,
+            "path": str(self.cfg.path),
+            "split": self.split,
+            "items": len(self),
+            "pool": len(self.pool),
+            "skipped_count": len(self.skipped),
+            "skipped": list(self.skipped),
+            "truncated_count": len(self.truncated),
+            "truncated": list(self.truncated),
+            "rules": {
+                "missing_caption": self.cfg.missing_caption,
+                "long_caption": self.cfg.long_caption,
+                "max_caption_tokens": self.cfg.max_caption_tokens,
+                "crop": self.cfg.crop,
+                "resize_filter": self.cfg.resize_filter,
+                "resolution": self.cfg.resolution,
+            },
+        }
 
     def write_report(self, path: str | Path) -> Path:
         """Write `report()` as JSON (atomically), e.g. `<cache>/data_report_train.json`."""
@@ -218,8 +232,12 @@ def split_summaries(cfg: DataConfig, splits: list[str]) -> dict[str, dict[str, A
     for split in splits:
         r = get_dataset(cfg, split).report()
         reasons = Counter(s["reason"].split(":")[0].split(" (")[0] for s in r["skipped"])
-        out[split] = {"items": r["items"], "pool": r["pool"], "skipped": dict(reasons.most_common()),
-                      "truncated": r["truncated_count"]}  # fmt: skip
+        out[split] = {
+            "items": r["items"],
+            "pool": r["pool"],
+            "skipped": dict(reasons.most_common()),
+            "truncated": r["truncated_count"],
+        }
     return out
 
 
@@ -227,6 +245,8 @@ def format_summaries(stats: dict[str, dict[str, Any]]) -> str:
     lines = []
     for split, s in stats.items():
         skipped = ", ".join(f"{n} {why}" for why, n in s["skipped"].items()) or "none"
-        lines.append(f"== {split}: {s['items']} items (of {s['pool']} keys in the split); "
-                     f"truncated captions: {s['truncated']}; skipped: {skipped}")  # fmt: skip
+        lines.append(
+            f"== {split}: {s['items']} items (of {s['pool']} keys in the split); "
+            f"truncated captions: {s['truncated']}; skipped: {skipped}"
+        )
     return "\n".join(lines)

@@ -15,12 +15,14 @@ as GenEval credits a colour when some detected object of the class has it. Facts
 scored (NaN), so attribute accuracies average over the prompts that state them. Every accuracy carries a
 seeded bootstrap 95 % interval over prompts.
 """
+
 from __future__ import annotations
 
 import inspect
 import itertools
 import zlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy.stats import bootstrap
@@ -162,9 +164,15 @@ def prompt_following(
     return summarise(score_prompts(probe, images, prompts), prompts, holdout, n_boot, seed)
 
 
-def alignment_instruments(probe, prompts: Sequence[dict], holdout: Sequence[Sequence[str]] = (),
-                          n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:  # fmt: skip
+def alignment_instruments(
+    probe, prompts: Sequence[dict], holdout: Sequence[Sequence[str]] = (), n_boot: int = 1000, seed: int = 0
+) -> dict[str, Any]:
     """What the alignment numbers were measured with, for EvalRecord.instruments."""
-    return {"extractor": f"probe:{probe.key}", "prompts": len(prompts),
-            "prompts_holdout": int(sum(is_holdout(p, holdout) for p in prompts)),
-            "bootstrap": n_boot, "bootstrap_seed": seed, "ci": 0.95}  # fmt: skip
+    return {
+        "extractor": f"probe:{probe.key}",
+        "prompts": len(prompts),
+        "prompts_holdout": int(sum(is_holdout(p, holdout) for p in prompts)),
+        "bootstrap": n_boot,
+        "bootstrap_seed": seed,
+        "ci": 0.95,
+    }

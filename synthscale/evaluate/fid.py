@@ -7,10 +7,12 @@ images in [0, 1] are rounded and clamped first, as saving them to PNG would.
 
 Numbers compare only at equal sample counts and with the same extractor, so every result names both.
 """
+
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -59,7 +61,9 @@ class FeatureDistance:
         self.fid = FrechetInceptionDistance(feature=_Precomputed(dim), reset_real_features=False)
         with warnings.catch_warnings():  # "KID keeps all features in memory": intended, they are small
             warnings.simplefilter("ignore", UserWarning)
-            self.kid = KernelInceptionDistance(feature=_Precomputed(dim), subsets=kid_subsets, reset_real_features=False)
+            self.kid = KernelInceptionDistance(
+                feature=_Precomputed(dim), subsets=kid_subsets, reset_real_features=False
+            )
         self.fid.update(real, real=True)
         self.kid.update(real, real=True)
 
@@ -80,8 +84,10 @@ class FeatureDistance:
         # default: half the smaller set (≤ 1000), so the subsets differ and kid_std measures something
         self.kid.subset_size = self.kid_subset_size or max(2, min(1000, self.n_real // 2, len(fake) // 2))
         if self.kid.subset_size > min(self.n_real, len(fake)):
-            raise ValueError(f"kid_subset_size {self.kid.subset_size} exceeds the images given "
-                             f"({self.n_real} real, {len(fake)} generated); lower it")  # fmt: skip
+            raise ValueError(
+                f"kid_subset_size {self.kid.subset_size} exceeds the images given "
+                f"({self.n_real} real, {len(fake)} generated); lower it"
+            )
         with torch.random.fork_rng(devices=[]):  # torchmetrics draws KID subsets from the global generator
             torch.manual_seed(self.seed)
             kid, kid_std = self.kid.compute()
@@ -90,9 +96,15 @@ class FeatureDistance:
 
     def instruments(self) -> dict[str, Any]:
         """What the last score was measured with, for EvalRecord.instruments."""
-        return {"extractor": self.name, "n": getattr(self, "n_fake", None), "n_real": self.n_real,
-                "resize": self.resize, "kid_subsets": self.kid_subsets, "kid_subset_size": self.kid.subset_size,
-                "kid_seed": self.seed}  # fmt: skip
+        return {
+            "extractor": self.name,
+            "n": getattr(self, "n_fake", None),
+            "n_real": self.n_real,
+            "resize": self.resize,
+            "kid_subsets": self.kid_subsets,
+            "kid_subset_size": self.kid.subset_size,
+            "kid_seed": self.seed,
+        }
 
 
 class ProbeQuality(FeatureDistance):

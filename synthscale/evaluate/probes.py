@@ -16,14 +16,16 @@ renders of the held-out colour×shape pairs, which the generators never see but 
 scenes are included whenever the config has them. The probe is cached under `cache_root/probe-<hash>/` by a hash
 of the dataset's distribution (not its size: a study's data-size axis shares one probe) and the probe config.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -103,7 +105,10 @@ def _cell_windows(resolution: int) -> tuple[int, list[int]]:
 
 
 class AttributeProbe(nn.Module):
-    """Reads a scene cell by cell: `forward(uint8 [N, H, W, 3])` → logits per cell, `features` → [N, feature_dim + 9]."""
+    """Reads a scene cell by cell.
+
+    `forward(uint8 [N, H, W, 3])` → logits per cell; `features` → [N, feature_dim + 9].
+    """
 
     HEADS = ("occupied", "shape", "colour", "size")
 
@@ -121,7 +126,12 @@ class AttributeProbe(nn.Module):
         # At 64 px a 2× box filter first makes a cell look as at 32 px (where this reader is exact) at ¼ the cost.
         self.trunk = nn.Sequential(
             nn.AvgPool2d(2) if resolution >= 64 else nn.Identity(),
-            *conv(3, w), *conv(w, w), nn.MaxPool2d(2), *conv(w, 2 * w), *conv(2 * w, 2 * w), nn.AdaptiveMaxPool2d(3)
+            *conv(3, w),
+            *conv(w, w),
+            nn.MaxPool2d(2),
+            *conv(w, 2 * w),
+            *conv(2 * w, 2 * w),
+            nn.AdaptiveMaxPool2d(3),
         )
         self.mlp = nn.Sequential(  # the penultimate layer: feature_dim per cell
             nn.Flatten(), nn.Linear(2 * w * 9, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, cfg.feature_dim), nn.ReLU()
@@ -199,10 +209,19 @@ def decode_scenes(pred: dict[str, torch.Tensor]) -> list[list[dict[str, Any]]]:
     occ, sh, co, si = (pred[k].tolist() for k in AttributeProbe.HEADS)
     scenes = []
     for i in range(len(occ)):
-        scenes.append([
-            {"shape": shapes[sh[i][k]], "colour": colours[co[i][k]], "size": sizes[si[i][k]], "row": k // 3, "col": k % 3}
-            for k in range(CELLS) if occ[i][k]
-        ])  # fmt: skip
+        scenes.append(
+            [
+                {
+                    "shape": shapes[sh[i][k]],
+                    "colour": colours[co[i][k]],
+                    "size": sizes[si[i][k]],
+                    "row": k // 3,
+                    "col": k % 3,
+                }
+                for k in range(CELLS)
+                if occ[i][k]
+            ]
+        )
     return scenes
 
 
@@ -239,8 +258,9 @@ class ProbeRenders:
         from synthscale.data.shapes import ShapesDataset
 
         _check_data(data_cfg)
-        fresh = dataclasses.replace(data_cfg, seed=data_cfg.seed + PROBE_SEED_OFFSET + probe_cfg.seed,
-                                    size=total, holdout_size=total)  # fmt: skip
+        fresh = dataclasses.replace(
+            data_cfg, seed=data_cfg.seed + PROBE_SEED_OFFSET + probe_cfg.seed, size=total, holdout_size=total
+        )
         self.seen = ShapesDataset(fresh, "train")
         self.held = ShapesDataset(fresh, "holdout") if data_cfg.holdout else None
         self.holdout_every = 0
@@ -289,7 +309,9 @@ def train_probe(data_cfg: DataConfig, probe_cfg: ProbeConfig, progress: bool = T
 
     _check_data(data_cfg)
     if probe_cfg.steps < 1 or probe_cfg.batch_size < 1:
-        raise ConfigError(f"probe.steps and probe.batch_size must be ≥ 1, got {probe_cfg.steps}, {probe_cfg.batch_size}")
+        raise ConfigError(
+            f"probe.steps and probe.batch_size must be ≥ 1, got {probe_cfg.steps}, {probe_cfg.batch_size}"
+        )
     torch.manual_seed(probe_cfg.seed)
     probe = AttributeProbe(data_cfg.resolution, probe_cfg)
     renders = ProbeRenders(data_cfg, probe_cfg, probe_cfg.steps * probe_cfg.batch_size)
@@ -316,9 +338,13 @@ def train_probe(data_cfg: DataConfig, probe_cfg: ProbeConfig, progress: bool = T
         if step % 50 == 0:
             bar.set_postfix(loss=f"{ema:.4f}")
     probe.eval()
-    return probe, {"train_seconds": time.perf_counter() - t0, "train_cpu_seconds": time.process_time() - cpu0,
-                   "final_loss_ema": ema,
-                   "train_images": probe_cfg.steps * probe_cfg.batch_size, "threads": torch.get_num_threads()}  # fmt: skip
+    return probe, {
+        "train_seconds": time.perf_counter() - t0,
+        "train_cpu_seconds": time.process_time() - cpu0,
+        "final_loss_ema": ema,
+        "train_images": probe_cfg.steps * probe_cfg.batch_size,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def probe_ceiling(probe: AttributeProbe, data_cfg: DataConfig, n: int) -> dict[str, Any]:
@@ -330,8 +356,11 @@ def probe_ceiling(probe: AttributeProbe, data_cfg: DataConfig, n: int) -> dict[s
     for split in ("test", "holdout") if data_cfg.holdout else ("test",):
         images, attrs, _ = real_renders(data_cfg, split, n)
         scores = prompt_following(probe, images, attrs, n_boot=0)
-        out[split] = {"n": n, "cell": cell_accuracy(probe, images, attrs),
-                      **{k: v for k, v in scores.items() if not k.endswith(("_lo", "_hi"))}}  # fmt: skip
+        out[split] = {
+            "n": n,
+            "cell": cell_accuracy(probe, images, attrs),
+            **{k: v for k, v in scores.items() if not k.endswith(("_lo", "_hi"))},
+        }
     return out
 
 
@@ -384,9 +413,15 @@ def load_or_train_probe(
     probe, summary = train_probe(data_cfg, probe_cfg, progress=progress)
     key = probe_key(data_cfg, probe_cfg)
     probe.key = key
-    meta = {"key": key, "version": PROBE_VERSION, "resolution": data_cfg.resolution,
-            "data": {k: getattr(data_cfg, k) for k in DISTRIBUTION_FIELDS}, "probe": to_dict(probe_cfg),
-            "train": summary, "ceiling": probe_ceiling(probe, data_cfg, probe_cfg.eval_items)}  # fmt: skip
+    meta = {
+        "key": key,
+        "version": PROBE_VERSION,
+        "resolution": data_cfg.resolution,
+        "data": {k: getattr(data_cfg, k) for k in DISTRIBUTION_FIELDS},
+        "probe": to_dict(probe_cfg),
+        "train": summary,
+        "ceiling": probe_ceiling(probe, data_cfg, probe_cfg.eval_items),
+    }
     probe.meta = meta
     save_probe(probe, folder, meta)
     return probe
@@ -395,11 +430,13 @@ def load_or_train_probe(
 def format_ceiling(meta: dict[str, Any]) -> str:
     """A probe's training summary and ceiling as a small table."""
     train = meta["train"]
-    lines = [f"probe:{meta['key']}  {meta['resolution']} px  trained on {train['train_images']} renders in "
-             f"{train['train_seconds']:.0f} s ({train['train_cpu_seconds']:.0f} CPU s, {train['threads']} thread"
-             f"{'s' if train['threads'] > 1 else ''})"]  # fmt: skip
+    lines = [
+        f"probe:{meta['key']}  {meta['resolution']} px  trained on {train['train_images']} renders in "
+        f"{train['train_seconds']:.0f} s ({train['train_cpu_seconds']:.0f} CPU s, {train['threads']} thread"
+        f"{'s' if train['threads'] > 1 else ''})"
+    ]
     for split, c in meta["ceiling"].items():
-        accs = "  ".join(f"{k[len('attr_acc_'):]} {v:.4f}" for k, v in c.items() if k.startswith("attr_acc_"))
+        accs = "  ".join(f"{k[len('attr_acc_') :]} {v:.4f}" for k, v in c.items() if k.startswith("attr_acc_"))
         cells = "  ".join(f"{k} {v:.4f}" for k, v in c["cell"].items())
         lines.append(f"  {split:<8} n={c['n']}  whole prompt {c['prompt_acc']:.4f}  {accs}")
         lines.append(f"  {'':<8} per cell: {cells}")

@@ -1,5 +1,6 @@
 """Fixed evaluation prompts: the first n items of a split, so every run and setting is scored on the same
 captions, and the real images of those items are the reference set of the Fréchet distance."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,5 +31,9 @@ def prompt_set(data_cfg: DataConfig, split: str, n: int) -> PromptSet:
             f"lower evaluation.n or raise data.{'holdout_size' if split == 'holdout' else split + '_size'}"
         )
     items = [ds[i] for i in range(n)]
-    return PromptSet(split, [it["caption"] for it in items], [it["attributes"] for it in items],
-                     np.stack([it["image"] for it in items]))  # fmt: skip
+    return PromptSet(
+        split,
+        [it["caption"] for it in items],
+        [it["attributes"] for it in items],
+        np.stack([it["image"] for it in items]),
+    )

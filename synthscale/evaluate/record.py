@@ -1,6 +1,7 @@
 """One evaluation result: the contract between evaluation (which writes records) and the study (which stores,
 fits, plots and reports them). A record is one (run, milestone, sampling setting, weights) and names every
 instrument its numbers came from, so numbers measured differently are never compared by accident."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -36,5 +37,5 @@ class EvalRecord:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "EvalRecord":
+    def from_dict(cls, d: dict[str, Any]) -> EvalRecord:
         return cls(**d)

@@ -9,11 +9,13 @@
 On the embedded shapes domain these say little (ImageNet/web features on synthetic scenes); there the in-domain
 probe (fd-probe, prompt following) is the instrument. Every number names its weights by file content hash.
 """
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -53,8 +55,12 @@ def inception_extractor(weights: str | Path, antialias: bool = False):
             "Inception FID needs torch-fidelity: pip install 'synthscale[reference-metrics]' (it brings torchvision, "
             f"which is not a core dependency); on shapes data use fd-probe instead ({e})"
         ) from e
-    net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                             feature_extractor_weights_path=str(weights), antialias=antialias)  # fmt: skip
+    net = NoTrainInceptionV3(
+        name="inception-v3-compat",
+        features_list=["2048"],
+        feature_extractor_weights_path=str(weights),
+        antialias=antialias,
+    )
 
     def extract(x: torch.Tensor) -> torch.Tensor:
         return net(as_uint8_nhwc(x).permute(0, 3, 1, 2).contiguous())  # uint8 NCHW; resized to 299 inside
@@ -124,7 +130,9 @@ class ClipScorer:
     def score(self, images, captions: Sequence[str]) -> float:
         x = as_uint8_nhwc(images).permute(0, 3, 1, 2)  # uint8 [N, 3, H, W]: the processor resizes and normalises
         if len(x) != len(captions) or len(x) == 0:
-            raise ValueError(f"CLIP score needs one caption per image, got {len(x)} images and {len(captions)} captions")
+            raise ValueError(
+                f"CLIP score needs one caption per image, got {len(x)} images and {len(captions)} captions"
+            )
         self.metric.reset()
         for i in range(0, len(x), self.batch_size):
             self.metric.update(list(x[i : i + self.batch_size]), list(captions[i : i + self.batch_size]))

@@ -6,13 +6,15 @@ Every setting samples from the same prompts with the same generator seed, so dif
 (milestones, EMA vs raw, steps, CFG) are not differences of noise draws. A setting already in records.jsonl with
 the same instruments is skipped, so an interrupted evaluation resumes where it stopped.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,8 +67,7 @@ def study_settings(run_dir: str | Path, objective, latent_spec, settings: EvalSe
     infos = milestones_of(run_dir)
     chosen = infos if settings.milestones == "all" else infos[-1:]
     steps = settings.steps.get(objective.name, objective.default_steps(latent_spec))
-    plan = [Setting(info, infos.index(info), w, steps, settings.cfg_scale)
-            for info in chosen for w in settings.weights]  # fmt: skip
+    plan = [Setting(info, infos.index(info), w, steps, settings.cfg_scale) for info in chosen for w in settings.weights]
     last, w = infos[-1], ("ema" if "ema" in settings.weights else settings.weights[0])
     sweep = settings.sweep.get(objective.name, objective.steps_grid(latent_spec))
     for s in sorted(set(sweep) | {steps}):
@@ -81,8 +82,9 @@ def study_settings(run_dir: str | Path, objective, latent_spec, settings: EvalSe
     return list(unique.values())
 
 
-def product_settings(run_dir, which: str, weights: Iterable[str], steps: Iterable[int], cfgs: Iterable[float],
-                     speed: bool = False) -> list[Setting]:  # fmt: skip
+def product_settings(
+    run_dir, which: str, weights: Iterable[str], steps: Iterable[int], cfgs: Iterable[float], speed: bool = False
+) -> list[Setting]:
     """Every combination (the `synthscale evaluate` flags): milestones `all` or `last` × weights × steps × CFG."""
     infos = milestones_of(run_dir)
     chosen = infos if which == "all" else infos[-1:]
@@ -162,8 +164,9 @@ class RunEvaluator:
                 idx = (torch.arange(bs) + b * bs) % len(source)
                 batch = source.get_batch(idx, generator)
                 latents, text = batch["latents"].to(self.device), batch["text"].to(self.device)
-                losses.append(float(gen_model.objective.loss(gen_model.model, latents, text, generator,
-                                                              drop_captions=False)))  # fmt: skip
+                losses.append(
+                    float(gen_model.objective.loss(gen_model.model, latents, text, generator, drop_captions=False))
+                )
             self._losses[key] = float(np.mean(losses))
         return self._losses[key]
 
@@ -178,8 +181,11 @@ class RunEvaluator:
             images = self.sample(gen_model, setting.steps, c, self._val_text)
             scores[c] = self._val_quality.score(images)["fd_probe"]
         best = min(scores, key=scores.get)
-        info = {"by": "lowest fd_probe on validation prompts", "n_val": len(self._val),
-                "fd_probe_by_scale": {f"{c:g}": v for c, v in scores.items()}}  # fmt: skip
+        info = {
+            "by": "lowest fd_probe on validation prompts",
+            "n_val": len(self._val),
+            "fd_probe_by_scale": {f"{c:g}": v for c, v in scores.items()},
+        }
         return dataclasses.replace(setting, cfg_scale=best), info
 
     # ------------------------------------------------------------------------------------------ one setting
@@ -203,25 +209,53 @@ class RunEvaluator:
         instruments = {
             **self.quality.instruments(),
             "alignment": alignment_instruments(self.probe, self.prompts, holdout_pairs, seed=self.settings.seed),
-            "loss": {"split": "val", "batches": self.settings.loss_batches, "batch_size": self.settings.batch_size,
-                     "captions_dropped": False},
+            "loss": {
+                "split": "val",
+                "batches": self.settings.loss_batches,
+                "batch_size": self.settings.batch_size,
+                "captions_dropped": False,
+            },
             "prompts": {"test": n_test, "holdout": len(self.prompts) - n_test, "seed": self.settings.seed},
-            "steps": s.steps, "cfg_scale": s.cfg_scale, "weights": s.weights, "checkpoint": s.checkpoint.name,
-            "sample_flops": {"generator": flops.generator, "text_encoder": flops.text_encoder,
-                             "convention": "2 per MAC, CFG included, autoencoder decode excluded"},
+            "steps": s.steps,
+            "cfg_scale": s.cfg_scale,
+            "weights": s.weights,
+            "checkpoint": s.checkpoint.name,
+            "sample_flops": {
+                "generator": flops.generator,
+                "text_encoder": flops.text_encoder,
+                "convention": "2 per MAC, CFG included, autoencoder decode excluded",
+            },
             "cfg_selection": cfg_selection,
-            "decoder": self.autoencoder.name, "sample_grid": str(grid_path.relative_to(self.run_dir)),
-            "speed": {"device": str(self.device), "threads": torch.get_num_threads(), "repeats": 3,
-                      "batch_sizes": [1, 16, 64], "median": True} if s.speed else None,
-        }  # fmt: skip
+            "decoder": self.autoencoder.name,
+            "sample_grid": str(grid_path.relative_to(self.run_dir)),
+            "speed": {
+                "device": str(self.device),
+                "threads": torch.get_num_threads(),
+                "repeats": 3,
+                "batch_sizes": [1, 16, 64],
+                "median": True,
+            }
+            if s.speed
+            else None,
+        }
         return EvalRecord(
-            run=self.run_dir.name, objective=obj.name, size=rc.model.size, params=counts["total"],
-            params_nonembedding=counts["non_embedding"], data_size=rc.data.size, autoencoder=self.autoencoder.name,
-            milestone=s.milestone, step=s.checkpoint.step, train_flops=float(s.checkpoint.train_flops),
-            weights=s.weights, steps=s.steps, cfg_scale=s.cfg_scale,
+            run=self.run_dir.name,
+            objective=obj.name,
+            size=rc.model.size,
+            params=counts["total"],
+            params_nonembedding=counts["non_embedding"],
+            data_size=rc.data.size,
+            autoencoder=self.autoencoder.name,
+            milestone=s.milestone,
+            step=s.checkpoint.step,
+            train_flops=float(s.checkpoint.train_flops),
+            weights=s.weights,
+            steps=s.steps,
+            cfg_scale=s.cfg_scale,
             sample_flops_per_image=float(flops.generator),
-            metrics=metrics, instruments=instruments,
-        )  # fmt: skip
+            metrics=metrics,
+            instruments=instruments,
+        )
 
 
 # ---------------------------------------------------------------------------------------------- records file
@@ -285,6 +319,7 @@ def evaluate_run(
                 continue
         record = ev.evaluate(s, loaded[key], selection).to_dict()
         done[_key(record)] = record
-        _write_records(run_dir, sorted(done.values(), key=lambda r: (r["train_flops"], r["weights"], r["steps"],
-                                                                      r["cfg_scale"])))  # fmt: skip
+        _write_records(
+            run_dir, sorted(done.values(), key=lambda r: (r["train_flops"], r["weights"], r["steps"], r["cfg_scale"]))
+        )
     return [EvalRecord.from_dict(r) for r in done.values()]

@@ -3,6 +3,7 @@
 Analytic FLOPs per image come from the objective; these are the wall-clock numbers on this machine. Decoding
 latents to pixels is not included (the autoencoder cost is the same for every paradigm that shares it).
 """
+
 from __future__ import annotations
 
 import statistics

@@ -1,4 +1,5 @@
 """The shared Transformer backbone, its size presets and the caption encoder."""
+
 from synthscale.model.network import Network, attention_mask
 from synthscale.model.sizes import SIZES, Size, get_size
 from synthscale.model.text_encoder import TextEncoder

@@ -4,6 +4,7 @@ learned null caption of classifier-free guidance), image position embeddings and
 Objectives subclass `Network` to add their input embedding and output head; the network itself never knows
 which objective it serves.
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,15 +18,22 @@ from synthscale.model.transformer import Transformer
 
 
 class Network(nn.Module):
-    def __init__(self, model_cfg: ModelConfig, text: TextSpec, image_tokens: int, adaln: bool = False,
-                 text_encoder: nn.Module | None = None):
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        text: TextSpec,
+        image_tokens: int,
+        adaln: bool = False,
+        text_encoder: nn.Module | None = None,
+    ):
         super().__init__()
         size = get_size(model_cfg.size)
         self.size, self.text_spec, self.image_tokens = size, text, image_tokens
         D = size.width
         # a caller may bring its own caption encoder (e.g. a frozen pretrained one projected to width D)
-        self.text_encoder = text_encoder or TextEncoder(text.vocab_size, text.max_length, D, model_cfg.text_layers,
-                                                        size.heads, text.pad_id)
+        self.text_encoder = text_encoder or TextEncoder(
+            text.vocab_size, text.max_length, D, model_cfg.text_layers, size.heads, text.pad_id
+        )
         self.null = nn.Embedding(text.max_length, D)  # the dropped caption: one learned vector a position
         self.pos = nn.Embedding(image_tokens, D)  # image positions (learned, like nanoGPT)
         self.backbone = Transformer(D, size.depth, size.heads, adaln)
@@ -61,8 +69,9 @@ class Network(nn.Module):
         return h, valid
 
 
-def attention_mask(text_valid: torch.Tensor, total: int, causal: bool, q_start: int = 0,
-                   q_len: int | None = None) -> torch.Tensor:
+def attention_mask(
+    text_valid: torch.Tensor, total: int, causal: bool, q_start: int = 0, q_len: int | None = None
+) -> torch.Tensor:
     """bool [B, 1, Q, K] (True = may attend) for a sequence [caption (L) | image (total - L)].
 
     Bidirectional: every query sees every real key (pad caption keys hidden). Causal (prefix-LM): caption

@@ -14,6 +14,7 @@ of `parameters()`, the optimizer and every checkpoint (`weights_hash` records wh
     h = enc(ids, ids == enc.pad_id)                 # [1, 32, 384], zero at pad positions
     network.text_encoder = enc.prefix_encoder()     # drop-in for model.text_encoder.TextEncoder
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -50,7 +51,7 @@ class FrozenTextEncoder(nn.Module):
         self.frozen._apply(fn)
         return super()._apply(fn, recurse)
 
-    def train(self, mode: bool = True) -> "FrozenTextEncoder":
+    def train(self, mode: bool = True) -> FrozenTextEncoder:
         super().train(mode)
         self.frozen.eval()  # frozen parts never train: no dropout noise in the features
         return self
@@ -65,7 +66,7 @@ class FrozenTextEncoder(nn.Module):
             h = h.masked_fill(pad_mask[..., None], 0.0)
         return self.proj(h)  # [B, L, width]
 
-    def prefix_encoder(self) -> "FrozenPrefix":
+    def prefix_encoder(self) -> FrozenPrefix:
         """This encoder behind `TextEncoder`'s interface: tokens → (features, key_valid)."""
         return FrozenPrefix(self)
 

@@ -1,4 +1,5 @@
 """Named backbone sizes. Paper scale follows DiT (S/B/L/XL); the CPU presets are named depth×width."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -2,6 +2,7 @@
 
 Pad positions are masked out as keys, so a caption's encoding does not depend on how much padding follows it.
 """
+
 from __future__ import annotations
 
 import torch

@@ -3,6 +3,7 @@
 It knows nothing about objectives. Callers pass embedded tokens, a boolean attention mask (True = may attend)
 and, for diffusion, a conditioning vector `c` that drives adaLN-Zero modulation. Decoding passes a `KVCache`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -52,8 +53,8 @@ class KVCache:
         end = self.length + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; cannot write up to {end}")
-        self.k[layer, :, :, self.length:end] = k
-        self.v[layer, :, :, self.length:end] = v
+        self.k[layer, :, :, self.length : end] = k
+        self.v[layer, :, :, self.length : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
     def advance(self, n: int) -> None:

@@ -1,10 +1,11 @@
 """The three objectives on the shared backbone, by name. Callers use `get_objective(cfg)` and the `Objective`
 methods only; nothing above this package branches on the objective's name."""
+
 from __future__ import annotations
 
 from synthscale.config import ConfigError, ObjectiveConfig
-from synthscale.objectives.base import Objective
 from synthscale.objectives.autoregressive import AutoregressiveObjective
+from synthscale.objectives.base import Objective
 from synthscale.objectives.flow import FlowObjective
 from synthscale.objectives.masked import MaskedObjective
 

@@ -4,6 +4,7 @@ causal), teacher forcing; sampling with temperature / top-k and a KV cache.
 The image input sequence is [BOS, x_0, …, x_{N-2}] (BOS is the extra id `vocab_size`); the output at image
 position j predicts x_j.
 """
+
 from __future__ import annotations
 
 import torch
@@ -34,7 +35,7 @@ class AutoregressiveNet(Network):
         without it the keys of earlier positions come from `cache`."""
         L = text_valid.shape[1]
         n = ids.shape[1]
-        h = self.embed(ids) + self.pos.weight[start:start + n]  # [B, n, D]
+        h = self.embed(ids) + self.pos.weight[start : start + n]  # [B, n, D]
         if prefix is not None:
             if start:
                 raise ValueError("a caption prefix can only come with image position 0")
@@ -90,8 +91,17 @@ class AutoregressiveObjective(Objective):
         return F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())
 
     @torch.no_grad()
-    def sample(self, model, text, steps, cfg_scale, generator, kv_cache: bool = True, static_cache: bool = False,
-               compiled: bool = False):
+    def sample(
+        self,
+        model,
+        text,
+        steps,
+        cfg_scale,
+        generator,
+        kv_cache: bool = True,
+        static_cache: bool = False,
+        compiled: bool = False,
+    ):
         """`steps` must be the number of image tokens (one per step). kv_cache=False recomputes the whole
         sequence every step (the reference the cache must match, and the baseline of the speed benchmark).
         static_cache: preallocated cache read at full length with a position tensor (same shapes every step);
@@ -115,9 +125,9 @@ class AutoregressiveObjective(Objective):
             elif j == 0:  # caption + BOS fill the cache
                 logits = model.head(model(ids[:, :1], valid, prefix, cache=cache)[:, -1])
             elif static:
-                logits = step(model, cache, ids[:, j: j + 1].contiguous(), key_valid)
+                logits = step(model, cache, ids[:, j : j + 1].contiguous(), key_valid)
             else:
-                logits = model.head(model(ids[:, j: j + 1], valid, cache=cache, start=j)[:, -1])
+                logits = model.head(model(ids[:, j : j + 1], valid, cache=cache, start=j)[:, -1])
             logits = logits.float()  # [rows, V]
             logits = guide(logits, cfg_scale) if guided else logits
             nxt = sample_logits(logits, generator, self.cfg.temperature, self.cfg.top_k)  # [B]

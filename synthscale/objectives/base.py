@@ -1,5 +1,6 @@
 """The objective interface (DESIGN.md): what differs between paradigms — input embedding, attention pattern,
 output head, loss, sampler and FLOP count. The trainer, evaluator and study only ever call these methods."""
+
 from __future__ import annotations
 
 import abc
@@ -28,8 +29,9 @@ class Objective(abc.ABC):
 
     # --------------------------------------------------------------------------------------- each objective
 
-    def build_model(self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec,
-                    text_encoder: nn.Module | None = None) -> nn.Module:
+    def build_model(
+        self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec, text_encoder: nn.Module | None = None
+    ) -> nn.Module:
         """Backbone + caption encoder + this objective's embedding, head and null caption. `text_encoder`
         replaces the learned caption encoder (same call: tokens [B, L] → (features [B, L, D], key_valid [B, L]));
         the FLOP counts here assume the learned one."""
@@ -37,13 +39,15 @@ class Objective(abc.ABC):
         return self.network(model_cfg, latent, text, text_encoder)
 
     @abc.abstractmethod
-    def loss(self, model, latents: torch.Tensor, text: torch.Tensor, generator: torch.Generator,
-             drop_captions: bool = True) -> torch.Tensor:
+    def loss(
+        self, model, latents: torch.Tensor, text: torch.Tensor, generator: torch.Generator, drop_captions: bool = True
+    ) -> torch.Tensor:
         """Mean loss over the batch; every random draw comes from `generator`."""
 
     @abc.abstractmethod
-    def sample(self, model, text: torch.Tensor, steps: int, cfg_scale: float,
-               generator: torch.Generator) -> torch.Tensor:
+    def sample(
+        self, model, text: torch.Tensor, steps: int, cfg_scale: float, generator: torch.Generator
+    ) -> torch.Tensor:
         """Latents for captions `text` [B, L]: continuous float [B, C, H, W] or discrete int64 [B, H, W]."""
 
     @abc.abstractmethod
@@ -62,16 +66,18 @@ class Objective(abc.ABC):
         low, high = self.steps_range(tokens)
         if not isinstance(steps, int) or steps < low or (high is not None and steps > high):
             allowed = f"{low}..{high}" if high is not None else f"≥ {low}"
-            raise ValueError(f"{self.name}: steps must be an integer in {allowed} for {tokens} image tokens, "
-                             f"got {steps!r}")
+            raise ValueError(
+                f"{self.name}: steps must be an integer in {allowed} for {tokens} image tokens, got {steps!r}"
+            )
 
     @abc.abstractmethod
     def forward_flops(self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec) -> F.Flops:
         """One training forward pass for one example."""
 
     @abc.abstractmethod
-    def sample_flops_split(self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec, steps: int,
-                           cfg_scale: float) -> F.Flops:
+    def sample_flops_split(
+        self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec, steps: int, cfg_scale: float
+    ) -> F.Flops:
         """Sampling one image, split into generator and caption-encoder columns."""
 
     # --------------------------------------------------------------------------------------- shared
@@ -86,8 +92,9 @@ class Objective(abc.ABC):
         fwd = self.forward_flops(model_cfg, latent, text)
         return F.Flops(F.TRAIN_MULTIPLIER * fwd.generator, text_encoder_train_flops(model_cfg, text))
 
-    def sample_flops(self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec, steps: int,
-                     cfg_scale: float) -> int:
+    def sample_flops(
+        self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec, steps: int, cfg_scale: float
+    ) -> int:
         """FLOPs to sample one image (CFG with cfg_scale != 1 doubles the generator's share)."""
         return self.sample_flops_split(model_cfg, latent, text, steps, cfg_scale).total
 
@@ -97,22 +104,32 @@ class Objective(abc.ABC):
             model = self.build_model(model_cfg, latent, text, text_encoder=frozen_stand_in(model_cfg, text))
         return F.param_counts(model)
 
-    def flops_report(self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec,
-                     cfg_scale: float = 4.0) -> dict:
+    def flops_report(self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec, cfg_scale: float = 4.0) -> dict:
         """Parameters and FLOPs per forward, per training example and per sampled image at every step count of
         `steps_grid`, without CFG (s = 1) and with it (any s != 1 costs the same). The `synthscale flops` table."""
         fwd = self.forward_flops(model_cfg, latent, text)
         size = get_size(model_cfg.size)
         return {
-            "objective": self.name, "size": size.name, "depth": size.depth, "width": size.width,
-            "heads": size.heads, "image_tokens": self.image_tokens(model_cfg, latent),
-            "text_tokens": text.max_length, "text_layers": model_cfg.text_layers,
+            "objective": self.name,
+            "size": size.name,
+            "depth": size.depth,
+            "width": size.width,
+            "heads": size.heads,
+            "image_tokens": self.image_tokens(model_cfg, latent),
+            "text_tokens": text.max_length,
+            "text_layers": model_cfg.text_layers,
             "params": self.param_counts(model_cfg, latent, text),
             "forward": fwd.as_dict(),
             "train_example": self.train_example_flops(model_cfg, latent, text).as_dict(),
-            "sample": [{"steps": steps, "cfg": cfg, **self.sample_flops_split(
-                model_cfg, latent, text, steps, cfg_scale if cfg else 1.0).as_dict()}
-                for steps in self.steps_grid(latent) for cfg in (False, True)],
+            "sample": [
+                {
+                    "steps": steps,
+                    "cfg": cfg,
+                    **self.sample_flops_split(model_cfg, latent, text, steps, cfg_scale if cfg else 1.0).as_dict(),
+                }
+                for steps in self.steps_grid(latent)
+                for cfg in (False, True)
+            ],
         }
 
     def image_tokens(self, model_cfg: ModelConfig, latent: LatentSpec) -> int:
@@ -189,8 +206,9 @@ def gumbel(shape, generator: torch.Generator, device) -> torch.Tensor:
     return -torch.log(e.clamp_min(1e-20))
 
 
-def sample_logits(logits: torch.Tensor, generator: torch.Generator, temperature: float = 1.0,
-                  top_k: int = 0) -> torch.Tensor:
+def sample_logits(
+    logits: torch.Tensor, generator: torch.Generator, temperature: float = 1.0, top_k: int = 0
+) -> torch.Tensor:
     """Draw ids from logits [..., V] by the Gumbel-max trick (exact softmax sampling; device-agnostic draws).
     temperature 0 is greedy."""
     if top_k and top_k < logits.shape[-1]:

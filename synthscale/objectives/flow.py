@@ -3,6 +3,7 @@
 t = 0 is data, t = 1 is noise: x_t = (1 − t)·x + t·ε, the network predicts v = ε − x, t ~ logit-normal.
 Sampling integrates dx/dt = v from t = 1 to 0 with Euler or Heun steps.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,9 +42,7 @@ class TimestepEmbedder(nn.Module):
 def patch_grid(model_cfg: ModelConfig, latent: LatentSpec) -> tuple[int, int]:
     p = model_cfg.patch_size
     if p < 1 or latent.height % p or latent.width % p:
-        raise ConfigError(
-            f"model.patch_size {p} must be ≥ 1 and divide the latent grid {latent.height}×{latent.width}"
-        )
+        raise ConfigError(f"model.patch_size {p} must be ≥ 1 and divide the latent grid {latent.height}×{latent.width}")
     return latent.height // p, latent.width // p
 
 
@@ -141,10 +140,13 @@ class FlowObjective(Objective):
         gh, gw = patch_grid(model_cfg, latent)
         N, D, patch = gh * gw, size.width, latent.channels * model_cfg.patch_size**2
         T = text.max_length + N
-        return (C.linear(N, patch, D)  # patch embedding
-                + C.linear(1, FREQ_DIM, D) + C.linear(1, D, D)  # timestep MLP
-                + C.transformer(T, T, D, size.depth, adaln=True)
-                + C.linear(N, D, patch))  # velocity head
+        return (
+            C.linear(N, patch, D)  # patch embedding
+            + C.linear(1, FREQ_DIM, D)
+            + C.linear(1, D, D)  # timestep MLP
+            + C.transformer(T, T, D, size.depth, adaln=True)
+            + C.linear(N, D, patch)
+        )  # velocity head
 
     def forward_flops(self, model_cfg, latent, text):
         return C.Flops(self._generator_forward(model_cfg, latent, text), text_encoder_flops(model_cfg, text))

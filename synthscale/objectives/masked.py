@@ -4,6 +4,7 @@ Training masks a cosine-scheduled fraction of the tokens (id `vocab_size` is [MA
 positions. Sampling starts fully masked and, over K steps, keeps the most confident predictions
 (log-prob + annealed Gumbel noise) and re-masks the rest along the cosine schedule.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,7 @@ from torch import nn
 from synthscale.compute import flops as C
 from synthscale.model.network import Network, attention_mask
 from synthscale.model.sizes import get_size
-from synthscale.objectives.base import (Objective, cfg_copies, guide, gumbel, rand, sample_logits,
-                                        text_encoder_flops)
+from synthscale.objectives.base import Objective, cfg_copies, guide, gumbel, rand, sample_logits, text_encoder_flops
 
 
 class MaskedNet(Network):

@@ -3,6 +3,7 @@ stands for an objective, which records share a compute level, and when one numbe
 
 Records are the dicts `ResultsStore.records()` returns (EvalRecord fields + config_hash).
 """
+
 from __future__ import annotations
 
 import json
@@ -57,8 +58,9 @@ class StudyData:
 
 def load_study(study_dir: str | Path) -> StudyData:
     with ResultsStore.of(study_dir, create=False) as store:
-        data = StudyData(Path(study_dir), store.meta(), store.runs(), store.autoencoders(), store.records(),
-                         store.artifacts())
+        data = StudyData(
+            Path(study_dir), store.meta(), store.runs(), store.autoencoders(), store.records(), store.artifacts()
+        )
     data.settings = primary_settings(data.records)
     data.main_autoencoders = main_autoencoders(data.meta, data.runs, data.records)
     return data
@@ -82,12 +84,15 @@ def primary_settings(records: list[dict[str, Any]]) -> dict[str, tuple[str, int,
     points: dict[str, dict[tuple, set]] = defaultdict(lambda: defaultdict(set))
     for r in records:
         points[r["objective"]][setting(r)].add((r["run"], r["milestone"]))
-    return {obj: max(by_setting, key=lambda s: (len(by_setting[s]), s[0] == "ema", s[1], s[2]))
-            for obj, by_setting in points.items()}
+    return {
+        obj: max(by_setting, key=lambda s: (len(by_setting[s]), s[0] == "ema", s[1], s[2]))
+        for obj, by_setting in points.items()
+    }
 
 
-def main_autoencoders(meta: dict[str, str], runs: list[dict[str, Any]],
-                      records: list[dict[str, Any]]) -> dict[str, str]:
+def main_autoencoders(
+    meta: dict[str, str], runs: list[dict[str, Any]], records: list[dict[str, Any]]
+) -> dict[str, str]:
     """Per objective, the autoencoder of its main grid (the others are ablations; losses over different latent
     spaces are not comparable, so fits use the main one only). Meta 'main_autoencoders' (JSON objective → name)
     decides when present; otherwise an autoencoder not named by the study spec's `ablation_autoencoders`, then
@@ -103,8 +108,9 @@ def main_autoencoders(meta: dict[str, str], runs: list[dict[str, Any]],
             out[obj] = explicit[obj]
             continue
         names = sorted({a for o, a in (n_records | n_runs) if o == obj})
-        out[obj] = max(names, key=lambda a: (a not in ablations, n_runs[(obj, a)], n_records[(obj, a)],
-                                             -names.index(a)))
+        out[obj] = max(
+            names, key=lambda a: (a not in ablations, n_runs[(obj, a)], n_records[(obj, a)], -names.index(a))
+        )
     return out
 
 
@@ -258,8 +264,10 @@ def fmt_interval(iv: tuple[float, float] | None, digits: int = 3) -> str:
 
 
 def describe_record(r: dict[str, Any]) -> str:
-    return (f"{r['objective']} {r['size']} D={r['data_size']} {r['autoencoder']} @ {r['train_flops']:.3g} FLOPs "
-            f"({describe_setting(setting(r))})")
+    return (
+        f"{r['objective']} {r['size']} D={r['data_size']} {r['autoencoder']} @ {r['train_flops']:.3g} FLOPs "
+        f"({describe_setting(setting(r))})"
+    )
 
 
 # what a caption names of a record's instruments (the last part of a dotted key); the full set is in the store

@@ -16,6 +16,7 @@ and training continues where it stopped.
 returns a `concurrent.futures.Future` of run_stage's `(status, info)`, so the grid's scheduling loop is the one
 the process executor uses. submitit and ray are the `scale` extra, imported only when used.
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -50,16 +51,25 @@ def _require(module: str, executor: str):
     try:
         return __import__(module)
     except ImportError as e:
-        raise MissingExtra(f"the {executor} executor needs the '{module}' package: pip install 'synthscale[scale]' "
-                           f"(or pip install {module}); error was: {e}") from e  # fmt: skip
+        raise MissingExtra(
+            f"the {executor} executor needs the '{module}' package: pip install 'synthscale[scale]' "
+            f"(or pip install {module}); error was: {e}"
+        ) from e
 
 
 # ---------------------------------------------------------------------------------------------- torchrun
 
 
-def torchrun_command(config: str | Path, out: str | Path, procs_per_node: int, nnodes: int = 1,
-                     rdzv_endpoint: str | None = None, rdzv_id: str = "synthscale", threads: int | None = None,
-                     python: str | None = None) -> list[str]:  # fmt: skip
+def torchrun_command(
+    config: str | Path,
+    out: str | Path,
+    procs_per_node: int,
+    nnodes: int = 1,
+    rdzv_endpoint: str | None = None,
+    rdzv_id: str = "synthscale",
+    threads: int | None = None,
+    python: str | None = None,
+) -> list[str]:
     """The command that trains one run over `nnodes` × `procs_per_node` processes (run once per node)."""
     cmd = [python or sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs_per_node}"]
     if nnodes == 1:
@@ -82,9 +92,15 @@ def _slurm_env():
         return None
 
 
-def torchrun_stage(stage_dir: Path, run_config: dict[str, Any], procs_per_node: int, nnodes: int = 1,
-                   port: int = 29500, threads: int | None = None,
-                   python: str | None = None) -> dict[str, Any]:  # fmt: skip
+def torchrun_stage(
+    stage_dir: Path,
+    run_config: dict[str, Any],
+    procs_per_node: int,
+    nnodes: int = 1,
+    port: int = 29500,
+    threads: int | None = None,
+    python: str | None = None,
+) -> dict[str, Any]:
     """A study training stage as a cluster job runs it: the trainer under torchrun on this node (one node of
     `nnodes`), its output in `stage_dir/torchrun.log`; returns the trainer's summary (its done.json)."""
     stage_dir = Path(stage_dir)
@@ -135,17 +151,25 @@ def job_stage(stage: Stage, cluster: ClusterConfig, threads: int | None) -> Stag
     same folder and markers); every other stage is unchanged."""
     if stage.fn != TRAIN_FN:
         return stage
-    kwargs = {"run_config": stage.kwargs["run_config"], "procs_per_node": cluster.procs_per_node,
-              "nnodes": cluster.nodes_per_run, "port": cluster.port, "threads": threads,
-              "python": cluster.python}  # fmt: skip
+    kwargs = {
+        "run_config": stage.kwargs["run_config"],
+        "procs_per_node": cluster.procs_per_node,
+        "nnodes": cluster.nodes_per_run,
+        "port": cluster.port,
+        "threads": threads,
+        "python": cluster.python,
+    }
     return dataclasses.replace(stage, fn=TORCHRUN_FN, kwargs=kwargs)
 
 
 def job_resources(stage: Stage, cluster: ClusterConfig) -> dict[str, int]:
     """What the job of `stage` asks for: nodes, GPUs per node and CPU cores per node."""
     if stage.fn in (TRAIN_FN, TORCHRUN_FN):
-        return {"nodes": cluster.nodes_per_run, "gpus": cluster.gpus_per_node,
-                "cpus": cluster.procs_per_node * cluster.cpus_per_proc}  # fmt: skip
+        return {
+            "nodes": cluster.nodes_per_run,
+            "gpus": cluster.gpus_per_node,
+            "cpus": cluster.procs_per_node * cluster.cpus_per_proc,
+        }
     return {"nodes": 1, "gpus": cluster.stage_gpus, "cpus": cluster.stage_cpus}
 
 
@@ -187,8 +211,10 @@ class SlurmPool:
             self.free_gpus: list[int] | None = list(range(_local_gpus()))
         else:
             if shutil.which("sbatch") is None:
-                raise ConfigError("the slurm executor found no `sbatch` on PATH: run the study on a Slurm login node, "
-                                  "or set cluster.local: true to run its jobs on this machine")  # fmt: skip
+                raise ConfigError(
+                    "the slurm executor found no `sbatch` on PATH: run the study on a Slurm login node, "
+                    "or set cluster.local: true to run its jobs on this machine"
+                )
             self.executor = submitit.SlurmExecutor(self.folder, **kwargs)
             self.free_gpus = None
         self.poll_s = poll_s if poll_s is not None else (0.2 if cluster.local else 10.0)
@@ -203,9 +229,12 @@ class SlurmPool:
         future: cf.Future = cf.Future()
         need = job_resources(stage, self.cluster)
         if self.free_gpus is not None and need["gpus"] > _local_gpus():
-            future.set_exception(ConfigError(
-                f"stage {stage.id} needs {need['gpus']} GPUs but this machine has {_local_gpus()}; lower "
-                f"cluster.{'gpus_per_node' if stage.fn == TRAIN_FN else 'stage_gpus'}"))  # fmt: skip
+            future.set_exception(
+                ConfigError(
+                    f"stage {stage.id} needs {need['gpus']} GPUs but this machine has {_local_gpus()}; lower "
+                    f"cluster.{'gpus_per_node' if stage.fn == TRAIN_FN else 'stage_gpus'}"
+                )
+            )
             return future
         with self.lock:
             self.queue.append((future, job_stage(stage, self.cluster, threads), threads))
@@ -216,11 +245,22 @@ class SlurmPool:
         c, need = self.cluster, job_resources(stage, self.cluster)
         name = f"synthscale-{stage.kind}-{stage.name}"
         if c.local:
-            return {"timeout_min": c.time_min, "gpus_per_node": need["gpus"], "visible_gpus": tuple(gpus),
-                    "tasks_per_node": 1, "setup": list(c.setup)}  # fmt: skip
-        params = {"job_name": name, "time": c.time_min, "nodes": need["nodes"], "ntasks_per_node": 1,
-                  "cpus_per_task": need["cpus"], "setup": list(c.setup),
-                  "additional_parameters": dict(c.slurm_args)}  # fmt: skip
+            return {
+                "timeout_min": c.time_min,
+                "gpus_per_node": need["gpus"],
+                "visible_gpus": tuple(gpus),
+                "tasks_per_node": 1,
+                "setup": list(c.setup),
+            }
+        params = {
+            "job_name": name,
+            "time": c.time_min,
+            "nodes": need["nodes"],
+            "ntasks_per_node": 1,
+            "cpus_per_task": need["cpus"],
+            "setup": list(c.setup),
+            "additional_parameters": dict(c.slurm_args),
+        }
         if need["gpus"]:
             params["gpus_per_node"] = need["gpus"]
         if c.mem_gb:
@@ -249,9 +289,16 @@ class SlurmPool:
             if job is None:
                 self.executor.update_parameters(**self._parameters(stage, gpus))
                 job = self.executor.submit(StageJob(), str(self.root), stage, threads)
-                atomic.write_json(stage_dir(self.root, stage) / JOB, {
-                    "job_id": job.job_id, "folder": str(self.folder), "local": self.cluster.local,
-                    "tasks": job_resources(stage, self.cluster)["nodes"], "submitted": time.time()})  # fmt: skip
+                atomic.write_json(
+                    stage_dir(self.root, stage) / JOB,
+                    {
+                        "job_id": job.job_id,
+                        "folder": str(self.folder),
+                        "local": self.cluster.local,
+                        "tasks": job_resources(stage, self.cluster)["nodes"],
+                        "submitted": time.time(),
+                    },
+                )
         except Exception as e:  # sbatch refused it (unknown partition, too many GPUs, …): the stage fails
             self.free_gpus = None if self.free_gpus is None else self.free_gpus + gpus
             future.set_exception(e)
@@ -304,7 +351,7 @@ class SlurmPool:
         self.wake.set()
         self.thread.join(timeout=None if not cancel else 60)
 
-    def __enter__(self) -> "SlurmPool":
+    def __enter__(self) -> SlurmPool:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -359,8 +406,10 @@ class RayPool:
     def __init__(self, root: str | Path, cluster: ClusterConfig):
         self.ray = _require("ray", "ray")
         if cluster.nodes_per_run > 1:
-            raise ConfigError("the ray executor runs each training run on one node; use the slurm executor for "
-                              "multi-node runs, or set cluster.nodes_per_run: 1")  # fmt: skip
+            raise ConfigError(
+                "the ray executor runs each training run on one node; use the slurm executor for "
+                "multi-node runs, or set cluster.nodes_per_run: 1"
+            )
         self.cluster, self.root, self.refs = cluster, Path(root), []
         self.started = not self.ray.is_initialized()
         if self.started:
@@ -376,9 +425,11 @@ class RayPool:
         nodes = [n.get("Resources", {}) for n in self.ray.nodes() if n.get("Alive")]
         if not any(r.get("CPU", 0) >= need["cpus"] and r.get("GPU", 0) >= need["gpus"] for r in nodes):
             most = max(((r.get("CPU", 0), r.get("GPU", 0)) for r in nodes), default=(0, 0))
-            raise ConfigError(f"stage {stage.id} needs {need['cpus']} CPUs and {need['gpus']} GPUs on one node, but "
-                              f"the largest Ray node has {most[0]:g} CPUs and {most[1]:g} GPUs; lower "
-                              "cluster.cpus_per_proc / stage_cpus / gpus_per_node / stage_gpus")  # fmt: skip
+            raise ConfigError(
+                f"stage {stage.id} needs {need['cpus']} CPUs and {need['gpus']} GPUs on one node, but "
+                f"the largest Ray node has {most[0]:g} CPUs and {most[1]:g} GPUs; lower "
+                "cluster.cpus_per_proc / stage_cpus / gpus_per_node / stage_gpus"
+            )
 
     def submit_stage(self, root: str, stage: Stage, threads: int | None) -> cf.Future:
         need = job_resources(stage, self.cluster)
@@ -388,8 +439,12 @@ class RayPool:
             future: cf.Future = cf.Future()
             future.set_exception(e)
             return future
-        task = self.task.options(num_cpus=need["cpus"], num_gpus=need["gpus"], max_retries=self.cluster.requeues,
-                                 name=f"{stage.kind}/{stage.name}")  # fmt: skip
+        task = self.task.options(
+            num_cpus=need["cpus"],
+            num_gpus=need["gpus"],
+            max_retries=self.cluster.requeues,
+            name=f"{stage.kind}/{stage.name}",
+        )
         ref = task.remote(root, job_stage(stage, self.cluster, threads), threads)
         self.refs.append(ref)
         return ref.future()
@@ -404,7 +459,7 @@ class RayPool:
         if self.started:
             self.ray.shutdown()
 
-    def __enter__(self) -> "RayPool":
+    def __enter__(self) -> RayPool:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -4,6 +4,7 @@ inconclusive by a rule written here, and the recommendation table. The rules use
 `compare.REL_MARGIN` (for quality: fd_probe beyond the margin, and KID's intervals agreeing where measured).
 With few points "inconclusive" is the honest answer, and the rules give it.
 """
+
 from __future__ import annotations
 
 import math
@@ -67,11 +68,15 @@ def _majority_verdict(outcomes: list[int | None]) -> str:
 
 
 def finding_power_law(data: cmp.StudyData, fits: dict[str, PowerLawFit], errors: dict[str, str]) -> Finding:
-    f = Finding(1, "Every objective's final loss follows a predictable power law in training FLOPs.", INCONCLUSIVE,
-                f"Per objective, L(C) = E + A·C^−α fitted to the loss frontier: holds when R² ≥ {R2_HOLDS}, the "
-                f"95 % interval of α excludes 0 and the fit without the largest-compute points predicts them "
-                f"within {HOLDOUT_HOLDS:.0%} (mean |relative error|); fails when R² < {R2_FAILS} or that error "
-                f"exceeds {HOLDOUT_FAILS:.0%}. Confirmed when it holds for every objective.")
+    f = Finding(
+        1,
+        "Every objective's final loss follows a predictable power law in training FLOPs.",
+        INCONCLUSIVE,
+        f"Per objective, L(C) = E + A·C^−α fitted to the loss frontier: holds when R² ≥ {R2_HOLDS}, the "
+        f"95 % interval of α excludes 0 and the fit without the largest-compute points predicts them "
+        f"within {HOLDOUT_HOLDS:.0%} (mean |relative error|); fails when R² < {R2_FAILS} or that error "
+        f"exceeds {HOLDOUT_FAILS:.0%}. Confirmed when it holds for every objective.",
+    )
     verdicts = []
     for obj in data.objectives:
         fit = fits.get(obj)
@@ -82,8 +87,10 @@ def finding_power_law(data: cmp.StudyData, fits: dict[str, PowerLawFit], errors:
         a_iv = fit.intervals.get("alpha")
         ho = fit.holdout.mean_abs_rel_error if fit.holdout else None
         ho_text = "not computed (too few points)" if ho is None else f"{ho:.1%} on {len(fit.holdout.points)} point(s)"
-        text = (f"{obj}: α = {fit.alpha:.3f} {fmt_interval(a_iv)}, E = {fmt(fit.E)}, R² = {fit.r2:.4f}, "
-                f"{fit.n} frontier points; hold-out error {ho_text}")
+        text = (
+            f"{obj}: α = {fit.alpha:.3f} {fmt_interval(a_iv)}, E = {fmt(fit.E)}, R² = {fit.r2:.4f}, "
+            f"{fit.n} frontier points; hold-out error {ho_text}"
+        )
         if fit.r2 < R2_FAILS or (ho is not None and ho > HOLDOUT_FAILS):
             v = NOT_CONFIRMED
         elif fit.r2 >= R2_HOLDS and a_iv is not None and a_iv[0] > 0 and ho is not None and ho <= HOLDOUT_HOLDS:
@@ -100,12 +107,15 @@ def finding_power_law(data: cmp.StudyData, fits: dict[str, PowerLawFit], errors:
 
 
 def finding_prompt_following(data: cmp.StudyData) -> Finding:
-    f = Finding(2, "Token methods (next-token first) follow prompts better than diffusion at equal training compute.",
-                INCONCLUSIVE,
-                "At each matched training-compute level, each objective's best prompt accuracy (over sizes); a token "
-                "method wins a level when its 95 % bootstrap interval lies above diffusion's. Confirmed when both "
-                "masked and next-token win most levels and lose none; not confirmed when either loses at least as "
-                "many levels as it wins. Next-token vs masked is reported alongside.")
+    f = Finding(
+        2,
+        "Token methods (next-token first) follow prompts better than diffusion at equal training compute.",
+        INCONCLUSIVE,
+        "At each matched training-compute level, each objective's best prompt accuracy (over sizes); a token "
+        "method wins a level when its 95 % bootstrap interval lies above diffusion's. Confirmed when both "
+        "masked and next-token win most levels and lose none; not confirmed when either loses at least as "
+        "many levels as it wins. Next-token vs masked is reported alongside.",
+    )
     levels = cmp.matched_best(cmp.primary_records(data), "prompt_acc")
     verdicts = []
     for token in ("autoregressive", "masked"):
@@ -117,15 +127,22 @@ def finding_prompt_following(data: cmp.StudyData) -> Finding:
         v = _majority_verdict(outcomes)
         verdicts.append(v)
         f.evidence.append(f"{token} vs flow: better at {wins}, worse at {losses} of {n} matched levels → {v}")
-    ar_vs_m = [cmp.compare(b["autoregressive"], b["masked"], "prompt_acc") for b in levels.values()
-               if "autoregressive" in b and "masked" in b]
+    ar_vs_m = [
+        cmp.compare(b["autoregressive"], b["masked"], "prompt_acc")
+        for b in levels.values()
+        if "autoregressive" in b and "masked" in b
+    ]
     w, l_, n = _tally(ar_vs_m)
     f.evidence.append(f"next-token vs masked: better at {w}, worse at {l_} of {n} levels")
     top = max(levels) if levels else None
     if top is not None:
-        f.evidence.append(f"at {top:.3g} FLOPs: " + ", ".join(
-            f"{o} {fmt(cmp.value(r, 'prompt_acc'))} {fmt_interval(cmp.interval(r, 'prompt_acc'))}"
-            for o, r in levels[top].items()))
+        f.evidence.append(
+            f"at {top:.3g} FLOPs: "
+            + ", ".join(
+                f"{o} {fmt(cmp.value(r, 'prompt_acc'))} {fmt_interval(cmp.interval(r, 'prompt_acc'))}"
+                for o, r in levels[top].items()
+            )
+        )
     f.verdict = _combine(verdicts) if levels else INCONCLUSIVE
     return f
 
@@ -134,16 +151,22 @@ def finding_prompt_following(data: cmp.StudyData) -> Finding:
 
 
 def finding_quality_crossover(data: cmp.StudyData, crossovers: dict[tuple[str, str], Crossover]) -> Finding:
-    f = Finding(3, "On image quality next-token leads at low compute; diffusion catches up as compute grows.",
-                INCONCLUSIVE,
-                "Best quality per objective at the lowest and highest matched training-compute levels; a quality "
-                "difference is significant when fd_probe differs by more than 10 % and, where KID was measured, "
-                "KID's 95 % intervals (±1.96·std) are apart in the same direction. Confirmed when next-token is "
-                "significantly better at the lowest level and, at the highest, either no longer significantly better "
-                "or its FD lead (ratio) has at least halved in log terms; not confirmed when diffusion is "
-                "significantly better at the lowest level, or next-token leads there and the gap does not shrink.")
-    levels = {lv: b for lv, b in cmp.matched_best(cmp.primary_records(data), "fd_probe").items()
-              if "autoregressive" in b and "flow" in b}
+    f = Finding(
+        3,
+        "On image quality next-token leads at low compute; diffusion catches up as compute grows.",
+        INCONCLUSIVE,
+        "Best quality per objective at the lowest and highest matched training-compute levels; a quality "
+        "difference is significant when fd_probe differs by more than 10 % and, where KID was measured, "
+        "KID's 95 % intervals (±1.96·std) are apart in the same direction. Confirmed when next-token is "
+        "significantly better at the lowest level and, at the highest, either no longer significantly better "
+        "or its FD lead (ratio) has at least halved in log terms; not confirmed when diffusion is "
+        "significantly better at the lowest level, or next-token leads there and the gap does not shrink.",
+    )
+    levels = {
+        lv: b
+        for lv, b in cmp.matched_best(cmp.primary_records(data), "fd_probe").items()
+        if "autoregressive" in b and "flow" in b
+    }
     if len(levels) < 2:
         f.evidence.append(f"{len(levels)} matched compute level(s) with both next-token and diffusion FD; need ≥ 2")
         return f
@@ -153,12 +176,20 @@ def finding_quality_crossover(data: cmp.StudyData, crossovers: dict[tuple[str, s
     c_lo, c_hi = cmp.compare_quality(ar_lo, fl_lo), cmp.compare_quality(ar_hi, fl_hi)
     r_lo = cmp.value(fl_lo, "fd_probe") / max(cmp.value(ar_lo, "fd_probe"), 1e-12)  # > 1: next-token better
     r_hi = cmp.value(fl_hi, "fd_probe") / max(cmp.value(ar_hi, "fd_probe"), 1e-12)
-    names = {1: "next-token significantly better", -1: "diffusion significantly better", 0: "no significant difference",
-             None: "not comparable"}
-    f.evidence.append(f"lowest level {lo:.3g} FLOPs: next-token {cmp.quality_text(ar_lo)} vs diffusion "
-                      f"{cmp.quality_text(fl_lo)} (FD ratio {r_lo:.2f}) — {names[c_lo]}")
-    f.evidence.append(f"highest level {hi:.3g} FLOPs: next-token {cmp.quality_text(ar_hi)} vs diffusion "
-                      f"{cmp.quality_text(fl_hi)} (FD ratio {r_hi:.2f}) — {names[c_hi]}")
+    names = {
+        1: "next-token significantly better",
+        -1: "diffusion significantly better",
+        0: "no significant difference",
+        None: "not comparable",
+    }
+    f.evidence.append(
+        f"lowest level {lo:.3g} FLOPs: next-token {cmp.quality_text(ar_lo)} vs diffusion "
+        f"{cmp.quality_text(fl_lo)} (FD ratio {r_lo:.2f}) — {names[c_lo]}"
+    )
+    f.evidence.append(
+        f"highest level {hi:.3g} FLOPs: next-token {cmp.quality_text(ar_hi)} vs diffusion "
+        f"{cmp.quality_text(fl_hi)} (FD ratio {r_hi:.2f}) — {names[c_hi]}"
+    )
     cross = crossovers.get(("autoregressive", "flow"))
     if cross is not None:
         f.evidence.append(f"fd_probe fits, next-token vs diffusion: {cross.describe()}")
@@ -195,14 +226,18 @@ def step_sweeps(data: cmp.StudyData) -> dict[str, list[list[dict[str, Any]]]]:
 
 
 def finding_inference(data: cmp.StudyData) -> Finding:
-    f = Finding(4, "Next-token prediction (KV cache) is by far the cheapest at inference; masked-token barely "
-                   "improves with more steps; diffusion quality depends on steps.", INCONCLUSIVE,
-                f"(a) At each model size (main autoencoders), next-token's sampling FLOPs per image at its "
-                f"primary setting are ≥ {FAR_CHEAPER:g}× below every other objective's (and its batch-1 latency "
-                f"lowest where measured): confirmed; another objective cheaper: not confirmed. (b) Masked: quality "
-                f"at the most steps is not significantly better than at the fewest in any sweep (significant as in "
-                f"finding 3). (c) Diffusion: quality at the most steps is significantly better than at the "
-                f"fewest in every sweep. Confirmed when (a)–(c) are; not confirmed when any part is contradicted.")
+    f = Finding(
+        4,
+        "Next-token prediction (KV cache) is by far the cheapest at inference; masked-token barely "
+        "improves with more steps; diffusion quality depends on steps.",
+        INCONCLUSIVE,
+        f"(a) At each model size (main autoencoders), next-token's sampling FLOPs per image at its "
+        f"primary setting are ≥ {FAR_CHEAPER:g}× below every other objective's (and its batch-1 latency "
+        f"lowest where measured): confirmed; another objective cheaper: not confirmed. (b) Masked: quality "
+        f"at the most steps is not significantly better than at the fewest in any sweep (significant as in "
+        f"finding 3). (c) Diffusion: quality at the most steps is significantly better than at the "
+        f"fewest in every sweep. Confirmed when (a)–(c) are; not confirmed when any part is contradicted.",
+    )
     parts = []
     # (a) cost per image
     main = data.main_autoencoders
@@ -230,10 +265,13 @@ def finding_inference(data: cmp.StudyData) -> Finding:
         else:
             v = INCONCLUSIVE
         verdicts_a.append(v)
-        f.evidence.append(f"(a) size {size}: sampling FLOPs/image " + ", ".join(
-            f"{o} {fmt(r['sample_flops_per_image'])}" for o, r in objs.items())
+        f.evidence.append(
+            f"(a) size {size}: sampling FLOPs/image "
+            + ", ".join(f"{o} {fmt(r['sample_flops_per_image'])}" for o, r in objs.items())
             + f"; next-token {ratio:.1f}× below the next cheapest; latency "
-            + ", ".join(f"{o} {fmt(lat[o])} s" for o in objs) + f" → {v}")
+            + ", ".join(f"{o} {fmt(lat[o])} s" for o in objs)
+            + f" → {v}"
+        )
     parts.append(_combine(verdicts_a) if verdicts_a else INCONCLUSIVE)
     if not verdicts_a:
         f.evidence.append("(a) no model size has next-token and another objective at the last milestone")
@@ -246,8 +284,10 @@ def finding_inference(data: cmp.StudyData) -> Finding:
             o = cmp.compare_quality(rs[-1], rs[0])  # most steps vs fewest
             outcomes.append(o)
             by_steps = ", ".join(f"{r['steps']}: {fmt(cmp.value(r, 'fd_probe'))}" for r in rs)
-            f.evidence.append(f"{label} {obj} {rs[0]['size']} {rs[0]['autoencoder']} @ {rs[0]['train_flops']:.3g} "
-                              f"FLOPs: FD by steps {by_steps} — most vs fewest steps: {change[o]}")
+            f.evidence.append(
+                f"{label} {obj} {rs[0]['size']} {rs[0]['autoencoder']} @ {rs[0]['train_flops']:.3g} "
+                f"FLOPs: FD by steps {by_steps} — most vs fewest steps: {change[o]}"
+            )
         known = [o for o in outcomes if o is not None]
         if not known:
             f.evidence.append(f"{label} no {obj} steps sweep measured")
@@ -255,8 +295,13 @@ def finding_inference(data: cmp.StudyData) -> Finding:
         elif want == 0:  # barely improves: never significantly better with more steps
             parts.append(CONFIRMED if all(o != 1 for o in known) else NOT_CONFIRMED)
         else:  # depends on steps: significantly better with more steps in every sweep
-            parts.append(CONFIRMED if all(o == 1 for o in known) else
-                         NOT_CONFIRMED if all(o != 1 for o in known) else INCONCLUSIVE)
+            parts.append(
+                CONFIRMED
+                if all(o == 1 for o in known)
+                else NOT_CONFIRMED
+                if all(o != 1 for o in known)
+                else INCONCLUSIVE
+            )
     f.evidence.append(f"parts (a), (b), (c): {', '.join(parts)}")
     f.verdict = _combine(parts)
     return f
@@ -277,22 +322,31 @@ def ema_pairs(data: cmp.StudyData) -> dict[str, list[tuple[dict[str, Any], dict[
 
 
 def finding_ema(data: cmp.StudyData) -> Finding:
-    f = Finding(5, "EMA matters much more for diffusion than for the token methods.", INCONCLUSIVE,
-                f"Relative FD gain of EMA over raw weights, (FD_raw − FD_ema)/FD_raw, median over pairs with the "
-                f"same run, milestone, steps and CFG. Confirmed when diffusion's median gain is ≥ "
-                f"{EMA_GAIN_MATTERS:.0%}, ≥ 2× each token method's, and EMA is significantly better (as in "
-                f"finding 3) in at least half of diffusion's pairs; not confirmed when a token method "
-                f"gains at least as much, or EMA is significantly better in none of diffusion's pairs.")
+    f = Finding(
+        5,
+        "EMA matters much more for diffusion than for the token methods.",
+        INCONCLUSIVE,
+        f"Relative FD gain of EMA over raw weights, (FD_raw − FD_ema)/FD_raw, median over pairs with the "
+        f"same run, milestone, steps and CFG. Confirmed when diffusion's median gain is ≥ "
+        f"{EMA_GAIN_MATTERS:.0%}, ≥ 2× each token method's, and EMA is significantly better (as in "
+        f"finding 3) in at least half of diffusion's pairs; not confirmed when a token method "
+        f"gains at least as much, or EMA is significantly better in none of diffusion's pairs.",
+    )
     pairs = ema_pairs(data)
     gains, sig = {}, {}
     for obj, ps in pairs.items():
-        g = [(cmp.value(raw, "fd_probe") - cmp.value(ema, "fd_probe")) / cmp.value(raw, "fd_probe")
-             for ema, raw in ps if cmp.value(ema, "fd_probe") is not None and cmp.value(raw, "fd_probe") is not None]
+        g = [
+            (cmp.value(raw, "fd_probe") - cmp.value(ema, "fd_probe")) / cmp.value(raw, "fd_probe")
+            for ema, raw in ps
+            if cmp.value(ema, "fd_probe") is not None and cmp.value(raw, "fd_probe") is not None
+        ]
         if g:
             gains[obj] = statistics.median(g)
             sig[obj] = sum(1 for ema, raw in ps if cmp.compare_quality(ema, raw) == 1) / len(ps)
-            f.evidence.append(f"{obj}: median EMA gain {gains[obj]:+.1%} over {len(g)} pairs; EMA significantly "
-                              f"better in {sig[obj]:.0%} of them")
+            f.evidence.append(
+                f"{obj}: median EMA gain {gains[obj]:+.1%} over {len(g)} pairs; EMA significantly "
+                f"better in {sig[obj]:.0%} of them"
+            )
     tokens = [o for o in ("masked", "autoregressive") if o in gains]
     if "flow" not in gains or not tokens:
         f.evidence.append("need EMA/raw pairs for diffusion and at least one token method")
@@ -309,13 +363,17 @@ def finding_ema(data: cmp.StudyData) -> Finding:
 
 
 def finding_autoencoder(data: cmp.StudyData) -> Finding:
-    f = Finding(6, "Autoencoder quality (and latent size) strongly moves FID, less so prompt following.", INCONCLUSIVE,
-                "Runs that differ only in the autoencoder, compared at each matched compute level (best vs worst "
-                "autoencoder by FD). Quality moves when the difference is significant (as in finding "
-                "3). Confirmed when quality moves at most levels and the relative prompt-accuracy change is "
-                "smaller than the relative FD change at every level; not confirmed when quality moves at none, or "
-                "prompt accuracy changes relatively at least as much as FD at most levels. Whether the prompt-"
-                "accuracy change is significant (95 % intervals apart) is reported alongside.")
+    f = Finding(
+        6,
+        "Autoencoder quality (and latent size) strongly moves FID, less so prompt following.",
+        INCONCLUSIVE,
+        "Runs that differ only in the autoencoder, compared at each matched compute level (best vs worst "
+        "autoencoder by FD). Quality moves when the difference is significant (as in finding "
+        "3). Confirmed when quality moves at most levels and the relative prompt-accuracy change is "
+        "smaller than the relative FD change at every level; not confirmed when quality moves at none, or "
+        "prompt accuracy changes relatively at least as much as FD at most levels. Whether the prompt-"
+        "accuracy change is significant (95 % intervals apart) is reported alongside.",
+    )
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in cmp.primary_records(data):
         groups[(r["objective"], r["size"], r["data_size"])].append(r)
@@ -343,13 +401,16 @@ def finding_autoencoder(data: cmp.StudyData) -> Finding:
                 f.evidence.append(
                     f"{obj} {size} @ {lv:.3g} FLOPs: FD {best['autoencoder']} {fmt(cmp.value(best, 'fd_probe'))} vs "
                     f"{worst['autoencoder']} {fmt(cmp.value(worst, 'fd_probe'))} ({fd_rel:.0%} lower); prompt acc "
-                    f"{fmt(pb)} vs {fmt(pw)} ({'significant' if p_sig not in (0, None) else 'not significant'})")
+                    f"{fmt(pb)} vs {fmt(pw)} ({'significant' if p_sig not in (0, None) else 'not significant'})"
+                )
     if n == 0:
         f.evidence.append("no runs that differ only in their autoencoder")
         return f
     ae_desc = ", ".join(f"{a['name']} ({a['kind']}, PSNR {fmt(a['metrics'].get('psnr'))})" for a in data.autoencoders)
-    f.evidence.append(f"over {n} matched levels: quality moves significantly at {q_moves}; prompt accuracy moves "
-                      f"relatively less than FD at {p_smaller}. Autoencoders: {ae_desc}")
+    f.evidence.append(
+        f"over {n} matched levels: quality moves significantly at {q_moves}; prompt accuracy moves "
+        f"relatively less than FD at {p_smaller}. Autoencoders: {ae_desc}"
+    )
     if q_moves == 0 or p_larger > n / 2:
         f.verdict = NOT_CONFIRMED
     elif q_moves > n / 2 and p_smaller == n:
@@ -357,11 +418,20 @@ def finding_autoencoder(data: cmp.StudyData) -> Finding:
     return f
 
 
-def all_findings(data: cmp.StudyData, loss_fits: dict[str, PowerLawFit], loss_errors: dict[str, str],
-                 crossovers: dict[tuple[str, str], Crossover]) -> list[Finding]:
-    return [finding_power_law(data, loss_fits, loss_errors), finding_prompt_following(data),
-            finding_quality_crossover(data, crossovers), finding_inference(data), finding_ema(data),
-            finding_autoencoder(data)]
+def all_findings(
+    data: cmp.StudyData,
+    loss_fits: dict[str, PowerLawFit],
+    loss_errors: dict[str, str],
+    crossovers: dict[tuple[str, str], Crossover],
+) -> list[Finding]:
+    return [
+        finding_power_law(data, loss_fits, loss_errors),
+        finding_prompt_following(data),
+        finding_quality_crossover(data, crossovers),
+        finding_inference(data),
+        finding_ema(data),
+        finding_autoencoder(data),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- recommendation
@@ -386,8 +456,12 @@ def _describe_candidate(objective: str, r: dict[str, Any], metric: str) -> str:
     return text + ")"
 
 
-CRITERIA = (("image quality", "fd_probe"), ("prompt following", "prompt_acc"), ("latency (batch 1)", "latency_s"),
-            ("throughput", "throughput_ips"))
+CRITERIA = (
+    ("image quality", "fd_probe"),
+    ("prompt following", "prompt_acc"),
+    ("latency (batch 1)", "latency_s"),
+    ("throughput", "throughput_ips"),
+)
 
 
 def recommendations(data: cmp.StudyData) -> list[Recommendation]:
@@ -405,8 +479,9 @@ def recommendations(data: cmp.StudyData) -> list[Recommendation]:
             if not best:
                 out.append(Recommendation(criterion, metric, lv, None, [], "not measured"))
                 continue
-            ranked = sorted(best.items(), key=lambda kv: cmp.value(kv[1], metric),
-                            reverse=metric not in cmp.LOWER_IS_BETTER)
+            ranked = sorted(
+                best.items(), key=lambda kv: cmp.value(kv[1], metric), reverse=metric not in cmp.LOWER_IS_BETTER
+            )
             winner, wr = ranked[0]
             ties = [o for o, r in ranked[1:] if cmp.compare(wr, r, metric) == 0]
             detail = "; ".join(_describe_candidate(o, r, metric) for o, r in ranked)

@@ -7,6 +7,7 @@ executors can import it). Its outcome is a marker file in its folder, written at
 newest intact checkpoint). A failed stage is recorded and the stages that do not need it go on; the stages
 that need it are marked `blocked`.
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -16,9 +17,10 @@ import multiprocessing
 import os
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -77,13 +79,21 @@ def run_stage(root: str, stage: Stage, threads: int | None = None) -> tuple[str,
     try:
         summary = _resolve(stage.fn)(folder, **stage.kwargs) or {}
         # wall time, and this process's CPU time (what a machine shared with other work does not inflate)
-        summary = {"stage": stage.id, "seconds": round(time.time() - started, 2),
-                   "cpu_seconds": round(time.process_time() - cpu, 2), **summary}  # fmt: skip
+        summary = {
+            "stage": stage.id,
+            "seconds": round(time.time() - started, 2),
+            "cpu_seconds": round(time.process_time() - cpu, 2),
+            **summary,
+        }
         atomic.write_json(folder / DONE, summary)
         return "done", summary
     except Exception as e:  # a failed stage is recorded; the study goes on
-        info = {"stage": stage.id, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(),
-                "seconds": round(time.time() - started, 2)}  # fmt: skip
+        info = {
+            "stage": stage.id,
+            "error": f"{type(e).__name__}: {e}",
+            "traceback": traceback.format_exc(),
+            "seconds": round(time.time() - started, 2),
+        }
         atomic.write_json(folder / FAILED, info)
         return "failed", info
 
@@ -117,8 +127,10 @@ class Progress:
         left = sum(self.stages[i].cost for i, v in self.states.items() if v in ("pending", "running"))
         elapsed = time.time() - self.started
         eta = f"{left * elapsed / self.cost_run / 60:.1f} min" if self.cost_run else "?"
-        self.bar.set_postfix_str(f"done {counts['done']} running {counts['running']} failed {counts['failed']} "
-                                 f"blocked {counts['blocked']} ETA {eta}")  # fmt: skip
+        self.bar.set_postfix_str(
+            f"done {counts['done']} running {counts['running']} failed {counts['failed']} "
+            f"blocked {counts['blocked']} ETA {eta}"
+        )
 
     def finished(self, stage_id: str, status: str, info: dict) -> None:
         self.states[stage_id] = status

@@ -3,6 +3,7 @@
 Every stage is keyed by a content hash of what decides its output — never by a path — so a study folder can be
 moved, a second study reuses nothing by accident, and a changed config gets a new stage instead of a stale one.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,9 +13,21 @@ from pathlib import Path
 from typing import Any
 
 from synthscale.config import (
-    AutoencoderConfig, ConfigError, DataConfig, ModelConfig, ObjectiveConfig, ProbeConfig, RunConfig, StudyConfig,
-    TrainConfig, apply_overrides, config_hash, from_dict, load, read_yaml, to_dict,
-)  # fmt: skip
+    AutoencoderConfig,
+    ConfigError,
+    ModelConfig,
+    ObjectiveConfig,
+    ProbeConfig,
+    RunConfig,
+    StudyConfig,
+    TrainConfig,
+    apply_overrides,
+    config_hash,
+    from_dict,
+    load,
+    read_yaml,
+    to_dict,
+)
 from synthscale.study.grid import Stage
 
 OBJECTIVE_LATENT = {"flow": "continuous", "masked": "discrete", "autoregressive": "discrete"}
@@ -61,8 +74,9 @@ def _split_overrides(overrides: list[str], objective: str) -> list[str]:
         if ":" in head:
             scope, _, rest = text.partition(":")
             if scope not in OBJECTIVE_LATENT:
-                raise ConfigError(f"run_overrides entry {text!r}: {scope!r} is not an objective "
-                                  f"({', '.join(OBJECTIVE_LATENT)})")  # fmt: skip
+                raise ConfigError(
+                    f"run_overrides entry {text!r}: {scope!r} is not an objective ({', '.join(OBJECTIVE_LATENT)})"
+                )
             if scope == objective:
                 out.append(rest)
         else:
@@ -70,8 +84,9 @@ def _split_overrides(overrides: list[str], objective: str) -> list[str]:
     return out
 
 
-def _run_config(study: StudyConfig, objective: str, size: str, data_size: int, budget: float,
-                ae_dir: Path, cache_root: Path) -> RunConfig:  # fmt: skip
+def _run_config(
+    study: StudyConfig, objective: str, size: str, data_size: int, budget: float, ae_dir: Path, cache_root: Path
+) -> RunConfig:
     base = RunConfig(
         data=dataclasses.replace(study.data, size=data_size),
         model=ModelConfig(size=size),
@@ -109,31 +124,47 @@ def plan_study(study: StudyConfig, root: str | Path, spec_dir: str | Path = ".")
             if config_hash(autoencoders[cfg.name][0]) != config_hash(cfg):
                 raise ConfigError(f"two different autoencoder configs are both named {cfg.name!r}; rename one")
             return autoencoders[cfg.name]
-        stage = Stage("autoencoder", cfg.name, config_hash(cfg), f"{STAGES}:autoencoder_stage",
-                      {"config": to_dict(cfg)}, cost=3.0)  # fmt: skip
+        stage = Stage(
+            "autoencoder", cfg.name, config_hash(cfg), f"{STAGES}:autoencoder_stage", {"config": to_dict(cfg)}, cost=3.0
+        )
         stages.append(stage)
         autoencoders[cfg.name] = (cfg, stage)
         return autoencoders[cfg.name]
 
-    main = {"continuous": autoencoder(study.continuous_autoencoder),
-            "discrete": autoencoder(study.discrete_autoencoder)}  # fmt: skip
+    main = {
+        "continuous": autoencoder(study.continuous_autoencoder),
+        "discrete": autoencoder(study.discrete_autoencoder),
+    }
     for kind, (cfg, _) in main.items():
         if AE_LATENT[cfg.kind] != kind:
-            raise ConfigError(f"study.{kind}_autoencoder is {cfg.name} ({cfg.kind}), which makes {AE_LATENT[cfg.kind]} "
-                              f"latents; pick a {kind} one")  # fmt: skip
+            raise ConfigError(
+                f"study.{kind}_autoencoder is {cfg.name} ({cfg.kind}), which makes {AE_LATENT[cfg.kind]} "
+                f"latents; pick a {kind} one"
+            )
     ablations = [autoencoder(p) for p in study.ablation_autoencoders]
 
     # the probe: one per dataset distribution
     probe_cfg = load(ProbeConfig, None, study.probe_overrides)
     probe_key = config_hash({"data": to_dict(dataclasses.replace(study.data, size=0)), "probe": to_dict(probe_cfg)})
-    probe = Stage("probe", "attributes", probe_key, f"{STAGES}:probe_stage",
-                  {"data": to_dict(study.data), "probe": to_dict(probe_cfg)}, cost=2.0)  # fmt: skip
+    probe = Stage(
+        "probe",
+        "attributes",
+        probe_key,
+        f"{STAGES}:probe_stage",
+        {"data": to_dict(study.data), "probe": to_dict(probe_cfg)},
+        cost=2.0,
+    )
     stages.append(probe)
 
     # the runs: the main grid, then each ablation autoencoder with the objectives of its latent kind
     cache_root = root / "latents"  # the trainer keeps latent caches here, keyed by content
-    grid = [(o, s, d, b, main[OBJECTIVE_LATENT[o]], False) for o in study.objectives for s in study.sizes
-            for d in study.data_sizes for b in study.budgets]  # fmt: skip
+    grid = [
+        (o, s, d, b, main[OBJECTIVE_LATENT[o]], False)
+        for o in study.objectives
+        for s in study.sizes
+        for d in study.data_sizes
+        for b in study.budgets
+    ]
     smallest = (study.sizes[0], min(study.data_sizes), min(study.budgets))
     for ae in ablations:
         kind = AE_LATENT[ae[0].kind]
@@ -145,20 +176,42 @@ def plan_study(study: StudyConfig, root: str | Path, spec_dir: str | Path = ".")
         run_cfg = _run_config(study, objective, size, data_size, budget, ae_dir, cache_root)
         cache_id = config_hash({"ae": ae_stage.key, "data": to_dict(run_cfg.data)})
         if cache_id not in caches:
-            caches[cache_id] = Stage("cache", f"{ae_cfg.name}-d{data_size}", cache_id, f"{STAGES}:cache_stage",
-                                     {"run_config": to_dict(run_cfg)}, deps=[ae_stage.id], cost=0.5)  # fmt: skip
+            caches[cache_id] = Stage(
+                "cache",
+                f"{ae_cfg.name}-d{data_size}",
+                cache_id,
+                f"{STAGES}:cache_stage",
+                {"run_config": to_dict(run_cfg)},
+                deps=[ae_stage.id],
+                cost=0.5,
+            )
             stages.append(caches[cache_id])
         key = _portable_hash(run_cfg, ae_stage.key)
         name = f"{objective}-{size}-d{data_size}-{budget:.0e}-{ae_cfg.name}".replace("+", "")
-        train = Stage("train", name, key, f"{STAGES}:train_stage", {"run_config": to_dict(run_cfg)},
-                      deps=[caches[cache_id].id], cost=6.0)  # fmt: skip
+        train = Stage(
+            "train",
+            name,
+            key,
+            f"{STAGES}:train_stage",
+            {"run_config": to_dict(run_cfg)},
+            deps=[caches[cache_id].id],
+            cost=6.0,
+        )
         run_dir = root / train.id
-        evaluate = Stage("evaluate", name, config_hash({"run": key, "eval": to_dict(study.evaluation),
-                                                       "probe": probe_key}),  # fmt: skip
-                         f"{STAGES}:evaluate_stage",
-                         {"run_dir": str(run_dir), "probe_dir": str(root / probe.id),
-                          "settings": to_dict(study.evaluation), "run_config": to_dict(run_cfg)},
-                         deps=[train.id, probe.id], cost=3.0)  # fmt: skip
+        evaluate = Stage(
+            "evaluate",
+            name,
+            config_hash({"run": key, "eval": to_dict(study.evaluation), "probe": probe_key}),
+            f"{STAGES}:evaluate_stage",
+            {
+                "run_dir": str(run_dir),
+                "probe_dir": str(root / probe.id),
+                "settings": to_dict(study.evaluation),
+                "run_config": to_dict(run_cfg),
+            },
+            deps=[train.id, probe.id],
+            cost=3.0,
+        )
         stages += [train, evaluate]
         runs.append(RunPlan(run_cfg, train, evaluate, ae_cfg.name, ablation))
         _check_eval_steps(study, run_cfg, _latent_shape(ae_cfg, []), name)
@@ -204,14 +257,27 @@ def estimate_flops(plan: StudyPlan) -> dict[str, Any]:
         images = s.evaluation.n + s.evaluation.holdout_n
         milestones = len(milestone_grid(r.run_cfg.train)) if s.evaluation.milestones == "all" else 1
         sweep = s.evaluation.sweep.get(obj.name, obj.steps_grid(latent))
-        flops = images * (milestones * len(s.evaluation.weights) * per_image
-                          + sum(obj.sample_flops(r.run_cfg.model, latent, text, k, s.evaluation.cfg_scale) for k in sweep)
-                          + sum(obj.sample_flops(r.run_cfg.model, latent, text, steps, c) for c in s.evaluation.cfg_sweep))
+        flops = images * (
+            milestones * len(s.evaluation.weights) * per_image
+            + sum(obj.sample_flops(r.run_cfg.model, latent, text, k, s.evaluation.cfg_scale) for k in sweep)
+            + sum(obj.sample_flops(r.run_cfg.model, latent, text, steps, c) for c in s.evaluation.cfg_sweep)
+        )
         sample_total += flops
-        per_run.append({"run": r.train.name, "train_flops": r.run_cfg.train.budget_flops, "eval_sample_flops": flops,
-                        "params": obj.param_counts(r.run_cfg.model, latent, text)["total"]})  # fmt: skip
-    return {"runs": per_run, "train_flops": train_total, "eval_sample_flops": sample_total,
-            "total_flops": train_total + sample_total, "notes": sorted(set(notes))}  # fmt: skip
+        per_run.append(
+            {
+                "run": r.train.name,
+                "train_flops": r.run_cfg.train.budget_flops,
+                "eval_sample_flops": flops,
+                "params": obj.param_counts(r.run_cfg.model, latent, text)["total"],
+            }
+        )
+    return {
+        "runs": per_run,
+        "train_flops": train_total,
+        "eval_sample_flops": sample_total,
+        "total_flops": train_total + sample_total,
+        "notes": sorted(set(notes)),
+    }
 
 
 def _latent_shape(cfg: AutoencoderConfig, notes: list[str]):
@@ -228,4 +294,3 @@ def _latent_shape(cfg: AutoencoderConfig, notes: list[str]):
         return LatentSpec("continuous", cfg.latent_channels, side, side)
     vocab = 2**cfg.latent_channels if cfg.kind == "lfq" else math.prod(cfg.fsq_levels)
     return LatentSpec("discrete", cfg.latent_channels, side, side, vocab_size=vocab)
-

@@ -5,6 +5,7 @@ note saying why, when the study has no data for it.
 
 matplotlib's object API (Figure + Agg canvas) is used rather than pyplot: no global figure state, no display.
 """
+
 from __future__ import annotations
 
 import io
@@ -134,9 +135,11 @@ def quality_vs_training_flops(data: cmp.StudyData) -> Plot:
         _draw_metric_vs(ax, series, m, "train_flops", style)
         _finish(ax, TRAIN_FLOPS, m, log_y=m != "prompt_acc")
     settings = "; ".join(f"{o}: {cmp.describe_setting(s)}" for o, s in sorted(data.settings.items()))
-    caption = (f"Each objective's primary sampling setting ({settings}), main-grid autoencoder per objective "
-               f"({', '.join(f'{o}: {a}' for o, a in sorted(main.items()))}). Error bars: the records' 95 % "
-               f"bootstrap intervals where measured. Instruments: {cmp.describe_instruments(recs)}.")
+    caption = (
+        f"Each objective's primary sampling setting ({settings}), main-grid autoencoder per objective "
+        f"({', '.join(f'{o}: {a}' for o, a in sorted(main.items()))}). Error bars: the records' 95 % "
+        f"bootstrap intervals where measured. Instruments: {cmp.describe_instruments(recs)}."
+    )
     return Plot(key, title, caption, _png(fig))
 
 
@@ -144,8 +147,11 @@ def loss_fits(data: cmp.StudyData, fits: dict[str, PowerLawFit]) -> Plot:
     """Fig. 4: each objective's validation loss vs training FLOPs, the fitted L(C) = E + A·C^−α and its band."""
     key, title = "fig4-loss-vs-flops", "Fig. 4 — loss vs training compute, with fitted power laws"
     main = data.main_autoencoders  # losses over other latent spaces are on other scales
-    recs = [r for r in cmp.primary_records(data)
-            if cmp.value(r, "loss") is not None and r["autoencoder"] == main[r["objective"]]]
+    recs = [
+        r
+        for r in cmp.primary_records(data)
+        if cmp.value(r, "loss") is not None and r["autoencoder"] == main[r["objective"]]
+    ]
     objectives = [o for o in data.objectives if any(r["objective"] == o for r in recs)]
     if not objectives:
         return _skip(key, title, "no record measured the validation loss")
@@ -155,25 +161,39 @@ def loss_fits(data: cmp.StudyData, fits: dict[str, PowerLawFit]) -> Plot:
         sizes = sorted({r["size"] for r in rs})
         for i, size in enumerate(sizes):
             pts = [r for r in rs if r["size"] == size]
-            ax.scatter([r["train_flops"] for r in pts], [cmp.value(r, "loss") for r in pts], s=14, alpha=0.6,
-                       marker=MARKERS[i % 7], color=_colour(obj), label=f"{size} (all milestones)")
+            ax.scatter(
+                [r["train_flops"] for r in pts],
+                [cmp.value(r, "loss") for r in pts],
+                s=14,
+                alpha=0.6,
+                marker=MARKERS[i % 7],
+                color=_colour(obj),
+                label=f"{size} (all milestones)",
+            )
         fit = fits.get(obj)
         if fit is not None:
             ax.scatter(fit.compute, fit.values, s=44, facecolors="none", edgecolors="k", label="frontier (fitted)")
             c = np.logspace(np.log10(fit.compute.min()), np.log10(fit.compute.max()), 100)
             a_iv = fit.intervals.get("alpha")
             a_txt = f" [{a_iv[0]:.3f}, {a_iv[1]:.3f}]" if a_iv else ""
-            ax.plot(c, fit.predict(c), color="k", lw=1.2,
-                    label=f"fit: E={fit.E:.3g}, α={fit.alpha:.3f}{a_txt}, R²={fit.r2:.3f}")
+            ax.plot(
+                c,
+                fit.predict(c),
+                color="k",
+                lw=1.2,
+                label=f"fit: E={fit.E:.3g}, α={fit.alpha:.3f}{a_txt}, R²={fit.r2:.3f}",
+            )
             band = fit.band(c)
             if band is not None:
                 ax.fill_between(c, band[0], band[1], color="k", alpha=0.12, label="95 % bootstrap band")
         ax.set_title(obj)
         _finish(ax, TRAIN_FLOPS, "loss")
-    caption = ("Validation loss of each objective (its own loss: not comparable across panels) at its primary "
-               "sampling weights. The fit L(C) = E + A·C^−α (Chinchilla approach 3: Huber on log residuals, "
-               "L-BFGS from a grid of starts) is to the compute frontier: points no cheaper point beats. "
-               f"Instruments: {cmp.describe_instruments(recs)}.")
+    caption = (
+        "Validation loss of each objective (its own loss: not comparable across panels) at its primary "
+        "sampling weights. The fit L(C) = E + A·C^−α (Chinchilla approach 3: Huber on log residuals, "
+        "L-BFGS from a grid of starts) is to the compute frontier: points no cheaper point beats. "
+        f"Instruments: {cmp.describe_instruments(recs)}."
+    )
     missing = [o for o in objectives if o not in fits]
     if missing:
         caption += f" No fit for {', '.join(missing)} (too few frontier points)."
@@ -190,9 +210,13 @@ def _sweeps(data: cmp.StudyData) -> dict[str, list[dict[str, Any]]]:
         if prim and (r["weights"], r["cfg_scale"]) == (prim[0], prim[2]):
             groups[(r["objective"], r["run"], r["milestone"])].append(r)
     best: dict[str, tuple] = {}
-    for (obj, run, ms), rs in groups.items():
-        rank = (len({r["steps"] for r in rs}), rs[0]["autoencoder"] == data.main_autoencoders.get(obj),
-                rs[0]["params"], ms)
+    for (obj, _run, ms), rs in groups.items():
+        rank = (
+            len({r["steps"] for r in rs}),
+            rs[0]["autoencoder"] == data.main_autoencoders.get(obj),
+            rs[0]["params"],
+            ms,
+        )
         if obj not in best or rank > best[obj][0]:
             best[obj] = (rank, sorted(rs, key=lambda r: r["steps"]))
     return {o: v[1] for o, v in best.items()}
@@ -202,8 +226,9 @@ def quality_vs_inference_flops(data: cmp.StudyData) -> Plot:
     """Fig. 5: quality and prompt following vs sampling FLOPs per image, across sampling steps."""
     key, title = "fig5-quality-vs-inference-flops", "Fig. 5 — quality and prompt following vs inference compute"
     sweeps = _sweeps(data)
-    metrics = [m for m in ("fd_probe", "prompt_acc")
-               if any(cmp.value(r, m) is not None for rs in sweeps.values() for r in rs)]
+    metrics = [
+        m for m in ("fd_probe", "prompt_acc") if any(cmp.value(r, m) is not None for rs in sweeps.values() for r in rs)
+    ]
     if not metrics or not any(len(rs) > 1 for rs in sweeps.values()):
         return _skip(key, title, "no run was evaluated at more than one sampling-step count")
     fig, axes = _figure(len(metrics))
@@ -214,16 +239,24 @@ def quality_vs_inference_flops(data: cmp.StudyData) -> Plot:
                 continue
             x = [r["sample_flops_per_image"] for r in rs]
             y = [cmp.value(r, m) for r in rs]
-            ax.plot(x, y, color=_colour(obj), marker="o", ms=4,
-                    label=f"{obj} {rs[0]['size']} @ {rs[0]['train_flops']:.2g} train FLOPs")
+            ax.plot(
+                x,
+                y,
+                color=_colour(obj),
+                marker="o",
+                ms=4,
+                label=f"{obj} {rs[0]['size']} @ {rs[0]['train_flops']:.2g} train FLOPs",
+            )
             for xi, yi, r in zip(x, y, rs):
                 ax.annotate(str(r["steps"]), (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
         _finish(ax, SAMPLE_FLOPS, m, log_y=m != "prompt_acc")
     all_rs = [r for rs in sweeps.values() for r in rs]
-    caption = ("Numbers beside points: sampling steps (flow: Euler ODE steps; masked: decoding steps; "
-               "next-token: image tokens, one each with a KV cache). One run per objective: the one evaluated at "
-               "the most step counts, at its primary weights and CFG. "
-               f"Instruments: {cmp.describe_instruments(all_rs)}.")
+    caption = (
+        "Numbers beside points: sampling steps (flow: Euler ODE steps; masked: decoding steps; "
+        "next-token: image tokens, one each with a KV cache). One run per objective: the one evaluated at "
+        "the most step counts, at its primary weights and CFG. "
+        f"Instruments: {cmp.describe_instruments(all_rs)}."
+    )
     return Plot(key, title, caption, _png(fig))
 
 
@@ -253,8 +286,10 @@ def autoencoder_ablation(data: cmp.StudyData) -> Plot:
     for ax, m in zip(axes, metrics):
         _draw_metric_vs(ax, series, m, "train_flops", style)
         _finish(ax, TRAIN_FLOPS, m, log_y=m != "prompt_acc")
-    caption = ("Runs that differ only in their autoencoder; PSNR is the autoencoder's reconstruction PSNR on "
-               f"held-out renders. Instruments: {cmp.describe_instruments(recs)}.")
+    caption = (
+        "Runs that differ only in their autoencoder; PSNR is the autoencoder's reconstruction PSNR on "
+        f"held-out renders. Instruments: {cmp.describe_instruments(recs)}."
+    )
     return Plot(key, title, caption, _png(fig))
 
 
@@ -287,11 +322,18 @@ def ema_vs_raw(data: cmp.StudyData) -> Plot:
         _draw_metric_vs(ax, series, "fd_probe", "train_flops", style)
         ax.set_title(obj)
         _finish(ax, TRAIN_FLOPS, "fd_probe")
-    caption = ("Same runs, same milestones, same sampling steps and CFG; solid: EMA weights, dashed: raw "
-               f"weights. Instruments: {cmp.describe_instruments(recs)}.")
+    caption = (
+        "Same runs, same milestones, same sampling steps and CFG; solid: EMA weights, dashed: raw "
+        f"weights. Instruments: {cmp.describe_instruments(recs)}."
+    )
     return Plot(key, title, caption, _png(fig))
 
 
 def all_plots(data: cmp.StudyData, loss_fits_by_objective: dict[str, PowerLawFit]) -> list[Plot]:
-    return [autoencoder_ablation(data), quality_vs_training_flops(data), loss_fits(data, loss_fits_by_objective),
-            quality_vs_inference_flops(data), ema_vs_raw(data)]
+    return [
+        autoencoder_ablation(data),
+        quality_vs_training_flops(data),
+        loss_fits(data, loss_fits_by_objective),
+        quality_vs_inference_flops(data),
+        ema_vs_raw(data),
+    ]

@@ -3,6 +3,7 @@ as one self-contained HTML file (figures and sample grids embedded as base64) an
 (figures as PNG files next to it). Every number is computed here from the stored records; nothing is written
 by hand, and a study without data for a part says so in that part.
 """
+
 from __future__ import annotations
 
 import base64
@@ -46,8 +47,14 @@ def fit_points(data: cmp.StudyData, objective: str, metric: str) -> tuple[np.nda
     """The compute frontier of `metric` for one objective: its primary-setting records with its main
     autoencoder, keeping the points no cheaper point beats."""
     main = data.main_autoencoders.get(objective)
-    rs = [r for r in cmp.primary_records(data) if r["objective"] == objective and r["autoencoder"] == main
-          and r["train_flops"] > 0 and (cmp.value(r, metric) or 0.0) > 0]  # log-space fit: positive values only
+    rs = [
+        r
+        for r in cmp.primary_records(data)
+        if r["objective"] == objective
+        and r["autoencoder"] == main
+        and r["train_flops"] > 0
+        and (cmp.value(r, metric) or 0.0) > 0
+    ]  # log-space fit: positive values only
     c = np.array([r["train_flops"] for r in rs], dtype=float)
     v = np.array([cmp.value(r, metric) for r in rs], dtype=float)
     keep = frontier(c, v, lower_is_better=metric in cmp.LOWER_IS_BETTER)
@@ -73,17 +80,27 @@ def _sample_grids(data: cmp.StudyData) -> tuple[list[dict[str, Any]], str]:
     per objective the grid at its primary setting when there is one, of the model with the best fd_probe there
     (at small budgets the largest model is often the under-trained one)."""
     flops = {(r["run"], r["milestone"]): (r["train_flops"], r["params"]) for r in data.records}
-    fd = {(r["run"], r["milestone"], r["weights"], r["steps"], r["cfg_scale"]): r["metrics"].get("fd_probe")
-          for r in data.records}  # fmt: skip
+    fd = {
+        (r["run"], r["milestone"], r["weights"], r["steps"], r["cfg_scale"]): r["metrics"].get("fd_probe")
+        for r in data.records
+    }
     grids = []
     for a in data.artifacts:
         if a["kind"] == "samples" and (a["run"], a["milestone"]) in flops and Path(a["path"]).is_file():
             objective = next((r["objective"] for r in data.runs if r["run"] == a["run"]), None) or next(
-                r["objective"] for r in data.records if r["run"] == a["run"])
+                r["objective"] for r in data.records if r["run"] == a["run"]
+            )
             c, n = flops[(a["run"], a["milestone"])]
             score = fd.get((a["run"], a["milestone"], a["weights"], a["steps"], a["cfg_scale"]))
-            grids.append(dict(a, objective=objective, train_flops=c, params=n,
-                              fd_probe=score if score is not None and math.isfinite(score) else math.inf))  # fmt: skip
+            grids.append(
+                dict(
+                    a,
+                    objective=objective,
+                    train_flops=c,
+                    params=n,
+                    fd_probe=score if score is not None and math.isfinite(score) else math.inf,
+                )
+            )
     if not grids:
         return [], "no sample grids were stored (artifacts of kind 'samples')"
     by_level = cmp.by_level(grids)
@@ -96,9 +113,11 @@ def _sample_grids(data: cmp.StudyData) -> tuple[list[dict[str, Any]], str]:
         prim = data.settings.get(obj)
         g = max(cands, key=lambda g: ((g["weights"], g["steps"], g["cfg_scale"]) == prim, -g["fd_probe"], g["params"]))
         size = next((r["size"] for r in data.runs if r["run"] == g["run"]), "")
-        g["label"] = (f"{obj} {size} @ {g['train_flops']:.3g} training FLOPs — {g['weights']} weights, "
-                      f"{g['steps']} steps, CFG {g['cfg_scale']:g}"
-                      + (f", fd-probe {g['fd_probe']:.3g}" if math.isfinite(g["fd_probe"]) else ""))
+        g["label"] = (
+            f"{obj} {size} @ {g['train_flops']:.3g} training FLOPs — {g['weights']} weights, "
+            f"{g['steps']} steps, CFG {g['cfg_scale']:g}"
+            + (f", fd-probe {g['fd_probe']:.3g}" if math.isfinite(g["fd_probe"]) else "")
+        )
         chosen.append(g)
     missing = [o for o in data.objectives if o not in {g["objective"] for g in chosen}]
     note = f"at {lv:.3g} training FLOPs" + (f"; no grid at this compute for {', '.join(missing)}" if missing else "")
@@ -109,13 +128,25 @@ def analyse(study_dir: str | Path, n_boot: int = 200, seed: int = 0) -> Analysis
     data = cmp.load_study(study_dir)
     loss_fits, loss_errors = _fits(data, "loss", n_boot, seed)
     fd_fits, fd_errors = _fits(data, "fd_probe", n_boot, seed)
-    crossovers = {(a, b): crossover(fd_fits[a], fd_fits[b], a, b)
-                  for a, b in CROSSOVER_PAIRS if a in fd_fits and b in fd_fits}
+    crossovers = {
+        (a, b): crossover(fd_fits[a], fd_fits[b], a, b) for a, b in CROSSOVER_PAIRS if a in fd_fits and b in fd_fits
+    }
     samples, samples_note = _sample_grids(data)
     recon = [a for a in data.artifacts if a["kind"] == "reconstructions" and Path(a["path"]).is_file()]
-    return Analysis(data, loss_fits, loss_errors, fd_fits, fd_errors, crossovers,
-                    fnd.all_findings(data, loss_fits, loss_errors, crossovers), fnd.recommendations(data),
-                    plots.all_plots(data, loss_fits), samples, samples_note, recon)
+    return Analysis(
+        data,
+        loss_fits,
+        loss_errors,
+        fd_fits,
+        fd_errors,
+        crossovers,
+        fnd.all_findings(data, loss_fits, loss_errors, crossovers),
+        fnd.recommendations(data),
+        plots.all_plots(data, loss_fits),
+        samples,
+        samples_note,
+        recon,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -123,29 +154,64 @@ def analyse(study_dir: str | Path, n_boot: int = 200, seed: int = 0) -> Analysis
 
 def _runs_table(data: cmp.StudyData) -> tuple[list[str], list[list[str]]]:
     head = ["run", "objective", "size", "D", "autoencoder", "N", "budget FLOPs", "status", "error"]
-    rows = [[r["run"], r["objective"], r["size"], str(r["data_size"]), r["autoencoder"],
-             "—" if r["params"] is None else f"{r['params']:,}", fmt(r["budget_flops"]), r["status"],
-             (r["error"] or "").strip()] for r in data.runs]
+    rows = [
+        [
+            r["run"],
+            r["objective"],
+            r["size"],
+            str(r["data_size"]),
+            r["autoencoder"],
+            "—" if r["params"] is None else f"{r['params']:,}",
+            fmt(r["budget_flops"]),
+            r["status"],
+            (r["error"] or "").strip(),
+        ]
+        for r in data.runs
+    ]
     return head, rows
 
 
 def _autoencoder_table(data: cmp.StudyData) -> tuple[list[str], list[list[str]]]:
     names = sorted({k for a in data.autoencoders for k in a["metrics"]})
-    return (["autoencoder", "kind", *names],
-            [[a["name"], a["kind"], *(fmt(a["metrics"].get(k)) for k in names)] for a in data.autoencoders])
+    return (
+        ["autoencoder", "kind", *names],
+        [[a["name"], a["kind"], *(fmt(a["metrics"].get(k)) for k in names)] for a in data.autoencoders],
+    )
 
 
 def _fit_table(fits: dict[str, PowerLawFit], errors: dict[str, str]) -> tuple[list[str], list[list[str]]]:
-    head = ["objective", "points", "E [95 %]", "A [95 %]", "α [95 %]", "R² (log)", "max |residual| (log)",
-            "hold-out |error|", "bootstrap refits"]
+    head = [
+        "objective",
+        "points",
+        "E [95 %]",
+        "A [95 %]",
+        "α [95 %]",
+        "R² (log)",
+        "max |residual| (log)",
+        "hold-out |error|",
+        "bootstrap refits",
+    ]
     rows = []
     for obj, f in fits.items():
         iv = f.intervals
-        ho = (f"{f.holdout.mean_abs_rel_error:.1%} on {len(f.holdout.points)} (fit on {f.holdout.n_train})"
-              if f.holdout else "too few points")
-        rows.append([obj, str(f.n), f"{fmt(f.E)} {fmt_interval(iv['E'])}", f"{fmt(f.A)} {fmt_interval(iv['A'])}",
-                     f"{f.alpha:.4f} {fmt_interval(iv['alpha'], 4)}", f"{f.r2:.4f}",
-                     f"{np.abs(f.residuals).max():.3g}", ho, f"{f.n_boot}/{f.n_boot_requested}"])
+        ho = (
+            f"{f.holdout.mean_abs_rel_error:.1%} on {len(f.holdout.points)} (fit on {f.holdout.n_train})"
+            if f.holdout
+            else "too few points"
+        )
+        rows.append(
+            [
+                obj,
+                str(f.n),
+                f"{fmt(f.E)} {fmt_interval(iv['E'])}",
+                f"{fmt(f.A)} {fmt_interval(iv['A'])}",
+                f"{f.alpha:.4f} {fmt_interval(iv['alpha'], 4)}",
+                f"{f.r2:.4f}",
+                f"{np.abs(f.residuals).max():.3g}",
+                ho,
+                f"{f.n_boot}/{f.n_boot_requested}",
+            ]
+        )
     rows += [[obj, "—", "—", "—", "—", "—", "—", "—", f"no fit: {e}"] for obj, e in errors.items()]
     return head, rows
 
@@ -156,16 +222,32 @@ def _residual_table(fits: dict[str, PowerLawFit]) -> tuple[list[str], list[list[
         for c, v, p, r in zip(f.compute, f.values, f.predict(f.compute), f.residuals):
             rows.append([obj, fmt(c), fmt(v, 4), fmt(p, 4), f"{r:+.4f}", "fit"])
         for hp in f.holdout.points if f.holdout else []:
-            rows.append([obj, fmt(hp.compute), fmt(hp.actual, 4), fmt(hp.predicted, 4), f"{hp.rel_error:+.2%}",
-                         "held out (relative error)"])
+            rows.append(
+                [
+                    obj,
+                    fmt(hp.compute),
+                    fmt(hp.actual, 4),
+                    fmt(hp.predicted, 4),
+                    f"{hp.rel_error:+.2%}",
+                    "held out (relative error)",
+                ]
+            )
     return ["objective", "training FLOPs", "measured", "fitted", "residual", "role"], rows
 
 
 def _crossover_table(crossovers: dict[tuple[str, str], Crossover]) -> tuple[list[str], list[list[str]]]:
-    return (["curves", "range (FLOPs)", "better at the low end", "crossing"],
-            [[f"{c.a} vs {c.b}", f"[{c.lo:.3g}, {c.hi:.3g}]",
-              "—" if c.a_better_below is None else (c.a if c.a_better_below else c.b), c.describe()]
-             for c in crossovers.values()])
+    return (
+        ["curves", "range (FLOPs)", "better at the low end", "crossing"],
+        [
+            [
+                f"{c.a} vs {c.b}",
+                f"[{c.lo:.3g}, {c.hi:.3g}]",
+                "—" if c.a_better_below is None else (c.a if c.a_better_below else c.b),
+                c.describe(),
+            ]
+            for c in crossovers.values()
+        ],
+    )
 
 
 def _rec_table(recs: list[fnd.Recommendation]) -> tuple[list[str], list[list[str]]]:
@@ -181,8 +263,10 @@ def _rec_table(recs: list[fnd.Recommendation]) -> tuple[list[str], list[list[str
 
 def _settings_table(data: cmp.StudyData) -> tuple[list[str], list[list[str]]]:
     main = data.main_autoencoders
-    return (["objective", "primary sampling setting", "main autoencoder"],
-            [[o, cmp.describe_setting(s), main.get(o, "—")] for o, s in sorted(data.settings.items())])
+    return (
+        ["objective", "primary sampling setting", "main autoencoder"],
+        [[o, cmp.describe_setting(s), main.get(o, "—")] for o, s in sorted(data.settings.items())],
+    )
 
 
 # ---------------------------------------------------------------------------------------------- HTML
@@ -230,70 +314,106 @@ def _img(png: bytes, alt: str) -> str:
 def render_html(a: Analysis) -> str:
     d = a.data
     p = []
-    p.append(f"<!doctype html><html lang=en><head><meta charset=utf-8><title>synthscale report — {_e(d.path.name)}"
-             f"</title><style>{_CSS}</style></head><body>")
+    p.append(
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>synthscale report — {_e(d.path.name)}"
+        f"</title><style>{_CSS}</style></head><body>"
+    )
     p.append(f"<h1>synthscale report: {_e(d.name)}</h1>")
-    p.append(f"<p>Study folder <code>{_e(d.path)}</code>; generated {_e(time.strftime('%Y-%m-%d %H:%M'))}. "
-             f"{len(d.runs)} runs, {len(d.records)} evaluation records, {len(d.autoencoders)} autoencoders.</p>")
+    p.append(
+        f"<p>Study folder <code>{_e(d.path)}</code>; generated {_e(time.strftime('%Y-%m-%d %H:%M'))}. "
+        f"{len(d.runs)} runs, {len(d.records)} evaluation records, {len(d.autoencoders)} autoencoders.</p>"
+    )
     if d.meta.get("notes"):
         p.append(f'<p class="banner">{_e(d.meta["notes"])}</p>')
-    p.append("<h2>Findings on this run</h2><table><tr><th>#</th><th>claim (Kilian et al. 2024)</th>"
-             "<th>verdict</th></tr>")
+    p.append(
+        "<h2>Findings on this run</h2><table><tr><th>#</th><th>claim (Kilian et al. 2024)</th><th>verdict</th></tr>"
+    )
     for f in a.findings:
         p.append(f"<tr><td>{f.number}</td><td>{_e(f.claim)}</td><td>{_verdict(f.verdict)}</td></tr>")
-    p.append("</table><p>Each verdict comes from a rule written in <code>synthscale/study/findings.py</code>, "
-             "stated with its evidence below.</p>")
-    p.append("<h2>Recommendation</h2><p>At each measured budget, the paradigm with the best value over every model "
-             "and sampling setting trained to it; ties are within the measured 95 % intervals (or 10 % where a "
-             "number has none).</p>" + _html_table(*_rec_table(a.recommendations)))
+    p.append(
+        "</table><p>Each verdict comes from a rule written in <code>synthscale/study/findings.py</code>, "
+        "stated with its evidence below.</p>"
+    )
+    p.append(
+        "<h2>Recommendation</h2><p>At each measured budget, the paradigm with the best value over every model "
+        "and sampling setting trained to it; ties are within the measured 95 % intervals (or 10 % where a "
+        "number has none).</p>" + _html_table(*_rec_table(a.recommendations))
+    )
     p.append("<h2>The grid</h2>" + _html_table(*_runs_table(d), failed_col=7))
     if d.autoencoders:
-        p.append("<h3>Autoencoders</h3><p>Reconstruction metrics on held-out images.</p>"
-                 + _html_table(*_autoencoder_table(d)))
+        p.append(
+            "<h3>Autoencoders</h3><p>Reconstruction metrics on held-out images.</p>"
+            + _html_table(*_autoencoder_table(d))
+        )
     if a.reconstructions:
-        p.append("<div class=samples>" + "".join(
-            f"<figure>{_img(Path(r['path']).read_bytes(), r['run'])}<figcaption>{_e(r['caption'] or r['run'])}"
-            f"</figcaption></figure>" for r in a.reconstructions) + "</div>")
-    p.append("<h3>Sampling setting per objective</h3><p>Figures and fits use each objective's primary setting: "
-             "the one evaluated at the most milestones.</p>" + _html_table(*_settings_table(d)))
+        p.append(
+            "<div class=samples>"
+            + "".join(
+                f"<figure>{_img(Path(r['path']).read_bytes(), r['run'])}<figcaption>{_e(r['caption'] or r['run'])}"
+                f"</figcaption></figure>"
+                for r in a.reconstructions
+            )
+            + "</div>"
+        )
+    p.append(
+        "<h3>Sampling setting per objective</h3><p>Figures and fits use each objective's primary setting: "
+        "the one evaluated at the most milestones.</p>" + _html_table(*_settings_table(d))
+    )
     p.append("<h2>Figures</h2>")
     for pl in a.plots:
         if pl.png is None:
             p.append(f'<h3>{_e(pl.title)}</h3><p class="skip">Skipped: {_e(pl.note)}.</p>')
         else:
-            p.append(f"<h3>{_e(pl.title)}</h3><figure>{_img(pl.png, pl.title)}<figcaption>{_e(pl.caption)}"
-                     f"</figcaption></figure>")
+            p.append(
+                f"<h3>{_e(pl.title)}</h3><figure>{_img(pl.png, pl.title)}<figcaption>{_e(pl.caption)}"
+                f"</figcaption></figure>"
+            )
     p.append("<h3>Samples at matched training compute</h3>")
     if a.samples:
         p.append(f"<p>{_e(a.samples_note)}.</p><div class=samples>")
         for g in a.samples:
-            p.append(f"<figure>{_img(Path(g['path']).read_bytes(), g['label'])}<figcaption>{_e(g['label'])}"
-                     f"</figcaption></figure>")
+            p.append(
+                f"<figure>{_img(Path(g['path']).read_bytes(), g['label'])}<figcaption>{_e(g['label'])}"
+                f"</figcaption></figure>"
+            )
         p.append("</div>")
     else:
         p.append(f'<p class="skip">Skipped: {_e(a.samples_note)}.</p>')
-    p.append("<h2>Scaling fits</h2><h3>Loss: L(C) = E + A·C<sup>−α</sup></h3>"
-             "<p>Per objective, fitted to its loss frontier (Chinchilla approach 3: summed Huber, "
-             "δ = 10<sup>−3</sup>, on log residuals; L-BFGS-B from the 8 best of an 84-point grid of starts); 95 % "
-             "percentile bootstrap intervals over points; the hold-out column refits without the largest-compute "
-             "fifth of the points and predicts them.</p>"
-             + _html_table(*_fit_table(a.loss_fits, a.loss_errors)))
-    p.append("<h3>fd_probe (descriptive)</h3><p>The same functional form fitted to the FD frontier; a description of "
-             "the trend, not a law.</p>" + _html_table(*_fit_table(a.fd_fits, a.fd_errors)))
+    p.append(
+        "<h2>Scaling fits</h2><h3>Loss: L(C) = E + A·C<sup>−α</sup></h3>"
+        "<p>Per objective, fitted to its loss frontier (Chinchilla approach 3: summed Huber, "
+        "δ = 10<sup>−3</sup>, on log residuals; L-BFGS-B from the 8 best of an 84-point grid of starts); 95 % "
+        "percentile bootstrap intervals over points; the hold-out column refits without the largest-compute "
+        "fifth of the points and predicts them.</p>" + _html_table(*_fit_table(a.loss_fits, a.loss_errors))
+    )
+    p.append(
+        "<h3>fd_probe (descriptive)</h3><p>The same functional form fitted to the FD frontier; a description of "
+        "the trend, not a law.</p>" + _html_table(*_fit_table(a.fd_fits, a.fd_errors))
+    )
     if a.crossovers:
-        p.append("<h3>Where the FD curves cross</h3><p>Within the training compute both objectives were measured on; "
-                 "the interval pairs bootstrap refits.</p>" + _html_table(*_crossover_table(a.crossovers)))
-    p.append("<details><summary>Residuals and held-out predictions</summary>"
-             + _html_table(*_residual_table(a.loss_fits)) + "</details>")
+        p.append(
+            "<h3>Where the FD curves cross</h3><p>Within the training compute both objectives were measured on; "
+            "the interval pairs bootstrap refits.</p>" + _html_table(*_crossover_table(a.crossovers))
+        )
+    p.append(
+        "<details><summary>Residuals and held-out predictions</summary>"
+        + _html_table(*_residual_table(a.loss_fits))
+        + "</details>"
+    )
     p.append("<h2>Findings in detail</h2>")
     for f in a.findings:
-        p.append(f"<h3>{f.number}. {_e(f.claim)} {_verdict(f.verdict)}</h3><p><b>Rule.</b> {_e(f.rule)}</p><ul>"
-                 + "".join(f"<li>{_e(x)}</li>" for x in f.evidence) + "</ul>")
-    p.append("<h2>Conventions</h2><p>FLOPs are analytic counts, 2 per multiply-add; training = 3 × forward; "
-             "sampling FLOPs per image include classifier-free guidance's second pass. Quality is the Fréchet "
-             "distance over an in-domain probe's features (fd_probe) and KID; prompt following is the attribute "
-             "probe's whole-prompt accuracy with 95 % bootstrap bounds. Loss is each objective's own validation "
-             "loss and is never compared across objectives.</p></body></html>")
+        p.append(
+            f"<h3>{f.number}. {_e(f.claim)} {_verdict(f.verdict)}</h3><p><b>Rule.</b> {_e(f.rule)}</p><ul>"
+            + "".join(f"<li>{_e(x)}</li>" for x in f.evidence)
+            + "</ul>"
+        )
+    p.append(
+        "<h2>Conventions</h2><p>FLOPs are analytic counts, 2 per multiply-add; training = 3 × forward; "
+        "sampling FLOPs per image include classifier-free guidance's second pass. Quality is the Fréchet "
+        "distance over an in-domain probe's features (fd_probe) and KID; prompt following is the attribute "
+        "probe's whole-prompt accuracy with 95 % bootstrap bounds. Loss is each objective's own validation "
+        "loss and is never compared across objectives.</p></body></html>"
+    )
     return "\n".join(p)
 
 
@@ -312,12 +432,32 @@ def render_markdown(a: Analysis, figure_files: dict[str, str], sample_files: lis
     m = [f"# synthscale report: {d.name}", ""]
     if d.meta.get("notes"):
         m += [f"> **{d.meta['notes']}**", ""]
-    m += [(f"{len(d.runs)} runs, {len(d.records)} evaluation records, {len(d.autoencoders)} autoencoders. "
-           "The HTML report beside this file has every figure embedded."), "", "## Findings on this run", ""]
-    m.append(_md_table(["#", "claim", "verdict", "evidence"],
-                       [[str(f.number), f.claim, f"**{f.verdict}**", " · ".join(f.evidence)] for f in a.findings]))
-    m += ["", "## Recommendation", "", _md_table(*_rec_table(a.recommendations)), "", "## The grid", "",
-          _md_table(*_runs_table(d)), ""]
+    m += [
+        (
+            f"{len(d.runs)} runs, {len(d.records)} evaluation records, {len(d.autoencoders)} autoencoders. "
+            "The HTML report beside this file has every figure embedded."
+        ),
+        "",
+        "## Findings on this run",
+        "",
+    ]
+    m.append(
+        _md_table(
+            ["#", "claim", "verdict", "evidence"],
+            [[str(f.number), f.claim, f"**{f.verdict}**", " · ".join(f.evidence)] for f in a.findings],
+        )
+    )
+    m += [
+        "",
+        "## Recommendation",
+        "",
+        _md_table(*_rec_table(a.recommendations)),
+        "",
+        "## The grid",
+        "",
+        _md_table(*_runs_table(d)),
+        "",
+    ]
     if d.autoencoders:
         m += [_md_table(*_autoencoder_table(d)), ""]
     m += [_md_table(*_settings_table(d)), "", "## Figures", ""]
@@ -331,9 +471,18 @@ def render_markdown(a: Analysis, figure_files: dict[str, str], sample_files: lis
         m += [f"![{g['label']}]({f}) {g['label']}  " for g, f in zip(a.samples, sample_files)] + [""]
     else:
         m += [f"**Samples** — skipped: {a.samples_note}.", ""]
-    m += ["## Scaling fits", "", "Loss, L(C) = E + A·C^−α (Chinchilla approach 3, 95 % bootstrap intervals):", "",
-          _md_table(*_fit_table(a.loss_fits, a.loss_errors)), "", "fd_probe (descriptive):", "",
-          _md_table(*_fit_table(a.fd_fits, a.fd_errors)), ""]
+    m += [
+        "## Scaling fits",
+        "",
+        "Loss, L(C) = E + A·C^−α (Chinchilla approach 3, 95 % bootstrap intervals):",
+        "",
+        _md_table(*_fit_table(a.loss_fits, a.loss_errors)),
+        "",
+        "fd_probe (descriptive):",
+        "",
+        _md_table(*_fit_table(a.fd_fits, a.fd_errors)),
+        "",
+    ]
     if a.crossovers:
         m += [_md_table(*_crossover_table(a.crossovers)), ""]
     m += ["## Decision rules", ""] + [f"{f.number}. {f.rule}" for f in a.findings] + [""]
@@ -343,8 +492,9 @@ def render_markdown(a: Analysis, figure_files: dict[str, str], sample_files: lis
 # ---------------------------------------------------------------------------------------------- entry point
 
 
-def build_report(study_dir: str | Path, out_dir: str | Path | None = None, n_boot: int = 200,
-                 seed: int = 0) -> dict[str, Path]:
+def build_report(
+    study_dir: str | Path, out_dir: str | Path | None = None, n_boot: int = 200, seed: int = 0
+) -> dict[str, Path]:
     """Analyse a study and write `report.html` (self-contained) and `report.md` (+ figure PNGs) into out_dir
     (default STUDY_DIR/report). Returns {"html": path, "markdown": path}."""
     out = Path(out_dir) if out_dir is not None else Path(study_dir) / "report"

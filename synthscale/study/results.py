@@ -29,6 +29,7 @@ Schema (version 1). Metrics and instruments are JSON objects, queryable with SQL
 
 Example: `SELECT objective, train_flops, json_extract(metrics, '$.fd_probe') FROM records WHERE weights='ema'`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,8 +41,9 @@ import numbers
 import os
 import sqlite3
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from synthscale import atomic
 from synthscale.evaluate.record import EvalRecord
@@ -54,8 +56,17 @@ WEIGHTS = ("ema", "raw")
 RECORD_KEY = ("run", "milestone", "weights", "steps", "cfg_scale")
 # record columns in table order (metrics and instruments follow)
 RECORD_COLUMNS = (
-    *RECORD_KEY, "objective", "size", "params", "params_nonembedding", "data_size", "autoencoder", "step",
-    "train_flops", "sample_flops_per_image", "config_hash",
+    *RECORD_KEY,
+    "objective",
+    "size",
+    "params",
+    "params_nonembedding",
+    "data_size",
+    "autoencoder",
+    "step",
+    "train_flops",
+    "sample_flops_per_image",
+    "config_hash",
 )
 
 _SCHEMA = """
@@ -133,8 +144,10 @@ class ResultsStore:
     def __init__(self, path: str | os.PathLike, create: bool = True, timeout: float = 60.0):
         self.path = Path(path)
         if not create and not self.path.exists():
-            raise ResultsError(f"no results store at {self.path}; run the study first (synthscale study SPEC --out "
-                               f"{self.path.parent}) or point at a study folder that has {STORE_NAME}")
+            raise ResultsError(
+                f"no results store at {self.path}; run the study first (synthscale study SPEC --out "
+                f"{self.path.parent}) or point at a study folder that has {STORE_NAME}"
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so each public write is exactly one transaction
         self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
@@ -146,22 +159,25 @@ class ResultsStore:
                 if row is None:
                     c.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                 elif int(row[0]) > SCHEMA_VERSION:
-                    raise ResultsError(f"{self.path} has schema version {row[0]}, newer than this synthscale's "
-                                       f"{SCHEMA_VERSION}; upgrade synthscale to read it")
+                    raise ResultsError(
+                        f"{self.path} has schema version {row[0]}, newer than this synthscale's "
+                        f"{SCHEMA_VERSION}; upgrade synthscale to read it"
+                    )
         except sqlite3.DatabaseError as e:
             self._conn.close()
-            raise ResultsError(f"{self.path} is not a readable results store ({e}); move it aside and re-run "
-                               f"the study to rebuild it") from e
+            raise ResultsError(
+                f"{self.path} is not a readable results store ({e}); move it aside and re-run the study to rebuild it"
+            ) from e
 
     @classmethod
-    def of(cls, study_dir: str | os.PathLike, create: bool = True) -> "ResultsStore":
+    def of(cls, study_dir: str | os.PathLike, create: bool = True) -> ResultsStore:
         """The store of a study folder (STUDY_DIR/results.sqlite); create=False: it must exist already."""
         return cls(store_path(study_dir), create=create)
 
     def close(self) -> None:
         self._conn.close()
 
-    def __enter__(self) -> "ResultsStore":
+    def __enter__(self) -> ResultsStore:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -208,9 +224,21 @@ class ResultsStore:
         """Register a run of the grid (or replace its row): its coordinates, status and, when it failed, why."""
         _need_text(run=run, objective=objective, size=size, autoencoder=autoencoder)
         _check_status(status, run)
-        row = (run, objective, size, int(data_size), autoencoder, _opt_int(params), _opt_int(params_nonembedding),
-               _opt_float(budget_flops, "budget_flops", run), status, error, config_hash,
-               _to_json(config, f"run {run!r} config") if config is not None else None, time.time())
+        row = (
+            run,
+            objective,
+            size,
+            int(data_size),
+            autoencoder,
+            _opt_int(params),
+            _opt_int(params_nonembedding),
+            _opt_float(budget_flops, "budget_flops", run),
+            status,
+            error,
+            config_hash,
+            _to_json(config, f"run {run!r} config") if config is not None else None,
+            time.time(),
+        )
         with self._transaction() as c:
             c.execute("INSERT OR REPLACE INTO runs VALUES (" + ",".join("?" * len(row)) + ")", row)
 
@@ -218,8 +246,9 @@ class ResultsStore:
         """Mark a registered run pending / running / done / failed / blocked (with its error text)."""
         _check_status(status, run)
         with self._transaction() as c:
-            cur = c.execute("UPDATE runs SET status = ?, error = ?, updated = ? WHERE run = ?",
-                            (status, error, time.time(), run))
+            cur = c.execute(
+                "UPDATE runs SET status = ?, error = ?, updated = ? WHERE run = ?", (status, error, time.time(), run)
+            )
             if cur.rowcount == 0:
                 raise ResultsError(f"run {run!r} is not in {self.path}; add it with add_run(...) first")
 
@@ -245,8 +274,14 @@ class ResultsStore:
         _need_text(name=name)
         if kind not in AUTOENCODER_KINDS:
             raise ResultsError(f"autoencoder {name!r}: kind {kind!r} is not one of {AUTOENCODER_KINDS}")
-        row = (name, kind, _to_json(_clean_metrics(metrics or {}, f"autoencoder {name!r}"), name), config_hash,
-               _to_json(config, f"autoencoder {name!r} config") if config is not None else None, time.time())
+        row = (
+            name,
+            kind,
+            _to_json(_clean_metrics(metrics or {}, f"autoencoder {name!r}"), name),
+            config_hash,
+            _to_json(config, f"autoencoder {name!r} config") if config is not None else None,
+            time.time(),
+        )
         with self._transaction() as c:
             c.execute("INSERT OR REPLACE INTO autoencoders VALUES (?, ?, ?, ?, ?, ?)", row)
 
@@ -279,10 +314,25 @@ class ResultsStore:
             raise ResultsError(f"{where}: metric names {sorted(clash)} clash with record columns; rename them")
         row = self._conn.execute("SELECT config_hash FROM runs WHERE run = ?", (r.run,)).fetchone()
         config_hash = row[0] if row is not None and row[0] else r.run
-        return (r.run, int(r.milestone), r.weights, int(r.steps), float(r.cfg_scale), r.objective, r.size,
-                int(r.params), int(r.params_nonembedding), int(r.data_size), r.autoencoder, int(r.step),
-                float(r.train_flops), float(r.sample_flops_per_image), config_hash, _to_json(metrics, where),
-                _to_json(r.instruments, where))
+        return (
+            r.run,
+            int(r.milestone),
+            r.weights,
+            int(r.steps),
+            float(r.cfg_scale),
+            r.objective,
+            r.size,
+            int(r.params),
+            int(r.params_nonembedding),
+            int(r.data_size),
+            r.autoencoder,
+            int(r.step),
+            float(r.train_flops),
+            float(r.sample_flops_per_image),
+            config_hash,
+            _to_json(metrics, where),
+            _to_json(r.instruments, where),
+        )
 
     def records(self, **where: Any) -> list[dict[str, Any]]:
         """Stored records as dicts (EvalRecord fields + config_hash), filtered by equality on any record column,
@@ -309,8 +359,12 @@ class ResultsStore:
         recs = self.records(**where)
         metric_names = sorted({m for r in recs for m in r["metrics"]})
         columns = [*RECORD_COLUMNS, *metric_names, "instruments"]
-        rows = [[r[c] for c in RECORD_COLUMNS] + [r["metrics"].get(m) for m in metric_names]
-                + [json.dumps(r["instruments"], sort_keys=True)] for r in recs]
+        rows = [
+            [r[c] for c in RECORD_COLUMNS]
+            + [r["metrics"].get(m) for m in metric_names]
+            + [json.dumps(r["instruments"], sort_keys=True)]
+            for r in recs
+        ]
         return columns, rows
 
     # ------------------------------------------------------------------------------------------ artifacts
@@ -384,10 +438,22 @@ class ResultsStore:
 
 
 _ARROW_TYPES = {
-    "run": "string", "milestone": "int64", "weights": "string", "steps": "int64", "cfg_scale": "float64",
-    "objective": "string", "size": "string", "params": "int64", "params_nonembedding": "int64",
-    "data_size": "int64", "autoencoder": "string", "step": "int64", "train_flops": "float64",
-    "sample_flops_per_image": "float64", "config_hash": "string", "instruments": "string",
+    "run": "string",
+    "milestone": "int64",
+    "weights": "string",
+    "steps": "int64",
+    "cfg_scale": "float64",
+    "objective": "string",
+    "size": "string",
+    "params": "int64",
+    "params_nonembedding": "int64",
+    "data_size": "int64",
+    "autoencoder": "string",
+    "step": "int64",
+    "train_flops": "float64",
+    "sample_flops_per_image": "float64",
+    "config_hash": "string",
+    "instruments": "string",
 }
 
 
@@ -439,8 +505,9 @@ def _clean_metrics(metrics: dict[str, Any], where: str) -> dict[str, float]:
         if hasattr(v, "item") and not isinstance(v, numbers.Real):  # numpy / torch scalars
             v = v.item()
         if isinstance(v, bool) or not isinstance(v, numbers.Real):
-            raise ResultsError(f"{where}: metric {k!r} = {v!r} is not a number; store numbers only "
-                               f"(put descriptions in instruments)")
+            raise ResultsError(
+                f"{where}: metric {k!r} = {v!r} is not a number; store numbers only (put descriptions in instruments)"
+            )
         v = float(v)
         if math.isnan(v):
             continue

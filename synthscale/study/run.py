@@ -1,5 +1,6 @@
 """`synthscale study SPEC --out DIR`: plan the grid, run its stages (skipping finished ones), gather every result
 into the study's SQLite store and write the report."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,10 @@ def dry_run(plan: StudyPlan) -> str:
     lines.append(f"  {'run':<44} {'params':>10} {'train FLOPs':>12} {'eval FLOPs':>12}")
     for r in est["runs"]:
         lines.append(f"  {r['run']:<44} {r['params']:>10,} {r['train_flops']:>12.3g} {r['eval_sample_flops']:>12.3g}")
-    lines.append(f"estimated total: {est['total_flops']:.3g} FLOPs (training {est['train_flops']:.3g} + evaluation "
-                 f"sampling {est['eval_sample_flops']:.3g}; 2 FLOPs per MAC, autoencoder/probe costs not included)")
+    lines.append(
+        f"estimated total: {est['total_flops']:.3g} FLOPs (training {est['train_flops']:.3g} + evaluation "
+        f"sampling {est['eval_sample_flops']:.3g}; 2 FLOPs per MAC, autoencoder/probe costs not included)"
+    )
     lines += [f"note: {n}" for n in est["notes"]]
     return "\n".join(lines)
 
@@ -58,20 +61,36 @@ def ingest(plan: StudyPlan) -> Path:
             run_dir = stage_dir(root, r.train)
             records = read_records(run_dir)
             first = records[0] if records else {}
-            store.add_run(run_id, r.run_cfg.objective.name, r.run_cfg.model.size, r.run_cfg.data.size, r.autoencoder,
-                          status=status, error=error, params=first.get("params"),
-                          params_nonembedding=first.get("params_nonembedding"),
-                          budget_flops=r.run_cfg.train.budget_flops, config=to_dict(r.run_cfg),
-                          config_hash=r.train.key)  # fmt: skip
+            store.add_run(
+                run_id,
+                r.run_cfg.objective.name,
+                r.run_cfg.model.size,
+                r.run_cfg.data.size,
+                r.autoencoder,
+                status=status,
+                error=error,
+                params=first.get("params"),
+                params_nonembedding=first.get("params_nonembedding"),
+                budget_flops=r.run_cfg.train.budget_flops,
+                config=to_dict(r.run_cfg),
+                config_hash=r.train.key,
+            )
             if records:
                 store.add_records(records)
             for rec in records:
                 grid = run_dir / rec["instruments"].get("sample_grid", "")
                 if grid.is_file():
-                    store.add_artifact(run_id, "samples", grid, milestone=rec["milestone"], weights=rec["weights"],
-                                       steps=rec["steps"], cfg_scale=rec["cfg_scale"],
-                                       caption=f"{rec['objective']} {rec['size']} at {rec['train_flops']:.2g} FLOPs, "
-                                               f"{rec['weights']}, {rec['steps']} steps, CFG {rec['cfg_scale']:g}")  # fmt: skip
+                    store.add_artifact(
+                        run_id,
+                        "samples",
+                        grid,
+                        milestone=rec["milestone"],
+                        weights=rec["weights"],
+                        steps=rec["steps"],
+                        cfg_scale=rec["cfg_scale"],
+                        caption=f"{rec['objective']} {rec['size']} at {rec['train_flops']:.2g} FLOPs, "
+                        f"{rec['weights']}, {rec['steps']} steps, CFG {rec['cfg_scale']:g}",
+                    )
         return store.path
 
 
@@ -91,8 +110,14 @@ def _run_status(plan: StudyPlan, r) -> tuple[str, str | None]:
     return ("done", None) if status_of(plan.root, r.evaluate) == "done" else ("pending", None)
 
 
-def run_study(spec: str | Path, out: str | Path, overrides: list[str] | None = None, executor: str | None = None,
-              workers: int | None = None, progress: bool = True) -> dict[str, Any]:  # fmt: skip
+def run_study(
+    spec: str | Path,
+    out: str | Path,
+    overrides: list[str] | None = None,
+    executor: str | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Run (or resume) a study and write its report. Returns the stage states and the report paths."""
     from synthscale.study.report import build_report
 
@@ -102,8 +127,15 @@ def run_study(spec: str | Path, out: str | Path, overrides: list[str] | None = N
     root.mkdir(parents=True, exist_ok=True)
     atomic.write_json(root / "study.json", to_dict(study))
     started = time.time()
-    states = execute(root, plan.stages, executor=executor or study.executor, workers=workers or study.workers,
-                     threads=study.threads, progress=progress, cluster=study.cluster)  # fmt: skip
+    states = execute(
+        root,
+        plan.stages,
+        executor=executor or study.executor,
+        workers=workers or study.workers,
+        threads=study.threads,
+        progress=progress,
+        cluster=study.cluster,
+    )
     ingest(plan)
     report = build_report(root)
     return {"states": states, "report": report, "seconds": time.time() - started}

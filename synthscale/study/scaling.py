@@ -11,6 +11,7 @@ curves cross, with a bootstrap interval, inside the compute range both were meas
 scipy.optimize does the minimising; the objective and its gradient are written out here because they are the
 method (three lines of algebra), not something a library provides.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -124,8 +125,9 @@ class Crossover:
 
     def describe(self) -> str:
         if self.compute is None:
-            return (f"no crossing within range [{self.lo:.3g}, {self.hi:.3g}] FLOPs "
-                    f"(bootstrap: {self.p_cross:.0%} cross)")
+            return (
+                f"no crossing within range [{self.lo:.3g}, {self.hi:.3g}] FLOPs (bootstrap: {self.p_cross:.0%} cross)"
+            )
         iv = f"95 % interval [{self.interval[0]:.3g}, {self.interval[1]:.3g}]" if self.interval else "no interval"
         return f"curves cross at {self.compute:.3g} FLOPs ({iv}; {self.p_cross:.0%} of bootstrap refits cross)"
 
@@ -150,8 +152,15 @@ def _loss_and_grad(theta: np.ndarray, x: np.ndarray, y: np.ndarray, delta: float
 def _minimise(x: np.ndarray, y: np.ndarray, starts, bounds, delta: float) -> tuple[np.ndarray, float]:
     best, best_f = None, math.inf
     for s in starts:
-        res = minimize(_loss_and_grad, np.asarray(s, dtype=float), args=(x, y, delta), jac=True,
-                       method="L-BFGS-B", bounds=bounds, options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-12})
+        res = minimize(
+            _loss_and_grad,
+            np.asarray(s, dtype=float),
+            args=(x, y, delta),
+            jac=True,
+            method="L-BFGS-B",
+            bounds=bounds,
+            options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-12},
+        )
         if np.all(np.isfinite(res.x)) and res.fun < best_f:
             best, best_f = res.x, float(res.fun)
     return best, best_f
@@ -167,8 +176,7 @@ def _check(compute, values, metric: str) -> tuple[np.ndarray, np.ndarray]:
     if np.any(c <= 0) or np.any(v <= 0):
         raise FitError(f"{metric}: a power law needs compute > 0 and values > 0 (the fit is in log space)")
     if len(np.unique(c)) < MIN_POINTS:
-        raise FitError(f"{metric}: {len(np.unique(c))} distinct compute values; "
-                       f"a 3-parameter fit needs ≥ {MIN_POINTS}")
+        raise FitError(f"{metric}: {len(np.unique(c))} distinct compute values; a 3-parameter fit needs ≥ {MIN_POINTS}")
     order = np.argsort(c, kind="stable")
     return c[order], v[order]
 
@@ -179,8 +187,10 @@ def _fit_core(c: np.ndarray, v: np.ndarray, c_ref: float, delta: float, starts=N
     bounds = [(-60.0, 60.0), (lo_y - 30.0, hi_y + 1.0), (0.0, 10.0)]  # a, e, α
     if starts is None:
         y0 = float(y[0])
-        grid = [(y0 + math.log(fa), lo_y + math.log(fe), al)
-                for al, fe, fa in itertools.product(_ALPHAS, _E_FRACTIONS, _A_FRACTIONS)]
+        grid = [
+            (y0 + math.log(fa), lo_y + math.log(fe), al)
+            for al, fe, fa in itertools.product(_ALPHAS, _E_FRACTIONS, _A_FRACTIONS)
+        ]
         # screen the grid by objective value and descend from the most promising starts only: the same optimum
         # as descending from all 84 (checked on noisy synthetic data) at a tenth of the cost
         scores = [_loss_and_grad(np.array(s), x, y, delta)[0] for s in grid]
@@ -232,16 +242,29 @@ def _fit_power_law(compute, values, metric, n_boot, seed, delta, holdout) -> Pow
         for name, col in (("E", boot[:, 0]), ("A", a_raw), ("alpha", boot[:, 2])):
             intervals[name] = (float(np.percentile(col, 2.5)), float(np.percentile(col, 97.5)))
 
-    fit = PowerLawFit(metric=metric, compute=c, values=v, E=math.exp(e), A=math.exp(a) * c_ref**alpha,
-                      alpha=float(alpha), c_ref=c_ref, r2=r2, objective_value=f, n_boot=len(boot),
-                      n_boot_requested=n_boot, intervals=intervals, boot=boot)
+    fit = PowerLawFit(
+        metric=metric,
+        compute=c,
+        values=v,
+        E=math.exp(e),
+        A=math.exp(a) * c_ref**alpha,
+        alpha=float(alpha),
+        c_ref=c_ref,
+        r2=r2,
+        objective_value=f,
+        n_boot=len(boot),
+        n_boot_requested=n_boot,
+        intervals=intervals,
+        boot=boot,
+    )
     if holdout is None or holdout > 0:
         fit.holdout = holdout_validation(c, v, holdout, delta=delta, metric=metric)
     return fit
 
 
-def holdout_validation(compute, values, n_holdout: int | None = None, *, delta: float = HUBER_DELTA,
-                       metric: str = "loss") -> Holdout | None:
+def holdout_validation(
+    compute, values, n_holdout: int | None = None, *, delta: float = HUBER_DELTA, metric: str = "loss"
+) -> Holdout | None:
     """Refit without the points at the `n_holdout` largest distinct compute values (default: a fifth, ≥ 1) and
     predict them. None when what is left is too few to fit."""
     with _one_blas_thread():
@@ -259,8 +282,10 @@ def _holdout(compute, values, n_holdout, delta, metric) -> Holdout | None:
     theta, _ = _fit_core(c[train], v[train], float(c[0]), delta)
     a, e, alpha = theta
     pred = np.exp(a - alpha * np.log(c[test] / c[0])) + np.exp(e)
-    return Holdout(n_train=int(train.sum()),
-                   points=[HoldoutPoint(float(ci), float(vi), float(pi)) for ci, vi, pi in zip(c[test], v[test], pred)])
+    return Holdout(
+        n_train=int(train.sum()),
+        points=[HoldoutPoint(float(ci), float(vi), float(pi)) for ci, vi, pi in zip(c[test], v[test], pred)],
+    )
 
 
 def _curves(boot: np.ndarray, x_rel: np.ndarray) -> np.ndarray:
@@ -297,8 +322,13 @@ def _first_crossing(f, lo: float, hi: float, grid: int = 256) -> float | None:
     return None
 
 
-def crossover(fit_a: PowerLawFit, fit_b: PowerLawFit, name_a: str = "a", name_b: str = "b",
-              compute_range: tuple[float, float] | None = None) -> Crossover:
+def crossover(
+    fit_a: PowerLawFit,
+    fit_b: PowerLawFit,
+    name_a: str = "a",
+    name_b: str = "b",
+    compute_range: tuple[float, float] | None = None,
+) -> Crossover:
     """Where fit_a's curve crosses fit_b's, within `compute_range` (default: the range both were measured on).
     The interval pairs the i-th bootstrap refit of each curve."""
     if compute_range is None:
@@ -324,5 +354,4 @@ def crossover(fit_a: PowerLawFit, fit_b: PowerLawFit, name_a: str = "a", name_b:
     interval = None
     if at is not None and len(crossings) >= 20:
         interval = (float(np.percentile(crossings, 2.5)), float(np.percentile(crossings, 97.5)))
-    return Crossover(name_a, name_b, float(lo), float(hi), at, interval, p_cross,
-                     bool(diff(np.array([lo]))[0] < 0))
+    return Crossover(name_a, name_b, float(lo), float(hi), at, interval, p_cross, bool(diff(np.array([lo]))[0] < 0))

@@ -1,5 +1,6 @@
 """The functions a study's stages run, `fn(stage_dir, **kwargs) -> summary`. Each is a thin call into its stage's
 module; kwargs are plain JSON data so any executor (a local process, a cluster job) can carry them."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,9 +16,16 @@ def autoencoder_stage(stage_dir: Path, config: dict[str, Any]) -> dict[str, Any]
     model_dir = Path(stage_dir) / "model"
     summary = train_autoencoder(cfg, model_dir, progress=False)
     result = evaluate_autoencoder(model_dir, split="test", progress=False)
-    return {"name": cfg.name, "kind": result["kind"], "model_dir": str(model_dir), "metrics": result["metrics"],
-            "instruments": result["instruments"], "train_s": summary["train_s"], "latent": result["latent"],
-            "grid": result.get("grid")}  # fmt: skip
+    return {
+        "name": cfg.name,
+        "kind": result["kind"],
+        "model_dir": str(model_dir),
+        "metrics": result["metrics"],
+        "instruments": result["instruments"],
+        "train_s": summary["train_s"],
+        "latent": result["latent"],
+        "grid": result.get("grid"),
+    }
 
 
 def probe_stage(stage_dir: Path, data: dict[str, Any], probe: dict[str, Any]) -> dict[str, Any]:
@@ -45,8 +53,9 @@ def train_stage(stage_dir: Path, run_config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool, type(None)))}
 
 
-def evaluate_stage(stage_dir: Path, run_dir: str, probe_dir: str, settings: dict[str, Any],
-                   run_config: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def evaluate_stage(
+    stage_dir: Path, run_dir: str, probe_dir: str, settings: dict[str, Any], run_config: dict[str, Any]
+) -> dict[str, Any]:
     from synthscale.evaluate.probes import load_probe
     from synthscale.evaluate.runner import evaluate_run
     from synthscale.train.location import relocate

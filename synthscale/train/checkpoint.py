@@ -12,6 +12,7 @@ A checkpoint is written into a hidden temp folder (every file fsynced) and renam
 disk leaves no half checkpoint under a real name and never touches an earlier one. `meta.json` lists each file's
 size and sha256, so truncation or bit rot is detected on load and the checkpoint skipped with a warning.
 """
+
 from __future__ import annotations
 
 import errno
@@ -96,7 +97,9 @@ def remove_stale(run_dir: str | os.PathLike) -> list[Path]:
     """Delete the temp/trash folders a killed save left behind (never a real checkpoint). Call before training,
     when no other process writes this run."""
     root = Path(run_dir) / "checkpoints"
-    stale = [p for p in root.iterdir() if p.is_dir() and p.name.startswith((".tmp-", ".trash-"))] if root.is_dir() else []
+    stale = (
+        [p for p in root.iterdir() if p.is_dir() and p.name.startswith((".tmp-", ".trash-"))] if root.is_dir() else []
+    )
     for p in stale:
         shutil.rmtree(p, ignore_errors=True)
     return stale
@@ -116,7 +119,9 @@ def read_meta(path: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
         if not f.is_file():
             raise CorruptCheckpoint(f"{path}: {name} is missing")
         if f.stat().st_size != expect["bytes"]:
-            raise CorruptCheckpoint(f"{path}: {name} has {f.stat().st_size} bytes, expected {expect['bytes']} (truncated?)")
+            raise CorruptCheckpoint(
+                f"{path}: {name} has {f.stat().st_size} bytes, expected {expect['bytes']} (truncated?)"
+            )
         if verify and _sha256(f) != expect["sha256"]:
             raise CorruptCheckpoint(f"{path}: {name} fails its sha256 check (corrupted)")
     return meta
@@ -133,9 +138,14 @@ def load_tensors(path: str | os.PathLike, group: str, device: str | torch.device
 
 
 def _info(path: Path, meta: dict[str, Any]) -> CheckpointInfo:
-    return CheckpointInfo(path=path, step=int(meta["step"]), train_flops=int(meta["train_flops"]),
-                          milestone=meta.get("milestone"), milestone_flops=meta.get("milestone_flops"),
-                          is_final=bool(meta.get("is_final", False)))  # fmt: skip
+    return CheckpointInfo(
+        path=path,
+        step=int(meta["step"]),
+        train_flops=int(meta["train_flops"]),
+        milestone=meta.get("milestone"),
+        milestone_flops=meta.get("milestone_flops"),
+        is_final=bool(meta.get("is_final", False)),
+    )
 
 
 def _candidates(root: Path) -> list[Path]:

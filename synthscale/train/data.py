@@ -6,6 +6,7 @@ A *source* is anything with `.spec: LatentSpec`, `.text_spec: TextSpec`, `__len_
 Nothing here keeps hidden state: the examples of step s, and the generators that draw its noise, are pure
 functions of (seed, step, piece), so a resumed run reads exactly what an uninterrupted one would have read.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -70,7 +71,11 @@ class RandomLatents:
     def __init__(self, spec: LatentSpec, text_spec: TextSpec, size: int, seed: int = 0):
         self.spec, self.text_spec, self.size = spec, text_spec, size
         g = generator(derive_seed(seed, "random-latents"))
-        shape = (size, spec.height, spec.width) if spec.kind == "discrete" else (size, spec.channels, spec.height, spec.width)
+        shape = (
+            (size, spec.height, spec.width)
+            if spec.kind == "discrete"
+            else (size, spec.channels, spec.height, spec.width)
+        )
         if spec.kind == "discrete":
             self.latents = torch.randint(0, spec.vocab_size, shape, generator=g)
         else:
@@ -97,8 +102,10 @@ def random_latent_spec(text: str) -> LatentSpec:
     """'continuous:4x8x8' → LatentSpec('continuous', 4, 8, 8); 'discrete:8x8:512' → 8×8 tokens of 512 codes."""
     m = _RANDOM.fullmatch(text.strip())
     if not m:
-        raise ConfigError(f"random_latents={text!r}: expected 'continuous:CxHxW' (e.g. continuous:4x8x8) "
-                          "or 'discrete:HxW:VOCAB' (e.g. discrete:8x8:512)")
+        raise ConfigError(
+            f"random_latents={text!r}: expected 'continuous:CxHxW' (e.g. continuous:4x8x8) "
+            "or 'discrete:HxW:VOCAB' (e.g. discrete:8x8:512)"
+        )
     if m.group(1):
         c, h, w = map(int, m.group(1, 2, 3))
         return LatentSpec("continuous", c, h, w)
@@ -114,10 +121,14 @@ def open_source(run_cfg: RunConfig, split: str = "train", is_main: bool = True, 
     if run_cfg.random_latents is not None:
         tok = tokenizer_for(run_cfg.data)
         text_spec = TextSpec(tok.vocab_size, tok.max_length, tok.pad_id)
-        return RandomLatents(random_latent_spec(run_cfg.random_latents), text_spec, run_cfg.data.size, run_cfg.data.seed)
+        return RandomLatents(
+            random_latent_spec(run_cfg.random_latents), text_spec, run_cfg.data.size, run_cfg.data.seed
+        )
     if run_cfg.autoencoder is None:
-        raise ConfigError("the run names no latents: set autoencoder=<dir of a trained autoencoder> "
-                          "(or random_latents=continuous:4x8x8 for a trainer smoke test)")
+        raise ConfigError(
+            "the run names no latents: set autoencoder=<dir of a trained autoencoder> "
+            "(or random_latents=continuous:4x8x8 for a trainer smoke test)"
+        )
     return _autoencoder_cache(run_cfg, split, is_main, barrier)
 
 

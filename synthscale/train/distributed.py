@@ -4,6 +4,7 @@
 process group (NCCL on GPUs, gloo on CPU), each rank takes a disjoint shard of every global batch, gradients
 are averaged by DDP (or FSDP2's `fully_shard` for models too big to replicate), and only rank 0 writes files.
 """
+
 from __future__ import annotations
 
 import os
@@ -57,7 +58,7 @@ def enable_tf32(device: torch.device) -> None:
 def setup(device_preference: str = "auto") -> Dist:
     """Join torchrun's process group when launched by it; otherwise a world of one."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))  # the global rank comes from the process group
     device = pick_device(device_preference, local_rank)
     enable_tf32(device)
     if world == 1:
@@ -66,8 +67,9 @@ def setup(device_preference: str = "auto") -> Dist:
         torch.cuda.set_device(device)
     owns = not dist.is_initialized()
     if owns:
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                                device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None
+        )
     return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device, owns_group=owns)
 
 

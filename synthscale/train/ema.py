@@ -4,6 +4,7 @@ Hand-written rather than `torch.optim.swa_utils.AveragedModel`: that one deep-co
 model to keep out of DDP/compile) and hides its state in a module; here the EMA is a flat dict of tensors that
 checkpoints straight into safetensors and loads into any copy of the model.
 """
+
 from __future__ import annotations
 
 import torch
@@ -56,7 +57,9 @@ class EMA:
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """`state_dict` with FSDP2-sharded tensors gathered whole onto the CPU (collective: call on every rank)."""
-        return {n: (t.full_tensor() if isinstance(t, DTensor) else t).detach().cpu() for n, t in self.state_dict().items()}
+        return {
+            n: (t.full_tensor() if isinstance(t, DTensor) else t).detach().cpu() for n, t in self.state_dict().items()
+        }
 
     def load_full_state_dict(self, tensors: dict[str, torch.Tensor], updates: int) -> None:
         """Load whole tensors (every rank holds them) into possibly sharded EMA tensors."""

@@ -4,6 +4,7 @@ its autoencoder path pointed at (`latents.json`: name and weights hash); the run
 new locations when the autoencoder found there is the one it recorded. `relocate` checks that and points the run's
 config.json at the new places.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,14 +41,18 @@ def relocate(run_dir: str | Path, run_cfg: RunConfig) -> bool:
     try:
         recorded = json.loads((run_dir / RECORD).read_text())["autoencoder"]
     except (OSError, ValueError, KeyError):
-        raise ConfigError(f"{run_dir} was made with {was} and does not record which autoencoder that was (it predates "
-                          f"{RECORD}); resume or evaluate it with those paths") from None  # fmt: skip
+        raise ConfigError(
+            f"{run_dir} was made with {was} and does not record which autoencoder that was (it predates "
+            f"{RECORD}); resume or evaluate it with those paths"
+        ) from None
     now = _identity(run_cfg.autoencoder) if run_cfg.autoencoder is not None else None
     if now != recorded:
         found = f"{now['name']!r} (weights {now['weights_hash']})" if now else "no autoencoder"
-        raise ConfigError(f"{run_dir} was trained on latents of autoencoder {recorded.get('name')!r} (weights "
-                          f"{recorded.get('weights_hash')}), but autoencoder={run_cfg.autoencoder!r} gives {found}; "
-                          "point autoencoder at the folder it was trained with")  # fmt: skip
+        raise ConfigError(
+            f"{run_dir} was trained on latents of autoencoder {recorded.get('name')!r} (weights "
+            f"{recorded.get('weights_hash')}), but autoencoder={run_cfg.autoencoder!r} gives {found}; "
+            "point autoencoder at the folder it was trained with"
+        )
     atomic.write_json(path, {**saved, **moved})
     return True
 

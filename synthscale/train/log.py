@@ -1,5 +1,6 @@
 """What a run tells the world while it trains: a progress bar, metrics.jsonl, TensorBoard, and the run's
 config and environment. Only rank 0 logs; on other ranks every method is a no-op."""
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,9 @@ def environment(device: torch.device, world: int) -> dict[str, Any]:
 
     def git(*args: str) -> str | None:
         try:
-            out = subprocess.run(["git", *args], cwd=Path(synthscale.__file__).parent, capture_output=True,
-                                 text=True, timeout=10)  # fmt: skip
+            out = subprocess.run(
+                ["git", *args], cwd=Path(synthscale.__file__).parent, capture_output=True, text=True, timeout=10
+            )
             return out.stdout.strip() if out.returncode == 0 else None
         except (OSError, subprocess.SubprocessError):
             return None
@@ -51,19 +53,26 @@ def environment(device: torch.device, world: int) -> dict[str, Any]:
     status = git("status", "--porcelain", "--untracked-files=no")
     return {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "host": socket.gethostname(), "platform": platform.platform(), "python": platform.python_version(),
-        "synthscale": synthscale.__version__, "torch": torch.__version__, "numpy": numpy.__version__,
-        "safetensors": safetensors.__version__, "cuda": torch.version.cuda,
-        "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-        "world_size": world, "threads": torch.get_num_threads(),
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "synthscale": synthscale.__version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "safetensors": safetensors.__version__,
+        "cuda": torch.version.cuda,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "world_size": world,
+        "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "git_revision": git("rev-parse", "HEAD"), "git_dirty": None if status is None else bool(status),
-    }  # fmt: skip
+        "git_revision": git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
+    }
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, enabled: bool, start_step: int, total_steps: int, budget: float,
-                 progress: bool):
+    def __init__(self, run_dir: Path, enabled: bool, start_step: int, total_steps: int, budget: float, progress: bool):
         self.enabled, self.run_dir, self.budget = enabled, run_dir, budget
         self.bar = self.tb = self.file = None
         self.rate = ""  # images/s of the last metrics window, shown until the next one

@@ -24,6 +24,7 @@ One optimizer step reads a global batch of `batch_size` examples, split into wor
 ("pieces"); rank r runs pieces r·A … r·A + A − 1. Each piece's examples and noise come from generators seeded by
 (seed, step, piece), so neither a resume nor the number of processes moves a random draw.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -148,8 +149,10 @@ def _check_config(run_dir: Path, run_cfg: RunConfig) -> None:
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in free)
     if changed:
         detail = ", ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in changed[:5])
-        raise ConfigError(f"{run_dir} holds a run with a different config ({detail}); "
-                          "use a new --out directory, or the run's own config to resume it")  # fmt: skip
+        raise ConfigError(
+            f"{run_dir} holds a run with a different config ({detail}); "
+            "use a new --out directory, or the run's own config to resume it"
+        )
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -177,8 +180,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def _full_state(loss_module: LossModule, optimizer, ema: EMA) -> tuple[dict, dict, dict, dict]:
     """(model, EMA, optimizer tensors, optimizer rest) as full, unsharded CPU tensors. Collective under
     DDP/FSDP: every rank calls it; with FSDP only rank 0 receives the tensors."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model_sd = {k.removeprefix("model."): v for k, v in get_model_state_dict(loss_module, options=opts).items()}
@@ -194,20 +196,24 @@ def _save(run_dir: Path, d: D.Dist, loss_module, optimizer, ema: EMA, prog: Prog
     if d.is_main:
         meta = {**extra, **asdict(prog), "optimizer": opt_rest, "ema_updates": ema.updates, "world_size": d.world}
         try:
-            path = ckpt.save(run_dir / "checkpoints", prog.step, {"model": model_sd, "ema": ema_sd,
-                                                                  "optimizer": opt_tensors, "rng": rng}, meta)
+            path = ckpt.save(
+                run_dir / "checkpoints",
+                prog.step,
+                {"model": model_sd, "ema": ema_sd, "optimizer": opt_tensors, "rng": rng},
+                meta,
+            )
         except OSError as e:
             error = e
     if not D.broadcast_int(int(error is None), d):  # every rank stops together
         raise CheckpointWriteFailed(
             f"the checkpoint of step {prog.step} could not be written ({error or 'on rank 0'}); earlier checkpoints "
-            f"are intact — free disk space and run the same command to resume") from error  # fmt: skip
+            f"are intact — free disk space and run the same command to resume"
+        ) from error
     return path
 
 
 def _restore(info_path: Path, d: D.Dist, loss_module, optimizer, ema: EMA) -> tuple[Progress, dict[str, Any]]:
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                         set_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
     meta = ckpt.read_meta(info_path, verify=False)  # rank 0 verified it; all ranks read the same bytes
     model_sd = {"model." + k: v for k, v in ckpt.load_tensors(info_path, "model").items()}
@@ -225,8 +231,9 @@ def _restore(info_path: Path, d: D.Dist, loss_module, optimizer, ema: EMA) -> tu
 # ---------------------------------------------------------------------------------------------- the loop
 
 
-def train(run_cfg: RunConfig, run_dir: str | Path, resume: bool = True, progress: bool = True, *,
-          source=None, objective=None) -> dict[str, Any]:
+def train(
+    run_cfg: RunConfig, run_dir: str | Path, resume: bool = True, progress: bool = True, *, source=None, objective=None
+) -> dict[str, Any]:
     """Train `run_cfg` into `run_dir` until its FLOPs budget; returns the summary (also RUN_DIR/done.json).
 
     Idempotent: a finished run returns its summary at once; an interrupted one resumes from its newest intact
@@ -247,13 +254,16 @@ def train(run_cfg: RunConfig, run_dir: str | Path, resume: bool = True, progress
         D.teardown(d)
 
 
-def _train(run_cfg: RunConfig, run_dir: Path, d: D.Dist, resume: bool, show_progress: bool, source,
-           objective) -> dict[str, Any]:
+def _train(
+    run_cfg: RunConfig, run_dir: Path, d: D.Dist, resume: bool, show_progress: bool, source, objective
+) -> dict[str, Any]:
     cfg, seed = run_cfg.train, run_cfg.seed
     pieces = d.world * cfg.grad_accum
     if cfg.batch_size % pieces:
-        raise ConfigError(f"train.batch_size {cfg.batch_size} must divide into world size {d.world} × "
-                          f"train.grad_accum {cfg.grad_accum} equal micro-batches")  # fmt: skip
+        raise ConfigError(
+            f"train.batch_size {cfg.batch_size} must divide into world size {d.world} × "
+            f"train.grad_accum {cfg.grad_accum} equal micro-batches"
+        )
     micro = cfg.batch_size // pieces
 
     if objective is None:
@@ -295,8 +305,10 @@ def _train(run_cfg: RunConfig, run_dir: Path, d: D.Dist, resume: bool, show_prog
         path = ckpt.checkpoint_dir(run_dir / "checkpoints", step)
         prog, meta = _restore(path, d, loss_module, optimizer, ema)
         if meta["flops_per_step"] != flops_per_step:
-            raise ConfigError(f"{path} was trained at {meta['flops_per_step']} FLOPs/step, the config now gives "
-                              f"{flops_per_step}; the FLOPs accounting changed — start a new run")  # fmt: skip
+            raise ConfigError(
+                f"{path} was trained at {meta['flops_per_step']} FLOPs/step, the config now gives "
+                f"{flops_per_step}; the FLOPs accounting changed — start a new run"
+            )
 
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -310,10 +322,18 @@ def _train(run_cfg: RunConfig, run_dir: Path, d: D.Dist, resume: bool, show_prog
     if step >= 0:
         log.write(f"resumed {run_dir} at step {prog.step} ({prog.train_flops:.3g} FLOPs)")
 
-    extra = {"flops_per_step": flops_per_step, "total_steps": total_steps, "budget_flops": cfg.budget_flops,
-             "config_hash": config_hash(run_cfg), "latent_spec": asdict(latent_spec),
-             "text_spec": asdict(text_spec), **encoder_facts}  # fmt: skip
-    autocast = torch.autocast(d.device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
+    extra = {
+        "flops_per_step": flops_per_step,
+        "total_steps": total_steps,
+        "budget_flops": cfg.budget_flops,
+        "config_hash": config_hash(run_cfg),
+        "latent_spec": asdict(latent_spec),
+        "text_spec": asdict(text_spec),
+        **encoder_facts,
+    }
+    autocast = (
+        torch.autocast(d.device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     last_point = next((i for i in reversed(range(len(grid))) if grid[i] <= prog.train_flops), None)
     window_start, window_images = time.perf_counter(), 0
@@ -329,12 +349,13 @@ def _train(run_cfg: RunConfig, run_dir: Path, d: D.Dist, resume: bool, show_prog
             loss_sum = torch.zeros((), device=d.device)
             for a in range(cfg.grad_accum):
                 piece = d.rank * cfg.grad_accum + a
-                batch = source.get_batch(indices[piece * micro : (piece + 1) * micro],
-                                         generator(derive_seed(seed, "data", s, piece)))  # fmt: skip
+                batch = source.get_batch(
+                    indices[piece * micro : (piece + 1) * micro], generator(derive_seed(seed, "data", s, piece))
+                )
                 latents = batch["latents"].to(d.device, non_blocking=True)
                 text = batch["text"].to(d.device, non_blocking=True)
                 sync = a == cfg.grad_accum - 1 or not hasattr(wrapped, "no_sync")
-                with (contextlib.nullcontext() if sync else wrapped.no_sync()), autocast:
+                with contextlib.nullcontext() if sync else wrapped.no_sync(), autocast:
                     loss = wrapped(latents, text, generator(derive_seed(seed, "loss", s, piece)))
                 (loss / cfg.grad_accum).backward()
                 loss_sum += loss.detach().float()
@@ -350,14 +371,32 @@ def _train(run_cfg: RunConfig, run_dir: Path, d: D.Dist, resume: bool, show_prog
                 what = f"loss is {loss_value}" if not math.isfinite(loss_value) else f"gradient norm is {grad_norm}"
                 if cfg.nan_policy == "stop" or prog.skipped >= cfg.max_skipped:
                     # the weights are still those before this step: keep them as the last good checkpoint
-                    path = _save(run_dir, d, loss_module, optimizer, ema, prog, {**extra, **order.position(s),
-                                 "milestone": None, "milestone_flops": None, "is_final": False, "stopped": what})  # fmt: skip
-                    why = ("train.nan_policy=stop" if cfg.nan_policy == "stop"
-                           else f"{prog.skipped} batches were already skipped (train.max_skipped)")
+                    path = _save(
+                        run_dir,
+                        d,
+                        loss_module,
+                        optimizer,
+                        ema,
+                        prog,
+                        {
+                            **extra,
+                            **order.position(s),
+                            "milestone": None,
+                            "milestone_flops": None,
+                            "is_final": False,
+                            "stopped": what,
+                        },
+                    )
+                    why = (
+                        "train.nan_policy=stop"
+                        if cfg.nan_policy == "stop"
+                        else f"{prog.skipped} batches were already skipped (train.max_skipped)"
+                    )
                     raise NonFiniteLoss(
                         f"{what} at step {s} ({prog.train_flops:.4g} FLOPs used); stopped ({why}). The weights "
                         f"before step {s} are saved intact in {path or run_dir / 'checkpoints'}. Lower train.lr, "
-                        f"raise train.warmup_steps or train.grad_clip, or set train.nan_policy=skip.")  # fmt: skip
+                        f"raise train.warmup_steps or train.grad_clip, or set train.nan_policy=skip."
+                    )
                 prog.skipped += 1
                 log.write(f"step {s}: {what}; batch skipped ({prog.skipped}/{cfg.max_skipped})")
             else:
@@ -372,12 +411,19 @@ def _train(run_cfg: RunConfig, run_dir: Path, d: D.Dist, resume: bool, show_prog
 
             if prog.step % cfg.log_every == 0 or prog.step == total_steps:
                 now = time.perf_counter()
-                log.record({"step": prog.step, "train_flops": prog.train_flops,
-                            "loss": prog.window_loss / prog.window_steps if prog.window_steps else float("nan"),
-                            "lr": lr,
-                            "grad_norm": prog.window_grad_norm, **order.position(prog.step),
-                            "skipped": prog.skipped, "images_per_s": window_images / max(now - window_start, 1e-9),
-                            "seconds": prog.train_seconds + now - t0})  # fmt: skip
+                log.record(
+                    {
+                        "step": prog.step,
+                        "train_flops": prog.train_flops,
+                        "loss": prog.window_loss / prog.window_steps if prog.window_steps else float("nan"),
+                        "lr": lr,
+                        "grad_norm": prog.window_grad_norm,
+                        **order.position(prog.step),
+                        "skipped": prog.skipped,
+                        "images_per_s": window_images / max(now - window_start, 1e-9),
+                        "seconds": prog.train_seconds + now - t0,
+                    }
+                )
                 prog.window_loss, prog.window_steps, prog.window_grad_norm = 0.0, 0, float("nan")
                 window_start, window_images = now, 0
             prog.train_seconds += time.perf_counter() - t0  # everything but checkpoint writes
@@ -390,20 +436,40 @@ def _train(run_cfg: RunConfig, run_dir: Path, d: D.Dist, resume: bool, show_prog
                 milestone = None
                 if point is not None:
                     milestone, prog.milestones, last_point = prog.milestones, prog.milestones + 1, point
-                _save(run_dir, d, loss_module, optimizer, ema, prog, {
-                    **extra, **order.position(prog.step), "milestone": milestone,
-                    "milestone_flops": grid[point] if point is not None else None, "is_final": final})
+                _save(
+                    run_dir,
+                    d,
+                    loss_module,
+                    optimizer,
+                    ema,
+                    prog,
+                    {
+                        **extra,
+                        **order.position(prog.step),
+                        "milestone": milestone,
+                        "milestone_flops": grid[point] if point is not None else None,
+                        "is_final": final,
+                    },
+                )
                 if d.is_main:
                     ckpt.prune(run_dir, cfg.keep_last)
                 window_start = time.perf_counter()  # saving is not training throughput
     finally:
         log.close()
 
-    summary = {"run_dir": str(run_dir), "config_hash": config_hash(run_cfg), "steps": prog.step,
-               "train_flops": prog.train_flops, "budget_flops": cfg.budget_flops, "flops_per_step": flops_per_step,
-               "skipped": prog.skipped, "train_seconds": prog.train_seconds, "world_size": d.world,
-               "final_loss": prog.last_loss,
-               "checkpoints": [_info_dict(i) for i in ckpt.list_checkpoints(run_dir)] if d.is_main else []}  # fmt: skip
+    summary = {
+        "run_dir": str(run_dir),
+        "config_hash": config_hash(run_cfg),
+        "steps": prog.step,
+        "train_flops": prog.train_flops,
+        "budget_flops": cfg.budget_flops,
+        "flops_per_step": flops_per_step,
+        "skipped": prog.skipped,
+        "train_seconds": prog.train_seconds,
+        "world_size": d.world,
+        "final_loss": prog.last_loss,
+        "checkpoints": [_info_dict(i) for i in ckpt.list_checkpoints(run_dir)] if d.is_main else [],
+    }
     if d.is_main:
         atomic.write_json(run_dir / DONE, summary)
     D.barrier(d)
@@ -419,8 +485,14 @@ def _clip(params: list[torch.Tensor], max_norm: float) -> float:
 
 
 def _info_dict(info: ckpt.CheckpointInfo) -> dict[str, Any]:
-    return {"name": info.name, "step": info.step, "train_flops": info.train_flops, "milestone": info.milestone,
-            "milestone_flops": info.milestone_flops, "is_final": info.is_final}  # fmt: skip
+    return {
+        "name": info.name,
+        "step": info.step,
+        "train_flops": info.train_flops,
+        "milestone": info.milestone,
+        "milestone_flops": info.milestone_flops,
+        "is_final": info.is_final,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- evaluation API
@@ -443,8 +515,12 @@ class Generator:
     weights: str  # "ema" | "raw"
 
 
-def load_generator(run_dir: str | Path, checkpoint: ckpt.CheckpointInfo | int | str | None = None,
-                   weights: str = "ema", device: str | torch.device = "cpu") -> Generator:
+def load_generator(
+    run_dir: str | Path,
+    checkpoint: ckpt.CheckpointInfo | int | str | None = None,
+    weights: str = "ema",
+    device: str | torch.device = "cpu",
+) -> Generator:
     """A trained generator ready to sample: `checkpoint` is a CheckpointInfo, a step, "final"/None (the
     newest) or a checkpoint folder; `weights` picks the EMA or the raw weights. The files are verified first."""
     from synthscale.objectives import get_objective
@@ -454,7 +530,9 @@ def load_generator(run_dir: str | Path, checkpoint: ckpt.CheckpointInfo | int | 
     run_dir = Path(run_dir)
     infos = ckpt.list_checkpoints(run_dir)
     if not infos:
-        raise FileNotFoundError(f"{run_dir} has no intact checkpoints; train it first (synthscale train --out {run_dir})")
+        raise FileNotFoundError(
+            f"{run_dir} has no intact checkpoints; train it first (synthscale train --out {run_dir})"
+        )
     if checkpoint is None or checkpoint == "final":
         info = infos[-1]
     elif isinstance(checkpoint, ckpt.CheckpointInfo):
@@ -462,8 +540,9 @@ def load_generator(run_dir: str | Path, checkpoint: ckpt.CheckpointInfo | int | 
     elif isinstance(checkpoint, int):
         info = next((i for i in infos if i.step == checkpoint), None)
         if info is None:
-            raise FileNotFoundError(f"{run_dir} has no checkpoint at step {checkpoint}; "
-                                    f"steps: {', '.join(str(i.step) for i in infos)}")  # fmt: skip
+            raise FileNotFoundError(
+                f"{run_dir} has no checkpoint at step {checkpoint}; steps: {', '.join(str(i.step) for i in infos)}"
+            )
     else:
         info = next((i for i in infos if i.path == Path(checkpoint) or i.name == str(checkpoint)), None)
         if info is None:
