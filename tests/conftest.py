@@ -36,3 +36,12 @@ def trained_probe(probe_data_cfg, tmp_path_factory):
     return load_or_train_probe(
         probe_data_cfg, tmp_path_factory.getbasetemp() / "probes", ProbeConfig(**TEST_PROBE), progress=False
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory):
+    """A study folder with four real tiny runs (two flow, masked, next-token) and a results store whose quality
+    numbers are made up (tests/fixtures/tiny_study.py); ~10 s, built once per session."""
+    from tests.fixtures.tiny_study import make_tiny_study
+
+    return make_tiny_study(tmp_path_factory.mktemp("tiny_study"))

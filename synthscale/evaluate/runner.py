@@ -53,12 +53,9 @@ class Setting:
 
 def milestones_of(run_dir: str | Path) -> list:
     """The run's milestone checkpoints (and the final one), in order of training FLOPs."""
-    from synthscale.train import list_checkpoints
+    from synthscale.train import milestone_checkpoints
 
-    infos = [i for i in list_checkpoints(run_dir) if i.milestone is not None or i.is_final]
-    if not infos:
-        raise FileNotFoundError(f"{run_dir} has no milestone checkpoints; train the run first")
-    return sorted(infos, key=lambda i: i.train_flops)
+    return milestone_checkpoints(run_dir)
 
 
 def study_settings(run_dir: str | Path, objective, latent_spec, settings: EvalSettings) -> list[Setting]:

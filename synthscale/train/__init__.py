@@ -1,22 +1,25 @@
-"""The FLOPs-budgeted generator trainer: `train` a run, `list_checkpoints` of a run, `load_generator` to sample."""
+"""The FLOPs-budgeted generator trainer: `train` a run, `list_checkpoints` of a run, `load_generator` to sample
+(and `.generate` images from prompts)."""
 
 from synthscale.train.checkpoint import CheckpointInfo, CorruptCheckpoint
-from synthscale.train.loop import (
-    CheckpointWriteFailed,
+from synthscale.train.generator import (
     Generator,
-    NonFiniteLoss,
-    TrainingStopped,
+    PromptCheck,
     list_checkpoints,
     load_generator,
-    milestone_grid,
-    train,
+    milestone_checkpoints,
+    pick_milestone,
 )
+from synthscale.train.loop import CheckpointWriteFailed, NonFiniteLoss, TrainingStopped, milestone_grid, train
 
 __all__ = [
     "train",
     "list_checkpoints",
     "load_generator",
     "Generator",
+    "PromptCheck",
+    "milestone_checkpoints",
+    "pick_milestone",
     "CheckpointInfo",
     "CorruptCheckpoint",
     "TrainingStopped",

@@ -38,15 +38,14 @@ import torch
 from torch import nn
 
 from synthscale import atomic
-from synthscale.config import ConfigError, RunConfig, TrainConfig, config_hash, from_dict, to_dict
-from synthscale.data.latents import LatentSpec, TextSpec
+from synthscale.config import ConfigError, RunConfig, TrainConfig, config_hash, to_dict
 from synthscale.train import checkpoint as ckpt
 from synthscale.train import distributed as D
 from synthscale.train.data import DataOrder, derive_seed, generator, open_source
 from synthscale.train.ema import EMA
 from synthscale.train.location import LOCATION_KEYS, record_latents, relocate
 from synthscale.train.log import RunLogger, environment
-from synthscale.train.network import build_network, check_recorded
+from synthscale.train.network import build_network
 
 DONE = "done.json"
 # keys that may change between sessions of one run: they do not touch the math
@@ -493,68 +492,3 @@ def _info_dict(info: ckpt.CheckpointInfo) -> dict[str, Any]:
         "milestone_flops": info.milestone_flops,
         "is_final": info.is_final,
     }
-
-
-# ---------------------------------------------------------------------------------------------- evaluation API
-
-
-def list_checkpoints(run_dir: str | Path) -> list[ckpt.CheckpointInfo]:
-    """The run's intact checkpoints, oldest first: `.milestone` (0, 1, 2, … along the run's milestones; None for
-    resume-only ones), `.milestone_flops`, `.step`, `.train_flops`, `.path`, `.is_final`."""
-    return ckpt.list_checkpoints(run_dir)
-
-
-@dataclass
-class Generator:
-    model: nn.Module  # in eval mode, on `device`
-    objective: Any
-    run_cfg: RunConfig
-    latent_spec: LatentSpec
-    text_spec: TextSpec
-    checkpoint: ckpt.CheckpointInfo
-    weights: str  # "ema" | "raw"
-
-
-def load_generator(
-    run_dir: str | Path,
-    checkpoint: ckpt.CheckpointInfo | int | str | None = None,
-    weights: str = "ema",
-    device: str | torch.device = "cpu",
-) -> Generator:
-    """A trained generator ready to sample: `checkpoint` is a CheckpointInfo, a step, "final"/None (the
-    newest) or a checkpoint folder; `weights` picks the EMA or the raw weights. The files are verified first."""
-    from synthscale.objectives import get_objective
-
-    if weights not in ("ema", "raw"):
-        raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
-    run_dir = Path(run_dir)
-    infos = ckpt.list_checkpoints(run_dir)
-    if not infos:
-        raise FileNotFoundError(
-            f"{run_dir} has no intact checkpoints; train it first (synthscale train --out {run_dir})"
-        )
-    if checkpoint is None or checkpoint == "final":
-        info = infos[-1]
-    elif isinstance(checkpoint, ckpt.CheckpointInfo):
-        info = checkpoint
-    elif isinstance(checkpoint, int):
-        info = next((i for i in infos if i.step == checkpoint), None)
-        if info is None:
-            raise FileNotFoundError(
-                f"{run_dir} has no checkpoint at step {checkpoint}; steps: {', '.join(str(i.step) for i in infos)}"
-            )
-    else:
-        info = next((i for i in infos if i.path == Path(checkpoint) or i.name == str(checkpoint)), None)
-        if info is None:
-            raise FileNotFoundError(f"no intact checkpoint {checkpoint!r} in {run_dir}")
-    meta = ckpt.read_meta(info.path, verify=True)
-    cfg_data = _read_json(run_dir / "config.json")
-    if cfg_data is None:
-        raise FileNotFoundError(f"{run_dir}/config.json is missing or unreadable")
-    run_cfg = from_dict(RunConfig, cfg_data, source=str(run_dir / "config.json"))
-    latent_spec, text_spec = LatentSpec(**meta["latent_spec"]), TextSpec(**meta["text_spec"])
-    objective = get_objective(run_cfg.objective)
-    model, text_spec, encoder_facts = build_network(objective, run_cfg, latent_spec, text_spec)
-    check_recorded(encoder_facts, meta, str(info.path))
-    model.load_state_dict(ckpt.load_tensors(info.path, "ema" if weights == "ema" else "model"), strict=True)
-    return Generator(model.to(device).eval(), objective, run_cfg, latent_spec, text_spec, info, weights)
