@@ -193,6 +193,32 @@ def test_masked_sampling_reveals_everything_and_keeps_revealed_tokens():
         obj.sample(model, text, 17, 1.0, gen(0))
 
 
+def test_masked_confidence_ignores_the_sampling_temperature():
+    """MaskGIT ranks by the unscaled log-prob: temperature changes the draw, never which tokens are kept. The stub
+    model's top token at every position is the number of tokens revealed so far, so the output records the order
+    of reveal; positions 0-7 are the more confident ones at temperature 1 but would rank last at 0.1."""
+    obj, model = build("masked", top_k=1, mask_temperature=0.0)  # top-1: the draw is the argmax at any temperature
+    _, text = batch(obj, B=2)
+    V, N = 16, model.image_tokens
+    sure_pair = torch.full((V,), -20.0)  # p(top) = 0.52 at T=1: one close rival, the rest impossible
+    sure_pair[:2] = torch.tensor([0.0, -0.1])
+    spread = torch.full((V,), -1.5)  # p(top) = 0.23 at T=1 but ≈ 1 at T=0.1: many distant rivals
+    spread[0] = 0.0
+    profile = torch.stack([sure_pair] * (N // 2) + [spread] * (N - N // 2))  # [N, V], top at index 0
+
+    def forward(ids, prefix, valid):
+        revealed = (ids != model.mask_id).sum(1)  # [B]
+        return torch.stack([profile.roll(int(r), dims=-1) for r in revealed])  # top token = revealed count
+
+    model.forward = forward
+    outs = {}
+    for t in (0.1, 1.0):
+        obj.cfg.temperature = t
+        outs[t] = obj.sample(model, text, 4, 1.0, gen(0)).reshape(2, -1)
+    assert torch.equal(outs[0.1], outs[1.0])
+    assert outs[1.0][:, : N // 2].max() <= outs[1.0][:, N // 2 :].min()  # the confident half went first
+
+
 def test_sample_logits_matches_softmax_and_top_k():
     logits = torch.tensor([0.0, 1.0, 2.0, -1.0]).expand(20000, 4)
     draws = sample_logits(logits, gen(0))

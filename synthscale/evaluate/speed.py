@@ -15,7 +15,8 @@ import torch
 def _time_sample(objective, model, text: torch.Tensor, steps: int, cfg_scale: float, repeats: int) -> float:
     times = []
     for r in range(repeats + 1):  # the first call warms caches and allocators and is not counted
-        gen = torch.Generator().manual_seed(r)
+        # on the model's device: a CPU generator would add a host→device copy per draw (per token / step)
+        gen = torch.Generator(device=model.device).manual_seed(r)
         if text.is_cuda:
             torch.cuda.synchronize()
         t = time.perf_counter()

@@ -1,8 +1,9 @@
 """Masked-token prediction (MaskGIT / Muse style) on discrete latents.
 
 Training masks a cosine-scheduled fraction of the tokens (id `vocab_size` is [MASK]) and scores the masked
-positions. Sampling starts fully masked and, over K steps, keeps the most confident predictions
-(log-prob + annealed Gumbel noise) and re-masks the rest along the cosine schedule.
+positions. Sampling starts fully masked and, over K steps, keeps the most confident predictions (the unscaled
+log-prob of the drawn token + annealed Gumbel noise; temperature and top-k shape only the draw, as in MaskGIT)
+and re-masks the rest along the cosine schedule.
 """
 
 from __future__ import annotations
@@ -72,8 +73,8 @@ class MaskedObjective(Objective):
         for k in range(steps):
             logits = model(torch.cat([ids, ids]) if guided else ids, prefix, valid).float()
             logits = guide(logits, cfg_scale) if guided else logits  # [B, N, V]
-            logits = logits / max(self.cfg.temperature, 1e-6)
-            drawn = sample_logits(logits, generator, 1.0, self.cfg.top_k)  # [B, N]
+            # temperature shapes the draw only; confidence is the unscaled model's log-prob (MaskGIT)
+            drawn = sample_logits(logits, generator, self.cfg.temperature, self.cfg.top_k)  # [B, N]
             logp = logits.log_softmax(-1).gather(-1, drawn[..., None])[..., 0]
             hidden = ids == model.mask_id
             drawn = torch.where(hidden, drawn, ids)  # revealed tokens stay fixed

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from synthscale.study import compare as cmp
 from synthscale.study.scaling import PowerLawFit
@@ -96,10 +97,34 @@ def _draw_metric_vs(ax, series: dict, metric: str, xkey: str, style) -> int:
     return drawn
 
 
+def _tick_text(v: float, _pos=None) -> str:
+    """Short tick labels ('20', '0.5', '3e9'): matplotlib's default '3×10⁹' labels on minor ticks run into each
+    other when an axis spans less than a decade or two (Fig. 5's sampling FLOPs)."""
+    if v <= 0:
+        return ""
+    if 1e-3 <= v < 1e4:
+        return f"{v:.3g}"
+    exp = int(np.floor(np.log10(v) + 1e-9))
+    return f"{v / 10**exp:.2g}e{exp}"
+
+
+def _log_ticks(axis, lo: float, hi: float) -> None:
+    """Labelled ticks at 1-2-5 (more within a short span, at most ~7), short labels, unlabelled minor ticks."""
+    span = np.log10(hi / lo) if lo > 0 and hi > lo else 0.0
+    subs = (1.0,) if span > 6 else (1.0, 2.0, 5.0) if span > 1.2 else (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
+    axis.set_major_locator(LogLocator(base=10, subs=subs, numticks=8))
+    axis.set_major_formatter(FuncFormatter(_tick_text))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _finish(ax, xlabel: str, metric: str, log_y: bool = True) -> None:
     ax.set_xscale("log")
+    ax.autoscale_view()
+    _log_ticks(ax.xaxis, *ax.get_xlim())
     if log_y:
         ax.set_yscale("log")
+        ax.autoscale_view()
+        _log_ticks(ax.yaxis, *ax.get_ylim())
     ax.set_xlabel(xlabel)
     ax.set_ylabel(_label(metric))
     ax.grid(True, which="both", alpha=0.25)
@@ -172,7 +197,6 @@ def loss_fits(data: cmp.StudyData, fits: dict[str, PowerLawFit]) -> Plot:
             )
         fit = fits.get(obj)
         if fit is not None:
-            ax.scatter(fit.compute, fit.values, s=44, facecolors="none", edgecolors="k", label="frontier (fitted)")
             c = np.logspace(np.log10(fit.compute.min()), np.log10(fit.compute.max()), 100)
             a_iv = fit.intervals.get("alpha")
             a_txt = f" [{a_iv[0]:.3f}, {a_iv[1]:.3f}]" if a_iv else ""
@@ -185,18 +209,18 @@ def loss_fits(data: cmp.StudyData, fits: dict[str, PowerLawFit]) -> Plot:
             )
             band = fit.band(c)
             if band is not None:
-                ax.fill_between(c, band[0], band[1], color="k", alpha=0.12, label="95 % bootstrap band")
+                ax.fill_between(c, band[0], band[1], color="k", alpha=0.12, label="95 % band (bootstrap over runs)")
         ax.set_title(obj)
         _finish(ax, TRAIN_FLOPS, "loss")
     caption = (
         "Validation loss of each objective (its own loss: not comparable across panels) at its primary "
         "sampling weights. The fit L(C) = E + A·C^−α (Chinchilla approach 3: Huber on log residuals, "
-        "L-BFGS from a grid of starts) is to the compute frontier: points no cheaper point beats. "
+        "L-BFGS from a grid of starts) is to every milestone of every run shown; its band resamples whole runs. "
         f"Instruments: {cmp.describe_instruments(recs)}."
     )
     missing = [o for o in objectives if o not in fits]
     if missing:
-        caption += f" No fit for {', '.join(missing)} (too few frontier points)."
+        caption += f" No fit for {', '.join(missing)} (too few points)."
     return Plot(key, title, caption, _png(fig))
 
 

@@ -11,6 +11,7 @@ import html
 import math
 import os
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from synthscale.study import compare as cmp
 from synthscale.study import findings as fnd
 from synthscale.study import plots
 from synthscale.study.compare import fmt, fmt_interval
-from synthscale.study.scaling import Crossover, FitError, PowerLawFit, crossover, fit_power_law, frontier
+from synthscale.study.scaling import Crossover, FitError, PowerLawFit, crossover, fit_power_law
 
 CROSSOVER_PAIRS = (("autoregressive", "flow"), ("masked", "flow"), ("autoregressive", "masked"))
 
@@ -43,9 +44,10 @@ class Analysis:
     reconstructions: list[dict[str, Any]]  # autoencoder reconstruction grids
 
 
-def fit_points(data: cmp.StudyData, objective: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """The compute frontier of `metric` for one objective: its primary-setting records with its main
-    autoencoder, keeping the points no cheaper point beats."""
+def fit_points(data: cmp.StudyData, objective: str, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every milestone of every main-grid run of one objective (primary setting, main autoencoder): compute,
+    `metric` and the run of each point, so the bootstrap can resample whole runs. All points, not the compute
+    frontier: a running minimum over noisy milestones picks lucky draws and biases the curve."""
     main = data.main_autoencoders.get(objective)
     rs = [
         r
@@ -57,19 +59,19 @@ def fit_points(data: cmp.StudyData, objective: str, metric: str) -> tuple[np.nda
     ]  # log-space fit: positive values only
     c = np.array([r["train_flops"] for r in rs], dtype=float)
     v = np.array([cmp.value(r, metric) for r in rs], dtype=float)
-    keep = frontier(c, v, lower_is_better=metric in cmp.LOWER_IS_BETTER)
-    return c[keep], v[keep]
+    return c, v, np.array([r["run"] for r in rs])
 
 
 def _fits(data: cmp.StudyData, metric: str, n_boot: int, seed: int):
     fits, errors = {}, {}
     for obj in data.objectives:
-        c, v = fit_points(data, obj, metric)
+        c, v, runs = fit_points(data, obj, metric)
         if len(c) == 0:
             errors[obj] = f"no {metric} measured"
             continue
-        try:
-            fits[obj] = fit_power_law(c, v, metric=metric, n_boot=n_boot, seed=seed, holdout=None)
+        try:  # each fit its own bootstrap stream, so two fits' refits are independent draws
+            fit_seed = [seed, zlib.crc32(f"{obj}/{metric}".encode())]
+            fits[obj] = fit_power_law(c, v, metric=metric, n_boot=n_boot, seed=fit_seed, holdout=None, groups=runs)
         except FitError as e:
             errors[obj] = str(e)
     return fits, errors
@@ -182,7 +184,7 @@ def _autoencoder_table(data: cmp.StudyData) -> tuple[list[str], list[list[str]]]
 def _fit_table(fits: dict[str, PowerLawFit], errors: dict[str, str]) -> tuple[list[str], list[list[str]]]:
     head = [
         "objective",
-        "points",
+        "points (runs)",
         "E [95 %]",
         "A [95 %]",
         "α [95 %]",
@@ -202,14 +204,14 @@ def _fit_table(fits: dict[str, PowerLawFit], errors: dict[str, str]) -> tuple[li
         rows.append(
             [
                 obj,
-                str(f.n),
+                f"{f.n} ({f.n_groups})",
                 f"{fmt(f.E)} {fmt_interval(iv['E'])}",
                 f"{fmt(f.A)} {fmt_interval(iv['A'])}",
                 f"{f.alpha:.4f} {fmt_interval(iv['alpha'], 4)}",
                 f"{f.r2:.4f}",
                 f"{np.abs(f.residuals).max():.3g}",
                 ho,
-                f"{f.n_boot}/{f.n_boot_requested}",
+                f"{f.n_boot}/{f.n_boot_requested}" + (f" — no interval: {f.interval_note}" if f.interval_note else ""),
             ]
         )
     rows += [[obj, "—", "—", "—", "—", "—", "—", "—", f"no fit: {e}"] for obj, e in errors.items()]
@@ -381,14 +383,15 @@ def render_html(a: Analysis) -> str:
         p.append(f'<p class="skip">Skipped: {_e(a.samples_note)}.</p>')
     p.append(
         "<h2>Scaling fits</h2><h3>Loss: L(C) = E + A·C<sup>−α</sup></h3>"
-        "<p>Per objective, fitted to its loss frontier (Chinchilla approach 3: summed Huber, "
-        "δ = 10<sup>−3</sup>, on log residuals; L-BFGS-B from the 8 best of an 84-point grid of starts); 95 % "
-        "percentile bootstrap intervals over points; the hold-out column refits without the largest-compute "
+        "<p>Per objective, fitted to every milestone of every main-grid run (Chinchilla's loss and optimiser: "
+        "summed Huber, δ = 10<sup>−3</sup>, on log residuals; L-BFGS-B from the 8 best of an 84-point grid of "
+        "starts); 95 % percentile bootstrap intervals that resample whole runs (milestones of one run share its "
+        "noise), each refit screening the same grid; the hold-out column refits without the largest-compute "
         "fifth of the points and predicts them.</p>" + _html_table(*_fit_table(a.loss_fits, a.loss_errors))
     )
     p.append(
-        "<h3>fd_probe (descriptive)</h3><p>The same functional form fitted to the FD frontier; a description of "
-        "the trend, not a law.</p>" + _html_table(*_fit_table(a.fd_fits, a.fd_errors))
+        "<h3>fd_probe (descriptive)</h3><p>The same functional form fitted to every milestone's FD; a "
+        "description of the trend, not a law.</p>" + _html_table(*_fit_table(a.fd_fits, a.fd_errors))
     )
     if a.crossovers:
         p.append(
@@ -474,7 +477,7 @@ def render_markdown(a: Analysis, figure_files: dict[str, str], sample_files: lis
     m += [
         "## Scaling fits",
         "",
-        "Loss, L(C) = E + A·C^−α (Chinchilla approach 3, 95 % bootstrap intervals):",
+        "Loss, L(C) = E + A·C^−α over every milestone of every main-grid run (95 % intervals: bootstrap over runs):",
         "",
         _md_table(*_fit_table(a.loss_fits, a.loss_errors)),
         "",

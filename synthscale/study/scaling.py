@@ -1,13 +1,17 @@
-"""Scaling-law fits: L(C) = E + A·C^(−α), fitted as in Chinchilla's approach 3 (Hoffmann et al. 2022).
+"""Scaling-law fits: L(C) = E + A·C^(−α), with Chinchilla's loss and optimiser (Hoffmann et al. 2022, approach 3).
 
 The loss is modelled in log space as log L̂ = LSE(a − α·x, e) with x = log(C / c_ref), E = exp(e),
 A = exp(a)·c_ref^α, and the fit minimises the summed Huber loss (δ = 1e-3) of log L̂ − log L with L-BFGS-B
 from a grid of starts, keeping the best. c_ref (the smallest compute) keeps the numbers well scaled: FLOPs
 span 1e9–1e22 and exp(a) would otherwise over- or underflow.
 
-Uncertainty is a nonparametric bootstrap over points (percentile 95 % intervals); validation refits without the
-largest-compute points and reports how well the curve predicts them; `crossover` finds where two fitted
-curves cross, with a bootstrap interval, inside the compute range both were measured on.
+The study fits every milestone of every run. Milestones of one run share its noise (same weights, seed, data
+order), so the bootstrap resamples whole runs (`groups`), never points as if independent; without groups it
+resamples points. Every refit screens the main fit's grid of starts (plus its optimum) and needs as many distinct
+compute values as the main fit; a failed refit stays in `boot` as a row of NaN, so the i-th refits of two fits
+stay paired. Intervals are percentile 95 %. Validation refits without the largest-compute points and reports how
+well the curve predicts them; `crossover` finds where two fitted curves cross, with a bootstrap interval,
+inside the compute range both were measured on.
 scipy.optimize does the minimising; the objective and its gradient are written out here because they are the
 method (three lines of algebra), not something a library provides.
 """
@@ -29,6 +33,8 @@ _ALPHAS = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
 _E_FRACTIONS = (1e-3, 0.3, 0.6, 0.9)
 _A_FRACTIONS = (0.1, 0.5, 1.0)
 _DESCENTS = 8  # L-BFGS-B runs from the best-scoring starts of the grid
+_BOOT_DESCENTS = 2  # per bootstrap refit: the best 2 of the screened grid + the main optimum
+MIN_GROUPS = 4  # a run bootstrap over fewer runs has too few distinct resamples (3 runs: 10) to be an interval
 
 
 def _one_blas_thread():
@@ -84,8 +90,10 @@ class PowerLawFit:
     n_boot: int  # bootstrap refits that succeeded
     n_boot_requested: int
     intervals: dict[str, tuple[float, float] | None]  # E, A, alpha
-    boot: np.ndarray = field(repr=False)  # [n_boot, 3]: (E, A·c_ref^-α, α) per refit, for bands and crossovers
+    boot: np.ndarray = field(repr=False)  # [n_boot_requested, 3]: (E, A·c_ref^-α, α) per refit, NaN where it failed
     holdout: Holdout | None = None
+    n_groups: int = 0  # runs the bootstrap resampled (0: it resampled points)
+    interval_note: str = ""  # why there are no intervals, when there are none
 
     @property
     def n(self) -> int:
@@ -102,9 +110,10 @@ class PowerLawFit:
 
     def band(self, compute, level: float = 0.95) -> tuple[np.ndarray, np.ndarray] | None:
         """Pointwise bootstrap interval of the fitted curve at `compute`."""
-        if self.n_boot < 2:
+        if self.intervals.get("alpha") is None:
             return None
-        curves = _curves(self.boot, np.asarray(compute, dtype=float) / self.c_ref)  # [n_boot, len(compute)]
+        ok = self.boot[np.isfinite(self.boot).all(1)]
+        curves = _curves(ok, np.asarray(compute, dtype=float) / self.c_ref)  # [n_boot, len(compute)]
         q = (1 - level) / 2 * 100
         return np.percentile(curves, q, axis=0), np.percentile(curves, 100 - q, axis=0)
 
@@ -166,35 +175,44 @@ def _minimise(x: np.ndarray, y: np.ndarray, starts, bounds, delta: float) -> tup
     return best, best_f
 
 
-def _check(compute, values, metric: str) -> tuple[np.ndarray, np.ndarray]:
+def _check(compute, values, metric: str, groups=None):
     c = np.asarray(compute, dtype=float).ravel()
     v = np.asarray(values, dtype=float).ravel()
     if c.shape != v.shape:
         raise FitError(f"{metric}: {len(c)} compute values but {len(v)} metric values")
+    g = None if groups is None else np.asarray(groups).ravel()
     keep = np.isfinite(c) & np.isfinite(v)
     c, v = c[keep], v[keep]
+    g = None if g is None else g[keep]
     if np.any(c <= 0) or np.any(v <= 0):
         raise FitError(f"{metric}: a power law needs compute > 0 and values > 0 (the fit is in log space)")
     if len(np.unique(c)) < MIN_POINTS:
         raise FitError(f"{metric}: {len(np.unique(c))} distinct compute values; a 3-parameter fit needs ≥ {MIN_POINTS}")
     order = np.argsort(c, kind="stable")
-    return c[order], v[order]
+    return c[order], v[order], (None if g is None else g[order])
 
 
-def _fit_core(c: np.ndarray, v: np.ndarray, c_ref: float, delta: float, starts=None):
+def start_grid(c: np.ndarray, v: np.ndarray, c_ref: float) -> list[tuple[float, float, float]]:
+    """The 84 starts (a, e, α) the fit screens, placed from the data's scale."""
+    y = np.log(v)
+    y0, lo_y = float(y[np.argmin(c)]), float(y.min())
+    return [
+        (y0 + math.log(fa), lo_y + math.log(fe), al)
+        for al, fe, fa in itertools.product(_ALPHAS, _E_FRACTIONS, _A_FRACTIONS)
+    ]
+
+
+def _fit_core(c: np.ndarray, v: np.ndarray, c_ref: float, delta: float, grid=None, descents: int = _DESCENTS, extra=()):
+    """Screen `grid` (default: `start_grid` of this data) by objective value and descend from the `descents` most
+    promising starts plus `extra` ones: the same optimum as descending from all 84 (checked on noisy synthetic
+    data) at a tenth of the cost."""
     x, y = np.log(c / c_ref), np.log(v)
     lo_y, hi_y = float(y.min()), float(y.max())
     bounds = [(-60.0, 60.0), (lo_y - 30.0, hi_y + 1.0), (0.0, 10.0)]  # a, e, α
-    if starts is None:
-        y0 = float(y[0])
-        grid = [
-            (y0 + math.log(fa), lo_y + math.log(fe), al)
-            for al, fe, fa in itertools.product(_ALPHAS, _E_FRACTIONS, _A_FRACTIONS)
-        ]
-        # screen the grid by objective value and descend from the most promising starts only: the same optimum
-        # as descending from all 84 (checked on noisy synthetic data) at a tenth of the cost
-        scores = [_loss_and_grad(np.array(s), x, y, delta)[0] for s in grid]
-        starts = [grid[i] for i in np.argsort(scores, kind="stable")[:_DESCENTS]]
+    grid = start_grid(c, v, c_ref) if grid is None else grid
+    scores = [_loss_and_grad(np.array(s), x, y, delta)[0] for s in grid]
+    starts = [grid[i] for i in np.argsort(scores, kind="stable")[:descents]] + list(extra)
+    starts = [tuple(np.clip(s, [b[0] for b in bounds], [b[1] for b in bounds])) for s in starts]
     return _minimise(x, y, starts, bounds, delta)
 
 
@@ -207,16 +225,21 @@ def fit_power_law(
     seed: int = 0,
     delta: float = HUBER_DELTA,
     holdout: int | None = 0,
+    groups=None,
 ) -> PowerLawFit:
-    """Fit L(C) = E + A·C^(−α) to (compute, value) points. `n_boot` bootstrap refits give the 95 % intervals;
-    `holdout` > 0 also refits without the points at the `holdout` largest compute values and stores how well
-    that curve predicts them (None: a fifth of the distinct compute values, at least one)."""
+    """Fit L(C) = E + A·C^(−α) to (compute, value) points. `n_boot` bootstrap refits give the 95 % intervals:
+    `groups` (one label a point, e.g. its run) resamples whole groups, and needs ≥ MIN_GROUPS of them for an
+    interval; without groups points are resampled. `holdout` > 0 also refits without the points at the
+    `holdout` largest compute values and stores how well that curve predicts them (None: a fifth of the
+    distinct compute values, at least one)."""
     with _one_blas_thread():
-        return _fit_power_law(compute, values, metric, n_boot, seed, delta, holdout)
+        return _fit_power_law(compute, values, metric, n_boot, seed, delta, holdout, groups)
 
 
-def _fit_power_law(compute, values, metric, n_boot, seed, delta, holdout) -> PowerLawFit:
-    c, v = _check(compute, values, metric)
+def _fit_power_law(compute, values, metric, n_boot, seed, delta, holdout, groups) -> PowerLawFit:
+    if groups is not None and len(np.ravel(groups)) != len(np.ravel(compute)):
+        raise FitError(f"{metric}: {len(np.ravel(groups))} group labels for {len(np.ravel(compute))} points")
+    c, v, g = _check(compute, values, metric, groups)
     c_ref = float(c[0])
     theta, f = _fit_core(c, v, c_ref, delta)
     a, e, alpha = theta
@@ -224,22 +247,18 @@ def _fit_power_law(compute, values, metric, n_boot, seed, delta, holdout) -> Pow
     ss_tot = float(((y - y.mean()) ** 2).sum())
     r2 = 1.0 - float(((y - yhat) ** 2).sum()) / ss_tot if ss_tot > 0 else float("nan")
 
-    # bootstrap: resample points, refit from the best fit and from a small-E variant of it (a full grid is 84 starts)
-    rng = np.random.default_rng(seed)
-    starts = [tuple(theta), (theta[0], float(np.log(v.min())) - 3.0, theta[2])]
-    boot = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(c), len(c))
-        if len(np.unique(c[idx])) < 3:  # two distinct x values cannot pin three parameters
-            continue
-        th, _ = _fit_core(c[idx], v[idx], c_ref, delta, starts)
-        if th is not None:
-            boot.append((math.exp(th[1]), math.exp(th[0]), th[2]))
-    boot = np.array(boot, dtype=float).reshape(-1, 3)
+    boot = _bootstrap(c, v, g, theta, c_ref, delta, n_boot, seed)
+    ok = boot[np.isfinite(boot).all(1)]
     intervals: dict[str, tuple[float, float] | None] = {"E": None, "A": None, "alpha": None}
-    if len(boot) >= max(20, n_boot // 2):  # fewer successes than that: an interval would mislead
-        a_raw = boot[:, 1] * np.power(c_ref, boot[:, 2])
-        for name, col in (("E", boot[:, 0]), ("A", a_raw), ("alpha", boot[:, 2])):
+    n_groups = len(np.unique(g)) if g is not None else 0
+    note = ""
+    if g is not None and n_groups < MIN_GROUPS:
+        note = f"{n_groups} run(s): a bootstrap over whole runs needs ≥ {MIN_GROUPS}"
+    elif len(ok) < max(20, n_boot // 2):  # fewer successes than that: an interval would mislead
+        note = f"{len(ok)} of {n_boot} bootstrap refits succeeded"
+    else:
+        a_raw = ok[:, 1] * np.power(c_ref, ok[:, 2])
+        for name, col in (("E", ok[:, 0]), ("A", a_raw), ("alpha", ok[:, 2])):
             intervals[name] = (float(np.percentile(col, 2.5)), float(np.percentile(col, 97.5)))
 
     fit = PowerLawFit(
@@ -252,14 +271,37 @@ def _fit_power_law(compute, values, metric, n_boot, seed, delta, holdout) -> Pow
         c_ref=c_ref,
         r2=r2,
         objective_value=f,
-        n_boot=len(boot),
+        n_boot=len(ok),
         n_boot_requested=n_boot,
         intervals=intervals,
         boot=boot,
+        n_groups=n_groups,
+        interval_note=note,
     )
     if holdout is None or holdout > 0:
         fit.holdout = holdout_validation(c, v, holdout, delta=delta, metric=metric)
     return fit
+
+
+def _bootstrap(c, v, g, theta, c_ref, delta, n_boot, seed) -> np.ndarray:
+    """[n_boot, 3] refits (E, A·c_ref^-α, α) on resampled groups (or points); NaN rows where a resample has fewer
+    distinct compute values than a fit needs, or the refit fails."""
+    rng = np.random.default_rng(seed)
+    grid = start_grid(c, v, c_ref)  # the main fit's grid, so refits search as widely as it did
+    labels = np.unique(g) if g is not None else None
+    members = [np.flatnonzero(g == lab) for lab in labels] if labels is not None else None
+    boot = np.full((n_boot, 3), np.nan)
+    for i in range(n_boot):
+        if members is not None:
+            idx = np.concatenate([members[j] for j in rng.integers(0, len(members), len(members))])
+        else:
+            idx = rng.integers(0, len(c), len(c))
+        if len(np.unique(c[idx])) < MIN_POINTS:  # the main fit's minimum
+            continue
+        th, _ = _fit_core(c[idx], v[idx], c_ref, delta, grid, _BOOT_DESCENTS, extra=[tuple(theta)])
+        if th is not None:
+            boot[i] = (math.exp(th[1]), math.exp(th[0]), th[2])
+    return boot
 
 
 def holdout_validation(
@@ -272,7 +314,7 @@ def holdout_validation(
 
 
 def _holdout(compute, values, n_holdout, delta, metric) -> Holdout | None:
-    c, v = _check(compute, values, metric)
+    c, v, _ = _check(compute, values, metric)
     distinct = np.unique(c)
     k = max(1, round(len(distinct) / 5)) if n_holdout is None else n_holdout
     if len(distinct) - k < MIN_POINTS:
@@ -330,7 +372,7 @@ def crossover(
     compute_range: tuple[float, float] | None = None,
 ) -> Crossover:
     """Where fit_a's curve crosses fit_b's, within `compute_range` (default: the range both were measured on).
-    The interval pairs the i-th bootstrap refit of each curve."""
+    The interval pairs the i-th bootstrap refit of each curve (fits with different seeds: independent draws)."""
     if compute_range is None:
         lo = max(fit_a.compute.min(), fit_b.compute.min())
         hi = min(fit_a.compute.max(), fit_b.compute.max())
@@ -340,8 +382,12 @@ def crossover(
         return Crossover(name_a, name_b, float(lo), float(hi), None, None, 0.0, None)
     diff = lambda c: fit_a.predict(c) - fit_b.predict(c)  # noqa: E731
     at = _first_crossing(diff, lo, hi)
-    crossings, n_pairs = [], min(fit_a.n_boot, fit_b.n_boot)
-    for i in range(n_pairs):
+    n = min(len(fit_a.boot), len(fit_b.boot))  # refit i of each: failed ones are NaN rows, so pairs stay aligned
+    pairs = [i for i in range(n) if np.isfinite(fit_a.boot[i]).all() and np.isfinite(fit_b.boot[i]).all()]
+    crossings, n_pairs = [], len(pairs)
+    if fit_a.intervals.get("alpha") is None or fit_b.intervals.get("alpha") is None:
+        pairs, n_pairs = [], 0  # a fit without an interval has no bootstrap to pair
+    for i in pairs:
         ba, bb = fit_a.boot[i], fit_b.boot[i]
 
         def d(c, ba=ba, bb=bb):
