@@ -48,7 +48,7 @@ from synthscale.train.loop import LossModule, _clip, build_optimizer
 
 GOAL_MFU = 0.40  # L, bf16, one H100, every objective
 CFG = 3.0
-OBJECTIVES = ("flow", "masked", "autoregressive")
+OBJECTIVES = tuple(ObjectiveConfig.names())  # the registry
 PAPER = {
     "sizes": ["S", "B", "L"],
     "side": 16,
@@ -220,7 +220,7 @@ def sdpa_kernels(size: str, cfg: dict, device, causal: bool, queries: int | None
 def training_rows(cfg: dict, device, peak: float, compile_mode: str, clock: Clock) -> list[dict]:
     rows = []
     for name in OBJECTIVES:
-        objective = get_objective(ObjectiveConfig(name=name))
+        objective = get_objective(ObjectiveConfig.of(name))
         for size in reversed(cfg["sizes"]):  # largest first: the goal size is measured before any budget cut
             if clock.over(f"train {name} {size}"):
                 continue
@@ -246,7 +246,7 @@ def training_rows(cfg: dict, device, peak: float, compile_mode: str, clock: Cloc
 def sampling_rows(cfg: dict, device, sizes: list[str], clock: Clock, compile_decode: bool) -> list[dict]:
     rows = []
     for name in OBJECTIVES:
-        objective = get_objective(ObjectiveConfig(name=name))
+        objective = get_objective(ObjectiveConfig.of(name))
         for size in reversed(sizes):
             latent, text, model_cfg = specs(cfg, objective)
             model_cfg = ModelConfig(size=size, patch_size=model_cfg.patch_size)

@@ -52,7 +52,7 @@ def main() -> None:
             ("autoregressive", (N,), {"kv_cache": True}),
             ("autoregressive", (N,), {"kv_cache": False}),
         ):
-            obj = get_objective(ObjectiveConfig(name=name))
+            obj = get_objective(ObjectiveConfig.of(name))
             spec = (
                 LatentSpec("continuous", 4, side, side)
                 if obj.latent == "continuous"

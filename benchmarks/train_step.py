@@ -103,7 +103,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--compile", action="store_true", help="also time the float32 step under torch.compile")
-    ap.add_argument("--objectives", nargs="+", default=["flow", "masked", "autoregressive"])
+    names = ObjectiveConfig.names()
+    ap.add_argument("--objectives", nargs="+", default=names, choices=names)
     ap.add_argument("--sizes", nargs="+", default=["4x128", "6x192"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -113,7 +114,7 @@ def main() -> None:
     peak16, n16 = matmul_peak(torch.bfloat16, dev, args.repeats)
     rows = []
     for name in args.objectives:
-        obj = get_objective(ObjectiveConfig(name=name))
+        obj = get_objective(ObjectiveConfig.of(name))
         for size in args.sizes:
             for side in (4, 8):
                 t32, flops = step_time(obj, ModelConfig(size=size), side, args.batch, args.repeats, dev, False)

@@ -198,7 +198,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
     import math
 
     from synthscale.compute.flops import format_report
-    from synthscale.config import ModelConfig, ObjectiveConfig
+    from synthscale.config import ModelConfig, ObjectiveConfig, load
     from synthscale.data.latents import LatentSpec, TextSpec
     from synthscale.data.text import WordTokenizer
     from synthscale.objectives import get_objective
@@ -214,7 +214,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
     ):
         if value < 1:
             raise ConfigError(f"{flag} must be ≥ 1, got {value}")
-    objective = get_objective(ObjectiveConfig(name=args.objective, sampler=args.sampler))
+    objective = get_objective(load(ObjectiveConfig, None, [f"name={args.objective}", *(args.set or [])]))
     model_cfg = ModelConfig(size=args.size, patch_size=args.patch_size, text_layers=args.text_layers)
     if objective.latent == "continuous":  # --tokens counts tokens after patchify
         latent = LatentSpec("continuous", args.channels, side * args.patch_size, side * args.patch_size)
@@ -573,6 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--size", default="B", help="a model size preset: S, B, L, XL, 2x64, 4x128, 6x192, 8x256")
     p.add_argument("--objective", default="flow", help="flow, masked or autoregressive (default flow)")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="an objective config key, e.g. sampler=heun (flow)"
+    )
     p.add_argument("--tokens", type=int, default=256, help="image tokens in the sequence (after patchify; a square)")
     p.add_argument("--text-tokens", type=int, default=32, help="caption length in tokens (default 32)")
     p.add_argument("--text-layers", type=int, default=2, help="caption encoder depth (default 2)")
@@ -580,7 +583,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, default=4, help="continuous latent channels (flow; default 4)")
     p.add_argument("--patch-size", type=int, default=1, help="flow patch size p (default 1)")
     p.add_argument("--vocab", type=int, default=1024, help="discrete codebook size (token objectives; default 1024)")
-    p.add_argument("--sampler", default="euler", choices=["euler", "heun"], help="flow sampler (default euler)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_flops)
 

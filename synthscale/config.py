@@ -71,18 +71,45 @@ class ModelConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """What differs between paradigms; `name` picks from the objectives registry."""
+    """What every objective shares. Each objective declares its own subclass with the fields only it uses
+    (`objectives/flow.py: FlowConfig`, ...); `name` picks the subclass from the objectives registry, which is the
+    one list of objective names (`ObjectiveConfig.variants()`)."""
 
-    name: Literal["flow", "masked", "autoregressive"] = "flow"
+    name: str = "flow"
     cfg_dropout: float = 0.1  # caption replaced by the learned null with this probability
-    # flow matching
-    t_mean: float = 0.0  # logit-normal t: sigmoid(N(mean, std))
-    t_std: float = 1.0
-    sampler: Literal["euler", "heun"] = "euler"
-    # token samplers
-    temperature: float = 1.0
-    top_k: int = 0  # 0 = no top-k filter
-    mask_temperature: float = 4.5  # masked decoding: initial Gumbel noise scale, annealed to 0
+
+    @staticmethod
+    def variants() -> dict[str, type[ObjectiveConfig]]:
+        """Objective name → its config dataclass, from the registry. Imported when first needed: the objectives
+        sit above this module, and a config names the objective it trains."""
+        from synthscale.objectives import OBJECTIVES
+
+        return {name: objective.config for name, objective in OBJECTIVES.items()}
+
+    @staticmethod
+    def names() -> list[str]:
+        """The registered objective names, in the registry's (and the report's) order."""
+        return list(ObjectiveConfig.variants())
+
+    @staticmethod
+    def of(name: str, **fields: Any) -> ObjectiveConfig:
+        """The config of objective `name`, e.g. `ObjectiveConfig.of("masked", temperature=0.9)`."""
+        variants = ObjectiveConfig.variants()
+        if name not in variants:
+            raise ConfigError(f"unknown objective {name!r}; valid objectives: {', '.join(variants)}")
+        return variants[name](**fields)
+
+
+# Run folders written before each objective had its own config stored every objective's fields in one section;
+# on reading, another objective's field at its value of that time is dropped (anything else is still refused).
+_SHARED_OBJECTIVE_FIELDS_V1 = {
+    "t_mean": 0.0,
+    "t_std": 1.0,
+    "sampler": "euler",
+    "temperature": 1.0,
+    "top_k": 0,
+    "mask_temperature": 4.5,
+}
 
 
 @dataclass
@@ -148,7 +175,7 @@ class RunConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    objective: ObjectiveConfig = field(default_factory=lambda: ObjectiveConfig.of("flow"))
     train: TrainConfig = field(default_factory=TrainConfig)
     autoencoder: str | None = None  # dir of a trained autoencoder; its latent cache is built under cache_root
     cache_root: str = "cache/latents"
@@ -186,9 +213,7 @@ class StudyConfig:
 
     name: str = "study"
     data: DataConfig = field(default_factory=DataConfig)
-    objectives: list[Literal["flow", "masked", "autoregressive"]] = field(
-        default_factory=lambda: ["flow", "masked", "autoregressive"]
-    )
+    objectives: list[str] = field(default_factory=lambda: ObjectiveConfig.names())  # from the objectives registry
     sizes: list[str] = field(default_factory=lambda: ["2x64", "4x128"])
     data_sizes: list[int] = field(default_factory=lambda: [20000])
     budgets: list[float] = field(default_factory=lambda: [1e13])
@@ -206,6 +231,12 @@ class StudyConfig:
     workers: int = 2  # stages at once: worker processes, or jobs in flight (slurm, ray)
     threads: int = 1  # torch threads per stage
     cluster: ClusterConfig = field(default_factory=lambda: ClusterConfig())  # slurm / ray executors
+
+    def __post_init__(self):
+        valid = ObjectiveConfig.names()
+        unknown = [o for o in self.objectives if o not in valid]
+        if unknown:
+            raise ValueError(f"objectives: {unknown[0]!r} is not an objective; valid objectives: {', '.join(valid)}")
 
 
 @dataclass
@@ -343,14 +374,13 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
             if type(None) in args:
                 return None
             raise fail()
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _convert(value, arg, key, source)
-            except ConfigError as e:
-                errors.append(e)
+            except ConfigError:
+                pass
         raise fail()
     if origin is list:
         if not isinstance(value, (list, tuple)):
@@ -393,12 +423,27 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
     return value
 
 
+def _objective_variant(value: dict[str, Any], key: str, source: str) -> tuple[type, dict[str, Any]]:
+    """The objective's own config class for a mapping (by its `name`), and the mapping without the pre-split
+    fields of other objectives at their old values."""
+    name = value.get("name", ObjectiveConfig.name)
+    variants = ObjectiveConfig.variants()
+    if name not in variants:
+        raise ConfigError(f"{source}: key '{key}' is {name!r}; valid objectives: {', '.join(map(repr, variants))}")
+    cls = variants[name]
+    own = {f.name for f in dataclasses.fields(cls)}
+    legacy = _SHARED_OBJECTIVE_FIELDS_V1
+    return cls, {k: v for k, v in value.items() if k in own or k not in legacy or legacy[k] != v}
+
+
 def from_dict(cls: type[T], data: dict[str, Any], source: str = "<config>", prefix: str = "") -> T:
     """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types with a helpful message."""
     if not isinstance(data, dict):
         raise ConfigError(
             f"{source}: '{prefix.rstrip('.') or 'top level'}' must be a mapping, got {type(data).__name__}"
         )
+    if cls is ObjectiveConfig:  # the objective's own config class, by name
+        cls, data = _objective_variant(data, prefix + "name", source)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
@@ -441,6 +486,8 @@ def apply_overrides(cls: type, data: dict[str, Any], overrides: list[str]) -> di
         path, value = parse_override(text)
         node, schema = data, cls
         for depth, part in enumerate(path):
+            if schema is ObjectiveConfig:  # the keys of the objective this section names
+                schema = _objective_variant(node, ".".join(path[:depth] + ["name"]), f"--set {text}")[0]
             fields = {f.name: f for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
             if fields is None:
                 raise ConfigError(f"--set {text}: '{'.'.join(path[:depth])}' is not a section, it has no key '{part}'")
@@ -451,6 +498,8 @@ def apply_overrides(cls: type, data: dict[str, Any], overrides: list[str]) -> di
                 )
             hint = typing.get_type_hints(schema)[part]
             if depth == len(path) - 1:
+                if issubclass(schema, ObjectiveConfig) and part == "name" and node.get("name") != value:
+                    _keep_shared_objective_keys(node)  # another objective: the previous one's own keys go
                 node[part] = value
             else:
                 node = node.setdefault(part, {})
@@ -458,6 +507,12 @@ def apply_overrides(cls: type, data: dict[str, Any], overrides: list[str]) -> di
                     raise ConfigError(f"--set {text}: '{'.'.join(path[: depth + 1])}' is not a section")
                 schema = hint
     return data
+
+
+def _keep_shared_objective_keys(node: dict[str, Any]) -> None:
+    shared = {f.name for f in dataclasses.fields(ObjectiveConfig)}
+    for key in [k for k in node if k not in shared]:
+        del node[key]
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -483,8 +538,43 @@ def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | No
     return from_dict(cls, data, source=source)
 
 
+def canonical(cfg: Any) -> Any:
+    """A config as the data that decides it, for hashing and comparing: a dataclass field at its default value is
+    left out (recursively; `name` always stays, it picks a variant). So a field added later with a default keys and
+    compares a config exactly as before it existed: old run and study folders keep their keys and still resume.
+    Changing an existing default is seen: folders that stored the old value no longer match."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        out = {}
+        for f in dataclasses.fields(cfg):
+            value = getattr(cfg, f.name)
+            if dataclasses.is_dataclass(value) or f.name == "name" or not _is_default(f, value):
+                out[f.name] = canonical(value)
+        return out
+    if isinstance(cfg, dict):
+        return {k: canonical(v) for k, v in cfg.items()}
+    if isinstance(cfg, (list, tuple)):
+        return [canonical(v) for v in cfg]
+    return cfg
+
+
+def _is_default(f: dataclasses.Field, value: Any) -> bool:
+    if f.default is not dataclasses.MISSING:
+        default = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    else:
+        return False
+    return _plain(value) == _plain(default)
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(to_dict(value) if dataclasses.is_dataclass(value) else value, default=str))
+
+
 def config_hash(cfg: Any, length: int = 16) -> str:
-    """Stable content hash of a config (dataclass or plain data): same content, same hash, on every machine."""
-    data = to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    """Stable content hash of a config (dataclass or plain data): same content, same hash, on every machine.
+    Dataclasses are hashed as `canonical` (defaults left out); plain data holding configs should hold
+    `canonical(cfg)` too."""
+    data = canonical(cfg)
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]

@@ -16,7 +16,7 @@ B = 2
 
 def setup(name, size, side, patch=1, **cfg):
     torch.manual_seed(0)
-    obj = get_objective(ObjectiveConfig(name=name, **cfg))
+    obj = get_objective(ObjectiveConfig.of(name, **cfg))
     model_cfg = ModelConfig(size=size, patch_size=patch, text_layers=2)
     if obj.latent == "continuous":
         latent = LatentSpec("continuous", 4, side, side)

@@ -19,7 +19,7 @@ BENCH = Path(__file__).parents[1] / "benchmarks"
 
 
 def tiny_ar():
-    obj = get_objective(ObjectiveConfig(name="autoregressive"))
+    obj = get_objective(ObjectiveConfig.of("autoregressive"))
     torch.manual_seed(0)
     model = obj.build_model(
         ModelConfig(size="2x64"), LatentSpec("discrete", 6, 4, 4, vocab_size=64), TextSpec(vocab_size=32, max_length=8)

@@ -109,7 +109,7 @@ def test_network_takes_a_caption_encoder_of_the_same_call():
 
     torch.manual_seed(0)
     own = TextEncoder(vocab_size=20, max_length=4, width=64, depth=1, heads=2)
-    obj = get_objective(ObjectiveConfig(name="masked"))
+    obj = get_objective(ObjectiveConfig.of("masked"))
     model = obj.build_model(
         ModelConfig(size="2x64"),
         LatentSpec("discrete", 4, 2, 2, vocab_size=16),

@@ -34,7 +34,7 @@ def build(name, seed=0, fresh=False, **cfg):
     """Objective + model; unless `fresh`, the zero-initialised output head gets random weights so the output
     depends on the input (a fresh model predicts v = 0 / uniform logits whatever it is given)."""
     torch.manual_seed(seed)
-    obj = get_objective(ObjectiveConfig(name=name, **cfg))
+    obj = get_objective(ObjectiveConfig.of(name, **cfg))
     model = obj.build_model(MODEL, spec(obj), TEXT)
     if not fresh:
         with torch.no_grad():
@@ -62,7 +62,7 @@ def test_registry_and_clear_errors():
     with pytest.raises(ConfigError, match="patch_size 3 must"):
         get_objective("flow").build_model(ModelConfig(size="2x64", patch_size=3), CONT, TEXT)
     with pytest.raises(ConfigError, match="cfg_dropout"):
-        get_objective(ObjectiveConfig(name="flow", cfg_dropout=1.5))
+        get_objective(ObjectiveConfig.of("flow", cfg_dropout=1.5))
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from synthscale import atomic
-from synthscale.config import ConfigError, config_hash, to_dict
+from synthscale.config import ConfigError, canonical, config_hash
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def dataset_identity(dataset) -> dict[str, Any]:
             f"build_cache needs a dataset with .cfg (DataConfig) and .split, as synthscale.data.get_dataset returns; "
             f"got {type(dataset).__name__}"
         )
-    return {"config": to_dict(cfg), "split": split, "length": len(dataset)}
+    return {"config": canonical(cfg), "split": split, "length": len(dataset)}
 
 
 def cache_identity(encoder: CacheEncoder, dataset, tokenizer) -> dict[str, Any]:

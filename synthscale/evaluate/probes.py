@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from synthscale import atomic
-from synthscale.config import ConfigError, DataConfig, ProbeConfig, config_hash, to_dict
+from synthscale.config import ConfigError, DataConfig, ProbeConfig, canonical, config_hash, to_dict
 
 PROBE_VERSION = 1  # bump when the architecture or the training recipe changes, so old caches are not reused
 CELLS = 9  # the dataset's 3×3 grid, raster order: cell k is (row k // 3, col k % 3)
@@ -239,7 +239,7 @@ def probe_loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
 def probe_key(data_cfg: DataConfig, probe_cfg: ProbeConfig) -> str:
     """Cache key: what the scenes look like (not how many a split holds) + the probe recipe."""
     data = {k: getattr(data_cfg, k) for k in DISTRIBUTION_FIELDS}
-    return config_hash({"data": data, "probe": to_dict(probe_cfg), "version": PROBE_VERSION})
+    return config_hash({"data": data, "probe": canonical(probe_cfg), "version": PROBE_VERSION})
 
 
 def _check_data(data_cfg: DataConfig) -> None:

@@ -1,5 +1,9 @@
-"""The three objectives on the shared backbone, by name. Callers use `get_objective(cfg)` and the `Objective`
-methods only; nothing above this package branches on the objective's name."""
+"""The objectives on the shared backbone, by name. Callers use `get_objective(cfg)` and the `Objective` methods
+only; nothing above this package branches on the objective's name.
+
+`OBJECTIVES` is the one list of objective names: config validation (`ObjectiveConfig.variants`), the study's
+latent map, the CLI's choices and the report's order all read it. Adding an objective is one file declaring an
+`Objective` subclass (name, latent kind, config dataclass, network, loss, sampler, FLOPs) and one entry below."""
 
 from __future__ import annotations
 
@@ -14,17 +18,30 @@ from synthscale.objectives.masked import MaskedObjective
 # 1: the first release; 2: exact (erf) GELU in the MLP.
 GENERATOR_VERSION = 2
 
+# The registry, in display order.
 OBJECTIVES: dict[str, type[Objective]] = {
-    cls.name: cls for cls in (FlowObjective, MaskedObjective, AutoregressiveObjective)
+    cls.name: cls
+    for cls in (
+        FlowObjective,
+        MaskedObjective,
+        AutoregressiveObjective,
+    )
 }
 
 
 def get_objective(cfg: ObjectiveConfig | str) -> Objective:
-    """The objective `cfg.name` configured by `cfg` (a bare name gets the default ObjectiveConfig)."""
+    """The objective `cfg.name` configured by `cfg` (a bare name gets that objective's default config)."""
     name = cfg if isinstance(cfg, str) else cfg.name
     if name not in OBJECTIVES:
         raise ConfigError(f"unknown objective {name!r}; valid objectives: {', '.join(OBJECTIVES)}")
-    return OBJECTIVES[name](ObjectiveConfig(name=name) if isinstance(cfg, str) else cfg)
+    return OBJECTIVES[name](None if isinstance(cfg, str) else cfg)
 
 
-__all__ = ["Objective", "OBJECTIVES", "get_objective"]
+def latent_kind(name: str) -> str:
+    """ "continuous" or "discrete": the latents objective `name` reads."""
+    if name not in OBJECTIVES:
+        raise ConfigError(f"unknown objective {name!r}; valid objectives: {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name].latent
+
+
+__all__ = ["Objective", "OBJECTIVES", "get_objective", "latent_kind"]

@@ -7,14 +7,24 @@ position j predicts x_j.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from synthscale.compute import flops as C
+from synthscale.config import ObjectiveConfig
 from synthscale.model.network import Network, attention_mask
 from synthscale.model.sizes import get_size
 from synthscale.objectives.base import Objective, cfg_copies, guide, sample_logits, text_encoder_flops
+
+
+@dataclass
+class AutoregressiveConfig(ObjectiveConfig):
+    name: str = "autoregressive"
+    temperature: float = 1.0  # softmax temperature; 0 = greedy
+    top_k: int = 0  # 0 = no top-k filter
 
 
 class AutoregressiveNet(Network):
@@ -79,6 +89,7 @@ def compiled_decode_step(device: torch.device):
 class AutoregressiveObjective(Objective):
     name = "autoregressive"
     latent = "discrete"
+    config = AutoregressiveConfig
     network = AutoregressiveNet
 
     def loss(self, model, latents, text, generator, drop_captions=True):

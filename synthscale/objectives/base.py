@@ -1,5 +1,6 @@
-"""The objective interface (DESIGN.md): what differs between paradigms — input embedding, attention pattern,
-output head, loss, sampler and FLOP count. The trainer, evaluator and study only ever call these methods."""
+"""The objective interface: what differs between paradigms — its config, input embedding, attention pattern,
+output head, loss, sampler and FLOP count. The trainer, evaluator and study only ever call these methods (see
+docs/architecture.md for how to add an objective)."""
 
 from __future__ import annotations
 
@@ -9,21 +10,29 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-from synthscale.compute import flops as F
+from synthscale.compute import flops as C
 from synthscale.config import ConfigError, ModelConfig, ObjectiveConfig
 from synthscale.data.latents import LatentSpec, TextSpec
 from synthscale.model.sizes import get_size
 
 
 class Objective(abc.ABC):
+    """One paradigm on the shared backbone. A subclass declares its `name` (the registry key, the config's
+    `objective.name`), the `latent` kind it reads, its `config` dataclass (an `ObjectiveConfig` subclass holding
+    only the fields it uses) and its `network`, and implements the abstract methods below."""
+
     name: ClassVar[str]
     latent: ClassVar[Literal["continuous", "discrete"]]
+    config: ClassVar[type[ObjectiveConfig]]
     network: ClassVar[type[nn.Module]]  # backbone + caption encoder + this objective's embedding and head
 
     def __init__(self, cfg: ObjectiveConfig | None = None):
-        self.cfg = cfg or ObjectiveConfig(name=self.name)
-        if self.cfg.name != self.name:
-            raise ConfigError(f"objective config names {self.cfg.name!r} but this is the {self.name!r} objective")
+        self.cfg = cfg if cfg is not None else self.config()
+        if self.cfg.name != self.name or not isinstance(self.cfg, self.config):
+            raise ConfigError(
+                f"a {type(self.cfg).__name__} named {self.cfg.name!r} cannot configure the {self.name!r} objective; "
+                f"use ObjectiveConfig.of({self.name!r}, ...)"
+            )
         if not 0.0 <= self.cfg.cfg_dropout < 1.0:
             raise ConfigError(f"objective.cfg_dropout must be in [0, 1), got {self.cfg.cfg_dropout}")
 
@@ -71,13 +80,13 @@ class Objective(abc.ABC):
             )
 
     @abc.abstractmethod
-    def forward_flops(self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec) -> F.Flops:
+    def forward_flops(self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec) -> C.Flops:
         """One training forward pass for one example."""
 
     @abc.abstractmethod
     def sample_flops_split(
         self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec, steps: int, cfg_scale: float
-    ) -> F.Flops:
+    ) -> C.Flops:
         """Sampling one image, split into generator and caption-encoder columns."""
 
     # --------------------------------------------------------------------------------------- shared
@@ -87,10 +96,10 @@ class Objective(abc.ABC):
         encoder runs forward only)."""
         return batch * self.train_example_flops(model_cfg, latent, text).total
 
-    def train_example_flops(self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec) -> F.Flops:
+    def train_example_flops(self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec) -> C.Flops:
         """One training example, split into generator and caption-encoder columns."""
         fwd = self.forward_flops(model_cfg, latent, text)
-        return F.Flops(F.TRAIN_MULTIPLIER * fwd.generator, text_encoder_train_flops(model_cfg, text))
+        return C.Flops(C.TRAIN_MULTIPLIER * fwd.generator, text_encoder_train_flops(model_cfg, text))
 
     def sample_flops(
         self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec, steps: int, cfg_scale: float
@@ -102,7 +111,7 @@ class Objective(abc.ABC):
         """{"total", "non_embedding"} of the model this objective builds (built on the meta device: no memory)."""
         with torch.device("meta"):  # a frozen caption encoder's own weights are not the network's: its projection is
             model = self.build_model(model_cfg, latent, text, text_encoder=frozen_stand_in(model_cfg, text))
-        return F.param_counts(model)
+        return C.param_counts(model)
 
     def flops_report(self, model_cfg: ModelConfig, latent: LatentSpec, text: TextSpec, cfg_scale: float = 4.0) -> dict:
         """Parameters and FLOPs per forward, per training example and per sampled image at every step count of
@@ -157,19 +166,19 @@ def text_encoder_flops(model_cfg: ModelConfig, text: TextSpec) -> int:
     size = get_size(model_cfg.size)
     if text.frozen_flops:
         return text.frozen_flops + _projection_flops(size.width, text)
-    return F.transformer(text.max_length, text.max_length, size.width, model_cfg.text_layers)
+    return C.transformer(text.max_length, text.max_length, size.width, model_cfg.text_layers)
 
 
 def text_encoder_train_flops(model_cfg: ModelConfig, text: TextSpec) -> int:
     """The caption encoder's share of one training example: 3 × forward when it learns; a frozen encoder runs
     forward only (no gradient flows into it) and its trained projection counts 3 × forward."""
     if text.frozen_flops:
-        return text.frozen_flops + F.TRAIN_MULTIPLIER * _projection_flops(get_size(model_cfg.size).width, text)
-    return F.TRAIN_MULTIPLIER * text_encoder_flops(model_cfg, text)
+        return text.frozen_flops + C.TRAIN_MULTIPLIER * _projection_flops(get_size(model_cfg.size).width, text)
+    return C.TRAIN_MULTIPLIER * text_encoder_flops(model_cfg, text)
 
 
 def _projection_flops(width: int, text: TextSpec) -> int:
-    return 0 if text.frozen_width == width else F.linear(text.max_length, text.frozen_width, width)
+    return 0 if text.frozen_width == width else C.linear(text.max_length, text.frozen_width, width)
 
 
 def frozen_stand_in(model_cfg: ModelConfig, text: TextSpec) -> nn.Module | None:

@@ -7,19 +7,29 @@ Sampling integrates dx/dt = v from t = 1 to 0 with Euler or Heun steps.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from synthscale.compute import flops as C
-from synthscale.config import ConfigError, ModelConfig
+from synthscale.config import ConfigError, ModelConfig, ObjectiveConfig
 from synthscale.data.latents import LatentSpec, TextSpec
 from synthscale.model.network import Network, attention_mask
 from synthscale.model.sizes import get_size
 from synthscale.objectives.base import Objective, cfg_copies, guide, randn, text_encoder_flops
 
 FREQ_DIM = 256  # sinusoidal features of t before the timestep MLP (DiT)
+
+
+@dataclass
+class FlowConfig(ObjectiveConfig):
+    name: str = "flow"
+    t_mean: float = 0.0  # logit-normal t: sigmoid(N(mean, std))
+    t_std: float = 1.0
+    sampler: Literal["euler", "heun"] = "euler"
 
 
 class TimestepEmbedder(nn.Module):
@@ -85,6 +95,7 @@ class FlowNet(Network):
 class FlowObjective(Objective):
     name = "flow"
     latent = "continuous"
+    config = FlowConfig
     network = FlowNet
 
     def loss(self, model, latents, text, generator, drop_captions=True):

@@ -9,15 +9,25 @@ and re-masks the rest along the cosine schedule.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from synthscale.compute import flops as C
+from synthscale.config import ObjectiveConfig
 from synthscale.model.network import Network, attention_mask
 from synthscale.model.sizes import get_size
 from synthscale.objectives.base import Objective, cfg_copies, guide, gumbel, rand, sample_logits, text_encoder_flops
+
+
+@dataclass
+class MaskedConfig(ObjectiveConfig):
+    name: str = "masked"
+    temperature: float = 1.0  # softmax temperature of the drawn tokens
+    top_k: int = 0  # 0 = no top-k filter
+    mask_temperature: float = 4.5  # initial Gumbel noise scale of the confidence, annealed to 0
 
 
 class MaskedNet(Network):
@@ -48,6 +58,7 @@ def mask_ratio(u: torch.Tensor) -> torch.Tensor:
 class MaskedObjective(Objective):
     name = "masked"
     latent = "discrete"
+    config = MaskedConfig
     network = MaskedNet
 
     def loss(self, model, latents, text, generator, drop_captions=True):

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from synthscale.config import ObjectiveConfig
 from synthscale.study.results import ResultsStore
 
-OBJECTIVES = ("flow", "masked", "autoregressive")  # display order
 # metrics where smaller is better; every other metric (accuracies, throughput) is better when larger
 LOWER_IS_BETTER = {"loss", "fd_probe", "kid", "latency_s"}
 # two matched-compute records: training FLOPs within ±0.06 decades (±15 %); milestones are 0.25 decades apart
@@ -53,7 +53,8 @@ class StudyData:
     @property
     def objectives(self) -> list[str]:
         present = {r["objective"] for r in self.records} | {r["objective"] for r in self.runs}
-        return [o for o in OBJECTIVES if o in present] + sorted(present - set(OBJECTIVES))
+        order = ObjectiveConfig.names()  # the registry's order
+        return [o for o in order if o in present] + sorted(present - set(order))
 
 
 def load_study(study_dir: str | Path) -> StudyData:

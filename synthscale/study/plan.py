@@ -22,15 +22,16 @@ from synthscale.config import (
     StudyConfig,
     TrainConfig,
     apply_overrides,
+    canonical,
     config_hash,
     from_dict,
     load,
     read_yaml,
     to_dict,
 )
+from synthscale.objectives import latent_kind
 from synthscale.study.grid import Stage
 
-OBJECTIVE_LATENT = {"flow": "continuous", "masked": "discrete", "autoregressive": "discrete"}
 AE_LATENT = {"kl": "continuous", "lfq": "discrete", "fsq": "discrete", "diffusers": "continuous"}
 STAGES = "synthscale.study.stages"
 
@@ -73,9 +74,10 @@ def _split_overrides(overrides: list[str], objective: str) -> list[str]:
         head, eq, _ = text.partition("=")
         if ":" in head:
             scope, _, rest = text.partition(":")
-            if scope not in OBJECTIVE_LATENT:
+            if scope not in ObjectiveConfig.names():
                 raise ConfigError(
-                    f"run_overrides entry {text!r}: {scope!r} is not an objective ({', '.join(OBJECTIVE_LATENT)})"
+                    f"run_overrides entry {text!r}: {scope!r} is not an objective "
+                    f"({', '.join(ObjectiveConfig.names())})"
                 )
             if scope == objective:
                 out.append(rest)
@@ -90,7 +92,7 @@ def _run_config(
     base = RunConfig(
         data=dataclasses.replace(study.data, size=data_size),
         model=ModelConfig(size=size),
-        objective=ObjectiveConfig(name=objective),
+        objective=ObjectiveConfig.of(objective),
         train=TrainConfig(budget_flops=budget),
         autoencoder=str(ae_dir),
         cache_root=str(cache_root),
@@ -102,11 +104,11 @@ def _run_config(
 def _portable_hash(run_cfg: RunConfig, ae_key: str) -> str:
     """The run's key: its config with machine paths replaced by the content keys they stand for, and the version of
     the generator code that trains it."""
-    from synthscale.objectives import GENERATOR_VERSION
+    import synthscale.objectives
 
-    d = to_dict(run_cfg)
+    d = canonical(run_cfg)
     d["autoencoder"], d["cache_root"] = ae_key, None
-    d["generator_version"] = GENERATOR_VERSION
+    d["generator_version"] = synthscale.objectives.GENERATOR_VERSION
     d["train"] = {k: v for k, v in d["train"].items() if k not in ("log_every", "checkpoint_every", "keep_last")}
     return config_hash(d)
 
@@ -145,7 +147,7 @@ def plan_study(study: StudyConfig, root: str | Path, spec_dir: str | Path = ".")
 
     # the probe: one per dataset distribution
     probe_cfg = load(ProbeConfig, None, study.probe_overrides)
-    probe_key = config_hash({"data": to_dict(dataclasses.replace(study.data, size=0)), "probe": to_dict(probe_cfg)})
+    probe_key = config_hash({"data": canonical(dataclasses.replace(study.data, size=0)), "probe": canonical(probe_cfg)})
     probe = Stage(
         "probe",
         "attributes",
@@ -159,7 +161,7 @@ def plan_study(study: StudyConfig, root: str | Path, spec_dir: str | Path = ".")
     # the runs: the main grid, then each ablation autoencoder with the objectives of its latent kind
     cache_root = root / "latents"  # the trainer keeps latent caches here, keyed by content
     grid = [
-        (o, s, d, b, main[OBJECTIVE_LATENT[o]], False)
+        (o, s, d, b, main[latent_kind(o)], False)
         for o in study.objectives
         for s in study.sizes
         for d in study.data_sizes
@@ -168,13 +170,13 @@ def plan_study(study: StudyConfig, root: str | Path, spec_dir: str | Path = ".")
     smallest = (study.sizes[0], min(study.data_sizes), min(study.budgets))
     for ae in ablations:
         kind = AE_LATENT[ae[0].kind]
-        grid += [(o, *smallest, ae, True) for o in study.objectives if OBJECTIVE_LATENT[o] == kind]
+        grid += [(o, *smallest, ae, True) for o in study.objectives if latent_kind(o) == kind]
     runs: list[RunPlan] = []
     caches: dict[str, Stage] = {}
     for objective, size, data_size, budget, (ae_cfg, ae_stage), ablation in grid:
         ae_dir = root / ae_stage.id / "model"
         run_cfg = _run_config(study, objective, size, data_size, budget, ae_dir, cache_root)
-        cache_id = config_hash({"ae": ae_stage.key, "data": to_dict(run_cfg.data)})
+        cache_id = config_hash({"ae": ae_stage.key, "data": canonical(run_cfg.data)})
         if cache_id not in caches:
             caches[cache_id] = Stage(
                 "cache",
@@ -201,7 +203,7 @@ def plan_study(study: StudyConfig, root: str | Path, spec_dir: str | Path = ".")
         evaluate = Stage(
             "evaluate",
             name,
-            config_hash({"run": key, "eval": to_dict(study.evaluation), "probe": probe_key}),
+            config_hash({"run": key, "eval": canonical(study.evaluation), "probe": probe_key}),
             f"{STAGES}:evaluate_stage",
             {
                 "run_dir": str(run_dir),

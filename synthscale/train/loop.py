@@ -28,6 +28,7 @@ One optimizer step reads a global batch of `batch_size` examples, split into wor
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -38,7 +39,7 @@ import torch
 from torch import nn
 
 from synthscale import atomic
-from synthscale.config import ConfigError, RunConfig, TrainConfig, config_hash, to_dict
+from synthscale.config import ConfigError, RunConfig, TrainConfig, canonical, config_hash, from_dict, to_dict
 from synthscale.train import checkpoint as ckpt
 from synthscale.train import distributed as D
 from synthscale.train.data import DataOrder, derive_seed, generator, open_source
@@ -136,22 +137,25 @@ class Progress:
 
 def _check_config(run_dir: Path, run_cfg: RunConfig) -> None:
     """A run dir belongs to one config; only log/checkpoint cadence, and the latents' locations (checked by
-    `relocate`), may change between sessions."""
+    `relocate`), may change between sessions. Both configs are compared as `canonical` (defaults left out), so a
+    run written before a field with a default existed still resumes."""
     path = run_dir / "config.json"
     if not path.exists():
         return
-    import json
-
-    old = _flatten(json.loads(path.read_text()))
-    new = _flatten(json.loads(json.dumps(to_dict(run_cfg))))  # as it would read back (tuples → lists)
+    stored = from_dict(RunConfig, json.loads(path.read_text()), source=str(path))
+    old, new = _flatten(_plain(canonical(stored))), _flatten(_plain(canonical(run_cfg)))
     free = RESUMABLE_CHANGES | set(LOCATION_KEYS)
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in free)
     if changed:
-        detail = ", ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in changed[:5])
+        detail = ", ".join(f"{k}: {old.get(k, '(default)')!r} → {new.get(k, '(default)')!r}" for k in changed[:5])
         raise ConfigError(
             f"{run_dir} holds a run with a different config ({detail}); "
             "use a new --out directory, or the run's own config to resume it"
         )
+
+
+def _plain(data: Any) -> Any:
+    return json.loads(json.dumps(data))  # as it would read back (tuples → lists)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -165,8 +169,6 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    import json
-
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
