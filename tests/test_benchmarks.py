@@ -4,6 +4,7 @@ benchmark unnoticed until someone needs its numbers. Nothing here judges speed (
 import json
 import math
 import runpy
+import shutil
 import sys
 from pathlib import Path
 
@@ -54,3 +55,22 @@ def test_sampling_benchmark(tmp_path, monkeypatch):
 def test_small_benchmarks_run(name, argv, key, tmp_path, monkeypatch):
     result = run_benchmark(name, argv, tmp_path, monkeypatch)
     assert result[key]
+
+
+def test_serve_load_benchmark_answers_every_request(tiny_study, tmp_path, monkeypatch):
+    result = run_benchmark(
+        "serve_load.py", [str(tiny_study), "--requests", "9", "--concurrency", "9"], tmp_path, monkeypatch
+    )
+    assert result["answered"] == 9 and result["lost"] == 0 and result["server_alive"]
+    assert [r["objective"] for r in result["rows"]] == ["flow", "masked", "autoregressive", "all"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium package")
+def test_serve_page_in_headless_chromium(tiny_study, tmp_path, monkeypatch):
+    """The page in a real browser: three columns of images with their latency and FLOPs (and a screenshot)."""
+    shot = tmp_path / "page.png"
+    result = run_benchmark(
+        "serve_browser.py", [str(tiny_study), "--n", "2", "--screenshot", str(shot)], tmp_path, monkeypatch
+    )
+    assert result["ok"] and [r["images"] for r in result["rows"]] == [2, 2, 2] and shot.stat().st_size > 10_000

@@ -1,6 +1,6 @@
 """The page `synthscale serve` shows: one file, no external scripts or fonts (it works offline)."""
 
-PAGE = """<!doctype html>
+PAGE = r"""<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -97,13 +97,29 @@ async function load() {
   $("level").value = study.levels.length - 1;
   const first = Object.values(level().models)[0];
   if (first) $("cfg").value = first.cfg_scale;
+  fromLink();
+}
+// A link can fill the form (?prompt=…&level=2&seed=3&n=4&cfg=2&steps_flow=20) and start the race (&run=1).
+function fromLink() {
+  const q = new URLSearchParams(location.search);
+  for (const key of ["prompt", "seed", "n", "cfg"]) if (q.has(key)) $(key).value = q.get(key);
+  if (q.has("level")) $("level").value = Math.min(+q.get("level"), study.levels.length - 1);
   showLevel();
+  for (const inp of document.querySelectorAll("#steps input")) {
+    const v = q.get("steps_" + inp.dataset.objective);
+    if (v !== null && !inp.disabled) inp.value = v;
+  }
+  if (q.get("run") === "1") $("form").requestSubmit();
 }
 function note(text, cls) { $("notes").appendChild(el("div", cls || "note", text)); }
 async function race(ev) {
   ev.preventDefault();
   $("notes").textContent = "";
   $("race").textContent = "";
+  if (!/[\p{L}\p{N}]/u.test($("prompt").value)) {
+    note("the prompt is empty: type a caption, e.g. 'a small red circle above a large blue square'", "error");
+    return;
+  }
   const lv = level();
   const seen = new Set();
   const jobs = Object.entries(lv.models).map(async ([obj, m]) => {
@@ -151,6 +167,7 @@ async function race(ev) {
   $("go").disabled = true;
   await Promise.all(jobs);
   $("go").disabled = false;
+  document.body.dataset.finished = String(document.querySelectorAll(".col[data-done]").length);
 }
 $("level").addEventListener("input", showLevel);
 $("form").addEventListener("submit", race);
