@@ -323,9 +323,12 @@ def _device(args: argparse.Namespace):
 
     name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as e:
         raise ConfigError(f"--device {name!r}: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: this machine has no CUDA device; use --device cpu")
+    return device
 
 
 def _steps_arg(text: str) -> int | dict[str, int]:

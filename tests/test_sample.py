@@ -124,6 +124,7 @@ def test_cli_sample_study_picks_each_paradigms_best_at_the_compute(tiny_study, t
         (["--prompt", "a", "--milestone", "7"], "has 2 milestones"),
         (["--prompt", "a", "--compute", "1e9"], "--compute picks among a study"),
         (["--prompt", "a", "--cfg", "99"], "CFG scale"),
+        (["--prompt", "a", "--device", "nonsense"], "--device 'nonsense'"),
     ],
 )
 def test_cli_sample_bad_input_is_one_clear_line(tiny_study, tmp_path, capsys, extra, message):
