@@ -1,8 +1,8 @@
 """Are two studies' results the same? Compares STUDY_A/results.sqlite and STUDY_B/results.sqlite row by row.
 
-A check for refactors ("same seeds, same records"): every column of every table is compared except timings
-(latency, throughput, seconds, timestamps), content hashes and study paths (blanked, since stage keys may
-change), and the runs' stored config text (compare the configs themselves separately when they should match).
+A check for refactors ("same seeds, same records"): every column of every table is compared except where and
+how fast it ran (latency, throughput, seconds, timestamps, device, threads), content hashes and study paths
+(blanked, since stage keys may change), and the runs' stored config text.
 
     python benchmarks/compare_records.py STUDY_A STUDY_B     # exit status 0 when identical
 """
@@ -16,7 +16,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
-TIMING = re.compile(r"latency|throughput|seconds|_per_s|updated|wall")
+TIMING = re.compile(r"latency|throughput|seconds|_per_s|updated|wall|^device$|^threads$")
 HEX = re.compile(r"[0-9a-f]{16}")
 
 

@@ -230,6 +230,9 @@ class StudyConfig:
     executor: Literal["sequential", "processes", "slurm", "ray"] = "sequential"
     workers: int = 2  # stages at once: worker processes, or jobs in flight (slurm, ray)
     threads: int = 1  # torch threads per stage
+    # where the autoencoder, probe, cache and evaluation stages compute: auto (CUDA when the stage sees a GPU, e.g.
+    # cluster.stage_gpus > 0, else the CPU), cpu, cuda or cuda:N; training runs follow train.device
+    device: str = "auto"
     cluster: ClusterConfig = field(default_factory=lambda: ClusterConfig())  # slurm / ray executors
 
     def __post_init__(self):

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from synthscale import atomic
 from synthscale.autoencoders import Autoencoder, build_autoencoder, load_autoencoder, save_autoencoder
+from synthscale.compute.device import pick_device
 from synthscale.config import AutoencoderConfig, config_hash
 from synthscale.data import get_dataset
 from synthscale.data.pixels import to_tensor, to_uint8
@@ -64,19 +65,21 @@ def psnr_of_mse(mse: float) -> float:
     return 10.0 * math.log10(1.0 / max(mse, 1e-10))
 
 
-def train_autoencoder(cfg: AutoencoderConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Train from scratch, write the model folder at `out` atomically, return the training summary. A pretrained
-    diffusers autoencoder (kind diffusers) is not trained: only its latent shift/scale is measured."""
-    out = Path(out)
+def train_autoencoder(cfg: AutoencoderConfig, out: str | Path, progress: bool = True, device=None) -> dict[str, Any]:
+    """Train from scratch on `device` (default: CUDA when present, else the CPU), write the model folder at `out`
+    atomically, return the training summary. A pretrained diffusers autoencoder (kind diffusers) is not trained:
+    only its latent shift/scale is measured."""
+    out, device = Path(out), pick_device(device)
     if cfg.kind == "diffusers":
-        return prepare_pretrained(cfg, out, progress)
+        return prepare_pretrained(cfg, out, progress, device)
     t = cfg.train
     start = time.perf_counter()
     torch.manual_seed(t.seed)
-    model = build_autoencoder(cfg)  # validates the config before any rendering
+    model = build_autoencoder(cfg).to(device)  # validates the config before any rendering
     images = torch.from_numpy(render_split(cfg.data, "train", progress=progress))  # uint8 [N, H, W, 3]
     render_s = time.perf_counter() - start
-    gen = torch.Generator().manual_seed(t.seed)
+    gen = torch.Generator().manual_seed(t.seed)  # the data order (and on a CPU every draw)
+    noise = gen if device.type == "cpu" else torch.Generator(device).manual_seed(t.seed)  # draws on the device
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(0.9, 0.99), weight_decay=t.weight_decay)
     model.train()
     order, pos = torch.randperm(len(images), generator=gen), 0
@@ -88,10 +91,10 @@ def train_autoencoder(cfg: AutoencoderConfig, out: str | Path, progress: bool = 
             order, pos = torch.randperm(len(images), generator=gen), 0
         idx = order[pos : pos + t.batch_size]
         pos += t.batch_size
-        x = to_tensor(images[idx])  # [B, 3, H, W] in [-1, 1]
+        x = to_tensor(images[idx]).to(device)  # [B, 3, H, W] in [-1, 1]
         for group in opt.param_groups:
             group["lr"] = lr_at(step, t)
-        loss, parts = objective(model, x, gen)
+        loss, parts = objective(model, x, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -106,7 +109,7 @@ def train_autoencoder(cfg: AutoencoderConfig, out: str | Path, progress: bool = 
     info: dict[str, Any] = {"train_images": len(images)}
     if model.kind == "continuous":
         n = len(images) if t.scale_items <= 0 else min(t.scale_items, len(images))
-        batches = (to_tensor(images[i : i + 256]) for i in range(0, n, 256))
+        batches = (to_tensor(images[i : i + 256]).to(device) for i in range(0, n, 256))
         shift, scale = model.measure_scale(batches)
         info.update(latent_shift=shift, latent_scale=scale, scale_items=n)
     save_autoencoder(model, out, info)
@@ -117,6 +120,7 @@ def train_autoencoder(cfg: AutoencoderConfig, out: str | Path, progress: bool = 
         "steps": t.steps,
         "batch_size": t.batch_size,
         "threads": torch.get_num_threads(),
+        "device": str(device),
         "render_s": render_s,
         "train_s": train_s,
         "train_cpu_s": train_cpu_s,
@@ -131,16 +135,17 @@ def train_autoencoder(cfg: AutoencoderConfig, out: str | Path, progress: bool = 
 
 
 @torch.no_grad()
-def prepare_pretrained(cfg: AutoencoderConfig, out: Path, progress: bool = True) -> dict[str, Any]:
+def prepare_pretrained(cfg: AutoencoderConfig, out: Path, progress: bool = True, device=None) -> dict[str, Any]:
     """A frozen pretrained autoencoder as a synthscale autoencoder folder: the latent shift/scale measured on
     `train.scale_items` train images (its own factors were tuned on other data), and the folder's hash."""
-    start = time.perf_counter()
-    model = build_autoencoder(cfg).eval()
+    start, device = time.perf_counter(), pick_device(device)
+    model = build_autoencoder(cfg).to(device).eval()
     images = render_split(cfg.data, "train", cfg.train.scale_items, progress)
     render_s = time.perf_counter() - start
-    shift, scale = model.measure_scale(to_tensor(images[i : i + 64]) for i in range(0, len(images), 64))
+    shift, scale = model.measure_scale(to_tensor(images[i : i + 64]).to(device) for i in range(0, len(images), 64))
     first = to_tensor(images[:64])
-    mse = (to_tensor(to_uint8(model.reconstruct(first))) - first).div(2).pow(2).mean().item()  # on [0, 1] pixels
+    recon = to_tensor(to_uint8(model.reconstruct(first.to(device))))
+    mse = (recon - first).div(2).pow(2).mean().item()  # on [0, 1] pixels
     info = {
         "train_images": len(images),
         "latent_shift": shift,
@@ -156,6 +161,7 @@ def prepare_pretrained(cfg: AutoencoderConfig, out: Path, progress: bool = True)
         "steps": 0,
         "batch_size": 0,
         "threads": torch.get_num_threads(),
+        "device": str(device),
         "render_s": render_s,
         "train_s": 0.0,
         "train_cpu_s": 0.0,
@@ -177,24 +183,27 @@ def evaluate_autoencoder(
     batch_size: int = 100,
     grid: int = 16,
     progress: bool = True,
+    device=None,
 ) -> dict[str, Any]:
-    """Reconstruction quality on a split; writes eval.json and a reconstruction grid PNG into the folder."""
+    """Reconstruction quality on a split, computed on `device` (default: CUDA when present, else the CPU); writes
+    eval.json and a reconstruction grid PNG into the folder."""
     from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
     from synthscale.imagegrid import labelled_grid, save_png
 
     path = Path(path)
-    model = load_autoencoder(path)
+    device = pick_device(device)
+    model = load_autoencoder(path).to(device)
     images = render_split(model.cfg.data, split, limit, progress)
     n = len(images)
     psnrs, ssim_sum, l1_sum, se_sum = [], 0.0, 0.0, 0.0
     counts = torch.zeros(getattr(model, "vocab_size", 1), dtype=torch.long)
     recon_u8 = []
     for i in tqdm(range(0, n, batch_size), desc=f"eval {model.name}", disable=not progress, leave=False):
-        x = to_tensor(images[i : i + batch_size])
+        x = to_tensor(images[i : i + batch_size]).to(device)
         if model.kind == "discrete":
             tokens = model.tokens(x)
-            counts += torch.bincount(tokens.flatten(), minlength=model.vocab_size)
+            counts += torch.bincount(tokens.flatten().cpu(), minlength=model.vocab_size)
             y = model.decode(tokens)
         else:
             y = model.reconstruct(x)
@@ -225,6 +234,7 @@ def evaluate_autoencoder(
         "instruments": {
             "split": split,
             "n": n,
+            "device": str(device),
             "psnr": "mean over images of per-image PSNR, uint8, data range 255",
             "psnr_pooled": "PSNR of the mean squared error over all test pixels (lower: not Jensen-inflated)",
             "ssim": "torchmetrics SSIM, gaussian 11x11 sigma 1.5, data range 1, mean over images",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from synthscale.config import ConfigError, DataConfig
 
+SPLITS = ("train", "val", "test", "holdout")  # every dataset's splits; holdout: the held-out attribute pairs
+
 
 def get_dataset(cfg: DataConfig, split: str = "train"):
     """The dataset a config names, for one split. Items are {"image", "caption", "attributes"}."""

@@ -109,6 +109,13 @@ def dataset_identity(dataset) -> dict[str, Any]:
     return {"config": canonical(cfg), "split": split, "length": len(dataset)}
 
 
+def _device_of(encoder) -> torch.device:
+    """Where the encoder's weights are (an encoder that is not a torch module: the CPU)."""
+    params = encoder.parameters() if isinstance(encoder, torch.nn.Module) else iter(())
+    first = next(params, None)
+    return first.device if first is not None else torch.device("cpu")
+
+
 def cache_identity(encoder: CacheEncoder, dataset, tokenizer) -> dict[str, Any]:
     return {
         "format": FORMAT,
@@ -164,7 +171,8 @@ def build_cache(
     """Encode every item of `dataset` once into shards under `root/<key>/` and open the result.
 
     Already complete: opened, nothing is encoded. Interrupted earlier: finished shards are kept, the rest encoded.
-    The folder of a different build (same key, other identity — never expected) is refused, not overwritten."""
+    The folder of a different build (same key, other identity — never expected) is refused, not overwritten.
+    Images are encoded on the encoder's device (move the autoencoder there first)."""
     from tqdm import tqdm
 
     from synthscale.data.pixels import to_tensor
@@ -182,7 +190,7 @@ def build_cache(
     if n == 0:
         raise CacheError(f"the {dataset.split} split is empty; nothing to cache")
     resolution = dataset.cfg.resolution
-    spec = encoder.latent_spec(resolution)
+    spec, device = encoder.latent_spec(resolution), _device_of(encoder)
     plan = {"identity": identity, "count": n, "shard_size": shard_size}
     atomic.write_json(path / BUILD, plan)
     shards = [(k, s, min(s + shard_size, n)) for k, s in enumerate(range(0, n, shard_size))]
@@ -198,7 +206,7 @@ def build_cache(
         captions, attributes = [], []
         for b in range(start, end, batch_size):
             items = [dataset[i] for i in range(b, min(b + batch_size, end))]
-            images = to_tensor(np.stack([it["image"] for it in items]))
+            images = to_tensor(np.stack([it["image"] for it in items])).to(device)
             with torch.no_grad():
                 encoded = encoder.encode_for_cache(images)
             for name, t in encoded.items():

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageColor, ImageDraw
 
 from synthscale.config import ConfigError, DataConfig
+from synthscale.data import SPLITS
 
 SHAPES = ("circle", "square", "triangle", "diamond")
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -70,7 +71,6 @@ TWO_TEMPLATES = (
 COUNT_TEMPLATES = ("{num} {size} {colour} {shapes}", "there are {num} {size} {colour} {shapes}")
 EMPTY_CAPTIONS = ("an empty scene", "no shapes")
 
-SPLITS = ("train", "val", "test", "holdout")
 _SPLIT_IDS = {name: i for i, name in enumerate(SPLITS)}
 _SPLIT_BOUNDS = {"train": (0.0, 0.8), "val": (0.8, 0.9), "test": (0.9, 1.0)}
 SUPERSAMPLE = 4

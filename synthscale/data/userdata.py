@@ -44,9 +44,8 @@ import numpy as np
 
 from synthscale import atomic
 from synthscale.config import ConfigError, DataConfig
+from synthscale.data import SPLITS
 from synthscale.data.imagefit import UnreadableImage, check_resolution, fit_image
-
-SPLITS = ("train", "val", "test", "holdout")
 
 
 @dataclass

@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from synthscale import atomic
+from synthscale.compute.device import pick_device
 from synthscale.config import ConfigError, DataConfig, ProbeConfig, canonical, config_hash, to_dict
 
 PROBE_VERSION = 1  # bump when the architecture or the training recipe changes, so old caches are not reused
@@ -173,27 +174,28 @@ class AttributeProbe(nn.Module):
 
     @torch.no_grad()
     def features(self, images, batch_size: int = 512) -> torch.Tensor:
-        """The Fréchet-distance features, float32 [N, feature_dim + 9]: penultimate features averaged over the nine
-        cells (what the objects look like) and each cell's occupancy probability (where they are). Averaging keeps
-        the sampling noise of a 500–1000-image Fréchet distance low: nine concatenated per-cell vectors, mostly
-        empty cells, gave real-vs-real′ distances a quarter of real-vs-channel-shuffled; the average gives 1/25–1/30."""
+        """The Fréchet-distance features, float32 [N, feature_dim + 9] on the CPU: penultimate features averaged
+        over the nine cells (what the objects look like) and each cell's occupancy probability (where they are).
+        Averaging keeps the sampling noise of a 500–1000-image Fréchet distance low: nine concatenated per-cell
+        vectors, mostly empty cells, gave real-vs-real′ distances a quarter of real-vs-channel-shuffled; the
+        average gives 1/25–1/30."""
         x = as_uint8_nhwc(images)
         was_training = self.training
         self.eval()
-        out = [self._scene_features(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        out = [self._scene_features(x[i : i + batch_size]).cpu() for i in range(0, len(x), batch_size)]
         self.train(was_training)
         return torch.cat(out) if out else torch.zeros(0, self.num_features)
 
     @torch.no_grad()
     def predict(self, images, batch_size: int = 512) -> dict[str, torch.Tensor]:
-        """Per-cell decisions, long [N, 9] each: occupied (0/1), shape, colour, size (class indices)."""
+        """Per-cell decisions, long [N, 9] each on the CPU: occupied (0/1), shape, colour, size (class indices)."""
         x = as_uint8_nhwc(images)
         was_training = self.training
         self.eval()
         parts = []
         for i in range(0, len(x), batch_size):
             logits = self(x[i : i + batch_size])
-            parts.append({k: v.argmax(-1) for k, v in logits.items()})
+            parts.append({k: v.argmax(-1).cpu() for k, v in logits.items()})
         self.train(was_training)
         if not parts:
             return {k: torch.zeros(0, CELLS, dtype=torch.long) for k in self.HEADS}
@@ -303,8 +305,11 @@ def cell_accuracy(probe: AttributeProbe, images, attributes: Sequence[dict]) -> 
     return out
 
 
-def train_probe(data_cfg: DataConfig, probe_cfg: ProbeConfig, progress: bool = True) -> tuple[AttributeProbe, dict]:
-    """Train a probe from scratch on fresh renders; returns it and a summary (time, final loss)."""
+def train_probe(
+    data_cfg: DataConfig, probe_cfg: ProbeConfig, progress: bool = True, device=None
+) -> tuple[AttributeProbe, dict]:
+    """Train a probe from scratch on fresh renders on `device` (default: CUDA when present, else the CPU);
+    returns it and a summary (time, final loss)."""
     from tqdm.auto import tqdm
 
     _check_data(data_cfg)
@@ -312,8 +317,9 @@ def train_probe(data_cfg: DataConfig, probe_cfg: ProbeConfig, progress: bool = T
         raise ConfigError(
             f"probe.steps and probe.batch_size must be ≥ 1, got {probe_cfg.steps}, {probe_cfg.batch_size}"
         )
+    device = pick_device(device)
     torch.manual_seed(probe_cfg.seed)
-    probe = AttributeProbe(data_cfg.resolution, probe_cfg)
+    probe = AttributeProbe(data_cfg.resolution, probe_cfg).to(device)
     renders = ProbeRenders(data_cfg, probe_cfg, probe_cfg.steps * probe_cfg.batch_size)
     opt = torch.optim.AdamW(probe.parameters(), lr=probe_cfg.lr, weight_decay=probe_cfg.weight_decay)
     warmup = max(1, probe_cfg.steps // 20)
@@ -329,7 +335,7 @@ def train_probe(data_cfg: DataConfig, probe_cfg: ProbeConfig, progress: bool = T
     probe.train()
     for step in bar:
         images, targets = renders.batch(step * probe_cfg.batch_size, probe_cfg.batch_size)
-        loss = probe_loss(probe(images), targets)
+        loss = probe_loss(probe(images), {k: t.to(device) for k, t in targets.items()})
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -344,6 +350,7 @@ def train_probe(data_cfg: DataConfig, probe_cfg: ProbeConfig, progress: bool = T
         "final_loss_ema": ema,
         "train_images": probe_cfg.steps * probe_cfg.batch_size,
         "threads": torch.get_num_threads(),
+        "device": str(device),
     }
 
 
@@ -376,7 +383,8 @@ def save_probe(probe: AttributeProbe, folder: str | Path, meta: dict[str, Any]) 
     atomic.write_json(folder / "probe.json", meta)
 
 
-def load_probe(folder: str | Path) -> AttributeProbe:
+def load_probe(folder: str | Path, device=None) -> AttributeProbe:
+    """The probe saved in `folder`, on `device` (default: CUDA when present, else the CPU)."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
@@ -391,7 +399,7 @@ def load_probe(folder: str | Path) -> AttributeProbe:
         probe.load_state_dict(load_file(str(weights)))
     except Exception as e:  # truncated or foreign file: say which, and how to recover
         raise ValueError(f"cannot read the probe weights {weights} ({e}); delete {folder} to train it again") from e
-    probe.eval()
+    probe.to(pick_device(device)).eval()
     probe.key, probe.meta = meta["key"], meta
     return probe
 
@@ -401,6 +409,7 @@ def load_or_train_probe(
     cache_root: str | Path,
     probe_cfg: ProbeConfig | None = None,
     progress: bool = True,
+    device=None,
 ) -> AttributeProbe:
     """The probe for this dataset config: loaded from `cache_root/probe-<key>/` if trained before, else trained on
     fresh renders (progress bar), scored on held-out renders and saved atomically. `probe.key` names it
@@ -409,8 +418,8 @@ def load_or_train_probe(
     _check_data(data_cfg)
     folder = probe_dir(data_cfg, cache_root, probe_cfg)
     if (folder / "probe.json").is_file() and (folder / "probe.safetensors").is_file():
-        return load_probe(folder)  # (weights without their JSON: an interrupted save, trained again below)
-    probe, summary = train_probe(data_cfg, probe_cfg, progress=progress)
+        return load_probe(folder, device)  # (weights without their JSON: an interrupted save, trained again below)
+    probe, summary = train_probe(data_cfg, probe_cfg, progress=progress, device=device)
     key = probe_key(data_cfg, probe_cfg)
     probe.key = key
     meta = {

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from synthscale import atomic
+from synthscale.compute.device import pick_device
 from synthscale.config import EvalSettings, RunConfig, from_dict
 from synthscale.data.latents import LatentSpec
 from synthscale.data.pixels import to_uint8
@@ -91,11 +92,11 @@ def product_settings(
 class RunEvaluator:
     """Everything fixed across one run's settings: prompts, reference features, autoencoder, validation data."""
 
-    def __init__(self, run_dir: str | Path, probe, settings: EvalSettings, device: str = "cpu", progress: bool = True):
+    def __init__(self, run_dir: str | Path, probe, settings: EvalSettings, device=None, progress: bool = True):
         from synthscale.autoencoders import load_autoencoder
 
         self.run_dir, self.probe, self.settings = Path(run_dir), probe, settings
-        self.device, self.progress = torch.device(device), progress
+        self.device, self.progress = pick_device(device), progress  # default: CUDA when present, else the CPU
         self.run_cfg = self.run_config(run_dir)
         if self.run_cfg.autoencoder is None:
             raise ValueError(f"{self.run_dir} was trained on random latents; there is nothing to decode into images")
@@ -224,6 +225,7 @@ class RunEvaluator:
             },
             "cfg_selection": cfg_selection,
             "decoder": self.autoencoder.name,
+            "device": str(self.device),  # where it was sampled and scored
             "sample_grid": str(grid_path.relative_to(self.run_dir)),
             "speed": {
                 "device": str(self.device),
@@ -283,7 +285,7 @@ def evaluate_run(
     probe,
     settings: EvalSettings,
     plan: list[Setting] | None = None,
-    device: str = "cpu",
+    device=None,
     progress: bool = True,
 ) -> list[EvalRecord]:
     """Evaluate `plan` (default: the study plan of `settings`) and return this run's records (old and new).
@@ -292,6 +294,7 @@ def evaluate_run(
 
     run_dir = Path(run_dir)
     ev = RunEvaluator(run_dir, probe, settings, device, progress)
+    device = ev.device
     if plan is None:
         from synthscale.objectives import get_objective
 

@@ -127,7 +127,12 @@ def plan_study(study: StudyConfig, root: str | Path, spec_dir: str | Path = ".")
                 raise ConfigError(f"two different autoencoder configs are both named {cfg.name!r}; rename one")
             return autoencoders[cfg.name]
         stage = Stage(
-            "autoencoder", cfg.name, config_hash(cfg), f"{STAGES}:autoencoder_stage", {"config": to_dict(cfg)}, cost=3.0
+            "autoencoder",
+            cfg.name,
+            config_hash(cfg),
+            f"{STAGES}:autoencoder_stage",
+            {"config": to_dict(cfg), "device": study.device},
+            cost=3.0,
         )
         stages.append(stage)
         autoencoders[cfg.name] = (cfg, stage)
@@ -153,7 +158,7 @@ def plan_study(study: StudyConfig, root: str | Path, spec_dir: str | Path = ".")
         "attributes",
         probe_key,
         f"{STAGES}:probe_stage",
-        {"data": to_dict(study.data), "probe": to_dict(probe_cfg)},
+        {"data": to_dict(study.data), "probe": to_dict(probe_cfg), "device": study.device},
         cost=2.0,
     )
     stages.append(probe)
@@ -183,7 +188,7 @@ def plan_study(study: StudyConfig, root: str | Path, spec_dir: str | Path = ".")
                 f"{ae_cfg.name}-d{data_size}",
                 cache_id,
                 f"{STAGES}:cache_stage",
-                {"run_config": to_dict(run_cfg)},
+                {"run_config": to_dict(run_cfg), "device": study.device},
                 deps=[ae_stage.id],
                 cost=0.5,
             )
@@ -210,6 +215,7 @@ def plan_study(study: StudyConfig, root: str | Path, spec_dir: str | Path = ".")
                 "probe_dir": str(root / probe.id),
                 "settings": to_dict(study.evaluation),
                 "run_config": to_dict(run_cfg),
+                "device": study.device,
             },
             deps=[train.id, probe.id],
             cost=3.0,

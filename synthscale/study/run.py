@@ -14,7 +14,8 @@ from synthscale.study.grid import DONE, FAILED, execute, stage_dir, status_of
 from synthscale.study.plan import StudyPlan, estimate_flops, plan_study
 
 
-def load_study(spec: str | Path, overrides: list[str] | None = None) -> StudyConfig:
+def load_study_config(spec: str | Path, overrides: list[str] | None = None) -> StudyConfig:
+    """The study spec at `spec` with `--set` overrides (a study folder's results are `compare.load_study`)."""
     return load(StudyConfig, spec, overrides or [])
 
 
@@ -121,7 +122,7 @@ def run_study(
     """Run (or resume) a study and write its report. Returns the stage states and the report paths."""
     from synthscale.study.report import build_report
 
-    study = load_study(spec, overrides)
+    study = load_study_config(spec, overrides)
     plan = plan_study(study, out, spec_dir=Path(spec).resolve().parent)
     root = plan.root
     root.mkdir(parents=True, exist_ok=True)

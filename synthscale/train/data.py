@@ -14,6 +14,7 @@ import re
 
 import torch
 
+from synthscale.compute.device import pick_device
 from synthscale.config import ConfigError, RunConfig
 from synthscale.data.latents import LatentSpec, TextSpec
 
@@ -113,9 +114,10 @@ def random_latent_spec(text: str) -> LatentSpec:
     return LatentSpec("discrete", max(1, (v - 1).bit_length()), h, w, vocab_size=v)
 
 
-def open_source(run_cfg: RunConfig, split: str = "train", is_main: bool = True, barrier=lambda: None):
+def open_source(run_cfg: RunConfig, split: str = "train", is_main: bool = True, barrier=lambda: None, device=None):
     """The latent source a run config names. With an autoencoder, its cache is built once (by the main
-    process; the others wait at `barrier`) under `cache_root`, then opened."""
+    process, on `device`: default CUDA when present, else the CPU; the others wait at `barrier`) under
+    `cache_root`, then opened."""
     from synthscale.data.text import tokenizer_for
 
     if run_cfg.random_latents is not None:
@@ -129,11 +131,12 @@ def open_source(run_cfg: RunConfig, split: str = "train", is_main: bool = True, 
             "the run names no latents: set autoencoder=<dir of a trained autoencoder> "
             "(or random_latents=continuous:4x8x8 for a trainer smoke test)"
         )
-    return _autoencoder_cache(run_cfg, split, is_main, barrier)
+    return _autoencoder_cache(run_cfg, split, is_main, barrier, device)
 
 
-def _autoencoder_cache(run_cfg: RunConfig, split: str, is_main: bool, barrier):
-    """The run's dataset split encoded by its autoencoder: built (or resumed) once, then opened everywhere."""
+def _autoencoder_cache(run_cfg: RunConfig, split: str, is_main: bool, barrier, device):
+    """The run's dataset split encoded by its autoencoder on `device`: built (or resumed) once, then opened
+    everywhere."""
     from synthscale.autoencoders import load_autoencoder
     from synthscale.data import get_dataset
     from synthscale.data.latents import build_cache, open_cache
@@ -143,6 +146,6 @@ def _autoencoder_cache(run_cfg: RunConfig, split: str, is_main: bool, barrier):
     dataset, tokenizer = get_dataset(run_cfg.data, split), tokenizer_for(run_cfg.data)
     if is_main:
         with torch.random.fork_rng(devices=[]):  # encoding must not move the run's RNG
-            build_cache(autoencoder, dataset, tokenizer, run_cfg.cache_root, progress=False)
+            build_cache(autoencoder.to(pick_device(device)), dataset, tokenizer, run_cfg.cache_root, progress=False)
     barrier()
     return open_cache(run_cfg.cache_root, autoencoder, dataset, tokenizer)

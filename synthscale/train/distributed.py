@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from synthscale.config import ConfigError
+from synthscale.compute.device import pick_device
 
 
 @dataclass(frozen=True)
@@ -32,18 +32,6 @@ class Dist:
     @property
     def active(self) -> bool:
         return self.world > 1
-
-
-def pick_device(preference: str, local_rank: int = 0) -> torch.device:
-    if preference == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(preference)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"train.device={preference!r} but no CUDA GPU is visible; use device=cpu or auto")
-        if device.index is None:
-            device = torch.device(f"cuda:{local_rank}")
-    return device
 
 
 def enable_tf32(device: torch.device) -> None:

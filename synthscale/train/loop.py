@@ -272,7 +272,7 @@ def _train(
 
         objective = get_objective(run_cfg.objective)
     if source is None:
-        source = open_source(run_cfg, "train", d.is_main, lambda: D.barrier(d))
+        source = open_source(run_cfg, "train", d.is_main, lambda: D.barrier(d), d.device)
     latent_spec, text_spec = source.spec, source.text_spec
 
     torch.manual_seed(derive_seed(seed, "init"))  # the same initial weights on every rank and session

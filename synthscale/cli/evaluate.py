@@ -1,0 +1,105 @@
+"""`synthscale evaluate`: sample and score one trained run at its milestones."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from synthscale.cli.common import add_compute_args, cfg_list, choices_of, csv_list, default_of, device_of, existing_dir
+from synthscale.config import ConfigError, EvalSettings
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="sample and score a trained run at its milestones",
+        description="Generate from fixed test prompts with fixed seeds, score quality (fd-probe, KID), "
+        "prompt following and validation loss; append records to RUN_DIR/eval/.",
+    )
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--milestones", choices=choices_of(EvalSettings, "milestones"), default=None)
+    p.add_argument("--steps", type=csv_list(int), default=None, help="sampling steps, e.g. 4,10,20,50,100")
+    p.add_argument(
+        "--cfg",
+        type=cfg_list,
+        default=None,
+        help="guidance scales, e.g. 1,2,3; or 'best': chosen on validation prompts, reported on test",
+    )
+    p.add_argument("--weights", type=csv_list(str), default=None, help="ema,raw")
+    for key, flag, what in (
+        ("n", "--n", "test prompts per setting"),
+        ("holdout_n", "--holdout-n", "extra held-out-combination prompts"),
+        ("seed", "--seed", "evaluation prompts and sampling seed"),
+    ):
+        p.add_argument(flag, type=int, default=default_of(EvalSettings, key), help=f"{what} (default %(default)s)")
+    p.add_argument("--speed", action="store_true", help="also measure sampling latency and throughput")
+    p.add_argument("--probe-cache", type=Path, default=Path("cache/probes"), help="where the probe is kept")
+    p.add_argument(
+        "--autoencoder",
+        type=Path,
+        default=None,
+        help="the run's autoencoder folder, if it moved (checked against the one the run recorded)",
+    )
+    p.add_argument("--cache-root", type=Path, default=None, help="the run's latent-cache root, if it moved")
+    p.add_argument("--quiet", action="store_true")
+    add_compute_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from synthscale.evaluate.probes import load_or_train_probe
+    from synthscale.evaluate.runner import RunEvaluator, evaluate_run
+    from synthscale.train import milestone_checkpoints
+
+    run_dir = existing_dir(args.run_dir, "config.json", "a run folder (written by `synthscale train`)")
+    milestone_checkpoints(run_dir)  # none: a one-line error before the probe trains (minutes)
+    settings = EvalSettings(n=args.n, holdout_n=args.holdout_n, seed=args.seed)
+    run_cfg = RunEvaluator.run_config(run_dir)
+    moved = {k: str(v) for k, v in (("autoencoder", args.autoencoder), ("cache_root", args.cache_root)) if v}
+    if moved:  # the run's autoencoder or latent cache moved: point the run at them, once checked
+        from synthscale.train.location import relocate
+
+        relocate(run_dir, dataclasses.replace(run_cfg, **moved))
+        run_cfg = RunEvaluator.run_config(run_dir)
+    plan = _requested_settings(args, run_dir, run_cfg, settings)
+    device = device_of(args)
+    probe = load_or_train_probe(run_cfg.data, args.probe_cache, progress=not args.quiet, device=device)  # minutes
+    records = evaluate_run(run_dir, probe, settings, plan=plan, device=device, progress=not args.quiet)
+    for r in sorted(records, key=lambda r: (r.train_flops, r.weights, r.steps, r.cfg_scale)):
+        m = r.metrics
+        print(
+            f"{r.train_flops:10.3g} FLOPs {r.weights:3} steps {r.steps:4} cfg {r.cfg_scale:<4g} "
+            f"fd-probe {m.get('fd_probe', float('nan')):8.3f}  prompt {m.get('prompt_acc', float('nan')):.3f}  "
+            f"loss {m.get('loss', float('nan')):.4f}"
+        )
+    print(f"records: {run_dir / 'eval' / 'records.jsonl'}")
+    return 0
+
+
+def _requested_settings(args: argparse.Namespace, run_dir: Path, run_cfg, settings: EvalSettings):
+    """The settings the flags ask for (None: the study's plan), checked before the probe trains (minutes)."""
+    if not (args.steps or args.cfg or args.weights or args.milestones):
+        return None
+    from synthscale.evaluate.runner import RunEvaluator, product_settings
+    from synthscale.objectives import get_objective
+
+    objective = get_objective(run_cfg.objective)
+    spec = RunEvaluator.latent_spec(run_dir)
+    for s in args.steps or []:
+        try:
+            objective.check_steps(s, objective.image_tokens(run_cfg.model, spec))
+        except ValueError as e:
+            raise ConfigError(f"--steps: {e}") from None
+    valid = choices_of(EvalSettings, "weights")
+    for w in args.weights or []:
+        if w not in valid:
+            raise ConfigError(f"--weights: {w!r} is not one of {', '.join(valid)}")
+    return product_settings(
+        run_dir,
+        args.milestones or "all",
+        args.weights or default_of(EvalSettings, "weights"),
+        args.steps or [objective.default_steps(spec)],
+        args.cfg or [settings.cfg_scale],
+        speed=args.speed,
+    )
