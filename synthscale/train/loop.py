@@ -31,7 +31,7 @@ import contextlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from torch import nn
 
 from synthscale import atomic
 from synthscale.config import ConfigError, RunConfig, TrainConfig, canonical, config_hash, from_dict, to_dict
+from synthscale.data.latents import TextSpec
 from synthscale.train import checkpoint as ckpt
 from synthscale.train import distributed as D
 from synthscale.train.data import DataOrder, derive_seed, generator, open_source
@@ -121,7 +122,7 @@ class LossModule(nn.Module):
 
 
 @dataclass
-class Progress:
+class TrainState:
     """Everything beyond tensors that a checkpoint must restore."""
 
     step: int = 0  # optimizer steps taken (skipped batches included)
@@ -190,7 +191,7 @@ def _full_state(loss_module: LossModule, optimizer, ema: EMA) -> tuple[dict, dic
     return model_sd, ema.full_state_dict(), opt_tensors, opt_rest
 
 
-def _save(run_dir: Path, d: D.Dist, loss_module, optimizer, ema: EMA, prog: Progress, extra: dict) -> Path | None:
+def _save(run_dir: Path, d: D.Dist, loss_module, optimizer, ema: EMA, prog: TrainState, extra: dict) -> Path | None:
     model_sd, ema_sd, opt_tensors, opt_rest = _full_state(loss_module, optimizer, ema)
     rng = D.rng_states(d)
     path, error = None, None
@@ -213,7 +214,7 @@ def _save(run_dir: Path, d: D.Dist, loss_module, optimizer, ema: EMA, prog: Prog
     return path
 
 
-def _restore(info_path: Path, d: D.Dist, loss_module, optimizer, ema: EMA) -> tuple[Progress, dict[str, Any]]:
+def _restore(info_path: Path, d: D.Dist, loss_module, optimizer, ema: EMA) -> tuple[TrainState, dict[str, Any]]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
     meta = ckpt.read_meta(info_path, verify=False)  # rank 0 verified it; all ranks read the same bytes
@@ -225,8 +226,8 @@ def _restore(info_path: Path, d: D.Dist, loss_module, optimizer, ema: EMA) -> tu
     ema.load_full_state_dict(ckpt.load_tensors(info_path, "ema"), meta["ema_updates"])
     if not D.set_rng_states(ckpt.load_tensors(info_path, "rng"), d):
         torch.manual_seed(derive_seed(0, "rank-rng", d.rank, meta["step"]))
-    fields = Progress.__dataclass_fields__
-    return Progress(**{k: meta[k] for k in fields}), meta
+    fields = TrainState.__dataclass_fields__
+    return TrainState(**{k: meta[k] for k in fields}), meta
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -258,223 +259,294 @@ def train(
 def _train(
     run_cfg: RunConfig, run_dir: Path, d: D.Dist, resume: bool, show_progress: bool, source, objective
 ) -> dict[str, Any]:
-    cfg, seed = run_cfg.train, run_cfg.seed
-    pieces = d.world * cfg.grad_accum
-    if cfg.batch_size % pieces:
-        raise ConfigError(
-            f"train.batch_size {cfg.batch_size} must divide into world size {d.world} × "
-            f"train.grad_accum {cfg.grad_accum} equal micro-batches"
-        )
-    micro = cfg.batch_size // pieces
-
-    if objective is None:
-        from synthscale.objectives import get_objective
-
-        objective = get_objective(run_cfg.objective)
-    if source is None:
-        source = open_source(run_cfg, "train", d.is_main, lambda: D.barrier(d), d.device)
-    latent_spec, text_spec = source.spec, source.text_spec
-
-    torch.manual_seed(derive_seed(seed, "init"))  # the same initial weights on every rank and session
-    # the learned caption encoder, or the frozen one of data.text_encoder (its FLOPs then in text_spec)
-    model, text_spec, encoder_facts = build_network(objective, run_cfg, latent_spec, text_spec)
-    model = model.to(d.device)
-    loss_module = LossModule(objective, model)
-    wrapped = D.wrap(loss_module, d, cfg.parallel)
-    if cfg.compile:
-        wrapped.compile()
-    optimizer = build_optimizer(model, cfg)
-    ema = EMA(model, cfg.ema_decay, cfg.ema_warmup)
-
-    flops_per_step = int(objective.train_flops(run_cfg.model, latent_spec, text_spec, cfg.batch_size))
-    if flops_per_step <= 0:
-        raise ConfigError(f"objective {run_cfg.objective.name!r} reports {flops_per_step} FLOPs per step")
-    total_steps = math.ceil(cfg.budget_flops / flops_per_step)
-    grid = milestone_grid(cfg)
-    order = DataOrder(len(source), cfg.batch_size, seed)
-
-    # resume: rank 0 picks the newest intact checkpoint, every rank loads it
-    prog, step = Progress(), -1
-    if d.is_main:
-        ckpt.remove_stale(run_dir)
-        found = ckpt.latest(run_dir) if resume else None
-        step = found[0].step if found else (-2 if not resume and ckpt.list_checkpoints(run_dir) else -1)
-    step = D.broadcast_int(step, d)  # every rank decides alike (and raises alike)
-    if step == -2:
-        raise ConfigError(f"{run_dir} already has checkpoints; resume it, or use a new --out directory")
-    if step >= 0:
-        path = ckpt.checkpoint_dir(run_dir / "checkpoints", step)
-        prog, meta = _restore(path, d, loss_module, optimizer, ema)
-        if meta["flops_per_step"] != flops_per_step:
-            raise ConfigError(
-                f"{path} was trained at {meta['flops_per_step']} FLOPs/step, the config now gives "
-                f"{flops_per_step}; the FLOPs accounting changed — start a new run"
-            )
-
-    if d.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic.write_json(run_dir / "config.json", to_dict(run_cfg))
-        identity = getattr(source, "identity", None)  # a latent cache knows its autoencoder; random latents don't
-        record_latents(run_dir, identity["autoencoder"] if identity else None)
-        sessions = (_read_json(run_dir / "env.json") or {}).get("sessions", [])
-        env = {**environment(d.device, d.world), "resumed_from_step": prog.step}
-        atomic.write_json(run_dir / "env.json", {"sessions": [*sessions, env]})
-    log = RunLogger(run_dir, d.is_main, prog.step, total_steps, cfg.budget_flops, show_progress)
-    if step >= 0:
-        log.write(f"resumed {run_dir} at step {prog.step} ({prog.train_flops:.3g} FLOPs)")
-
-    extra = {
-        "flops_per_step": flops_per_step,
-        "total_steps": total_steps,
-        "budget_flops": cfg.budget_flops,
-        "config_hash": config_hash(run_cfg),
-        "latent_spec": asdict(latent_spec),
-        "text_spec": asdict(text_spec),
-        **encoder_facts,
-    }
-    autocast = (
-        torch.autocast(d.device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
-    )
-    params = [p for p in model.parameters() if p.requires_grad]
-    last_point = next((i for i in reversed(range(len(grid))) if grid[i] <= prog.train_flops), None)
-    window_start, window_images = time.perf_counter(), 0
-    wrapped.train()
+    """resume → (step → non-finite policy → log → milestone) until the budget → summary."""
+    run = _Session.start(run_cfg, run_dir, d, source, objective)
+    run.resume(resume)
+    run.open_log(show_progress)
     try:
-        while prog.step < total_steps:
+        while run.state.step < run.total_steps:
             t0 = time.perf_counter()
-            s = prog.step
-            lr = lr_at(s, cfg, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            indices = order.batch(s)
-            loss_sum = torch.zeros((), device=d.device)
-            for a in range(cfg.grad_accum):
-                piece = d.rank * cfg.grad_accum + a
-                batch = source.get_batch(
-                    indices[piece * micro : (piece + 1) * micro], generator(derive_seed(seed, "data", s, piece))
-                )
-                latents = batch["latents"].to(d.device, non_blocking=True)
-                text = batch["text"].to(d.device, non_blocking=True)
-                sync = a == cfg.grad_accum - 1 or not hasattr(wrapped, "no_sync")
-                with contextlib.nullcontext() if sync else wrapped.no_sync(), autocast:
-                    loss = wrapped(latents, text, generator(derive_seed(seed, "loss", s, piece)))
-                (loss / cfg.grad_accum).backward()
-                loss_sum += loss.detach().float()
-            # the global mean loss, also the NaN vote every rank agrees on
-            loss_value = D.all_reduce_sum(loss_sum, d).item() / pieces
-            grad_norm = _clip(params, cfg.grad_clip) if math.isfinite(loss_value) else float("nan")
-            finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
-            if finite:
-                optimizer.step()
-                ema.update(model)
-            optimizer.zero_grad(set_to_none=True)
-            if not finite:
-                what = f"loss is {loss_value}" if not math.isfinite(loss_value) else f"gradient norm is {grad_norm}"
-                if cfg.nan_policy == "stop" or prog.skipped >= cfg.max_skipped:
-                    # the weights are still those before this step: keep them as the last good checkpoint
-                    path = _save(
-                        run_dir,
-                        d,
-                        loss_module,
-                        optimizer,
-                        ema,
-                        prog,
-                        {
-                            **extra,
-                            **order.position(s),
-                            "milestone": None,
-                            "milestone_flops": None,
-                            "is_final": False,
-                            "stopped": what,
-                        },
-                    )
-                    why = (
-                        "train.nan_policy=stop"
-                        if cfg.nan_policy == "stop"
-                        else f"{prog.skipped} batches were already skipped (train.max_skipped)"
-                    )
-                    raise NonFiniteLoss(
-                        f"{what} at step {s} ({prog.train_flops:.4g} FLOPs used); stopped ({why}). The weights "
-                        f"before step {s} are saved intact in {path or run_dir / 'checkpoints'}. Lower train.lr, "
-                        f"raise train.warmup_steps or train.grad_clip, or set train.nan_policy=skip."
-                    )
-                prog.skipped += 1
-                log.write(f"step {s}: {what}; batch skipped ({prog.skipped}/{cfg.max_skipped})")
-            else:
-                prog.window_loss += loss_value
-                prog.window_steps += 1
-                prog.window_grad_norm = grad_norm
-            prog.step += 1
-            prog.train_flops += flops_per_step
-            window_images += cfg.batch_size
-            prog.last_loss = loss_value
-            log.step(loss_value, prog.train_flops)
-
-            if prog.step % cfg.log_every == 0 or prog.step == total_steps:
-                now = time.perf_counter()
-                log.record(
-                    {
-                        "step": prog.step,
-                        "train_flops": prog.train_flops,
-                        "loss": prog.window_loss / prog.window_steps if prog.window_steps else float("nan"),
-                        "lr": lr,
-                        "grad_norm": prog.window_grad_norm,
-                        **order.position(prog.step),
-                        "skipped": prog.skipped,
-                        "images_per_s": window_images / max(now - window_start, 1e-9),
-                        "seconds": prog.train_seconds + now - t0,
-                    }
-                )
-                prog.window_loss, prog.window_steps, prog.window_grad_norm = 0.0, 0, float("nan")
-                window_start, window_images = now, 0
-            prog.train_seconds += time.perf_counter() - t0  # everything but checkpoint writes
-
-            # a step may cross several grid points (coarse steps): one checkpoint stands for the largest
-            crossed = [i for i, f in enumerate(grid) if f <= prog.train_flops]
-            point = crossed[-1] if crossed and crossed[-1] != last_point else None
-            final = prog.step == total_steps
-            if point is not None or final or prog.step % cfg.checkpoint_every == 0:
-                milestone = None
-                if point is not None:
-                    milestone, prog.milestones, last_point = prog.milestones, prog.milestones + 1, point
-                _save(
-                    run_dir,
-                    d,
-                    loss_module,
-                    optimizer,
-                    ema,
-                    prog,
-                    {
-                        **extra,
-                        **order.position(prog.step),
-                        "milestone": milestone,
-                        "milestone_flops": grid[point] if point is not None else None,
-                        "is_final": final,
-                    },
-                )
-                if d.is_main:
-                    ckpt.prune(run_dir, cfg.keep_last)
-                window_start = time.perf_counter()  # saving is not training throughput
+            lr, loss, grad_norm = run.step()
+            run.account(loss, grad_norm)
+            run.log(lr, t0)
+            run.milestone()
     finally:
-        log.close()
+        run.logger.close()
+    return run.finish()
 
-    summary = {
-        "run_dir": str(run_dir),
-        "config_hash": config_hash(run_cfg),
-        "steps": prog.step,
-        "train_flops": prog.train_flops,
-        "budget_flops": cfg.budget_flops,
-        "flops_per_step": flops_per_step,
-        "skipped": prog.skipped,
-        "train_seconds": prog.train_seconds,
-        "world_size": d.world,
-        "final_loss": prog.last_loss,
-        "checkpoints": [_info_dict(i) for i in ckpt.list_checkpoints(run_dir)] if d.is_main else [],
-    }
-    if d.is_main:
-        atomic.write_json(run_dir / DONE, summary)
-    D.barrier(d)
-    return summary
+
+# Rank 0 tells every rank what to resume from: a checkpoint's step, or one of these.
+_FRESH, _REFUSED = -1, -2
+
+
+@dataclass
+class _Session:
+    """One session of a run on this process: what was built for it and where training stands."""
+
+    run_cfg: RunConfig
+    run_dir: Path
+    d: D.Dist
+    objective: Any
+    source: Any
+    model: nn.Module
+    loss_module: LossModule
+    wrapped: nn.Module  # loss_module under DDP/FSDP (and torch.compile)
+    optimizer: torch.optim.Optimizer
+    ema: EMA
+    encoder_facts: dict[str, Any]
+    text_spec: TextSpec
+    flops_per_step: int
+    total_steps: int
+    grid: list[float]  # milestone FLOPs
+    order: DataOrder
+    state: TrainState = field(default_factory=TrainState)
+    resumed: bool = False  # this session continues from a checkpoint
+    logger: RunLogger | None = None
+    last_point: int | None = None  # index of the last milestone grid point written
+    window_start: float = 0.0  # throughput window: since the last metrics record
+    window_images: int = 0
+
+    @property
+    def cfg(self) -> TrainConfig:
+        return self.run_cfg.train
+
+    @classmethod
+    def start(cls, run_cfg: RunConfig, run_dir: Path, d: D.Dist, source, objective) -> _Session:
+        """Build the model, optimizer, EMA and data order; count the FLOPs of a step."""
+        cfg = run_cfg.train
+        if cfg.batch_size % (d.world * cfg.grad_accum):
+            raise ConfigError(
+                f"train.batch_size {cfg.batch_size} must divide into world size {d.world} × "
+                f"train.grad_accum {cfg.grad_accum} equal micro-batches"
+            )
+        if objective is None:
+            from synthscale.objectives import get_objective
+
+            objective = get_objective(run_cfg.objective)
+        if source is None:
+            source = open_source(run_cfg, "train", d.is_main, lambda: D.barrier(d), d.device)
+        torch.manual_seed(derive_seed(run_cfg.seed, "init"))  # the same initial weights on every rank and session
+        # the learned caption encoder, or the frozen one of data.text_encoder (its FLOPs then in text_spec)
+        model, text_spec, encoder_facts = build_network(objective, run_cfg, source.spec, source.text_spec)
+        model = model.to(d.device)
+        loss_module = LossModule(objective, model)
+        wrapped = D.wrap(loss_module, d, cfg.parallel)
+        if cfg.compile:
+            wrapped.compile()
+        optimizer, ema = build_optimizer(model, cfg), EMA(model, cfg.ema_decay, cfg.ema_warmup)
+        flops_per_step = int(objective.train_flops(run_cfg.model, source.spec, text_spec, cfg.batch_size))
+        if flops_per_step <= 0:
+            raise ConfigError(f"objective {run_cfg.objective.name!r} reports {flops_per_step} FLOPs per step")
+        return cls(
+            run_cfg=run_cfg,
+            run_dir=run_dir,
+            d=d,
+            objective=objective,
+            source=source,
+            model=model,
+            loss_module=loss_module,
+            wrapped=wrapped,
+            optimizer=optimizer,
+            ema=ema,
+            encoder_facts=encoder_facts,
+            text_spec=text_spec,
+            flops_per_step=flops_per_step,
+            total_steps=math.ceil(cfg.budget_flops / flops_per_step),
+            grid=milestone_grid(cfg),
+            order=DataOrder(len(source), cfg.batch_size, run_cfg.seed),
+        )
+
+    # ------------------------------------------------------------------------------------------ resume
+
+    def resume(self, allowed: bool) -> None:
+        """Rank 0 picks the newest intact checkpoint; every rank loads it (or starts fresh, or refuses alike)."""
+        d, run_dir = self.d, self.run_dir
+        step = _FRESH
+        if d.is_main:
+            ckpt.remove_stale(run_dir)
+            found = ckpt.latest(run_dir) if allowed else None
+            refused = not allowed and ckpt.list_checkpoints(run_dir)
+            step = found[0].step if found else (_REFUSED if refused else _FRESH)
+        step = D.broadcast_int(step, d)
+        if step == _REFUSED:
+            raise ConfigError(f"{run_dir} already has checkpoints; resume it, or use a new --out directory")
+        self.resumed = step != _FRESH
+        if self.resumed:
+            path = ckpt.checkpoint_dir(run_dir / "checkpoints", step)
+            self.state, meta = _restore(path, d, self.loss_module, self.optimizer, self.ema)
+            if meta["flops_per_step"] != self.flops_per_step:
+                raise ConfigError(
+                    f"{path} was trained at {meta['flops_per_step']} FLOPs/step, the config now gives "
+                    f"{self.flops_per_step}; the FLOPs accounting changed — start a new run"
+                )
+        self.last_point = next(
+            (i for i in reversed(range(len(self.grid))) if self.grid[i] <= self.state.train_flops), None
+        )
+
+    def open_log(self, show_progress: bool) -> None:
+        """Write the run's files (config, latents, sessions) and open the metrics log."""
+        d, run_dir, state = self.d, self.run_dir, self.state
+        if d.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic.write_json(run_dir / "config.json", to_dict(self.run_cfg))
+            identity = getattr(self.source, "identity", None)  # a latent cache knows its autoencoder
+            record_latents(run_dir, identity["autoencoder"] if identity else None)
+            sessions = (_read_json(run_dir / "env.json") or {}).get("sessions", [])
+            env = {**environment(d.device, d.world), "resumed_from_step": state.step}
+            atomic.write_json(run_dir / "env.json", {"sessions": [*sessions, env]})
+        self.logger = RunLogger(run_dir, d.is_main, state.step, self.total_steps, self.cfg.budget_flops, show_progress)
+        if self.resumed:
+            self.logger.write(f"resumed {run_dir} at step {state.step} ({state.train_flops:.3g} FLOPs)")
+        self.window_start, self.window_images = time.perf_counter(), 0
+        self.wrapped.train()
+
+    # ------------------------------------------------------------------------------------------ a step
+
+    def step(self) -> tuple[float, float, float]:
+        """One optimizer step over the global batch: (lr, global mean loss, gradient norm). The update and the
+        EMA only happen when both are finite."""
+        cfg, d, s, seed = self.cfg, self.d, self.state.step, self.run_cfg.seed
+        lr = lr_at(s, cfg, self.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        indices, micro = self.order.batch(s), cfg.batch_size // (d.world * cfg.grad_accum)
+        autocast = torch.autocast(d.device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else None
+        loss_sum = torch.zeros((), device=d.device)
+        for a in range(cfg.grad_accum):
+            piece = d.rank * cfg.grad_accum + a
+            rows = indices[piece * micro : (piece + 1) * micro]
+            batch = self.source.get_batch(rows, generator(derive_seed(seed, "data", s, piece)))
+            latents = batch["latents"].to(d.device, non_blocking=True)
+            text = batch["text"].to(d.device, non_blocking=True)
+            sync = a == cfg.grad_accum - 1 or not hasattr(self.wrapped, "no_sync")
+            with contextlib.nullcontext() if sync else self.wrapped.no_sync(), autocast or contextlib.nullcontext():
+                loss = self.wrapped(latents, text, generator(derive_seed(seed, "loss", s, piece)))
+            (loss / cfg.grad_accum).backward()
+            loss_sum += loss.detach().float()
+        # the global mean loss, also the NaN vote every rank agrees on
+        loss_value = D.all_reduce_sum(loss_sum, d).item() / (d.world * cfg.grad_accum)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = _clip(params, cfg.grad_clip) if math.isfinite(loss_value) else float("nan")
+        if math.isfinite(loss_value) and math.isfinite(grad_norm):
+            self.optimizer.step()
+            self.ema.update(self.model)
+        self.optimizer.zero_grad(set_to_none=True)
+        return lr, loss_value, grad_norm
+
+    def account(self, loss: float, grad_norm: float) -> None:
+        """The non-finite policy, then the step's bookkeeping (FLOPs, the loss window)."""
+        state = self.state
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            state.window_loss += loss
+            state.window_steps += 1
+            state.window_grad_norm = grad_norm
+        else:
+            self._non_finite(loss, grad_norm)
+        state.step += 1
+        state.train_flops += self.flops_per_step
+        self.window_images += self.cfg.batch_size
+        state.last_loss = loss
+        self.logger.step(loss, state.train_flops)
+
+    def _non_finite(self, loss: float, grad_norm: float) -> None:
+        """nan_policy=stop (or too many skipped): save the weights from before this step and stop; skip: count it."""
+        cfg, state, s = self.cfg, self.state, self.state.step
+        what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {grad_norm}"
+        if cfg.nan_policy == "skip" and state.skipped < cfg.max_skipped:
+            state.skipped += 1
+            self.logger.write(f"step {s}: {what}; batch skipped ({state.skipped}/{cfg.max_skipped})")
+            return
+        # the weights are still those before this step: keep them as the last good checkpoint
+        path = self._save(self.order.position(s), milestone=None, milestone_flops=None, is_final=False, stopped=what)
+        why = (
+            "train.nan_policy=stop"
+            if cfg.nan_policy == "stop"
+            else f"{state.skipped} batches were already skipped (train.max_skipped)"
+        )
+        raise NonFiniteLoss(
+            f"{what} at step {s} ({state.train_flops:.4g} FLOPs used); stopped ({why}). The weights "
+            f"before step {s} are saved intact in {path or self.run_dir / 'checkpoints'}. Lower train.lr, "
+            f"raise train.warmup_steps or train.grad_clip, or set train.nan_policy=skip."
+        )
+
+    # ------------------------------------------------------------------------------------------ log, milestone
+
+    def log(self, lr: float, t0: float) -> None:
+        """A metrics record every `log_every` steps and at the end; the step's time counts as training."""
+        state = self.state
+        if state.step % self.cfg.log_every == 0 or state.step == self.total_steps:
+            now = time.perf_counter()
+            self.logger.record(
+                {
+                    "step": state.step,
+                    "train_flops": state.train_flops,
+                    "loss": state.window_loss / state.window_steps if state.window_steps else float("nan"),
+                    "lr": lr,
+                    "grad_norm": state.window_grad_norm,
+                    **self.order.position(state.step),
+                    "skipped": state.skipped,
+                    "images_per_s": self.window_images / max(now - self.window_start, 1e-9),
+                    "seconds": state.train_seconds + now - t0,
+                }
+            )
+            state.window_loss, state.window_steps, state.window_grad_norm = 0.0, 0, float("nan")
+            self.window_start, self.window_images = now, 0
+        state.train_seconds += time.perf_counter() - t0  # everything but checkpoint writes
+
+    def milestone(self) -> None:
+        """A checkpoint when the step crossed a milestone, ended the run, or is due for resuming."""
+        state = self.state
+        # a step may cross several grid points (coarse steps): one checkpoint stands for the largest
+        crossed = [i for i, f in enumerate(self.grid) if f <= state.train_flops]
+        point = crossed[-1] if crossed and crossed[-1] != self.last_point else None
+        final = state.step == self.total_steps
+        if point is None and not final and state.step % self.cfg.checkpoint_every:
+            return
+        milestone = None
+        if point is not None:
+            milestone, state.milestones, self.last_point = state.milestones, state.milestones + 1, point
+        flops = self.grid[point] if point is not None else None
+        self._save(self.order.position(state.step), milestone=milestone, milestone_flops=flops, is_final=final)
+        if self.d.is_main:
+            ckpt.prune(self.run_dir, self.cfg.keep_last)
+        self.window_start = time.perf_counter()  # saving is not training throughput
+
+    def _save(self, position: dict[str, Any], **facts: Any) -> Path | None:
+        extra = {
+            "flops_per_step": self.flops_per_step,
+            "total_steps": self.total_steps,
+            "budget_flops": self.cfg.budget_flops,
+            "config_hash": config_hash(self.run_cfg),
+            "latent_spec": asdict(self.source.spec),
+            "text_spec": asdict(self.text_spec),
+            **self.encoder_facts,
+        }
+        return _save(
+            self.run_dir, self.d, self.loss_module, self.optimizer, self.ema, self.state, {**extra, **position, **facts}
+        )
+
+    # ------------------------------------------------------------------------------------------ the end
+
+    def finish(self) -> dict[str, Any]:
+        """The run's summary, written as done.json by rank 0."""
+        state, d = self.state, self.d
+        summary = {
+            "run_dir": str(self.run_dir),
+            "config_hash": config_hash(self.run_cfg),
+            "steps": state.step,
+            "train_flops": state.train_flops,
+            "budget_flops": self.cfg.budget_flops,
+            "flops_per_step": self.flops_per_step,
+            "skipped": state.skipped,
+            "train_seconds": state.train_seconds,
+            "world_size": d.world,
+            "final_loss": state.last_loss,
+            "checkpoints": [_info_dict(i) for i in ckpt.list_checkpoints(self.run_dir)] if d.is_main else [],
+        }
+        if d.is_main:
+            atomic.write_json(self.run_dir / DONE, summary)
+        D.barrier(d)
+        return summary
 
 
 def _clip(params: list[torch.Tensor], max_norm: float) -> float:
