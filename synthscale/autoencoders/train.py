@@ -175,6 +175,34 @@ def prepare_pretrained(cfg: AutoencoderConfig, out: Path, progress: bool = True,
     return summary
 
 
+def _instruments(model, split: str, n: int, device) -> dict[str, Any]:
+    """How each reconstruction metric was measured."""
+    out = {
+        "split": split,
+        "n": n,
+        "device": str(device),
+        "psnr": "mean over images of per-image PSNR, uint8, data range 255",
+        "psnr_pooled": "PSNR of the mean squared error over all test pixels (lower: not Jensen-inflated)",
+        "ssim": "torchmetrics SSIM, gaussian 11x11 sigma 1.5, data range 1, mean over images",
+        "l1": "mean |x - x̂| on [0, 1] pixels",
+    }
+    if model.kind == "discrete":
+        out["codebook"] = (
+            f"share of the {model.vocab_size} codes used by the {split} tokens; "
+            "perplexity = exp(entropy of their frequencies)"
+        )
+    return out
+
+
+def _save_grid(images: np.ndarray, recon: np.ndarray, psnrs: list[float], split: str, k: int, png: Path) -> None:
+    """The first k originals beside their reconstructions."""
+    from synthscale.imagegrid import labelled_grid, save_png
+
+    pairs = [img for j in range(k) for img in (images[j], recon[j])]
+    labels = [s for j in range(k) for s in (f"{split} {j}", f"recon {psnrs[j]:.1f} dB")]
+    save_png(labelled_grid(pairs, labels, cell=96, columns=8, label_lines=1), png)
+
+
 @torch.no_grad()
 def evaluate_autoencoder(
     path: str | Path,
@@ -188,8 +216,6 @@ def evaluate_autoencoder(
     """Reconstruction quality on a split, computed on `device` (default: CUDA when present, else the CPU); writes
     eval.json and a reconstruction grid PNG into the folder."""
     from torchmetrics.functional.image import structural_similarity_index_measure as ssim
-
-    from synthscale.imagegrid import labelled_grid, save_png
 
     path = Path(path)
     device = pick_device(device)
@@ -231,31 +257,11 @@ def evaluate_autoencoder(
         "kind": model.kind,
         "weights_hash": model.weights_hash,
         "metrics": metrics,
-        "instruments": {
-            "split": split,
-            "n": n,
-            "device": str(device),
-            "psnr": "mean over images of per-image PSNR, uint8, data range 255",
-            "psnr_pooled": "PSNR of the mean squared error over all test pixels (lower: not Jensen-inflated)",
-            "ssim": "torchmetrics SSIM, gaussian 11x11 sigma 1.5, data range 1, mean over images",
-            "l1": "mean |x - x̂| on [0, 1] pixels",
-            **(
-                {
-                    "codebook": f"share of the {model.vocab_size} codes used by the {split} tokens; "
-                    "perplexity = exp(entropy of their frequencies)"
-                }
-                if model.kind == "discrete"
-                else {}
-            ),
-        },
+        "instruments": _instruments(model, split, n, device),
         "latent": dataclasses.asdict(model.latent_spec(model.resolution)),
     }
     atomic.write_json(path / EVAL_JSON, result)
     if grid:
-        k = min(grid, n)
-        recon = np.concatenate(recon_u8)[:k]
-        pairs = [img for j in range(k) for img in (images[j], recon[j])]
-        labels = [s for j in range(k) for s in (f"{split} {j}", f"recon {psnrs[j]:.1f} dB")]
-        save_png(labelled_grid(pairs, labels, cell=96, columns=8, label_lines=1), path / RECON_PNG)
+        _save_grid(images, np.concatenate(recon_u8), psnrs, split, min(grid, n), path / RECON_PNG)
         result["grid"] = str(path / RECON_PNG)
     return result

@@ -109,6 +109,27 @@ def dataset_identity(dataset) -> dict[str, Any]:
     return {"config": canonical(cfg), "split": split, "length": len(dataset)}
 
 
+def _encode_shard(encoder, dataset, tokenizer, items: range, batch_size: int, device, bar):
+    """One shard's tensors (the encoder's outputs on the CPU, caption tokens) and its captions and attributes."""
+    from synthscale.data.pixels import to_tensor
+
+    parts: dict[str, list[torch.Tensor]] = {}
+    captions, attributes = [], []
+    for b in range(items.start, items.stop, batch_size):
+        batch = [dataset[i] for i in range(b, min(b + batch_size, items.stop))]
+        images = to_tensor(np.stack([it["image"] for it in batch])).to(device)
+        with torch.no_grad():
+            encoded = encoder.encode_for_cache(images)
+        for name, t in encoded.items():
+            parts.setdefault(name, []).append(t.detach().cpu())
+        captions += [it["caption"] for it in batch]
+        attributes += [it.get("attributes") for it in batch]
+        bar.update(len(batch))
+    tensors = {name: torch.cat(ts) for name, ts in parts.items()}
+    tensors["text"] = tokenizer.encode(captions).to(torch.int32)
+    return tensors, {"captions": json.dumps(captions), "attributes": json.dumps(attributes, default=str)}
+
+
 def _device_of(encoder) -> torch.device:
     """Where the encoder's weights are (an encoder that is not a torch module: the CPU)."""
     params = encoder.parameters() if isinstance(encoder, torch.nn.Module) else iter(())
@@ -175,8 +196,6 @@ def build_cache(
     Images are encoded on the encoder's device (move the autoencoder there first)."""
     from tqdm import tqdm
 
-    from synthscale.data.pixels import to_tensor
-
     identity = cache_identity(encoder, dataset, tokenizer)
     key = cache_key(identity)
     path = Path(root) / key
@@ -202,31 +221,12 @@ def build_cache(
         disable=not progress,
     )
     for k, start, end in todo:
-        parts: dict[str, list[torch.Tensor]] = {}
-        captions, attributes = [], []
-        for b in range(start, end, batch_size):
-            items = [dataset[i] for i in range(b, min(b + batch_size, end))]
-            images = to_tensor(np.stack([it["image"] for it in items])).to(device)
-            with torch.no_grad():
-                encoded = encoder.encode_for_cache(images)
-            for name, t in encoded.items():
-                parts.setdefault(name, []).append(t.detach().cpu())
-            captions += [it["caption"] for it in items]
-            attributes += [it.get("attributes") for it in items]
-            bar.update(len(items))
-        tensors = {name: torch.cat(ts) for name, ts in parts.items()}
+        tensors, meta = _encode_shard(encoder, dataset, tokenizer, range(start, end), batch_size, device, bar)
         if "tokens" in tensors:  # int64 in memory; the smallest integer type that holds the vocabulary on disk
             tensors["tokens"] = tensors["tokens"].to(torch.int16 if spec.vocab_size <= 2**15 else torch.int32)
         else:
-            tensors = {k_: v.float() for k_, v in tensors.items()}
-        tensors["text"] = tokenizer.encode(captions).to(torch.int32)
-        meta = {
-            "key": key,
-            "start": str(start),
-            "count": str(end - start),
-            "captions": json.dumps(captions),
-            "attributes": json.dumps(attributes, default=str),
-        }
+            tensors = {k_: v if k_ == "text" else v.float() for k_, v in tensors.items()}
+        meta = {"key": key, "start": str(start), "count": str(end - start), **meta}
         atomic.save_safetensors(path / _shard_name(k), tensors, metadata=meta)
         _write_data_report(dataset, path)  # after every shard: an interrupted build keeps what it saw
     bar.close()

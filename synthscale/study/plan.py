@@ -114,26 +114,36 @@ def _portable_hash(run_cfg: RunConfig, ae_key: str) -> str:
 
 
 def plan_study(study: StudyConfig, root: str | Path, spec_dir: str | Path = ".") -> StudyPlan:
+    """The study's stages and runs under `root`: autoencoders, the probe, then per run its cache, training and
+    evaluation (the main grid, then each ablation autoencoder with the objectives of its latent kind)."""
     root, spec_dir = Path(root).resolve(), Path(spec_dir)
     stages: list[Stage] = []
+    autoencoders, main, ablations = _plan_autoencoders(study, spec_dir, stages)
+    probe = _plan_probe(study, stages)
+    runs: list[RunPlan] = []
+    caches: dict[str, Stage] = {}
+    for objective, size, data_size, budget, ae, ablation in _run_grid(study, main, ablations):
+        runs.append(_plan_run(study, root, (objective, size, data_size, budget), ae, ablation, probe, caches, stages))
+    return StudyPlan(study, root, stages, runs, autoencoders, probe)
 
-    # autoencoders: the two of the main grid and the ablation extras
-    autoencoders: dict[str, tuple[AutoencoderConfig, Stage]] = {}
 
-    def autoencoder(path: str) -> tuple[AutoencoderConfig, Stage]:
+AutoencoderStage = tuple[AutoencoderConfig, Stage]
+
+
+def _plan_autoencoders(
+    study: StudyConfig, spec_dir: Path, stages: list[Stage]
+) -> tuple[dict[str, AutoencoderStage], dict[str, AutoencoderStage], list[AutoencoderStage]]:
+    """(every autoencoder by name, the main grid's by latent kind, the ablation extras)."""
+    autoencoders: dict[str, AutoencoderStage] = {}
+
+    def autoencoder(path: str) -> AutoencoderStage:
         cfg = _autoencoder_config(path, study, spec_dir)
         if cfg.name in autoencoders:
             if config_hash(autoencoders[cfg.name][0]) != config_hash(cfg):
                 raise ConfigError(f"two different autoencoder configs are both named {cfg.name!r}; rename one")
             return autoencoders[cfg.name]
-        stage = Stage(
-            "autoencoder",
-            cfg.name,
-            config_hash(cfg),
-            f"{STAGES}:autoencoder_stage",
-            {"config": to_dict(cfg), "device": study.device},
-            cost=3.0,
-        )
+        kwargs = {"config": to_dict(cfg), "device": study.device}
+        stage = Stage("autoencoder", cfg.name, config_hash(cfg), f"{STAGES}:autoencoder_stage", kwargs, cost=3.0)
         stages.append(stage)
         autoencoders[cfg.name] = (cfg, stage)
         return autoencoders[cfg.name]
@@ -149,22 +159,22 @@ def plan_study(study: StudyConfig, root: str | Path, spec_dir: str | Path = ".")
                 f"latents; pick a {kind} one"
             )
     ablations = [autoencoder(p) for p in study.ablation_autoencoders]
+    return autoencoders, main, ablations
 
-    # the probe: one per dataset distribution
+
+def _plan_probe(study: StudyConfig, stages: list[Stage]) -> Stage:
+    """The probe: one per dataset distribution (the data size does not key it)."""
     probe_cfg = load(ProbeConfig, None, study.probe_overrides)
-    probe_key = config_hash({"data": canonical(dataclasses.replace(study.data, size=0)), "probe": canonical(probe_cfg)})
-    probe = Stage(
-        "probe",
-        "attributes",
-        probe_key,
-        f"{STAGES}:probe_stage",
-        {"data": to_dict(study.data), "probe": to_dict(probe_cfg), "device": study.device},
-        cost=2.0,
-    )
+    key = config_hash({"data": canonical(dataclasses.replace(study.data, size=0)), "probe": canonical(probe_cfg)})
+    kwargs = {"data": to_dict(study.data), "probe": to_dict(probe_cfg), "device": study.device}
+    probe = Stage("probe", "attributes", key, f"{STAGES}:probe_stage", kwargs, cost=2.0)
     stages.append(probe)
+    return probe
 
-    # the runs: the main grid, then each ablation autoencoder with the objectives of its latent kind
-    cache_root = root / "latents"  # the trainer keeps latent caches here, keyed by content
+
+def _run_grid(study: StudyConfig, main: dict[str, AutoencoderStage], ablations: list[AutoencoderStage]) -> list:
+    """(objective, size, data size, budget, autoencoder, ablation?) of every run: the main grid, then each ablation
+    autoencoder with the objectives of its latent kind at the smallest size, data size and budget."""
     grid = [
         (o, s, d, b, main[latent_kind(o)], False)
         for o in study.objectives
@@ -176,54 +186,52 @@ def plan_study(study: StudyConfig, root: str | Path, spec_dir: str | Path = ".")
     for ae in ablations:
         kind = AE_LATENT[ae[0].kind]
         grid += [(o, *smallest, ae, True) for o in study.objectives if latent_kind(o) == kind]
-    runs: list[RunPlan] = []
-    caches: dict[str, Stage] = {}
-    for objective, size, data_size, budget, (ae_cfg, ae_stage), ablation in grid:
-        ae_dir = root / ae_stage.id / "model"
-        run_cfg = _run_config(study, objective, size, data_size, budget, ae_dir, cache_root)
-        cache_id = config_hash({"ae": ae_stage.key, "data": canonical(run_cfg.data)})
-        if cache_id not in caches:
-            caches[cache_id] = Stage(
-                "cache",
-                f"{ae_cfg.name}-d{data_size}",
-                cache_id,
-                f"{STAGES}:cache_stage",
-                {"run_config": to_dict(run_cfg), "device": study.device},
-                deps=[ae_stage.id],
-                cost=0.5,
-            )
-            stages.append(caches[cache_id])
-        key = _portable_hash(run_cfg, ae_stage.key)
-        name = f"{objective}-{size}-d{data_size}-{budget:.0e}-{ae_cfg.name}".replace("+", "")
-        train = Stage(
-            "train",
-            name,
-            key,
-            f"{STAGES}:train_stage",
-            {"run_config": to_dict(run_cfg)},
-            deps=[caches[cache_id].id],
-            cost=6.0,
-        )
-        run_dir = root / train.id
-        evaluate = Stage(
-            "evaluate",
-            name,
-            config_hash({"run": key, "eval": canonical(study.evaluation), "probe": probe_key}),
-            f"{STAGES}:evaluate_stage",
-            {
-                "run_dir": str(run_dir),
-                "probe_dir": str(root / probe.id),
-                "settings": to_dict(study.evaluation),
-                "run_config": to_dict(run_cfg),
-                "device": study.device,
-            },
-            deps=[train.id, probe.id],
-            cost=3.0,
-        )
-        stages += [train, evaluate]
-        runs.append(RunPlan(run_cfg, train, evaluate, ae_cfg.name, ablation))
-        _check_eval_steps(study, run_cfg, _latent_shape(ae_cfg, []), name)
-    return StudyPlan(study, root, stages, runs, autoencoders, probe)
+    return grid
+
+
+def _plan_run(
+    study: StudyConfig,
+    root: Path,
+    point: tuple[str, str, int, float],
+    ae: AutoencoderStage,
+    ablation: bool,
+    probe: Stage,
+    caches: dict[str, Stage],
+    stages: list[Stage],
+) -> RunPlan:
+    """One run's stages: its latent cache (shared by runs on the same autoencoder and data), training and
+    evaluation."""
+    (objective, size, data_size, budget), (ae_cfg, ae_stage) = point, ae
+    cache_root = root / "latents"  # the trainer keeps latent caches here, keyed by content
+    run_cfg = _run_config(study, objective, size, data_size, budget, root / ae_stage.id / "model", cache_root)
+    cache_id = config_hash({"ae": ae_stage.key, "data": canonical(run_cfg.data)})
+    if cache_id not in caches:
+        kwargs = {"run_config": to_dict(run_cfg), "device": study.device}
+        name = f"{ae_cfg.name}-d{data_size}"
+        caches[cache_id] = Stage("cache", name, cache_id, f"{STAGES}:cache_stage", kwargs, [ae_stage.id], cost=0.5)
+        stages.append(caches[cache_id])
+    key = _portable_hash(run_cfg, ae_stage.key)
+    name = f"{objective}-{size}-d{data_size}-{budget:.0e}-{ae_cfg.name}".replace("+", "")
+    kwargs = {"run_config": to_dict(run_cfg)}
+    train = Stage("train", name, key, f"{STAGES}:train_stage", kwargs, [caches[cache_id].id], cost=6.0)
+    evaluate = Stage(
+        "evaluate",
+        name,
+        config_hash({"run": key, "eval": canonical(study.evaluation), "probe": probe.key}),
+        f"{STAGES}:evaluate_stage",
+        {
+            "run_dir": str(root / train.id),
+            "probe_dir": str(root / probe.id),
+            "settings": to_dict(study.evaluation),
+            "run_config": to_dict(run_cfg),
+            "device": study.device,
+        },
+        deps=[train.id, probe.id],
+        cost=3.0,
+    )
+    stages += [train, evaluate]
+    _check_eval_steps(study, run_cfg, _latent_shape(ae_cfg, []), name)
+    return RunPlan(run_cfg, train, evaluate, ae_cfg.name, ablation)
 
 
 def _check_eval_steps(study: StudyConfig, run_cfg: RunConfig, latent, name: str) -> None:
