@@ -77,7 +77,13 @@ def test_kid_is_seeded_and_separates(renders):
         "kid_subsets": 20,
         "kid_subset_size": 100,
         "kid_seed": 1,
+        "interval": "95 % bootstrap over generated images (spread around the estimate), 200 resamples, seed 1",
     }
+    # the intervals: around the estimates, seeded, and wide where the generated set is small
+    assert sa["fd_lo"] < sa["fd"] < sa["fd_hi"] and sa["kid_lo"] < sa["kid"] < sa["kid_hi"]
+    d = FeatureDistance(coarse, "coarse", real, seed=1)
+    many, few = d.score(other), d.score(other[:40])
+    assert few["fd_hi"] - few["fd_lo"] > many["fd_hi"] - many["fd_lo"]
     with pytest.raises(ValueError, match="kid_subset_size"):
         FeatureDistance(coarse, "coarse", real, kid_subset_size=500).score(other)
     with pytest.raises(ValueError, match="at least 2"):

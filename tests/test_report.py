@@ -46,6 +46,10 @@ def test_report_builds_from_a_stored_study(study, capsys):
     # the six findings, each with a verdict
     for n in range(1, 7):
         assert re.search(rf"<h3>{n}\. .*?<span class=\"v (confirmed|not-confirmed|inconclusive)\">", html)
+    # prompt following on test and held-out prompts apart, and the gap
+    assert "Prompt following: test vs held-out combinations" in html and "gap [95 %]" in html
+    # the decision rules' calibration table, as stored by benchmarks/calibration.py
+    assert "<h2>Decision rules: calibration</h2>" in html and "95 % upper bound" in html
     md = md_path.read_text()
     assert "## Findings on this run" in md and "flow-4x128-diverged" in md and "| failed |" in md
     for fig in re.findall(r"!\[[^]]*\]\((figures/[^)]+)\)", md):

@@ -120,8 +120,9 @@ def summarise(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Accuracies with 95 % intervals: prompt_acc, attr_acc_<fact>, task_acc_<task>, and holdout_* of the same on
-    prompts naming a held-out pair. Each value `x` has `x_lo`, `x_hi` (NaN when n_boot = 0)."""
+    """Accuracies with 95 % intervals: prompt_acc, attr_acc_<fact>, task_acc_<task> on the test prompts, holdout_*
+    of the same on prompts naming a held-out pair (kept apart: compositional generalisation is its own number),
+    and holdout_gap = holdout_prompt_acc − prompt_acc. Each value `x` has `x_lo`, `x_hi` (NaN when n_boot = 0)."""
     table = {k: np.array([f[k] for f in facts], dtype=float) for k in ("prompt", *FACTS)}
     tasks = np.array([p["task"] for p in prompts])
     held = np.array([is_holdout(p, holdout) for p in prompts], dtype=bool) if len(prompts) else np.zeros(0, bool)
@@ -132,7 +133,7 @@ def summarise(
             return
         out[name], out[name + "_lo"], out[name + "_hi"] = _mean_ci(values, n_boot, seed, name)
 
-    for prefix, rows in (("", np.ones(len(prompts), bool)), ("holdout_", held)):
+    for prefix, rows in (("", ~held), ("holdout_", held)):
         if not rows.any():
             continue
         put(prefix + "prompt_acc", table["prompt"][rows])
@@ -141,7 +142,21 @@ def summarise(
         for t in TASKS:
             if (rows & (tasks == t)).any():
                 put(f"{prefix}task_acc_{t}", table["prompt"][rows & (tasks == t)])
+    if held.any() and (~held).any():
+        out.update(_gap_ci(table["prompt"][held], table["prompt"][~held], n_boot, seed))
     return out
+
+
+def _gap_ci(held: np.ndarray, test: np.ndarray, n_boot: int, seed: int) -> dict[str, float]:
+    """holdout_gap: mean(held) − mean(test), with a percentile bootstrap interval resampling each set apart."""
+    held, test = held[~np.isnan(held)], test[~np.isnan(test)]
+    gap = float(held.mean() - test.mean())
+    if n_boot <= 0:
+        return {"holdout_gap": gap, "holdout_gap_lo": float("nan"), "holdout_gap_hi": float("nan")}
+    rng = np.random.default_rng([seed, zlib.crc32(b"holdout_gap")])
+    boot = rng.choice(held, (n_boot, len(held))).mean(1) - rng.choice(test, (n_boot, len(test))).mean(1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {"holdout_gap": gap, "holdout_gap_lo": float(lo), "holdout_gap_hi": float(hi)}
 
 
 def score_prompts(probe, images, prompts: Sequence[dict[str, Any]], batch_size: int = 512) -> list[dict[str, float]]:
@@ -172,6 +187,7 @@ def alignment_instruments(
         "extractor": f"probe:{probe.key}",
         "prompts": len(prompts),
         "prompts_holdout": int(sum(is_holdout(p, holdout) for p in prompts)),
+        "prompt_acc_over": "test prompts only (held-out combinations: holdout_*)",
         "bootstrap": n_boot,
         "bootstrap_seed": seed,
         "ci": 0.95,

@@ -5,7 +5,12 @@ extractor (e.g. Inception from a local weights file, `evaluate/reference.py`). T
 computed once per `FeatureDistance`, then every generated set is scored against them. Images are uint8; float
 images in [0, 1] are rounded and clamped first, as saving them to PNG would.
 
-Numbers compare only at equal sample counts and with the same extractor, so every result names both.
+Numbers compare only at equal sample counts and with the same extractor, so every result names both. Each score
+carries a 95 % interval from a bootstrap over the generated images, the reference set held fixed: the resamples'
+2.5–97.5 % spread placed around the estimate (a resample with repeated images shifts FD up, by more than its
+spread when FD is near 0, so the percentile interval itself would miss the estimate):
+`fd_lo/fd_hi` and `kid_lo/kid_hi`; `kid_std` stays what torchmetrics reports, the spread of its subset estimates
+(a spread, not a standard error).
 """
 
 from __future__ import annotations
@@ -14,12 +19,15 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from synthscale.evaluate.probes import as_uint8_nhwc
+
+BOOT_MAX_DIM = 512  # wider features (Inception's 2048) get no bootstrap interval by default; the record says so
 
 
 class _Precomputed(nn.Module):
@@ -50,14 +58,17 @@ class FeatureDistance:
         kid_subsets: int = 100,
         kid_subset_size: int | None = None,
         seed: int = 0,
+        n_boot: int | None = None,
     ):
         self.extractor, self.name, self.batch_size = extractor, name, batch_size
-        self.kid_subsets, self.kid_subset_size, self.seed = kid_subsets, kid_subset_size, seed
+        self.kid_subsets, self.kid_subset_size, self.seed, self.n_boot = kid_subsets, kid_subset_size, seed, n_boot
         self.resize = "none"  # the probe reads images at the dataset's resolution; other extractors say theirs
         real = self.features(real_images)
         if len(real) < 2:
             raise ValueError(f"the reference set needs at least 2 images, got {len(real)}")
         self.n_real, dim = real.shape
+        if n_boot is None:  # each resample is a dim × dim eigen-decomposition: cheap for the probe's 25, not 2048
+            self.n_boot = 200 if dim <= BOOT_MAX_DIM else 0
         self.fid = FrechetInceptionDistance(feature=_Precomputed(dim), reset_real_features=False)
         with warnings.catch_warnings():  # "KID keeps all features in memory": intended, they are small
             warnings.simplefilter("ignore", UserWarning)
@@ -66,6 +77,7 @@ class FeatureDistance:
             )
         self.fid.update(real, real=True)
         self.kid.update(real, real=True)
+        self._real = _RealStats(real.double().numpy())
 
     @torch.no_grad()
     def features(self, images) -> torch.Tensor:
@@ -92,7 +104,10 @@ class FeatureDistance:
             torch.manual_seed(self.seed)
             kid, kid_std = self.kid.compute()
         self.n_fake = len(fake)
-        return {"fd": float(self.fid.compute()), "kid": float(kid), "kid_std": float(kid_std)}
+        out = {"fd": float(self.fid.compute()), "kid": float(kid), "kid_std": float(kid_std)}
+        if self.n_boot > 0:
+            out.update(self._real.bootstrap(fake.double().numpy(), self.n_boot, self.seed, out["fd"], out["kid"]))
+        return out
 
     def instruments(self) -> dict[str, Any]:
         """What the last score was measured with, for EvalRecord.instruments."""
@@ -104,18 +119,70 @@ class FeatureDistance:
             "kid_subsets": self.kid_subsets,
             "kid_subset_size": self.kid.subset_size,
             "kid_seed": self.seed,
+            "interval": (
+                f"95 % bootstrap over generated images (spread around the estimate), {self.n_boot} resamples, "
+                f"seed {self.seed}"
+                if self.n_boot
+                else "none (no bootstrap: kid_std is the spread of subset estimates, not a standard error)"
+            ),
         }
 
 
 class ProbeQuality(FeatureDistance):
-    """fd-probe and KID over the attribute probe's penultimate features. `score` → {"fd_probe", "kid", "kid_std"}."""
+    """fd-probe and KID over the attribute probe's penultimate features. `score` → {"fd_probe", "fd_probe_lo",
+    "fd_probe_hi", "kid", "kid_lo", "kid_hi", "kid_std"}."""
 
     def __init__(self, probe, real_images, **kwargs):
         super().__init__(probe.features, f"probe:{probe.key}", real_images, **kwargs)
 
     def score(self, images) -> dict[str, float]:
         s = super().score(images)
-        return {"fd_probe": s.pop("fd"), **s}
+        return {k.replace("fd", "fd_probe", 1) if k.startswith("fd") else k: v for k, v in s.items()}
+
+
+class _RealStats:
+    """The reference set's mean, covariance square root and KID kernel terms, computed once, so a bootstrap
+    resample of the generated features costs one small eigen-decomposition and two kernel means."""
+
+    def __init__(self, real: np.ndarray):
+        self.real, self.dim = real, real.shape[1]
+        self.mu = real.mean(0)
+        cov = np.atleast_2d(np.cov(real, rowvar=False))
+        w, v = np.linalg.eigh(cov)
+        self.sqrt_cov = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+        self.trace = float(np.trace(cov))
+        k_rr = self._kernel(real, real)
+        m = len(real)
+        self.k_rr = (k_rr.sum() - np.trace(k_rr)) / (m * (m - 1))
+
+    def _kernel(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:  # KID's cubic polynomial kernel
+        return (a @ b.T / self.dim + 1.0) ** 3
+
+    def frechet(self, fake: np.ndarray) -> float:
+        cov = np.atleast_2d(np.cov(fake, rowvar=False))
+        inner = self.sqrt_cov @ cov @ self.sqrt_cov  # same spectrum as cov_real · cov_fake, but symmetric
+        root_trace = np.sqrt(np.clip(np.linalg.eigvalsh(inner), 0, None)).sum()
+        return float(((fake.mean(0) - self.mu) ** 2).sum() + np.trace(cov) + self.trace - 2 * root_trace)
+
+    def bootstrap(self, fake: np.ndarray, n_boot: int, seed: int, fd: float, kid: float) -> dict[str, float]:
+        """95 % bootstrap intervals around the estimates `fd` and `kid`: est + (q2.5 − mean, q97.5 − mean) of the
+        statistic over resampled generated sets (FD; KID as the unbiased MMD² on all images)."""
+        rng = np.random.default_rng(seed)
+        k_ff, k_fr = self._kernel(fake, fake), self._kernel(fake, self.real).mean(1)
+        n = len(fake)
+        fds, kids = np.empty(n_boot), np.empty(n_boot)
+        for b in range(n_boot):
+            idx = rng.integers(0, n, n)
+            sub = k_ff[np.ix_(idx, idx)]
+            kids[b] = self.k_rr + (sub.sum() - np.trace(sub)) / (n * (n - 1)) - 2 * k_fr[idx].mean()
+            fds[b] = self.frechet(fake[idx])
+        fd_q, kid_q = np.percentile(fds, [2.5, 97.5]) - fds.mean(), np.percentile(kids, [2.5, 97.5]) - kids.mean()
+        return {
+            "fd_lo": max(0.0, fd + float(fd_q[0])),
+            "fd_hi": fd + float(fd_q[1]),
+            "kid_lo": kid + float(kid_q[0]),
+            "kid_hi": kid + float(kid_q[1]),
+        }
 
 
 def fd_probe(probe, real_images, fake_images, **kwargs) -> dict[str, float]:

@@ -20,9 +20,101 @@ from synthscale.study.results import ResultsStore
 LOWER_IS_BETTER = {"loss", "fd_probe", "kid", "latency_s"}
 # two matched-compute records: training FLOPs within ±0.06 decades (±15 %); milestones are 0.25 decades apart
 LEVEL_TOLERANCE_DEX = 0.06
-# without a measured interval (fd_probe, latency), a difference counts only beyond 10 %
+# without a measured interval (older fd_probe records, latency), a relative difference is given a standard error
+# of REL_MARGIN / 1.96 per number: a difference counts only beyond ~14 % (10 % on either number)
 REL_MARGIN = 0.10
-Z95 = 1.959964
+Z95 = 1.959964  # two-sided 5 %
+Z90 = 1.644854  # one-sided 5 %: each side of a TOST equivalence test
+
+
+@dataclass(frozen=True)
+class DecisiveMetrics:
+    """Which stored numbers the findings decide on: `quality` (lower is better, > 0: compared as log ratios),
+    `quality_check` (a second quality instrument that must agree wherever both records measured it with an
+    interval; None: no check) and `prompt` (an accuracy-like score in [0, 1], compared as differences). Each
+    number's interval comes from `<name>_lo/_hi` or `<name>_std` in the record (see `interval`). Another
+    instrument plugs in here — e.g. DecisiveMetrics(quality="fd_clip", prompt="r_precision") — without
+    touching the rules."""
+
+    quality: str = "fd_probe"
+    prompt: str = "prompt_acc"
+    quality_check: str | None = "kid"
+
+
+DEFAULT_METRICS = DecisiveMetrics()
+
+
+def lower_is_better(metric: str) -> bool:
+    """Distances, KID, losses and latencies: smaller is better (any `fd_<instrument>` too)."""
+    return metric in LOWER_IS_BETTER or metric.startswith("fd_")
+
+
+def _log_scale(metric: str) -> bool:
+    """Positive, scale-free numbers compare as log ratios; KID (can be ≤ 0) and accuracies as differences."""
+    return metric.startswith("fd") or metric in ("loss", "latency_s", "throughput_ips")
+
+
+@dataclass(frozen=True)
+class Effect:
+    """How much better a is than b on one metric, in comparable units (log ratio or difference; > 0: a better)
+    with its standard error from the two records' stored intervals. `assumed`: at least one record stored no
+    interval and REL_MARGIN stood in for it."""
+
+    est: float
+    se: float
+    assumed: bool = False
+
+    @property
+    def z(self) -> float:
+        return self.est / self.se if self.se > 0 else math.copysign(math.inf, self.est) if self.est else 0.0
+
+    def significant(self, z: float = Z95) -> int:
+        """+1: a significantly better; −1: b; 0: neither (two-sided at 5 % by default)."""
+        return 1 if self.est > z * self.se else -1 if self.est < -z * self.se else 0
+
+    def equivalent(self, margin: float) -> bool:
+        """TOST at 5 %: the 90 % interval lies inside (−margin, margin)."""
+        return -margin < self.est - Z90 * self.se and self.est + Z90 * self.se < margin
+
+    def exceeds(self, margin: float) -> bool:
+        """|effect| is significantly beyond `margin` (one-sided 2.5 % on the side of the estimate)."""
+        return abs(self.est) - Z95 * self.se > margin
+
+    def minus(self, other: Effect) -> Effect:
+        """The difference of two independent effects."""
+        return Effect(self.est - other.est, math.hypot(self.se, other.se), self.assumed or other.assumed)
+
+
+def _se(r: dict[str, Any], metric: str) -> tuple[float, bool] | None:
+    """Standard error of one record's number, on its comparison scale, and whether it was assumed."""
+    v, iv = value(r, metric), interval(r, metric)
+    if v is None:
+        return None
+    if iv is not None and all(math.isfinite(x) for x in iv):
+        if _log_scale(metric) and iv[0] > 0 and v > 0:
+            return (math.log(iv[1]) - math.log(iv[0])) / (2 * Z95), False
+        width = (iv[1] - iv[0]) / (2 * Z95)
+        return (width / v if _log_scale(metric) and v > 0 else width), False
+    if _log_scale(metric):
+        return REL_MARGIN / Z95, True
+    return None
+
+
+def effect(a: dict[str, Any], b: dict[str, Any], metric: str) -> Effect | None:
+    """a vs b on `metric` (positive: a better); None when either did not measure it, or, for a metric compared
+    as a difference, stored no interval."""
+    va, vb, sa, sb = value(a, metric), value(b, metric), _se(a, metric), _se(b, metric)
+    if va is None or vb is None or sa is None or sb is None:
+        return None
+    if _log_scale(metric):
+        if va <= 0 or vb <= 0:
+            return None
+        est = math.log(vb) - math.log(va)  # lower-is-better log metrics: log(b / a) > 0 when a is lower
+    else:
+        est = vb - va
+    if not lower_is_better(metric):
+        est = -est
+    return Effect(est, math.hypot(sa[0], sb[0]), sa[1] or sb[1])
 
 
 @dataclass
@@ -127,6 +219,13 @@ def primary_records(data: StudyData) -> list[dict[str, Any]]:
     return [r for r in data.records if data.settings.get(r["objective"]) == setting(r)]
 
 
+def main_grid_records(data: StudyData) -> list[dict[str, Any]]:
+    """Primary-setting records of main-grid runs only (each objective's main autoencoder): like for like. With
+    the ablation runs in, an objective with more ablations would pick its best of more runs (a winner's curse)."""
+    main = data.main_autoencoders
+    return [r for r in primary_records(data) if r["autoencoder"] == main.get(r["objective"])]
+
+
 # ---------------------------------------------------------------------------------------------- compute levels
 
 
@@ -189,7 +288,7 @@ def value(r: dict[str, Any], metric: str) -> float | None:
 
 
 def better(a: float, b: float, metric: str) -> bool:
-    return a < b if metric in LOWER_IS_BETTER else a > b
+    return a < b if lower_is_better(metric) else a > b
 
 
 def interval(r: dict[str, Any], metric: str) -> tuple[float, float] | None:
@@ -224,29 +323,35 @@ def compare(a: dict[str, Any], b: dict[str, Any], metric: str) -> int | None:
         if scale == 0 or abs(va - vb) <= REL_MARGIN * scale:
             return 0
         lower = 1 if va < vb else -1
-    return lower if metric in LOWER_IS_BETTER else -lower
+    return lower if lower_is_better(metric) else -lower
 
 
-def compare_quality(a: dict[str, Any], b: dict[str, Any]) -> int | None:
-    """Quality, a vs b: the direction is fd_probe's (the headline number, 10 % margin); when both records also
-    measured KID with its std, the difference counts only if KID's 95 % intervals agree on it, so two
-    instruments that disagree give 0 (no significant difference). Falls back to KID alone without fd_probe."""
-    fd = compare(a, b, "fd_probe")
-    kid = compare(a, b, "kid") if interval(a, "kid") is not None and interval(b, "kid") is not None else None
-    if fd is None:
-        return kid
-    if kid is None:
-        return fd
-    return fd if fd == kid else 0
+def compare_quality(a: dict[str, Any], b: dict[str, Any], metrics: DecisiveMetrics = DEFAULT_METRICS) -> int | None:
+    """Quality, a vs b: +1 / −1 when the decisive quality number differs significantly (two-sided 5 %, see
+    `effect`), 0 when not; when both records also measured the check instrument with an interval, the
+    difference counts only if it agrees, so two instruments that disagree give 0. Falls back to the check
+    instrument alone without the decisive one."""
+    q = effect(a, b, metrics.quality)
+    check = None
+    if metrics.quality_check and interval(a, metrics.quality_check) and interval(b, metrics.quality_check):
+        check = effect(a, b, metrics.quality_check)
+    q_sig = None if q is None else q.significant()
+    c_sig = None if check is None else check.significant()
+    if q_sig is None:
+        return c_sig
+    if c_sig is None:
+        return q_sig
+    return q_sig if q_sig == c_sig else 0
 
 
-def quality_text(r: dict[str, Any]) -> str:
-    """e.g. 'FD 12.3, KID 0.012 ± 0.002' (KID's 1.96·std) — the numbers compare_quality decides on."""
-    text = f"FD {fmt(value(r, 'fd_probe'))}"
-    iv = interval(r, "kid")
-    if iv is not None:
-        text += f", KID {fmt(value(r, 'kid'))} ± {fmt((iv[1] - iv[0]) / 2, 2)}"
-    return text
+def quality_text(r: dict[str, Any], metrics: DecisiveMetrics = DEFAULT_METRICS) -> str:
+    """e.g. 'fd_probe 12.3 [11.1, 13.6], kid 0.012 [0.010, 0.014]' — the numbers compare_quality decides on."""
+    parts = []
+    for m in (metrics.quality, metrics.quality_check):
+        if m and value(r, m) is not None:
+            iv = interval(r, m)
+            parts.append(f"{m} {fmt(value(r, m))}" + (f" {fmt_interval(iv)}" if iv else ""))
+    return ", ".join(parts) or "quality not measured"
 
 
 # ---------------------------------------------------------------------------------------------- labels

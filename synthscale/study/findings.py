@@ -1,30 +1,50 @@
-"""The paper's six findings (DESIGN.md), each judged on this study's numbers as confirmed / not confirmed /
-inconclusive by a rule written here, and the recommendation table. The rules use the measured intervals
-(bootstrap bounds, KID ± 1.96·std, fit intervals); where a number has no interval a difference must exceed
-`compare.REL_MARGIN` (for quality: fd_probe beyond the margin, and KID's intervals agreeing where measured).
-With few points "inconclusive" is the honest answer, and the rules give it.
+"""The paper's six findings, each judged on this study's numbers as confirmed / not confirmed / inconclusive by a
+rule written here, and the recommendation table.
+
+Every rule compares like with like (main-grid runs at each objective's primary setting; the ablation autoencoders
+feed finding 6 only), decides on effects with standard errors from the stored intervals (`compare.effect`), and
+says "barely" or "less" only when an equivalence test (TOST) puts the effect inside a stated margin — a wide
+interval is "inconclusive", never a confirmation. Which numbers decide is one parameter, `compare.DecisiveMetrics`
+(defaults: fd_probe with KID as a check, prompt_acc), so another instrument plugs in without touching the rules.
+
+How often each rule says "confirmed" when its claim is false, and how often when it holds with a stated effect,
+is measured on simulated studies with a known truth (`study/calibration.py`, `benchmarks/calibration.py`); a
+rule whose measured false-confirmation bound exceeds 5 % answers "inconclusive" instead (`apply_calibration`).
 """
 
 from __future__ import annotations
 
 import math
-import statistics
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from synthscale.study import compare as cmp
-from synthscale.study.compare import fmt, fmt_interval
-from synthscale.study.scaling import Crossover, PowerLawFit
+from synthscale.study.compare import DEFAULT_METRICS, DecisiveMetrics, Effect, fmt, fmt_interval
+from synthscale.study.scaling import Crossover, FitError, PowerLawFit, fit_power_law
 
 CONFIRMED, NOT_CONFIRMED, INCONCLUSIVE = "confirmed", "not confirmed", "inconclusive"
-# finding 1: a power law "holds" when it explains the frontier and predicts the held-out largest-compute points
+# finding 1: a power law "holds" when it explains the points and predicts the held-out largest-compute points
 R2_HOLDS, R2_FAILS = 0.95, 0.80
 HOLDOUT_HOLDS, HOLDOUT_FAILS = 0.05, 0.15  # mean |relative error| on the held-out points
+# finding 3: "catches up": next-token's FD lead shrinks by more than 10 % (log ratio), significantly
+CATCH_UP_MARGIN = math.log(1.1)
 # finding 4: "by far the cheapest": at least this many times fewer sampling FLOPs than the next objective
 FAR_CHEAPER = 2.0
-# finding 5: EMA "matters much more": diffusion's median relative FD gain from EMA is ≥ this, and ≥ 2× the tokens'
-EMA_GAIN_MATTERS = 0.10
+# finding 4(b)/(c): "barely improves" with more steps = FD within ±20 % (log ratio) of the fewest steps' FD
+STEPS_MARGIN = math.log(1.2)
+# finding 5: EMA "matters": diffusion's FD gain from EMA ≥ 10 % (log ratio), ≥ 2× and significantly above a token
+# method's; "does not matter": within ±10 % (TOST)
+EMA_GAIN_MATTERS = math.log(1.1)
+# finding 6: prompt following "moves less": the accuracy change within ±0.05 (TOST); quality "moves": FD differs
+# significantly
+PROMPT_MARGIN = 0.05
+QUALITY_MARGIN = math.log(1.1)  # quality "does not move": FD within ±10 % (TOST)
+# the calibration's bound on false confirmations (one-sided 95 % upper limit) a rule must meet to confirm
+FALSE_CONFIRM_LIMIT = 0.05
 
 
 @dataclass
@@ -46,15 +66,14 @@ def _combine(verdicts: list[str]) -> str:
 
 
 def _tally(outcomes: list[int | None]) -> tuple[int, int, int]:
-    wins = sum(1 for o in outcomes if o == 1)
-    losses = sum(1 for o in outcomes if o == -1)
-    return wins, losses, len(outcomes)
+    known = [o for o in outcomes if o is not None]
+    return sum(1 for o in known if o == 1), sum(1 for o in known if o == -1), len(known)
 
 
 def _majority_verdict(outcomes: list[int | None]) -> str:
-    """a better than b across matched points: wins at most points and never loses → confirmed; loses at least as
-    often as it wins (and loses somewhere) → not confirmed; otherwise inconclusive."""
-    wins, losses, n = _tally([o for o in outcomes if o is not None])
+    """a better than b across matched points: significantly better at most points and significantly worse at
+    none → confirmed; significantly worse at least as often as better (and somewhere) → not confirmed."""
+    wins, losses, n = _tally(outcomes)
     if n == 0:
         return INCONCLUSIVE
     if wins > n / 2 and losses == 0:
@@ -64,7 +83,51 @@ def _majority_verdict(outcomes: list[int | None]) -> str:
     return INCONCLUSIVE
 
 
+def _effect_text(e: Effect | None, unit: str = "") -> str:
+    if e is None:
+        return "not comparable"
+    lo, hi = e.est - cmp.Z95 * e.se, e.est + cmp.Z95 * e.se
+    return f"{e.est:+.3f}{unit} [{lo:+.3f}, {hi:+.3f}]" + (
+        " (a stored interval was missing: ±10 % assumed)" if e.assumed else ""
+    )
+
+
 # ---------------------------------------------------------------------------------------------- 1: power law
+
+
+def fit_points(data: cmp.StudyData, objective: str, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every milestone of every main-grid run of one objective (primary setting, main autoencoder): compute,
+    `metric` and the run of each point, so the bootstrap can resample whole runs. All points, not the compute
+    frontier: a running minimum over noisy milestones picks lucky draws and biases the curve."""
+    main = data.main_autoencoders.get(objective)
+    rs = [
+        r
+        for r in cmp.primary_records(data)
+        if r["objective"] == objective
+        and r["autoencoder"] == main
+        and r["train_flops"] > 0
+        and (cmp.value(r, metric) or 0.0) > 0
+    ]  # log-space fit: positive values only
+    c = np.array([r["train_flops"] for r in rs], dtype=float)
+    v = np.array([cmp.value(r, metric) for r in rs], dtype=float)
+    return c, v, np.array([r["run"] for r in rs])
+
+
+def fit_laws(data: cmp.StudyData, metric: str, n_boot: int = 200, seed: int = 0):
+    """Per objective, `metric`'s power law over `fit_points`, bootstrapped by run: ({objective: fit},
+    {objective: why there is no fit})."""
+    fits, errors = {}, {}
+    for obj in data.objectives:
+        c, v, runs = fit_points(data, obj, metric)
+        if len(c) == 0:
+            errors[obj] = f"no {metric} measured"
+            continue
+        try:  # each fit its own bootstrap stream, so two fits' refits are independent draws
+            fit_seed = [seed, zlib.crc32(f"{obj}/{metric}".encode())]
+            fits[obj] = fit_power_law(c, v, metric=metric, n_boot=n_boot, seed=fit_seed, holdout=None, groups=runs)
+        except FitError as e:
+            errors[obj] = str(e)
+    return fits, errors
 
 
 def finding_power_law(data: cmp.StudyData, fits: dict[str, PowerLawFit], errors: dict[str, str]) -> Finding:
@@ -72,10 +135,11 @@ def finding_power_law(data: cmp.StudyData, fits: dict[str, PowerLawFit], errors:
         1,
         "Every objective's final loss follows a predictable power law in training FLOPs.",
         INCONCLUSIVE,
-        f"Per objective, L(C) = E + A·C^−α fitted to the loss frontier: holds when R² ≥ {R2_HOLDS}, the "
-        f"95 % interval of α excludes 0 and the fit without the largest-compute points predicts them "
-        f"within {HOLDOUT_HOLDS:.0%} (mean |relative error|); fails when R² < {R2_FAILS} or that error "
-        f"exceeds {HOLDOUT_FAILS:.0%}. Confirmed when it holds for every objective.",
+        f"Per objective, L(C) = E + A·C^−α fitted to every milestone of every main-grid run, its interval from "
+        f"a bootstrap over whole runs: holds when R² ≥ {R2_HOLDS}, the 95 % interval of α excludes 0 and the "
+        f"fit without the largest-compute points predicts them within {HOLDOUT_HOLDS:.0%} (mean |relative "
+        f"error|); fails when R² < {R2_FAILS} or that error exceeds {HOLDOUT_FAILS:.0%}. Confirmed when it holds "
+        f"for every objective.",
     )
     verdicts = []
     for obj in data.objectives:
@@ -84,119 +148,119 @@ def finding_power_law(data: cmp.StudyData, fits: dict[str, PowerLawFit], errors:
             f.evidence.append(f"{obj}: no fit — {errors.get(obj, 'no loss measured')}")
             verdicts.append(INCONCLUSIVE)
             continue
+        v = power_law_verdict(fit)
         a_iv = fit.intervals.get("alpha")
         ho = fit.holdout.mean_abs_rel_error if fit.holdout else None
         ho_text = "not computed (too few points)" if ho is None else f"{ho:.1%} on {len(fit.holdout.points)} point(s)"
-        text = (
-            f"{obj}: α = {fit.alpha:.3f} {fmt_interval(a_iv)}, E = {fmt(fit.E)}, R² = {fit.r2:.4f}, "
-            f"{fit.n} frontier points; hold-out error {ho_text}"
+        iv_text = fmt_interval(a_iv) if a_iv else f"(no interval: {fit.interval_note or 'too few refits'})"
+        f.evidence.append(
+            f"{obj}: α = {fit.alpha:.3f} {iv_text}, E = {fmt(fit.E)}, R² = {fit.r2:.4f}, {fit.n} points of "
+            f"{fit.n_groups or '?'} runs; hold-out error {ho_text} → {v}"
         )
-        if fit.r2 < R2_FAILS or (ho is not None and ho > HOLDOUT_FAILS):
-            v = NOT_CONFIRMED
-        elif fit.r2 >= R2_HOLDS and a_iv is not None and a_iv[0] > 0 and ho is not None and ho <= HOLDOUT_HOLDS:
-            v = CONFIRMED
-        else:
-            v = INCONCLUSIVE
         verdicts.append(v)
-        f.evidence.append(f"{text} → {v}")
     f.verdict = _combine(verdicts)
     return f
 
 
+def power_law_verdict(fit: PowerLawFit) -> str:
+    a_iv = fit.intervals.get("alpha")
+    ho = fit.holdout.mean_abs_rel_error if fit.holdout else None
+    if fit.r2 < R2_FAILS or (ho is not None and ho > HOLDOUT_FAILS):
+        return NOT_CONFIRMED
+    if fit.r2 >= R2_HOLDS and a_iv is not None and a_iv[0] > 0 and ho is not None and ho <= HOLDOUT_HOLDS:
+        return CONFIRMED
+    return INCONCLUSIVE
+
+
 # ---------------------------------------------------------------------------------------------- 2: prompts
 
+PROMPT_PARTS = (("autoregressive", "flow"), ("masked", "flow"), ("autoregressive", "masked"))
 
-def finding_prompt_following(data: cmp.StudyData) -> Finding:
+
+def finding_prompt_following(data: cmp.StudyData, metrics: DecisiveMetrics = DEFAULT_METRICS) -> Finding:
+    m = metrics.prompt
     f = Finding(
         2,
         "Token methods (next-token first) follow prompts better than diffusion at equal training compute.",
         INCONCLUSIVE,
-        "At each matched training-compute level, each objective's best prompt accuracy (over sizes); a token "
-        "method wins a level when its 95 % bootstrap interval lies above diffusion's. Confirmed when both "
-        "masked and next-token win most levels and lose none; not confirmed when either loses at least as "
-        "many levels as it wins. Next-token vs masked is reported alongside.",
+        f"Main-grid runs only. At each matched training-compute level, each objective's best {m} over model "
+        f"sizes; one objective beats another at a level when the difference is significant (two-sided 5 %, "
+        f"standard errors from the stored 95 % intervals). Three parts: next-token vs diffusion, masked vs "
+        f'diffusion, next-token vs masked ("next-token first"); a part is confirmed when the first wins most '
+        f"levels and loses none, not confirmed when it loses at least as many as it wins. Confirmed when all "
+        f"three parts are.",
     )
-    levels = cmp.matched_best(cmp.primary_records(data), "prompt_acc")
-    verdicts = []
-    for token in ("autoregressive", "masked"):
-        outcomes = []
-        for best in levels.values():
-            if token in best and "flow" in best:
-                outcomes.append(cmp.compare(best[token], best["flow"], "prompt_acc"))
+    levels = cmp.matched_best(cmp.main_grid_records(data), m)
+    if not levels:
+        f.evidence.append(f"no matched compute level measured {m}")
+        return f
+    parts = []
+    for a, b in PROMPT_PARTS:
+        outcomes = [
+            e.significant() if (e := cmp.effect(best[a], best[b], m)) is not None else None
+            for best in levels.values()
+            if a in best and b in best
+        ]
         wins, losses, n = _tally(outcomes)
         v = _majority_verdict(outcomes)
-        verdicts.append(v)
-        f.evidence.append(f"{token} vs flow: better at {wins}, worse at {losses} of {n} matched levels → {v}")
-    ar_vs_m = [
-        cmp.compare(b["autoregressive"], b["masked"], "prompt_acc")
-        for b in levels.values()
-        if "autoregressive" in b and "masked" in b
-    ]
-    w, l_, n = _tally(ar_vs_m)
-    f.evidence.append(f"next-token vs masked: better at {w}, worse at {l_} of {n} levels")
-    top = max(levels) if levels else None
-    if top is not None:
-        f.evidence.append(
-            f"at {top:.3g} FLOPs: "
-            + ", ".join(
-                f"{o} {fmt(cmp.value(r, 'prompt_acc'))} {fmt_interval(cmp.interval(r, 'prompt_acc'))}"
-                for o, r in levels[top].items()
-            )
-        )
-    f.verdict = _combine(verdicts) if levels else INCONCLUSIVE
+        parts.append(v)
+        f.evidence.append(f"{a} vs {b}: significantly better at {wins}, worse at {losses} of {n} matched levels → {v}")
+    top = max(levels)
+    f.evidence.append(
+        f"at {top:.3g} FLOPs: "
+        + ", ".join(f"{o} {fmt(cmp.value(r, m))} {fmt_interval(cmp.interval(r, m))}" for o, r in levels[top].items())
+    )
+    f.verdict = _combine(parts)
     return f
 
 
 # ---------------------------------------------------------------------------------------------- 3: quality
 
 
-def finding_quality_crossover(data: cmp.StudyData, crossovers: dict[tuple[str, str], Crossover]) -> Finding:
+def finding_quality_crossover(
+    data: cmp.StudyData, crossovers: dict[tuple[str, str], Crossover], metrics: DecisiveMetrics = DEFAULT_METRICS
+) -> Finding:
+    q = metrics.quality
     f = Finding(
         3,
         "On image quality next-token leads at low compute; diffusion catches up as compute grows.",
         INCONCLUSIVE,
-        "Best quality per objective at the lowest and highest matched training-compute levels; a quality "
-        "difference is significant when fd_probe differs by more than 10 % and, where KID was measured, "
-        "KID's 95 % intervals (±1.96·std) are apart in the same direction. Confirmed when next-token is "
-        "significantly better at the lowest level and, at the highest, either no longer significantly better "
-        "or its FD lead (ratio) has at least halved in log terms; not confirmed when diffusion is "
-        "significantly better at the lowest level, or next-token leads there and the gap does not shrink.",
+        f"Main-grid runs only; best {q} per objective (over sizes) at the lowest and highest matched "
+        f"training-compute levels. Next-token's lead is log({q} diffusion / {q} next-token). Confirmed when "
+        f"next-token is significantly better at the lowest level (two-sided 5 %; where {metrics.quality_check} "
+        f"was measured it must agree) and its lead shrinks from the lowest to the highest level by more than "
+        f"{math.exp(CATCH_UP_MARGIN) - 1:.0%} (log ratio), significantly (one-sided 2.5 %); not confirmed when "
+        f"diffusion is significantly better at the lowest level or the lead grows significantly.",
     )
     levels = {
         lv: b
-        for lv, b in cmp.matched_best(cmp.primary_records(data), "fd_probe").items()
+        for lv, b in cmp.matched_best(cmp.main_grid_records(data), q).items()
         if "autoregressive" in b and "flow" in b
     }
     if len(levels) < 2:
-        f.evidence.append(f"{len(levels)} matched compute level(s) with both next-token and diffusion FD; need ≥ 2")
+        f.evidence.append(f"{len(levels)} matched compute level(s) with both next-token and diffusion {q}; need ≥ 2")
         return f
     lo, hi = min(levels), max(levels)
-    ar_lo, fl_lo = levels[lo]["autoregressive"], levels[lo]["flow"]
-    ar_hi, fl_hi = levels[hi]["autoregressive"], levels[hi]["flow"]
-    c_lo, c_hi = cmp.compare_quality(ar_lo, fl_lo), cmp.compare_quality(ar_hi, fl_hi)
-    r_lo = cmp.value(fl_lo, "fd_probe") / max(cmp.value(ar_lo, "fd_probe"), 1e-12)  # > 1: next-token better
-    r_hi = cmp.value(fl_hi, "fd_probe") / max(cmp.value(ar_hi, "fd_probe"), 1e-12)
-    names = {
-        1: "next-token significantly better",
-        -1: "diffusion significantly better",
-        0: "no significant difference",
-        None: "not comparable",
-    }
-    f.evidence.append(
-        f"lowest level {lo:.3g} FLOPs: next-token {cmp.quality_text(ar_lo)} vs diffusion "
-        f"{cmp.quality_text(fl_lo)} (FD ratio {r_lo:.2f}) — {names[c_lo]}"
-    )
-    f.evidence.append(
-        f"highest level {hi:.3g} FLOPs: next-token {cmp.quality_text(ar_hi)} vs diffusion "
-        f"{cmp.quality_text(fl_hi)} (FD ratio {r_hi:.2f}) — {names[c_hi]}"
-    )
+    ar_lo, fl_lo, ar_hi, fl_hi = (levels[lv][o] for lv in (lo, hi) for o in ("autoregressive", "flow"))
+    lead_lo, lead_hi = cmp.effect(ar_lo, fl_lo, q), cmp.effect(ar_hi, fl_hi, q)
+    c_lo = cmp.compare_quality(ar_lo, fl_lo, metrics)
+    names = {1: "next-token significantly better", -1: "diffusion significantly better", 0: "no significant difference"}
+    for label, lv, ar, fl, lead in (("lowest", lo, ar_lo, fl_lo, lead_lo), ("highest", hi, ar_hi, fl_hi, lead_hi)):
+        f.evidence.append(
+            f"{label} level {lv:.3g} FLOPs: next-token {cmp.quality_text(ar, metrics)} vs diffusion "
+            f"{cmp.quality_text(fl, metrics)}; next-token's lead {_effect_text(lead)} — "
+            f"{names.get(cmp.compare_quality(ar, fl, metrics), 'not comparable')}"
+        )
     cross = crossovers.get(("autoregressive", "flow"))
     if cross is not None:
-        f.evidence.append(f"fd_probe fits, next-token vs diffusion: {cross.describe()}")
-    shrinks = r_hi < r_lo and (c_hi in (0, -1) or math.log(max(r_hi, 1e-12)) <= 0.5 * math.log(r_lo))
-    if c_lo == 1 and shrinks:
+        f.evidence.append(f"{q} fits, next-token vs diffusion: {cross.describe()}")
+    if lead_lo is None or lead_hi is None:
+        return f
+    shrink = lead_lo.minus(lead_hi)
+    f.evidence.append(f"the lead shrinks by {_effect_text(shrink)} (log ratio) from the lowest to the highest level")
+    if c_lo == 1 and shrink.est - cmp.Z95 * shrink.se > CATCH_UP_MARGIN:
         f.verdict = CONFIRMED
-    elif c_lo == -1 or (c_lo == 1 and r_hi >= r_lo):
+    elif c_lo == -1 or shrink.significant() == -1:
         f.verdict = NOT_CONFIRMED
     return f
 
@@ -205,8 +269,8 @@ def finding_quality_crossover(data: cmp.StudyData, crossovers: dict[tuple[str, s
 
 
 def _last_records(data: cmp.StudyData) -> list[dict[str, Any]]:
-    """Primary-setting records at each run's last evaluated milestone."""
-    prim = cmp.primary_records(data)
+    """Main-grid primary-setting records at each run's last evaluated milestone."""
+    prim = cmp.main_grid_records(data)
     last: dict[str, int] = {}
     for r in prim:
         last[r["run"]] = max(last.get(r["run"], -1), r["milestone"])
@@ -214,10 +278,12 @@ def _last_records(data: cmp.StudyData) -> list[dict[str, Any]]:
 
 
 def step_sweeps(data: cmp.StudyData) -> dict[str, list[list[dict[str, Any]]]]:
-    """Per objective, every group of records that differ only in sampling steps (≥ 2 step counts)."""
+    """Per objective, every group of main-grid records that differ only in sampling steps (≥ 2 step counts)."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    main = data.main_autoencoders
     for r in data.records:
-        groups[(r["objective"], r["run"], r["milestone"], r["weights"], r["cfg_scale"])].append(r)
+        if r["autoencoder"] == main.get(r["objective"]):
+            groups[(r["objective"], r["run"], r["milestone"], r["weights"], r["cfg_scale"])].append(r)
     out: dict[str, list[list[dict[str, Any]]]] = defaultdict(list)
     for (obj, *_), rs in groups.items():
         if len({r["steps"] for r in rs}) > 1:
@@ -225,83 +291,83 @@ def step_sweeps(data: cmp.StudyData) -> dict[str, list[list[dict[str, Any]]]]:
     return dict(out)
 
 
-def finding_inference(data: cmp.StudyData) -> Finding:
-    f = Finding(
-        4,
-        "Next-token prediction (KV cache) is by far the cheapest at inference; masked-token barely "
-        "improves with more steps; diffusion quality depends on steps.",
-        INCONCLUSIVE,
-        f"(a) At each model size (main autoencoders), next-token's sampling FLOPs per image at its "
-        f"primary setting are ≥ {FAR_CHEAPER:g}× below every other objective's (and its batch-1 latency "
-        f"lowest where measured): confirmed; another objective cheaper: not confirmed. (b) Masked: quality "
-        f"at the most steps is not significantly better than at the fewest in any sweep (significant as in "
-        f"finding 3). (c) Diffusion: quality at the most steps is significantly better than at the "
-        f"fewest in every sweep. Confirmed when (a)–(c) are; not confirmed when any part is contradicted.",
-    )
-    parts = []
-    # (a) cost per image
-    main = data.main_autoencoders
-    last = [r for r in _last_records(data) if r["autoencoder"] == main[r["objective"]]]
+def _cost_part(data: cmp.StudyData, f: Finding) -> str:
+    """(a): next-token's sampling FLOPs ≥ FAR_CHEAPER× below every other objective's, size by size, and its
+    latency not significantly higher where measured."""
     by_size: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
-    for r in last:  # the cheapest record per (size, objective) at the last milestone
+    for r in _last_records(data):  # the cheapest record per (size, objective) at the last milestone
         cur = by_size[r["size"]].get(r["objective"])
         if cur is None or r["sample_flops_per_image"] < cur["sample_flops_per_image"]:
             by_size[r["size"]][r["objective"]] = r
-    verdicts_a = []
+    verdicts = []
     for size, objs in sorted(by_size.items()):
         if "autoregressive" not in objs or len(objs) < 2:
             continue
         ar = objs["autoregressive"]
         others = {o: r for o, r in objs.items() if o != "autoregressive"}
         ratio = min(r["sample_flops_per_image"] for r in others.values()) / ar["sample_flops_per_image"]
-        lat = {o: cmp.value(r, "latency_s") for o, r in objs.items()}
-        lat_ok = None
-        if lat["autoregressive"] is not None and any(lat[o] is not None for o in others):
-            lat_ok = all(lat[o] is None or cmp.compare(ar, others[o], "latency_s") != -1 for o in others)
-        if ratio < 1 or lat_ok is False:
-            v = NOT_CONFIRMED
-        elif ratio >= FAR_CHEAPER and lat_ok is not False:
-            v = CONFIRMED
-        else:
-            v = INCONCLUSIVE
-        verdicts_a.append(v)
+        lat = {o: cmp.effect(ar, r, "latency_s") for o, r in others.items()}  # > 0: next-token faster
+        slower = any(e is not None and e.significant() == -1 for e in lat.values())
+        v = NOT_CONFIRMED if ratio < 1 or slower else CONFIRMED if ratio >= FAR_CHEAPER else INCONCLUSIVE
+        verdicts.append(v)
         f.evidence.append(
             f"(a) size {size}: sampling FLOPs/image "
             + ", ".join(f"{o} {fmt(r['sample_flops_per_image'])}" for o, r in objs.items())
             + f"; next-token {ratio:.1f}× below the next cheapest; latency "
-            + ", ".join(f"{o} {fmt(lat[o])} s" for o in objs)
+            + ", ".join(f"{o} {fmt(cmp.value(r, 'latency_s'))} s" for o, r in objs.items())
             + f" → {v}"
         )
-    parts.append(_combine(verdicts_a) if verdicts_a else INCONCLUSIVE)
-    if not verdicts_a:
+    if not verdicts:
         f.evidence.append("(a) no model size has next-token and another objective at the last milestone")
-    # (b), (c) step sweeps
-    sweeps = step_sweeps(data)
-    change = {1: "better", -1: "worse", 0: "no significant change", None: "not comparable"}
-    for label, obj, want in (("(b)", "masked", 0), ("(c)", "flow", 1)):
-        outcomes = []
-        for rs in sweeps.get(obj, []):
-            o = cmp.compare_quality(rs[-1], rs[0])  # most steps vs fewest
-            outcomes.append(o)
-            by_steps = ", ".join(f"{r['steps']}: {fmt(cmp.value(r, 'fd_probe'))}" for r in rs)
-            f.evidence.append(
-                f"{label} {obj} {rs[0]['size']} {rs[0]['autoencoder']} @ {rs[0]['train_flops']:.3g} "
-                f"FLOPs: FD by steps {by_steps} — most vs fewest steps: {change[o]}"
-            )
-        known = [o for o in outcomes if o is not None]
-        if not known:
-            f.evidence.append(f"{label} no {obj} steps sweep measured")
-            parts.append(INCONCLUSIVE)
-        elif want == 0:  # barely improves: never significantly better with more steps
-            parts.append(CONFIRMED if all(o != 1 for o in known) else NOT_CONFIRMED)
-        else:  # depends on steps: significantly better with more steps in every sweep
-            parts.append(
-                CONFIRMED
-                if all(o == 1 for o in known)
-                else NOT_CONFIRMED
-                if all(o != 1 for o in known)
-                else INCONCLUSIVE
-            )
+        return INCONCLUSIVE
+    return _combine(verdicts)
+
+
+def _steps_part(data: cmp.StudyData, f: Finding, label: str, obj: str, barely: bool, metrics: DecisiveMetrics) -> str:
+    """(b) barely improves (barely=True) or (c) depends on steps: the quality effect of the most steps over the
+    fewest, per sweep."""
+    q, effects = metrics.quality, []
+    for rs in step_sweeps(data).get(obj, []):
+        e = cmp.effect(rs[-1], rs[0], q)  # most steps vs fewest; > 0: more steps better
+        effects.append(e)
+        by_steps = ", ".join(f"{r['steps']}: {fmt(cmp.value(r, q))}" for r in rs)
+        f.evidence.append(
+            f"{label} {obj} {rs[0]['size']} @ {rs[0]['train_flops']:.3g} FLOPs ({rs[0]['weights']}): {q} by steps "
+            f"{by_steps}; gain of the most over the fewest steps {_effect_text(e)} (log ratio)"
+        )
+    effects = [e for e in effects if e is not None]
+    if not effects:
+        f.evidence.append(f"{label} no {obj} steps sweep measured")
+        return INCONCLUSIVE
+    if barely:  # within ±margin in every sweep (TOST); beyond it significantly in any: contradicted
+        if any(e.exceeds(STEPS_MARGIN) and e.est > 0 for e in effects):
+            return NOT_CONFIRMED
+        return CONFIRMED if all(e.equivalent(STEPS_MARGIN) for e in effects) else INCONCLUSIVE
+    if all(e.significant() == 1 for e in effects):
+        return CONFIRMED
+    return NOT_CONFIRMED if any(e.equivalent(STEPS_MARGIN) for e in effects) else INCONCLUSIVE
+
+
+def finding_inference(data: cmp.StudyData, metrics: DecisiveMetrics = DEFAULT_METRICS) -> Finding:
+    f = Finding(
+        4,
+        "Next-token prediction (KV cache) is by far the cheapest at inference; masked-token barely "
+        "improves with more steps; diffusion quality depends on steps.",
+        INCONCLUSIVE,
+        f"Main-grid runs only. (a) At each model size, next-token's sampling FLOPs per image at its primary "
+        f"setting are ≥ {FAR_CHEAPER:g}× below every other objective's and its batch-1 latency is not "
+        f"significantly higher: confirmed; another objective cheaper or significantly faster: not confirmed. "
+        f"(b) Masked: the {metrics.quality} gain of the most over the fewest steps lies within "
+        f"±{math.exp(STEPS_MARGIN) - 1:.0%} (TOST, 90 % interval) in every sweep: confirmed; a gain "
+        f"significantly beyond it in any sweep: not confirmed. (c) Diffusion: the gain is significantly "
+        f"positive in every sweep: confirmed; within ±{math.exp(STEPS_MARGIN) - 1:.0%} (TOST) in any sweep: not "
+        f"confirmed. Confirmed when (a)–(c) are; not confirmed when any part is contradicted.",
+    )
+    parts = [
+        _cost_part(data, f),
+        _steps_part(data, f, "(b)", "masked", True, metrics),
+        _steps_part(data, f, "(c)", "flow", False, metrics),
+    ]
     f.evidence.append(f"parts (a), (b), (c): {', '.join(parts)}")
     f.verdict = _combine(parts)
     return f
@@ -321,40 +387,64 @@ def ema_pairs(data: cmp.StudyData) -> dict[str, list[tuple[dict[str, Any], dict[
     return dict(out)
 
 
-def finding_ema(data: cmp.StudyData) -> Finding:
+def ema_gains(data: cmp.StudyData, metrics: DecisiveMetrics = DEFAULT_METRICS) -> dict[str, tuple[Effect, int]]:
+    """Per objective, EMA's quality gain over raw weights (log ratio, > 0: EMA better): the mean over main-grid
+    runs of each run's pair at its last milestone at the primary steps and CFG, with a standard error that is
+    the larger of the pairs' stored intervals and the spread between runs; and the number of runs."""
+    by_obj: dict[str, list[Effect]] = defaultdict(list)
+    last: dict[str, int] = {}
+    pairs = [
+        (e, r)
+        for obj, ps in ema_pairs(data).items()
+        for e, r in ps
+        if e["autoencoder"] == data.main_autoencoders.get(obj)
+        and (e["steps"], e["cfg_scale"])
+        == (data.settings.get(obj, ("", 0, 0.0))[1], data.settings.get(obj, ("", 0, 0.0))[2])
+    ]
+    for e, _ in pairs:
+        last[e["run"]] = max(last.get(e["run"], -1), e["milestone"])
+    for e, r in pairs:
+        if e["milestone"] == last[e["run"]] and (g := cmp.effect(e, r, metrics.quality)) is not None:
+            by_obj[e["objective"]].append(g)
+    out = {}
+    for obj, gs in by_obj.items():
+        k = len(gs)
+        mean = sum(g.est for g in gs) / k
+        se = math.sqrt(sum(g.se**2 for g in gs)) / k
+        if k >= 2:
+            spread = math.sqrt(sum((g.est - mean) ** 2 for g in gs) / (k - 1) / k)
+            se = max(se, spread)
+        out[obj] = (Effect(mean, se, any(g.assumed for g in gs)), k)
+    return out
+
+
+def finding_ema(data: cmp.StudyData, metrics: DecisiveMetrics = DEFAULT_METRICS) -> Finding:
     f = Finding(
         5,
         "EMA matters much more for diffusion than for the token methods.",
         INCONCLUSIVE,
-        f"Relative FD gain of EMA over raw weights, (FD_raw − FD_ema)/FD_raw, median over pairs with the "
-        f"same run, milestone, steps and CFG. Confirmed when diffusion's median gain is ≥ "
-        f"{EMA_GAIN_MATTERS:.0%}, ≥ 2× each token method's, and EMA is significantly better (as in "
-        f"finding 3) in at least half of diffusion's pairs; not confirmed when a token method "
-        f"gains at least as much, or EMA is significantly better in none of diffusion's pairs.",
+        f"EMA's gain per objective: log({metrics.quality} raw / {metrics.quality} EMA), the mean over main-grid "
+        f"runs at each run's last milestone (primary steps and CFG). Confirmed when diffusion's gain is ≥ "
+        f"{math.exp(EMA_GAIN_MATTERS) - 1:.0%}, ≥ 2× each token method's and significantly above it (two-sided "
+        f"5 %); not confirmed when a token method's gain is significantly above diffusion's, or diffusion's "
+        f"gain lies within ±{math.exp(EMA_GAIN_MATTERS) - 1:.0%} (TOST).",
     )
-    pairs = ema_pairs(data)
-    gains, sig = {}, {}
-    for obj, ps in pairs.items():
-        g = [
-            (cmp.value(raw, "fd_probe") - cmp.value(ema, "fd_probe")) / cmp.value(raw, "fd_probe")
-            for ema, raw in ps
-            if cmp.value(ema, "fd_probe") is not None and cmp.value(raw, "fd_probe") is not None
-        ]
-        if g:
-            gains[obj] = statistics.median(g)
-            sig[obj] = sum(1 for ema, raw in ps if cmp.compare_quality(ema, raw) == 1) / len(ps)
-            f.evidence.append(
-                f"{obj}: median EMA gain {gains[obj]:+.1%} over {len(g)} pairs; EMA significantly "
-                f"better in {sig[obj]:.0%} of them"
-            )
+    gains = ema_gains(data, metrics)
+    for obj, (g, k) in gains.items():
+        f.evidence.append(f"{obj}: EMA gain {_effect_text(g)} (log ratio) over {k} run(s)")
     tokens = [o for o in ("masked", "autoregressive") if o in gains]
     if "flow" not in gains or not tokens:
         f.evidence.append("need EMA/raw pairs for diffusion and at least one token method")
         return f
-    g_flow = gains["flow"]
-    if any(gains[t] >= g_flow for t in tokens) or sig["flow"] == 0:
+    g_flow = gains["flow"][0]
+    diffs = {t: g_flow.minus(gains[t][0]) for t in tokens}
+    for t, d in diffs.items():
+        f.evidence.append(f"diffusion's gain minus {t}'s: {_effect_text(d)}")
+    if any(d.significant() == -1 for d in diffs.values()) or g_flow.equivalent(EMA_GAIN_MATTERS):
         f.verdict = NOT_CONFIRMED
-    elif g_flow >= EMA_GAIN_MATTERS and all(g_flow >= 2 * max(gains[t], 0.0) for t in tokens) and sig["flow"] >= 0.5:
+    elif g_flow.est >= EMA_GAIN_MATTERS and all(
+        d.significant() == 1 and g_flow.est >= 2 * max(gains[t][0].est, 0.0) for t, d in diffs.items()
+    ):
         f.verdict = CONFIRMED
     return f
 
@@ -362,58 +452,83 @@ def finding_ema(data: cmp.StudyData) -> Finding:
 # ---------------------------------------------------------------------------------------------- 6: autoencoder
 
 
-def finding_autoencoder(data: cmp.StudyData) -> Finding:
+def autoencoder_contrasts(data: cmp.StudyData, metrics: DecisiveMetrics = DEFAULT_METRICS):
+    """(objective, size, level, main record, ablation record) for runs that differ only in the autoencoder, each
+    ablation against its objective's main autoencoder at matched compute (primary setting)."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in cmp.primary_records(data):
+        groups[(r["objective"], r["size"], r["data_size"])].append(r)
+    out = []
+    for (obj, size, _), rs in sorted(groups.items()):
+        main = data.main_autoencoders.get(obj)
+        if len({r["autoencoder"] for r in rs}) < 2 or main not in {r["autoencoder"] for r in rs}:
+            continue
+        for lv, recs in cmp.by_level(rs).items():
+            mains = [r for r in recs if r["autoencoder"] == main]
+            for other in (r for r in recs if r["autoencoder"] != main):
+                if mains:
+                    out.append((obj, size, lv, mains[0], other))
+    return out
+
+
+def _mean_effect(effects: list[Effect]) -> Effect:
+    """The mean of one pair's effects over its milestones. Evaluation noise is independent between milestones
+    (its part of the standard error shrinks as √k); training noise is shared along a run and does not average
+    out: the spread of the per-milestone effects beyond what evaluation noise explains counts in full, not
+    divided by √k."""
+    k = len(effects)
+    mean = sum(e.est for e in effects) / k
+    var = sum(e.se**2 for e in effects) / k**2
+    if k >= 2:
+        spread2 = sum((e.est - mean) ** 2 for e in effects) / (k - 1)
+        var += max(0.0, spread2 - sum(e.se**2 for e in effects) / k)
+    return Effect(mean, math.sqrt(var), any(e.assumed for e in effects))
+
+
+def finding_autoencoder(data: cmp.StudyData, metrics: DecisiveMetrics = DEFAULT_METRICS) -> Finding:
+    q, p = metrics.quality, metrics.prompt
     f = Finding(
         6,
         "Autoencoder quality (and latent size) strongly moves FID, less so prompt following.",
         INCONCLUSIVE,
-        "Runs that differ only in the autoencoder, compared at each matched compute level (best vs worst "
-        "autoencoder by FD). Quality moves when the difference is significant (as in finding "
-        "3). Confirmed when quality moves at most levels and the relative prompt-accuracy change is "
-        "smaller than the relative FD change at every level; not confirmed when quality moves at none, or "
-        "prompt accuracy changes relatively at least as much as FD at most levels. Whether the prompt-"
-        "accuracy change is significant (95 % intervals apart) is reported alongside.",
+        f"Runs that differ only in the autoencoder: each ablation vs the main one, its effect on {q} (log ratio) "
+        f"and on {p} (difference) averaged over the matched compute levels of the pair. Quality moves when the "
+        f"mean {q} effect is significant (two-sided 5 %); prompt following stays when the mean {p} change lies "
+        f"within ±{PROMPT_MARGIN:g} (TOST, 90 % interval) and moves when it is significantly beyond that "
+        f"margin. Confirmed when, in most pairs, quality moves and prompt following stays, and prompt following "
+        f"moves in none; not confirmed when prompt following moves in most pairs or quality stays within "
+        f"±{math.exp(QUALITY_MARGIN) - 1:.0%} (TOST) in most.",
     )
-    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    for r in cmp.primary_records(data):
-        groups[(r["objective"], r["size"], r["data_size"])].append(r)
-    q_moves, p_smaller, p_larger, n = 0, 0, 0, 0
-    for (obj, size, _), rs in sorted(groups.items()):
-        if len({r["autoencoder"] for r in rs}) < 2:
-            continue
-        levels = cmp.by_level(rs)
-        for lv, recs in levels.items():
-            by_ae = cmp.best_per_objective([dict(r, objective=r["autoencoder"]) for r in recs], "fd_probe")
-            if len(by_ae) < 2:
-                continue
-            best = min(by_ae.values(), key=lambda r: cmp.value(r, "fd_probe"))
-            worst = max(by_ae.values(), key=lambda r: cmp.value(r, "fd_probe"))
-            q = cmp.compare_quality(best, worst)
-            fd_rel = 1 - cmp.value(best, "fd_probe") / cmp.value(worst, "fd_probe")
-            pb, pw = cmp.value(best, "prompt_acc"), cmp.value(worst, "prompt_acc")
-            p_rel = abs(pb - pw) / max(pb, pw) if pb is not None and pw is not None and max(pb, pw) > 0 else None
-            p_sig = cmp.compare(best, worst, "prompt_acc")
-            n += 1
-            q_moves += q == 1
-            p_smaller += p_rel is not None and p_rel < fd_rel
-            p_larger += p_rel is not None and p_rel >= fd_rel
-            if lv == max(levels):
-                f.evidence.append(
-                    f"{obj} {size} @ {lv:.3g} FLOPs: FD {best['autoencoder']} {fmt(cmp.value(best, 'fd_probe'))} vs "
-                    f"{worst['autoencoder']} {fmt(cmp.value(worst, 'fd_probe'))} ({fd_rel:.0%} lower); prompt acc "
-                    f"{fmt(pb)} vs {fmt(pw)} ({'significant' if p_sig not in (0, None) else 'not significant'})"
-                )
-    if n == 0:
+    pairs: dict[tuple, list[tuple[float, Effect | None, Effect | None]]] = defaultdict(list)
+    for obj, size, lv, main, other in autoencoder_contrasts(data, metrics):
+        pairs[(obj, size, main["autoencoder"], other["autoencoder"])].append(
+            (lv, cmp.effect(main, other, q), cmp.effect(main, other, p))
+        )
+    if not pairs:
         f.evidence.append("no runs that differ only in their autoencoder")
         return f
+    q_moves = q_stays = p_stays = p_moves = 0
+    for (obj, size, main_ae, ae), rows in pairs.items():
+        qs, ps = [r[1] for r in rows if r[1] is not None], [r[2] for r in rows if r[2] is not None]
+        qe = _mean_effect(qs) if qs else None
+        pe = _mean_effect(ps) if ps else None
+        q_moves += qe is not None and qe.significant() != 0
+        q_stays += qe is not None and qe.equivalent(QUALITY_MARGIN)
+        p_stays += pe is not None and pe.equivalent(PROMPT_MARGIN)
+        p_moves += pe is not None and pe.exceeds(PROMPT_MARGIN)
+        f.evidence.append(
+            f"{obj} {size}, {main_ae} vs {ae} over {len(rows)} level(s): {q} effect {_effect_text(qe)} (log ratio, "
+            f"> 0: {main_ae} better); {p} effect {_effect_text(pe)}"
+        )
+    n = len(pairs)
     ae_desc = ", ".join(f"{a['name']} ({a['kind']}, PSNR {fmt(a['metrics'].get('psnr'))})" for a in data.autoencoders)
     f.evidence.append(
-        f"over {n} matched levels: quality moves significantly at {q_moves}; prompt accuracy moves "
-        f"relatively less than FD at {p_smaller}. Autoencoders: {ae_desc}"
+        f"over {n} pair(s): quality moves in {q_moves}, stays in {q_stays}; prompt following stays within "
+        f"±{PROMPT_MARGIN:g} in {p_stays}, moves beyond it in {p_moves}. Autoencoders: {ae_desc}"
     )
-    if q_moves == 0 or p_larger > n / 2:
+    if p_moves > n / 2 or q_stays > n / 2:
         f.verdict = NOT_CONFIRMED
-    elif q_moves > n / 2 and p_smaller == n:
+    elif q_moves > n / 2 and p_stays > n / 2 and p_moves == 0:
         f.verdict = CONFIRMED
     return f
 
@@ -423,15 +538,32 @@ def all_findings(
     loss_fits: dict[str, PowerLawFit],
     loss_errors: dict[str, str],
     crossovers: dict[tuple[str, str], Crossover],
+    metrics: DecisiveMetrics = DEFAULT_METRICS,
+    calibration: dict[str, Any] | None = None,
 ) -> list[Finding]:
-    return [
+    """The six findings on `metrics`; with a `calibration` table, a confirmation from a rule whose measured
+    false-confirmation bound exceeds FALSE_CONFIRM_LIMIT becomes "inconclusive"."""
+    found = [
         finding_power_law(data, loss_fits, loss_errors),
-        finding_prompt_following(data),
-        finding_quality_crossover(data, crossovers),
-        finding_inference(data),
-        finding_ema(data),
-        finding_autoencoder(data),
+        finding_prompt_following(data, metrics),
+        finding_quality_crossover(data, crossovers, metrics),
+        finding_inference(data, metrics),
+        finding_ema(data, metrics),
+        finding_autoencoder(data, metrics),
     ]
+    return apply_calibration(found, calibration) if calibration else found
+
+
+def apply_calibration(found: list[Finding], calibration: dict[str, Any]) -> list[Finding]:
+    """Downgrade confirmations the calibration does not support (bound above the limit, or never measured)."""
+    for f in found:
+        row = calibration.get("findings", {}).get(str(f.number))
+        bound = None if row is None else row.get("false_confirm_upper")
+        if f.verdict == CONFIRMED and (bound is None or bound > FALSE_CONFIRM_LIMIT):
+            f.verdict = INCONCLUSIVE
+            why = "was not calibrated" if bound is None else f"confirms falsely up to {bound:.1%} of the time"
+            f.evidence.append(f"the rule said confirmed, but it {why} in simulation (limit {FALSE_CONFIRM_LIMIT:.0%})")
+    return found
 
 
 # ---------------------------------------------------------------------------------------------- recommendation
@@ -480,7 +612,7 @@ def recommendations(data: cmp.StudyData) -> list[Recommendation]:
                 out.append(Recommendation(criterion, metric, lv, None, [], "not measured"))
                 continue
             ranked = sorted(
-                best.items(), key=lambda kv: cmp.value(kv[1], metric), reverse=metric not in cmp.LOWER_IS_BETTER
+                best.items(), key=lambda kv: cmp.value(kv[1], metric), reverse=not cmp.lower_is_better(metric)
             )
             winner, wr = ranked[0]
             ties = [o for o, r in ranked[1:] if cmp.compare(wr, r, metric) == 0]

@@ -11,7 +11,6 @@ import html
 import math
 import os
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,11 @@ from typing import Any
 import numpy as np
 
 from synthscale import atomic
+from synthscale.study import calibration, plots
 from synthscale.study import compare as cmp
 from synthscale.study import findings as fnd
-from synthscale.study import plots
 from synthscale.study.compare import fmt, fmt_interval
-from synthscale.study.scaling import Crossover, FitError, PowerLawFit, crossover, fit_power_law
+from synthscale.study.scaling import Crossover, PowerLawFit, crossover
 
 CROSSOVER_PAIRS = (("autoregressive", "flow"), ("masked", "flow"), ("autoregressive", "masked"))
 
@@ -42,39 +41,7 @@ class Analysis:
     samples: list[dict[str, Any]]  # sample-grid artifacts at matched compute, with "label"
     samples_note: str
     reconstructions: list[dict[str, Any]]  # autoencoder reconstruction grids
-
-
-def fit_points(data: cmp.StudyData, objective: str, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every milestone of every main-grid run of one objective (primary setting, main autoencoder): compute,
-    `metric` and the run of each point, so the bootstrap can resample whole runs. All points, not the compute
-    frontier: a running minimum over noisy milestones picks lucky draws and biases the curve."""
-    main = data.main_autoencoders.get(objective)
-    rs = [
-        r
-        for r in cmp.primary_records(data)
-        if r["objective"] == objective
-        and r["autoencoder"] == main
-        and r["train_flops"] > 0
-        and (cmp.value(r, metric) or 0.0) > 0
-    ]  # log-space fit: positive values only
-    c = np.array([r["train_flops"] for r in rs], dtype=float)
-    v = np.array([cmp.value(r, metric) for r in rs], dtype=float)
-    return c, v, np.array([r["run"] for r in rs])
-
-
-def _fits(data: cmp.StudyData, metric: str, n_boot: int, seed: int):
-    fits, errors = {}, {}
-    for obj in data.objectives:
-        c, v, runs = fit_points(data, obj, metric)
-        if len(c) == 0:
-            errors[obj] = f"no {metric} measured"
-            continue
-        try:  # each fit its own bootstrap stream, so two fits' refits are independent draws
-            fit_seed = [seed, zlib.crc32(f"{obj}/{metric}".encode())]
-            fits[obj] = fit_power_law(c, v, metric=metric, n_boot=n_boot, seed=fit_seed, holdout=None, groups=runs)
-        except FitError as e:
-            errors[obj] = str(e)
-    return fits, errors
+    calibration: dict[str, Any] | None = None  # the stored calibration table of the decision rules
 
 
 def _sample_grids(data: cmp.StudyData) -> tuple[list[dict[str, Any]], str]:
@@ -126,10 +93,15 @@ def _sample_grids(data: cmp.StudyData) -> tuple[list[dict[str, Any]], str]:
     return chosen, note
 
 
-def analyse(study_dir: str | Path, n_boot: int = 200, seed: int = 0) -> Analysis:
+def analyse(
+    study_dir: str | Path, n_boot: int = 200, seed: int = 0, metrics: cmp.DecisiveMetrics = cmp.DEFAULT_METRICS
+) -> Analysis:
+    """Fits, findings, recommendation and figures of a study. `metrics` names the numbers the findings decide
+    on (another instrument's distance and prompt score plug in here)."""
     data = cmp.load_study(study_dir)
-    loss_fits, loss_errors = _fits(data, "loss", n_boot, seed)
-    fd_fits, fd_errors = _fits(data, "fd_probe", n_boot, seed)
+    table = calibration.load_table()
+    loss_fits, loss_errors = fnd.fit_laws(data, "loss", n_boot, seed)
+    fd_fits, fd_errors = fnd.fit_laws(data, metrics.quality, n_boot, seed)
     crossovers = {
         (a, b): crossover(fd_fits[a], fd_fits[b], a, b) for a, b in CROSSOVER_PAIRS if a in fd_fits and b in fd_fits
     }
@@ -142,12 +114,13 @@ def analyse(study_dir: str | Path, n_boot: int = 200, seed: int = 0) -> Analysis
         fd_fits,
         fd_errors,
         crossovers,
-        fnd.all_findings(data, loss_fits, loss_errors, crossovers),
+        fnd.all_findings(data, loss_fits, loss_errors, crossovers, metrics, calibration=table or {}),
         fnd.recommendations(data),
         plots.all_plots(data, loss_fits),
         samples,
         samples_note,
         recon,
+        table,
     )
 
 
@@ -263,6 +236,34 @@ def _rec_table(recs: list[fnd.Recommendation]) -> tuple[list[str], list[list[str
     return ["budget (training FLOPs)", "best for", "paradigm", "numbers (best model per paradigm)"], rows
 
 
+def _holdout_table(data: cmp.StudyData) -> tuple[list[str], list[list[str]]]:
+    """Prompt following on test prompts vs prompts naming held-out attribute combinations (compositional
+    generalisation, which no anchor measures), at each main-grid run's last milestone, primary setting."""
+    last: dict[str, dict[str, Any]] = {}
+    for r in cmp.main_grid_records(data):
+        if r["run"] not in last or r["milestone"] > last[r["run"]]["milestone"]:
+            last[r["run"]] = r
+
+    def cell(r, m):
+        v = cmp.value(r, m)
+        return "—" if v is None else f"{fmt(v)} {fmt_interval(cmp.interval(r, m))}"
+
+    rows = [
+        [
+            r["objective"],
+            r["size"],
+            fmt(r["train_flops"]),
+            cell(r, "prompt_acc"),
+            cell(r, "holdout_prompt_acc"),
+            cell(r, "holdout_gap"),
+        ]
+        for r in sorted(last.values(), key=lambda r: (r["objective"], r["params"]))
+        if cmp.value(r, "holdout_prompt_acc") is not None
+    ]
+    head = ["objective", "size", "training FLOPs", "test prompts [95 %]", "held-out combinations [95 %]", "gap [95 %]"]
+    return head, rows
+
+
 def _settings_table(data: cmp.StudyData) -> tuple[list[str], list[list[str]]]:
     main = data.main_autoencoders
     return (
@@ -272,6 +273,33 @@ def _settings_table(data: cmp.StudyData) -> tuple[list[str], list[list[str]]]:
 
 
 # ---------------------------------------------------------------------------------------------- HTML
+
+
+def _calibration_text(table: dict[str, Any] | None) -> str:
+    if not table or not table.get("findings"):
+        return (
+            "No calibration table is stored (run benchmarks/calibration.py): no rule's false-confirmation rate is "
+            "measured, so no finding can be confirmed."
+        )
+    d = table["design"]
+    stale = table.get("rules_version") != calibration.rules_version()
+    return (
+        f"How often each rule says 'confirmed' on simulated studies with a known truth (study/simulate.py): "
+        f"where the claim is false (the worst of its claim-false scenarios, at the claim's boundary) and where it "
+        f"holds with the stated effect. Simulated grid: {len(d['sizes'])} sizes, {len(d['milestones'])} "
+        f"milestones, {d['n_images']} evaluation images, FD standard error {d['fd_se']:.0%} per record, training "
+        f"noise between runs and along milestones that no interval shows. A rule confirms only when the upper "
+        f"bound (one-sided 95 %, Clopper-Pearson) is ≤ {fnd.FALSE_CONFIRM_LIMIT:.0%}. Measured by "
+        f"`python benchmarks/calibration.py` (seed {table['seed']}, rules version {table['rules_version']})"
+        + (" — the rules have changed since: rerun it." if stale else ".")
+    )
+
+
+def _calibration_html(table: dict[str, Any] | None) -> str:
+    text = f"<p>{_e(_calibration_text(table))}</p>"
+    if table and table.get("findings"):
+        text += _html_table(*calibration.table_rows(table))
+    return text
 
 
 _CSS = """
@@ -340,6 +368,14 @@ def render_html(a: Analysis) -> str:
         "<h2>Recommendation</h2><p>At each measured budget, the paradigm with the best value over every model "
         "and sampling setting trained to it; ties are within the measured 95 % intervals (or 10 % where a "
         "number has none).</p>" + _html_table(*_rec_table(a.recommendations))
+    )
+    head, rows = _holdout_table(d)
+    p.append(
+        "<h2>Prompt following: test vs held-out combinations</h2><p>Whole-prompt accuracy on test prompts and on "
+        "prompts naming attribute combinations held out of training (compositional generalisation), each with its "
+        "bootstrap interval, and the held-out gap (held-out − test) with its own; each main-grid run at its last "
+        "milestone.</p>"
+        + (_html_table(head, rows) if rows else '<p class="skip">Not measured: no record scored held-out prompts.</p>')
     )
     p.append("<h2>The grid</h2>" + _html_table(*_runs_table(d), failed_col=7))
     if d.autoencoders:
@@ -410,6 +446,7 @@ def render_html(a: Analysis) -> str:
             + "".join(f"<li>{_e(x)}</li>" for x in f.evidence)
             + "</ul>"
         )
+    p.append("<h2>Decision rules: calibration</h2>" + _calibration_html(a.calibration))
     p.append(
         "<h2>Conventions</h2><p>FLOPs are analytic counts, 2 per multiply-add; training = 3 × forward; "
         "sampling FLOPs per image include classifier-free guidance's second pass. Quality is the Fréchet "
@@ -456,6 +493,10 @@ def render_markdown(a: Analysis, figure_files: dict[str, str], sample_files: lis
         "",
         _md_table(*_rec_table(a.recommendations)),
         "",
+        "## Prompt following: test vs held-out combinations",
+        "",
+        _md_table(*_holdout_table(d)) if _holdout_table(d)[1] else "Not measured: no record scored held-out prompts.",
+        "",
         "## The grid",
         "",
         _md_table(*_runs_table(d)),
@@ -489,6 +530,9 @@ def render_markdown(a: Analysis, figure_files: dict[str, str], sample_files: lis
     if a.crossovers:
         m += [_md_table(*_crossover_table(a.crossovers)), ""]
     m += ["## Decision rules", ""] + [f"{f.number}. {f.rule}" for f in a.findings] + [""]
+    m += [_calibration_text(a.calibration), ""]
+    if a.calibration and a.calibration.get("findings"):
+        m += [_md_table(*calibration.table_rows(a.calibration)), ""]
     return "\n".join(m)
 
 

@@ -286,11 +286,13 @@ def _fit_power_law(compute, values, metric, n_boot, seed, delta, holdout, groups
 def _bootstrap(c, v, g, theta, c_ref, delta, n_boot, seed) -> np.ndarray:
     """[n_boot, 3] refits (E, A·c_ref^-α, α) on resampled groups (or points); NaN rows where a resample has fewer
     distinct compute values than a fit needs, or the refit fails."""
+    boot = np.full((n_boot, 3), np.nan)
+    if g is not None and len(np.unique(g)) < MIN_GROUPS:
+        return boot  # no interval can come of it: skip the refits
     rng = np.random.default_rng(seed)
     grid = start_grid(c, v, c_ref)  # the main fit's grid, so refits search as widely as it did
     labels = np.unique(g) if g is not None else None
     members = [np.flatnonzero(g == lab) for lab in labels] if labels is not None else None
-    boot = np.full((n_boot, 3), np.nan)
     for i in range(n_boot):
         if members is not None:
             idx = np.concatenate([members[j] for j in rng.integers(0, len(members), len(members))])

@@ -1,0 +1,188 @@
+"""Calibration of the findings' decision rules on simulated studies with a known truth (`study/simulate.py`).
+
+For each finding, studies are drawn where its claim is false — at the claim's boundary, where a rule is most
+easily fooled — and where it holds with a stated effect; the finding's rule (the very function the report calls)
+judges each. The false-confirmation rate gets a one-sided 95 % Clopper–Pearson upper bound; `findings.
+apply_calibration` lets a rule confirm only when that bound is ≤ 5 %. `benchmarks/calibration.py` runs the full
+table and writes `calibration.json` beside this module, which every report shows in its decision-rules section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.stats import beta
+
+from synthscale.study import findings as fnd
+from synthscale.study import simulate as sim
+
+TABLE_PATH = Path(__file__).with_name("calibration.json")
+_T = sim.Truth()
+_FD = dict(_T.fd_law)
+_NO_CATCH_UP = (("flow", (8.0, 120.0, 0.3)), ("masked", _FD["masked"]), ("autoregressive", (6.0, 90.0, 0.3)))
+_DIFFUSION_LEADS = (("flow", (4.0, 60.0, 0.6)), ("masked", _FD["masked"]), ("autoregressive", _FD["autoregressive"]))
+
+
+def _with(**changes) -> sim.Truth:
+    return dataclasses.replace(_T, **changes)
+
+
+def _all(value: float):
+    return tuple((o, value) for o in sim.OBJECTIVES)
+
+
+def _set(pairs, key, value):
+    return tuple((k, value if k == key else v) for k, v in pairs)
+
+
+# finding → (claim-false scenarios, the claim-true scenario); each (label, truth)
+SCENARIOS: dict[int, tuple[list[tuple[str, sim.Truth]], tuple[str, sim.Truth]]] = {
+    1: (
+        [("loss leaves the power law: 20 % above it at the largest compute", _with(loss_break=0.2))],
+        ("loss on a power law (α = 0.3)", _T),
+    ),
+    2: (
+        [
+            ("no prompt-following differences", _with(prompt_ceiling=_all(0.6))),
+            (
+                "next-token = masked, both +0.15 over diffusion",
+                _with(prompt_ceiling=_set(_T.prompt_ceiling, "autoregressive", 0.60)),
+            ),
+        ],
+        ("prompt accuracy 0.45 / 0.60 / 0.75 at the top (diffusion / masked / next-token)", _T),
+    ),
+    3: (
+        [
+            ("next-token leads by a constant 25 % (no catching up)", _with(fd_law=_NO_CATCH_UP)),
+            ("diffusion leads everywhere", _with(fd_law=_DIFFUSION_LEADS)),
+        ],
+        ("next-token 40 % better at the lowest compute, diffusion 40 % better at the highest", _T),
+    ),
+    4: (
+        [
+            (
+                "masked gains 20 % with steps (the margin)",
+                _with(steps_gain=(("flow", 0.5), ("masked", fnd.STEPS_MARGIN))),
+            ),
+            ("diffusion does not depend on steps", _with(steps_gain=(("flow", 0.0), ("masked", 0.0)))),
+        ],
+        ("diffusion's FD falls by log 0.5 from fewest to most steps, masked's not at all", _T),
+    ),
+    5: (
+        [
+            ("EMA gains 10 % for every objective", _with(ema_gain=_all(0.1))),
+            ("token methods gain as much as diffusion (log 0.3)", _with(ema_gain=_all(0.3))),
+        ],
+        ("EMA's FD gain log 0.3 for diffusion, 0.02 for the token methods", _T),
+    ),
+    6: (
+        [
+            ("prompt accuracy moves by the margin (0.05)", _with(ae_prompt=fnd.PROMPT_MARGIN)),
+            ("the autoencoder moves neither", _with(ae_fd=0.0)),
+        ],
+        ("the ablation autoencoder: FD log −0.3, prompt accuracy unchanged", _T),
+    ),
+}
+
+
+def judge(number: int, data, n_boot: int = 100, seed: int = 0) -> str:
+    """Finding `number`'s verdict on a study, by the code the report runs (without the calibration's veto)."""
+    if number == 1:
+        fits, errors = fnd.fit_laws(data, "loss", n_boot, seed)
+        return fnd.finding_power_law(data, fits, errors).verdict
+    rule = {
+        2: fnd.finding_prompt_following,
+        3: lambda d: fnd.finding_quality_crossover(d, {}),
+        4: fnd.finding_inference,
+        5: fnd.finding_ema,
+        6: fnd.finding_autoencoder,
+    }[number]
+    return rule(data).verdict
+
+
+def upper_bound(k: int, n: int, level: float = 0.95) -> float:
+    """One-sided Clopper–Pearson upper limit of a rate seen k times in n."""
+    return 1.0 if k >= n else float(beta.ppf(level, k + 1, n - k))
+
+
+def confirm_rate(number: int, truth: sim.Truth, n_sims: int, rng, design: sim.Design, n_boot: int) -> int:
+    return sum(judge(number, sim.simulate_study(rng, truth, design), n_boot) == fnd.CONFIRMED for _ in range(n_sims))
+
+
+def calibrate(
+    numbers=(1, 2, 3, 4, 5, 6),
+    n_false: int = 200,
+    n_true: int = 100,
+    seed: int = 0,
+    design: sim.Design | None = None,
+    n_boot: int = 100,
+) -> dict[str, Any]:
+    """The calibration table: per finding, the false-confirmation count, rate and bound under each claim-false
+    scenario (the worst decides) and the power under the claim-true one."""
+    design = design or sim.Design()
+    rows = {}
+    for number in numbers:
+        rng = np.random.default_rng([seed, number])
+        false_scenarios, (true_label, true_truth) = SCENARIOS[number]
+        worst = None
+        for label, truth in false_scenarios:
+            k = confirm_rate(number, truth, n_false, rng, design, n_boot)
+            row = {"scenario": label, "confirmed": k, "n": n_false, "upper": upper_bound(k, n_false)}
+            if worst is None or row["upper"] > worst["upper"]:
+                worst = row
+        hits = confirm_rate(number, true_truth, n_true, rng, design, n_boot)
+        rows[str(number)] = {
+            "false_confirm_rate": worst["confirmed"] / worst["n"],
+            "false_confirm_upper": worst["upper"],
+            "false_scenario": worst["scenario"],
+            "n_false": n_false,
+            "power": hits / n_true,
+            "n_true": n_true,
+            "true_scenario": true_label,
+        }
+    return {
+        "rules_version": rules_version(),
+        "design": dataclasses.asdict(design),
+        "seed": seed,
+        "n_boot": n_boot,
+        "findings": rows,
+    }
+
+
+def rules_version() -> str:
+    """A hash of the rule and simulation code: a stored table names the code it measured."""
+    here = Path(__file__).parent
+    h = hashlib.sha256()
+    for name in ("findings.py", "compare.py", "simulate.py", "calibration.py"):
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def load_table(path: Path = TABLE_PATH) -> dict[str, Any] | None:
+    """The stored calibration table, or None when none was written."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def table_rows(table: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The table as (header, rows) for the report and the README."""
+    head = ["finding", "false confirmations (worst claim-false scenario)", "95 % upper bound", "power", "at"]
+    rows = []
+    for number, r in sorted(table.get("findings", {}).items()):
+        rows.append(
+            [
+                number,
+                f"{r['false_confirm_rate']:.1%} of {r['n_false']} ({r['false_scenario']})",
+                f"{r['false_confirm_upper']:.1%}",
+                f"{r['power']:.0%} of {r['n_true']}",
+                r["true_scenario"],
+            ]
+        )
+    return head, rows
