@@ -2,7 +2,7 @@
 
 Nothing here downloads: the Hugging Face libraries are switched offline before they are imported and every
 `from_pretrained` passes `local_files_only=True`. Weights load only from safetensors (`use_safetensors=True`),
-so no pickle from a model folder is ever executed (DESIGN.md: nothing untrusted is unpickled).
+so no pickle from a model folder is ever executed: nothing untrusted is unpickled.
 """
 
 from __future__ import annotations

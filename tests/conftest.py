@@ -5,7 +5,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-# One thread: the CI machine has 2 cores, one of them sometimes busy (DESIGN.md, Threads).
+# One thread: the CI machine has 2 cores, one of them sometimes busy (OpenMP spin-waits stall the other).
 torch.set_num_threads(1)
 
 

@@ -15,6 +15,7 @@ because SD's factor was tuned on its own data. Loading is offline and safetensor
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import torch
@@ -138,8 +139,6 @@ class DiffusersKL(nn.Module):
 
 def diffusers_latent_spec(path: str | Path, resolution: int) -> LatentSpec:
     """The latent shape from the folder's config.json alone (no weights loaded, no extra needed): for planning."""
-    import json
-
     cfg = json.loads((local_dir(path, WHAT, "the autoencoder path") / "config.json").read_text())
     f = 2 ** (len(cfg.get("block_out_channels", [0])) - 1)
     if resolution % f:

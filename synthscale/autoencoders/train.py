@@ -18,14 +18,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from synthscale import atomic
 from synthscale.autoencoders import Autoencoder, build_autoencoder, load_autoencoder, save_autoencoder
 from synthscale.compute.device import pick_device
+from synthscale.compute.schedule import warmup_cosine
 from synthscale.config import AutoencoderConfig, config_hash
 from synthscale.data import get_dataset
 from synthscale.data.pixels import to_tensor, to_uint8
+from synthscale.progress import progress_bar
 
 TRAIN_LOG, EVAL_JSON, RECON_PNG = "train.json", "eval.json", "reconstructions.png"
 
@@ -36,16 +37,13 @@ def render_split(data_cfg, split: str, limit: int = 0, progress: bool = True) ->
     n = len(ds) if limit <= 0 else min(limit, len(ds))
     if n == 0:
         raise ValueError(f"the {split} split of this data config is empty; raise data.size / data.test_size")
-    it = tqdm(range(n), desc=f"render {split}", unit="img", disable=not progress, leave=False)
+    it = progress_bar(range(n), desc=f"render {split}", unit="img", enabled=progress, leave=False)
     return np.stack([ds[i]["image"] for i in it])
 
 
 def lr_at(step: int, cfg) -> float:
     """Linear warm-up to cfg.lr over cfg.warmup steps, then cosine decay to 0 at cfg.steps."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return warmup_cosine(step, cfg.lr, cfg.warmup, cfg.steps)
 
 
 def objective(model: Autoencoder, images: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
@@ -84,7 +82,7 @@ def train_autoencoder(cfg: AutoencoderConfig, out: str | Path, progress: bool = 
     model.train()
     order, pos = torch.randperm(len(images), generator=gen), 0
     history: list[dict] = []
-    bar = tqdm(range(t.steps), desc=f"train {cfg.name}", unit="step", disable=not progress)
+    bar = progress_bar(range(t.steps), desc=f"train {cfg.name}", unit="step", enabled=progress)
     train_start, train_cpu = time.perf_counter(), time.process_time()
     for step in bar:
         if pos + t.batch_size > len(order):  # a new epoch: reshuffle
@@ -225,7 +223,10 @@ def evaluate_autoencoder(
     psnrs, ssim_sum, l1_sum, se_sum = [], 0.0, 0.0, 0.0
     counts = torch.zeros(getattr(model, "vocab_size", 1), dtype=torch.long)
     recon_u8 = []
-    for i in tqdm(range(0, n, batch_size), desc=f"eval {model.name}", disable=not progress, leave=False):
+    batches = progress_bar(
+        range(0, n, batch_size), desc=f"eval {model.name}", unit="batch", enabled=progress, leave=False
+    )
+    for i in batches:
         x = to_tensor(images[i : i + batch_size]).to(device)
         if model.kind == "discrete":
             tokens = model.tokens(x)

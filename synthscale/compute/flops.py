@@ -1,4 +1,4 @@
-"""Exact FLOP accounting (DESIGN.md, FLOPs).
+"""Exact FLOP accounting (the convention is also in docs/architecture.md).
 
 Convention: 2 FLOPs per multiply-add (MACs = FLOPs / 2, DiT's "Gflops"); every matmul that runs is counted,
 embedding lookups are 0, elementwise work (norms, activations, softmax) is not counted; attention is counted
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-MLP_RATIO = 4
+MLP_RATIO = 4  # the backbone's MLP width / model width (model/transformer.py builds with it)
 TRAIN_MULTIPLIER = 3  # backward costs two forwards: gradients w.r.t. inputs and w.r.t. weights
 
 

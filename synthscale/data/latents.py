@@ -11,7 +11,7 @@ Layout of root/<key>/ (key = hash of dataset config + split, autoencoder weights
   tokenizer.json             the word vocabulary the captions were encoded with (WordTokenizer.save);
   data_report_<split>.json   user data: the items the split skipped and why, the captions it truncated.
 An interrupted build keeps its finished shards and resumes. This module takes any encoder with the
-`CacheEncoder` methods; it does not import `synthscale.autoencoders` (DESIGN.md: data sits below it).
+`CacheEncoder` methods; it does not import `synthscale.autoencoders` (data sits below it: docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import torch
 
 from synthscale import atomic
 from synthscale.config import ConfigError, canonical, config_hash
+from synthscale.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -194,8 +195,6 @@ def build_cache(
     Already complete: opened, nothing is encoded. Interrupted earlier: finished shards are kept, the rest encoded.
     The folder of a different build (same key, other identity — never expected) is refused, not overwritten.
     Images are encoded on the encoder's device (move the autoencoder there first)."""
-    from tqdm import tqdm
-
     identity = cache_identity(encoder, dataset, tokenizer)
     key = cache_key(identity)
     path = Path(root) / key
@@ -214,11 +213,8 @@ def build_cache(
     atomic.write_json(path / BUILD, plan)
     shards = [(k, s, min(s + shard_size, n)) for k, s in enumerate(range(0, n, shard_size))]
     todo = [(k, s, e) for k, s, e in shards if not _shard_ok(path / _shard_name(k), key, e - s)]
-    bar = tqdm(
-        total=sum(e - s for _, s, e in todo),
-        desc=f"cache {encoder.name} {dataset.split}",
-        unit="img",
-        disable=not progress,
+    bar = progress_bar(
+        total=sum(e - s for _, s, e in todo), desc=f"cache {encoder.name} {dataset.split}", unit="img", enabled=progress
     )
     for k, start, end in todo:
         tensors, meta = _encode_shard(encoder, dataset, tokenizer, range(start, end), batch_size, device, bar)

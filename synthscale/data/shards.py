@@ -34,6 +34,7 @@ from synthscale import atomic
 from synthscale.config import ConfigError, DataConfig
 from synthscale.data.imagefit import IMAGE_SUFFIXES, UnreadableImage, decode
 from synthscale.data.userdata import CaptionedDataset, Record, validate_user_config
+from synthscale.progress import progress_bar
 
 MANIFEST = "manifest.json"
 FORMAT = "synthscale-shards"
@@ -228,8 +229,6 @@ def write_shards(
     read, so one set of shards serves any rule. Items go in key order; shards are written atomically, the
     manifest last, so an interrupted run never leaves a manifest that lists a half-written shard.
     """
-    from tqdm import tqdm
-
     from synthscale.data.folder import index_folder
 
     src, out = Path(src).expanduser(), Path(out).expanduser()
@@ -246,7 +245,7 @@ def write_shards(
     atomic.write_json(out / MANIFEST, {"format": FORMAT, "version": 1, "complete": False, "shards": []})
 
     def readable():  # (record, bytes, ext) for every image that decodes; the rest are listed
-        for r in tqdm(records, desc="shard", unit="img", disable=not progress):
+        for r in progress_bar(records, desc="shard", unit="img", enabled=progress):
             try:
                 yield (r, *_encoded(r.source))
             except (UnreadableImage, OSError) as e:

@@ -35,6 +35,7 @@ import abc
 import dataclasses
 import hashlib
 import struct
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,8 +224,6 @@ class CaptionedDataset(abc.ABC):
 
 def split_summaries(cfg: DataConfig, splits: list[str]) -> dict[str, dict[str, Any]]:
     """`data stats` for user data: per split, the items kept and why others were left out (no image decoded)."""
-    from collections import Counter
-
     from synthscale.data import get_dataset
 
     out = {}

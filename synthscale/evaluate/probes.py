@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from synthscale import atomic
 from synthscale.compute.device import pick_device
 from synthscale.config import ConfigError, DataConfig, ProbeConfig, canonical, config_hash, to_dict
+from synthscale.progress import progress_bar
 
 PROBE_VERSION = 1  # bump when the architecture or the training recipe changes, so old caches are not reused
 CELLS = 9  # the dataset's 3×3 grid, raster order: cell k is (row k // 3, col k % 3)
@@ -310,8 +311,6 @@ def train_probe(
 ) -> tuple[AttributeProbe, dict]:
     """Train a probe from scratch on fresh renders on `device` (default: CUDA when present, else the CPU);
     returns it and a summary (time, final loss)."""
-    from tqdm.auto import tqdm
-
     _check_data(data_cfg)
     if probe_cfg.steps < 1 or probe_cfg.batch_size < 1:
         raise ConfigError(
@@ -331,7 +330,7 @@ def train_probe(
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     t0, cpu0, ema = time.perf_counter(), time.process_time(), None
-    bar = tqdm(range(probe_cfg.steps), desc="probe", disable=not progress, leave=False)
+    bar = progress_bar(range(probe_cfg.steps), desc="probe", unit="step", enabled=progress, leave=False)
     probe.train()
     for step in bar:
         images, targets = renders.batch(step * probe_cfg.batch_size, probe_cfg.batch_size)

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from synthscale import atomic
 from synthscale.compute.device import pick_device
@@ -32,6 +31,7 @@ from synthscale.evaluate.prompts import prompt_set
 from synthscale.evaluate.record import EvalRecord
 from synthscale.evaluate.speed import measure_speed
 from synthscale.imagegrid import labelled_grid, save_png
+from synthscale.progress import progress_bar
 
 RECORDS = "records.jsonl"
 CFG_CANDIDATES = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
@@ -202,7 +202,7 @@ class RunEvaluator:
         if s.speed:
             metrics.update(measure_speed(obj, gen_model.model, self.text[:32], s.steps, s.cfg_scale))
         counts = obj.param_counts(rc.model, gen_model.latent_spec, gen_model.text_spec)
-        # the generator's share; the caption encoder's is a separate, labelled column (DESIGN.md, FLOPs)
+        # the generator's share; the caption encoder's is a separate, labelled column (compute/flops.py)
         flops = obj.sample_flops_split(rc.model, gen_model.latent_spec, gen_model.text_spec, s.steps, s.cfg_scale)
         instruments = {
             **self.quality.instruments(),
@@ -307,7 +307,7 @@ def evaluate_run(
 
     todo = [s for s in plan if s.cfg_scale is None or not finished(s)]
     loaded: dict[tuple[str, str], Any] = {}
-    for s in tqdm(todo, desc=f"evaluate {run_dir.name}", unit="setting", disable=not progress, leave=False):
+    for s in progress_bar(todo, desc=f"evaluate {run_dir.name}", unit="setting", enabled=progress, leave=False):
         key = (s.checkpoint.name, s.weights)
         if key not in loaded:
             loaded.clear()  # one generator in memory at a time

@@ -19,7 +19,7 @@ from synthscale.imagegrid import labelled_grid, save_png
 
 @dataclass
 class SampleJob:
-    """One model to sample: a loaded `train.Generator`, its settings, a short label for the grid, a folder name
+    """One model to sample: a loaded `train.TrainedGenerator`, its settings, a short label for the grid, a folder name
     and a longer description to print."""
 
     name: str

@@ -69,17 +69,14 @@ class Network(nn.Module):
         return h, valid
 
 
-def attention_mask(
-    text_valid: torch.Tensor, total: int, causal: bool, q_start: int = 0, q_len: int | None = None
-) -> torch.Tensor:
+def attention_mask(text_valid: torch.Tensor, total: int, causal: bool, q_start: int = 0) -> torch.Tensor:
     """bool [B, 1, Q, K] (True = may attend) for a sequence [caption (L) | image (total - L)].
 
     Bidirectional: every query sees every real key (pad caption keys hidden). Causal (prefix-LM): caption
-    queries see the caption; image query i sees the caption and image keys ≤ i. `q_start`/`q_len` select the
-    query rows (KV-cache decoding), whose keys are positions [0, q_start + q_len)."""
+    queries see the caption; image query i sees the caption and image keys ≤ i. `q_start` skips the first query
+    rows (KV-cache decoding: the queries are positions [q_start, total), the keys [0, total))."""
     B, L = text_valid.shape
-    q_len = total - q_start if q_len is None else q_len
-    K = q_start + q_len
+    q_len, K = total - q_start, total
     keys = torch.ones(B, K, dtype=torch.bool, device=text_valid.device)
     keys[:, :L] = text_valid[:, :K]
     mask = keys[:, None, None, :].expand(B, 1, q_len, K)

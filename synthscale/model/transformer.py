@@ -1,4 +1,4 @@
-"""The one backbone: a pre-norm Transformer with SDPA attention, QK-norm and MLP ratio 4 (DESIGN.md).
+"""The one backbone: a pre-norm Transformer with SDPA attention, QK-norm and MLP ratio 4.
 
 It knows nothing about objectives. Callers pass embedded tokens, a boolean attention mask (True = may attend)
 and, for diffusion, a conditioning vector `c` that drives adaLN-Zero modulation. Decoding passes a `KVCache`.
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MLP_RATIO = 4
+from synthscale.compute.flops import MLP_RATIO  # the FLOP count must use the same MLP width
 
 
 class KVCache:

@@ -369,13 +369,6 @@ def fmt_interval(iv: tuple[float, float] | None, digits: int = 3) -> str:
     return "—" if iv is None else f"[{fmt(iv[0], digits)}, {fmt(iv[1], digits)}]"
 
 
-def describe_record(r: dict[str, Any]) -> str:
-    return (
-        f"{r['objective']} {r['size']} D={r['data_size']} {r['autoencoder']} @ {r['train_flops']:.3g} FLOPs "
-        f"({describe_setting(setting(r))})"
-    )
-
-
 # what a caption names of a record's instruments (the last part of a dotted key); the full set is in the store
 _CAPTION_KEYS = {"extractor", "n", "n_real", "resize", "split", "prompts", "batches", "device", "threads", "seed"}
 

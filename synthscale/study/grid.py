@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import importlib
-import json
 import multiprocessing
-import os
 import time
 import traceback
 from collections.abc import Callable
@@ -22,9 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from synthscale import atomic
+from synthscale.progress import progress_bar
 
 DONE, FAILED = "done.json", "failed.json"
 
@@ -55,10 +52,6 @@ def status_of(root: Path, stage: Stage) -> str:
     if (folder / FAILED).is_file():
         return "failed"
     return "pending"
-
-
-def summary_of(root: Path, stage: Stage) -> dict[str, Any]:
-    return json.loads((stage_dir(root, stage) / DONE).read_text())
 
 
 def _resolve(dotted: str) -> Callable:
@@ -110,7 +103,7 @@ def _check_graph(stages: list[Stage]) -> dict[str, Stage]:
     return by_id
 
 
-class Progress:
+class StudyProgress:
     """Stages done / running / failed and an ETA from the measured pace of finished stages."""
 
     def __init__(self, stages: dict[str, Stage], states: dict[str, str], enabled: bool = True):
@@ -118,7 +111,7 @@ class Progress:
         self.total_cost = sum(s.cost for s in stages.values())
         self.started = time.time()
         self.cost_run = 0.0
-        self.bar = tqdm(total=len(stages), desc="study", unit="stage", disable=not enabled, dynamic_ncols=True)
+        self.bar = progress_bar(total=len(stages), desc="study", unit="stage", enabled=enabled)
         self.bar.update(sum(1 for v in states.values() if v == "done"))
         self.refresh()
 
@@ -159,7 +152,7 @@ def execute(
     root = Path(root)
     by_id = _check_graph(stages)
     states = {i: ("done" if status_of(root, s) == "done" else "pending") for i, s in by_id.items()}
-    view = Progress(by_id, states, enabled=progress)
+    view = StudyProgress(by_id, states, enabled=progress)
 
     def ready() -> list[str]:
         out = []
@@ -216,7 +209,3 @@ def execute(
     finally:
         view.close()
     return states
-
-
-def default_workers() -> int:
-    return max(1, min(2, os.cpu_count() or 1))

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import base64
 import io
+import ipaddress
 import json
 import math
 import mimetypes
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -341,9 +343,6 @@ def make_server(
 
 
 def is_loopback(host: str) -> bool:
-    import ipaddress
-    import socket
-
     try:
         return all(ipaddress.ip_address(a[4][0]).is_loopback for a in socket.getaddrinfo(host, None))
     except (OSError, ValueError):

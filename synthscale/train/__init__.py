@@ -3,8 +3,8 @@
 
 from synthscale.train.checkpoint import CheckpointInfo, CorruptCheckpoint
 from synthscale.train.generator import (
-    Generator,
     PromptCheck,
+    TrainedGenerator,
     list_checkpoints,
     load_generator,
     milestone_checkpoints,
@@ -16,7 +16,7 @@ __all__ = [
     "train",
     "list_checkpoints",
     "load_generator",
-    "Generator",
+    "TrainedGenerator",
     "PromptCheck",
     "milestone_checkpoints",
     "pick_milestone",

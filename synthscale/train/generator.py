@@ -118,7 +118,9 @@ class PromptCheck:
 
 
 @dataclass
-class Generator:
+class TrainedGenerator:
+    """A trained run at one checkpoint, ready to sample (`load_generator`; not a torch.Generator)."""
+
     model: nn.Module  # in eval mode, on `device`
     objective: Any
     run_cfg: RunConfig
@@ -263,7 +265,7 @@ def load_generator(
     weights: str = "ema",
     device: str | torch.device = "cpu",
     milestone: str | int | float | None = None,
-) -> Generator:
+) -> TrainedGenerator:
     """A trained generator ready to sample: `checkpoint` is a CheckpointInfo, a step, "final"/None (the
     newest) or a checkpoint folder; or `milestone` picks one the way `pick_milestone` does ("last", an index,
     training FLOPs). `weights` picks the EMA or the raw weights. The files are verified first."""
@@ -292,7 +294,7 @@ def load_generator(
     model, text_spec, encoder_facts = build_network(objective, run_cfg, latent_spec, text_spec)
     check_recorded(encoder_facts, meta, str(info.path))
     model.load_state_dict(ckpt.load_tensors(info.path, "ema" if weights == "ema" else "model"), strict=True)
-    return Generator(model.to(device).eval(), objective, run_cfg, latent_spec, text_spec, info, weights, run_dir)
+    return TrainedGenerator(model.to(device).eval(), objective, run_cfg, latent_spec, text_spec, info, weights, run_dir)
 
 
 def _find_checkpoint(run_dir: Path, infos: list[ckpt.CheckpointInfo], checkpoint) -> ckpt.CheckpointInfo:

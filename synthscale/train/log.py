@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from synthscale import atomic
+from synthscale.progress import progress_bar
 
 METRICS = "metrics.jsonl"
 
@@ -85,9 +86,7 @@ class RunLogger:
         # purge_step drops events a killed session wrote after the checkpoint we resumed from
         self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_step or None)
         if progress:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, smoothing=0.1)
+            self.bar = progress_bar(total=total_steps, initial=start_step, desc=run_dir.name, unit="step")
 
     def _truncate_metrics(self, start_step: int) -> None:
         """Keep only records up to the resume point, so the history reads as one uninterrupted run."""

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from synthscale import atomic
+from synthscale.compute.schedule import warmup_cosine
 from synthscale.config import ConfigError, RunConfig, TrainConfig, canonical, config_hash, from_dict, to_dict
 from synthscale.data.latents import TextSpec
 from synthscale.train import checkpoint as ckpt
@@ -70,14 +71,9 @@ class CheckpointWriteFailed(TrainingStopped):
 
 
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
-    """Linear warmup over `warmup_steps`, then constant, or cosine down to lr·min_lr_ratio at the last step.
-    A pure function of the step (so resuming restores the schedule by restoring the step)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "constant":
-        return cfg.lr
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - 1 - cfg.warmup_steps))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    """Linear warmup over `warmup_steps`, then constant, or cosine down to lr·min_lr_ratio at the last step."""
+    decay = cfg.schedule == "cosine"
+    return warmup_cosine(step, cfg.lr, cfg.warmup_steps, total_steps - 1, cfg.min_lr_ratio, decay)
 
 
 def milestone_grid(cfg: TrainConfig) -> list[float]:
