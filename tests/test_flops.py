@@ -137,7 +137,7 @@ def test_flops_cli_table_and_json(capsys):
     "argv,needle",
     [
         (["--size", "M"], "valid sizes"),
-        (["--objective", "gan"], "invalid choice"),
+        (["--objective", "gan"], "valid objectives"),
         (["--tokens", "10"], "square"),
         (["--text-tokens", "0"], "--text-tokens"),
     ],

@@ -34,7 +34,6 @@ def register(sub) -> None:
     add_compute_args(p)
     p.set_defaults(func=cmd_train)
 
-    names = ObjectiveConfig.names()
     p = sub.add_parser(
         "flops",
         help="parameters and analytic FLOPs of a model size × objective",
@@ -43,7 +42,9 @@ def register(sub) -> None:
         "the caption encoder is its own column.",
     )
     p.add_argument("--size", default="B", help="a model size preset, e.g. S, B, L, XL, 2x64, 4x128 (default B)")
-    p.add_argument("--objective", default=names[0], choices=names, help="the objective (default %(default)s)")
+    p.add_argument(  # checked against the objectives registry when the config loads (importing it costs torch)
+        "--objective", default=default_of(ObjectiveConfig, "name"), help="a registered objective (default %(default)s)"
+    )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="an objective config key, e.g. sampler=heun")
     p.add_argument("--tokens", type=int, default=256, help="image tokens in the sequence (after patchify; a square)")
     p.add_argument("--text-tokens", type=int, default=32, help="caption length in tokens (default %(default)s)")
