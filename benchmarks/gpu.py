@@ -9,7 +9,10 @@ One run, ≤ 8 minutes on one H100 (`--budget-s` stops early and lists what it s
   3. sampling per objective under bf16 autocast with CFG: batch-1 latency and throughput (images/s at
      `--sample-batch`) at the paper's step counts — flow 4/10/20/50/100 Euler steps, masked 4/8/16/32 decoding
      steps, next-token 256 tokens with the KV cache (eager; and at the largest size the static-cache decode
-     step compiled with CUDA graphs). Which SDPA kernels accept each training attention call is listed too.
+     step compiled with CUDA graphs). Which SDPA kernels accept each training attention call is listed too;
+  4. `--stages` (default on CUDA): a tiny study with every computing stage on the device — autoencoders, the
+     probe, latent caches, training (train.device), evaluation with sampling speed — its wall seconds per stage
+     kind, and a check that every record names the device it was evaluated on.
 Sizes run largest first, so a budget cut drops the small ones.
 
 TF32 is on for float32 matmuls on CUDA (`synthscale.train.distributed.enable_tf32`).
@@ -79,6 +82,61 @@ QUICK = {
     "latency_repeats": 1,
     "throughput_repeats": 1,
 }
+
+
+# A study small enough to run in a minute or two on one device: every stage kind, all three objectives.
+STAGES_STUDY = [
+    "sizes=[2x64]",
+    "autoencoder_overrides=[train.steps=15, train.batch_size=16]",
+    "ablation_autoencoders=[]",
+    "budgets=[3e9]",
+    "data.size=512",
+    "data.val_size=128",
+    "data.test_size=64",
+    "data.holdout_size=32",
+    "probe_overrides=[steps=15, eval_items=64]",
+    "evaluation.n=16",
+    "evaluation.holdout_n=4",
+    "evaluation.sweep={flow: [2, 4], masked: [2, 4]}",
+    "evaluation.steps={flow: 4, masked: 4}",
+    "evaluation.loss_batches=1",
+    "evaluation.batch_size=16",
+    "evaluation.speed=true",
+    "executor=sequential",
+]
+STAGES_RUNS = (
+    "flow:model.patch_size=2, train.batch_size=16, train.milestones_per_decade=2, train.first_milestone_flops=5e8, "
+    "train.warmup_steps=2, train.checkpoint_every=5"
+)
+
+
+def device_stages(device: torch.device, out: Path) -> dict:
+    """Run the tiny study with every stage on `device`; wall seconds per stage kind and the records' devices."""
+    import json
+    import sqlite3
+
+    from synthscale.study.run import run_study
+
+    spec = Path(__file__).resolve().parents[1] / "configs" / "studies" / "default.yaml"
+    overrides = [*STAGES_STUDY, f"device={device}", f"run_overrides=[{STAGES_RUNS}, train.device={device}]"]
+    start = time.perf_counter()
+    result = run_study(spec, out, overrides, progress=False)
+    seconds: dict[str, float] = {}
+    for done in out.glob("*/*/done.json"):
+        kind = done.parent.parent.name
+        seconds[kind] = seconds.get(kind, 0.0) + json.loads(done.read_text()).get("seconds", 0.0)
+    with sqlite3.connect(out / "results.sqlite") as db:
+        devices = sorted({json.loads(r[0]).get("device") for r in db.execute("SELECT instruments FROM records")})
+    states = result["states"].values()
+    return {
+        "device": str(device),
+        "stages_done": sum(v == "done" for v in states),
+        "stages_failed": sum(v != "done" for v in states),
+        "seconds_by_kind": seconds,
+        "wall_s": time.perf_counter() - start,
+        "record_devices": devices,
+        "ok": all(v == "done" for v in states) and devices == [str(device)],
+    }
 
 
 class Clock:
@@ -332,6 +390,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--sample-sizes", default=None, help="comma-separated sizes for sampling (default: all)")
     ap.add_argument("--budget-s", type=float, default=450.0, help="stop starting measurements after this long")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (--device cpu)")
+    ap.add_argument(
+        "--stages",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also run a tiny study with every stage on the device (default: on CUDA)",
+    )
+    ap.add_argument("--stages-dir", type=Path, default=None, help="the tiny study's folder (default: a temp dir)")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/gpu_DEVICE.json)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -365,6 +430,18 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if goal:
         print(f"\ngoal MFU ≥ {GOAL_MFU} at L: {goal}")
+    stages = None
+    if args.stages if args.stages is not None else device.type == "cuda":
+        if not clock.over("stages"):
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                stages = device_stages(device, args.stages_dir or Path(tmp) / "study")
+            kinds = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(stages["seconds_by_kind"].items()))
+            print(
+                f"\nstages on {device}: {stages['stages_done']} done, {stages['stages_failed']} failed ({kinds}); "
+                f"records name {stages['record_devices']}: {'ok' if stages['ok'] else 'NOT OK'}"
+            )
     if clock.skipped:
         print(f"\nskipped after the {args.budget_s:.0f} s budget: {', '.join(clock.skipped)}")
     payload = {
@@ -379,6 +456,7 @@ def main(argv: list[str] | None = None) -> dict:
         "sampling": sample,
         "goal_mfu": GOAL_MFU,
         "goal_met": goal,
+        "stages": stages,
         "skipped": clock.skipped,
         "seconds": time.perf_counter() - clock.start,
     }

@@ -101,3 +101,15 @@ def test_gpu_benchmark_quick_mode_on_cpu(tmp_path, monkeypatch):
     with bench.recorded(row):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
     assert row["error"].startswith("OutOfMemoryError")
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_runs_every_stage_on_the_device(tmp_path, monkeypatch):
+    """benchmarks/gpu.py --stages: a tiny study with every stage on the given device (here the CPU, ~1.5 min)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    spec = importlib.util.spec_from_file_location("bench_gpu", BENCH / "gpu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.device_stages(torch.device("cpu"), tmp_path / "study")
+    assert result["ok"] and result["stages_failed"] == 0 and result["record_devices"] == ["cpu"]
+    assert set(result["seconds_by_kind"]) >= {"autoencoder", "probe", "cache", "train", "evaluate"}
