@@ -112,7 +112,8 @@ def test_cli_sample_study_picks_each_paradigms_best_at_the_compute(tiny_study, t
     assert "16 steps" in high  # next-token: one step per token, whatever --steps says for the others
     folders = {p.name for p in (tmp_path / "high").iterdir() if p.is_dir()}
     assert folders == {"flow-2x64", "masked-2x64", "autoregressive-2x64"}
-    assert (tmp_path / "high" / "grid.png").is_file()
+    width, height = Image.open(tmp_path / "high" / "grid.png").size
+    assert width > 1.5 * height  # one prompt, one image each: the three paradigms side by side in one row
 
 
 @pytest.mark.parametrize(

@@ -50,12 +50,13 @@ def write_samples(
     batch_size: int = 16,
 ) -> tuple[list[dict[str, Any]], Path]:
     """Sample every job on every prompt (each prompt from `seed`, so a prompt's images do not depend on the
-    other prompts), write `OUT/<job>/<NN>-<prompt>-<k>.png` and `OUT/grid.png`; returns the rows and the grid."""
+    other prompts), write `OUT/<job>/<NN>-<prompt>-<k>.png` and `OUT/grid.png` (a row per prompt, the jobs side by
+    side, `n` images each); returns the rows and the grid's path."""
     if scale < 1:
         raise ValueError(f"upscale must be an integer ≥ 1, got {scale}")
     out = Path(out)
-    rows, cells, labels = [], [], []
-    for job in jobs:
+    rows, drawn = [], {}
+    for j, job in enumerate(jobs):
         for p, prompt in enumerate(prompts):
             t0 = time.perf_counter()
             images = job.generator.generate(
@@ -67,6 +68,7 @@ def write_samples(
                 path = out / job.name / f"{p:02d}-{slug(prompt)}-{k}.png"
                 save_png(Image.fromarray(upscale(image, scale)), path)
                 files.append(path)
+            drawn[j, p] = images
             flops = job.generator.sample_flops(job.steps, job.cfg)
             rows.append(
                 {
@@ -82,11 +84,12 @@ def write_samples(
                     "files": [str(f) for f in files],
                 }
             )
-            cells += list(images)
-            labels += [f"{job.label}: {prompt}"] * n
+    order = [(j, p) for p in range(len(prompts)) for j in range(len(jobs))]
+    cells = [im for key in order for im in drawn[key]]
+    labels = [f"{jobs[j].label}: {prompts[p]}" for j, p in order for _ in range(n)]
     side = cells[0].shape[0] * scale
-    grid = save_png(labelled_grid(cells, labels, cell=max(96, side), columns=n), out / "grid.png")
-    return rows, grid
+    grid = labelled_grid(cells, labels, cell=max(96, side), columns=n * len(jobs))
+    return rows, save_png(grid, out / "grid.png")
 
 
 def format_rows(rows: Sequence[dict[str, Any]]) -> str:
