@@ -24,15 +24,20 @@ def main() -> None:
     ap.add_argument("--false", dest="n_false", type=int, default=400, help="simulations per claim-false scenario")
     ap.add_argument("--true", dest="n_true", type=int, default=200, help="simulations of the claim-true scenario")
     ap.add_argument("--n-images", type=int, default=128, help="evaluation images per record")
-    ap.add_argument("--bootstrap", type=int, default=100, help="refits per loss fit (finding 1)")
+    ap.add_argument("--bootstrap", type=int, default=40, help="refits per loss fit (finding 1)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--f1-runs", type=int, default=6, help="runs per objective for finding 1 (a run bootstrap needs ≥ 4)"
+    )
+    ap.add_argument("--f1-sims", type=int, default=100, help="simulations per scenario for finding 1 (loss fits: slow)")
     ap.add_argument("--store", action="store_true", help="write synthscale/study/calibration.json for reports")
     args = ap.parse_args()
     design = dataclasses.replace(sim.Design(), n_images=args.n_images)
     t = time.process_time()
-    table = cal.calibrate(
-        n_false=args.n_false, n_true=args.n_true, seed=args.seed, design=design, n_boot=args.bootstrap
-    )
+    table = cal.calibrate((2, 3, 4, 5, 6), n_false=args.n_false, n_true=args.n_true, seed=args.seed, design=design)
+    f1_design = dataclasses.replace(design, sizes=tuple((f"s{i}", 100_000 * (i + 1)) for i in range(args.f1_runs)))
+    f1 = cal.calibrate((1,), args.f1_sims, args.f1_sims, args.seed, f1_design, n_boot=args.bootstrap)
+    table["findings"]["1"] = f1["findings"]["1"]
     cpu = time.process_time() - t
     head, rows = cal.table_rows(table)
     print(f"\nDecision-rule calibration ({args.n_images} images per record; {cpu:.0f} CPU s)\n")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import beta
 
+from synthscale.study import compare as cmp
 from synthscale.study import findings as fnd
 from synthscale.study import simulate as sim
 
@@ -144,9 +146,11 @@ def calibrate(
             "power": hits / n_true,
             "n_true": n_true,
             "true_scenario": true_label,
+            "design": describe(design),
         }
     return {
         "rules_version": rules_version(),
+        "design_text": describe(design),
         "design": dataclasses.asdict(design),
         "seed": seed,
         "n_boot": n_boot,
@@ -154,12 +158,74 @@ def calibrate(
     }
 
 
+# the parts of compare.py the rules decide with (the rest of that module may change without touching them)
+_COMPARE_PARTS = (
+    "DecisiveMetrics",
+    "Effect",
+    "effect",
+    "_se",
+    "_log_scale",
+    "lower_is_better",
+    "interval",
+    "value",
+    "compare_quality",
+    "primary_settings",
+    "primary_records",
+    "main_grid_records",
+    "matched_best",
+    "best_per_objective",
+    "by_level",
+    "compute_levels",
+    "level_of",
+)
+
+
+def describe(design: sim.Design) -> str:
+    return (
+        f"{len(design.sizes)} run(s) per objective, {len(design.milestones)} compute levels, "
+        f"{design.n_images} images per record"
+    )
+
+
+def study_design(data) -> sim.Design:
+    """The simulation design of a real study: its evaluation images per record, main-grid sizes, compute levels and
+    which objectives have ablation autoencoders (noise levels stay the defaults: no study measures its own)."""
+    main = cmp.main_grid_records(data)
+    ns = sorted(int(r["instruments"]["n"]) for r in main if isinstance((r.get("instruments") or {}).get("n"), int))
+    sizes = sorted({(r["size"], int(r["params"] or 1)) for r in main}, key=lambda s: s[1])
+    levels = tuple(cmp.by_level(main))
+    ablation = tuple(
+        sorted({r["objective"] for r in data.records if r["autoencoder"] != data.main_autoencoders.get(r["objective"])})
+    )
+    base = sim.Design()
+    return dataclasses.replace(
+        base,
+        n_images=ns[len(ns) // 2] if ns else base.n_images,
+        sizes=tuple(sizes) if sizes else base.sizes,
+        milestones=levels if len(levels) >= 2 else base.milestones,
+        ablation=tuple(o for o in ablation if o in sim.OBJECTIVES),
+    )
+
+
+def for_study(data, stored: dict[str, Any] | None, n_false: int = 200, n_true: int = 50) -> dict[str, Any]:
+    """The calibration a report applies: findings 2-6 simulated at this study's own design (evaluation noise
+    shrinks with more images while training noise does not, so a rule calibrated at 128 images can fail at
+    1,024), finding 1 (its loss fits are too slow to simulate here) from the stored table."""
+    table = calibrate(numbers=(2, 3, 4, 5, 6), n_false=n_false, n_true=n_true, design=study_design(data))
+    if stored and "1" in stored.get("findings", {}):
+        table["findings"]["1"] = stored["findings"]["1"]
+    return dict(table, stored_version=(stored or {}).get("rules_version"))
+
+
 def rules_version() -> str:
     """A hash of the rule and simulation code: a stored table names the code it measured."""
     here = Path(__file__).parent
     h = hashlib.sha256()
-    for name in ("findings.py", "compare.py", "simulate.py", "calibration.py"):
+    for name in ("findings.py", "simulate.py", "calibration.py"):
         h.update((here / name).read_bytes())
+    for part in _COMPARE_PARTS:
+        h.update(inspect.getsource(getattr(cmp, part)).encode())
+    h.update(repr((cmp.REL_MARGIN, cmp.Z95, cmp.Z90, cmp.LEVEL_TOLERANCE_DEX, sorted(cmp.LOWER_IS_BETTER))).encode())
     return h.hexdigest()[:12]
 
 
@@ -173,7 +239,14 @@ def load_table(path: Path = TABLE_PATH) -> dict[str, Any] | None:
 
 def table_rows(table: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The table as (header, rows) for the report and the README."""
-    head = ["finding", "false confirmations (worst claim-false scenario)", "95 % upper bound", "power", "at"]
+    head = [
+        "finding",
+        "false confirmations (worst claim-false scenario)",
+        "95 % upper bound",
+        "power",
+        "at",
+        "simulated",
+    ]
     rows = []
     for number, r in sorted(table.get("findings", {}).items()):
         rows.append(
@@ -183,6 +256,7 @@ def table_rows(table: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 f"{r['false_confirm_upper']:.1%}",
                 f"{r['power']:.0%} of {r['n_true']}",
                 r["true_scenario"],
+                r.get("design", ""),
             ]
         )
     return head, rows
