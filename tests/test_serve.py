@@ -200,19 +200,24 @@ def test_cli_serve_says_loopback_and_stops_on_ctrl_c(tiny_study):
         text=True,
         env=env,
     )
-    lines = []
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        lines.append(line)
-        if "Ctrl-C" in line or not line:
-            break
-    text = "".join(lines)
-    assert "bound to loopback: only this machine can connect" in text, text
-    port = int(text.split("http://127.0.0.1:")[1].split("/")[0])
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request("GET", "/healthz")
-    assert conn.getresponse().read() == b"ok\n"
-    proc.send_signal(signal.SIGINT)
-    rest, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0 and "stopped" in rest
+    try:
+        lines = []
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if "Ctrl-C" in line or not line:
+                break
+        text = "".join(lines)
+        assert "bound to loopback: only this machine can connect" in text, text
+        port = int(text.split("http://127.0.0.1:")[1].split("/")[0])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().read() == b"ok\n"
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and "stopped" in rest
+    finally:
+        if proc.poll() is None:  # a failed check above must not leave the server running
+            proc.kill()
+            proc.wait()
