@@ -37,7 +37,8 @@ PAGE = r"""<!doctype html>
   <label for="prompt">Prompt</label>
   <input type="text" id="prompt" name="prompt" value="a small red circle above a large blue square" autofocus>
   <label for="level">Training compute</label>
-  <div><input type="range" id="level" min="0" max="0" value="0" step="1"> <b id="flops"></b></div>
+  <div><input type="range" id="level" min="0" max="0" value="0" step="1"> <b id="flops"></b>
+    <div class="model" id="models"></div></div>
   <label>Steps</label>
   <div class="steps" id="steps"></div>
   <label for="cfg">CFG scale</label>
@@ -66,6 +67,7 @@ function showLevel() {
   const lv = level();
   $("flops").textContent = fmt(lv.train_flops) + " training FLOPs (level " + (lv.index + 1) + " of "
     + study.levels.length + ")";
+  $("models").textContent = Object.values(lv.models).map((m) => m.label).join(" · ");
   const box = $("steps");
   const old = {};
   for (const inp of box.querySelectorAll("input")) old[inp.dataset.objective] = +inp.value;
@@ -153,7 +155,8 @@ async function race(ev) {
       const stats = el("div", "stats");
       stats.innerHTML = "latency <b></b> s for " + out.n + " image" + (out.n > 1 ? "s" : "")
         + " · <b></b> FLOPs/image<br>" + out.steps + " steps · CFG " + out.cfg + " · seed " + out.seed
-        + (out.load_s > 0 ? " · model loaded in " + out.load_s.toFixed(2) + " s" : "");
+        + (out.load_s > 0 ? " · model loaded in " + out.load_s.toFixed(2) + " s" : "")
+        + (out.queued_s > 0.05 ? " · waited " + out.queued_s.toFixed(2) + " s for the model" : "");
       const bs = stats.querySelectorAll("b");
       bs[0].textContent = out.latency_s.toFixed(3);
       bs[1].textContent = fmt(out.flops_per_image);
