@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -70,6 +72,12 @@ def test_crossover_is_found_where_the_curves_cross():
     assert x.interval[0] <= truth <= x.interval[1]
     assert x.a_better_below is True and x.p_cross > 0.9
     assert "cross at" in x.describe()
+    # a failed refit is a NaN row, and refit i of one curve still meets refit i of the other
+    failed = np.array(fa.boot)
+    failed[:10] = np.nan
+    with_failures = crossover(dataclasses.replace(fa, boot=failed), fb)
+    aligned = crossover(dataclasses.replace(fa, boot=fa.boot[10:]), dataclasses.replace(fb, boot=fb.boot[10:]))
+    assert (with_failures.p_cross, with_failures.interval) == (aligned.p_cross, aligned.interval)
 
 
 def test_no_crossing_within_range_is_said():

@@ -456,9 +456,11 @@ def render_html(a: Analysis) -> str:
     p.append(
         "<h2>Conventions</h2><p>FLOPs are analytic counts, 2 per multiply-add; training = 3 × forward; "
         "sampling FLOPs per image include classifier-free guidance's second pass. Quality is the Fréchet "
-        "distance over an in-domain probe's features (fd_probe) and KID; prompt following is the attribute "
-        "probe's whole-prompt accuracy with 95 % bootstrap bounds. Loss is each objective's own validation "
-        "loss and is never compared across objectives.</p></body></html>"
+        "distance over an in-domain probe's features (fd_probe) and KID, each with a 95 % interval from a "
+        "bootstrap over the generated images; prompt following is the attribute probe's whole-prompt accuracy on "
+        "test prompts (held-out attribute combinations apart) with 95 % bootstrap bounds over prompts. Records "
+        "written before these intervals existed have none: a rule then assumes ±10 % for FD and says so. Loss is "
+        "each objective's own validation loss and is never compared across objectives.</p></body></html>"
     )
     return "\n".join(p)
 
