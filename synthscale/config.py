@@ -205,6 +205,9 @@ class EvalSettings:
     batch_size: int = 128  # sampling / loss batch
     speed: bool = True  # sampling latency (batch 1) and throughput at the last milestone, per swept step count
     grid_samples: int = 16  # images in each sample grid PNG
+    # what scores the images: "probe", "encoder", "inception:/path/weights.pth", "clip:/path/folder";
+    # empty: the dataset's defaults (shapes: probe and encoder; user data: encoder)
+    instruments: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -226,6 +229,7 @@ class StudyConfig:
     ablation_autoencoders: list[str] = field(default_factory=list)
     run_overrides: list[str] = field(default_factory=list)  # --set style, applied to every RunConfig
     probe_overrides: list[str] = field(default_factory=list)
+    encoder_overrides: list[str] = field(default_factory=list)  # --set style keys of EncoderConfig
     evaluation: EvalSettings = field(default_factory=EvalSettings)
     executor: Literal["sequential", "processes", "slurm", "ray"] = "sequential"
     workers: int = 2  # stages at once: worker processes, or jobs in flight (slurm, ray)
@@ -294,6 +298,31 @@ class ProbeConfig:
     holdout_fraction: float = 0.2  # share of renders showing a held-out colour×shape pair
     seed: int = 0
     eval_items: int = 1000  # held-out real renders per split for the probe's ceiling
+
+
+@dataclass
+class EncoderConfig:
+    """The in-domain image–caption encoder (`evaluate/instruments/encoder.py`): trained contrastively (InfoNCE,
+    learned temperature) on the train split only, once per dataset distribution."""
+
+    steps: int = 500  # optimizer steps
+    batch_size: int = 128
+    lr: float = 2e-3  # AdamW peak; linear warm-up, cosine decay to 0
+    weight_decay: float = 0.05
+    width: int = 16  # conv channels of the image tower's first level (doubled at each of its 3 downsamplings)
+    text_width: int = 64  # the caption tower's width (a 1-layer Transformer over the dataset's tokenizer)
+    text_layers: int = 1
+    embed_dim: int = 64  # the joint embedding
+    shift: int = 2  # augmentation: random translation by up to this many pixels (no flips: they swap left/right)
+    train_items: int = 20000  # train-split items it sees at most (the study's data-size axis shares one encoder)
+    seed: int = 0
+
+    def __post_init__(self):
+        for key in ("steps", "batch_size", "width", "text_width", "text_layers", "embed_dim", "train_items"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"encoder.{key} must be ≥ 1, got {getattr(self, key)}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.shift < 0:
+            raise ValueError("encoder.lr must be > 0, encoder.weight_decay and encoder.shift ≥ 0")
 
 
 @dataclass

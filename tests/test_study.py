@@ -31,6 +31,7 @@ TINY = [
     "run_overrides=[flow:model.patch_size=2, train.batch_size=16, train.milestones_per_decade=2, "
     "train.first_milestone_flops=5e8, train.warmup_steps=2, train.checkpoint_every=5]",
     "probe_overrides=[steps=15, eval_items=64]",
+    "encoder_overrides=[steps=10, train_items=256, width=8, batch_size=32]",
     "evaluation.n=16",
     "evaluation.holdout_n=4",
     "evaluation.sweep={flow: [2, 4]}",
@@ -66,7 +67,7 @@ def test_generator_code_version_rekeys_training_not_autoencoders(tmp_path, monke
     def ids(plan, kind):
         return {s.id for s in plan.stages if s.kind == kind}
 
-    for kind in ("autoencoder", "probe", "cache"):
+    for kind in ("autoencoder", "instrument", "cache"):
         assert ids(before, kind) == ids(after, kind)
     for kind in ("train", "evaluate"):
         assert ids(before, kind) and not ids(before, kind) & ids(after, kind)
@@ -174,7 +175,7 @@ def _check_cfg_best(root: Path):
     from synthscale.evaluate.runner import CFG_CANDIDATES, Setting, evaluate_run, milestones_of
 
     run_dir = next(root.glob("train/flow-*"))
-    probe = load_probe(next(root.glob("probe/*/**/probe.json")).parent)
+    probe = load_probe(next(root.glob("instruments/probe-*/probe.json")).parent)
     settings = EvalSettings(n=16, holdout_n=0, loss_batches=1, batch_size=16, speed=False)
     last = milestones_of(run_dir)[-1]
     records = evaluate_run(run_dir, probe, settings, plan=[Setting(last, 0, "ema", 2, None)], progress=False)

@@ -14,8 +14,8 @@ def register(sub) -> None:
     p = sub.add_parser(
         "evaluate",
         help="sample and score a trained run at its milestones",
-        description="Generate from fixed test prompts with fixed seeds, score quality (fd-probe, KID), "
-        "prompt following and validation loss; append records to RUN_DIR/eval/.",
+        description="Generate from fixed test prompts with fixed seeds, score quality (Fréchet distance, KID) and "
+        "prompt following with the chosen instruments, and validation loss; append records to RUN_DIR/eval/.",
     )
     p.add_argument("run_dir", type=Path)
     p.add_argument("--milestones", choices=choices_of(EvalSettings, "milestones"), default=None)
@@ -34,7 +34,19 @@ def register(sub) -> None:
     ):
         p.add_argument(flag, type=int, default=default_of(EvalSettings, key), help=f"{what} (default %(default)s)")
     p.add_argument("--speed", action="store_true", help="also measure sampling latency and throughput")
-    p.add_argument("--probe-cache", type=Path, default=Path("cache/probes"), help="where the probe is kept")
+    p.add_argument(
+        "--instrument",
+        action="append",
+        metavar="SPEC",
+        help="score with: probe | encoder | inception:/path/weights.pth | clip:/path/folder (repeatable; default: "
+        "shapes probe + encoder, your own data encoder)",
+    )
+    p.add_argument(
+        "--instrument-cache",
+        type=Path,
+        default=Path("cache/instruments"),
+        help="where trained instruments (probe, encoder) are kept (default %(default)s)",
+    )
     p.add_argument(
         "--autoencoder",
         type=Path,
@@ -48,13 +60,14 @@ def register(sub) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from synthscale.evaluate.probes import load_or_train_probe
+    from synthscale.evaluate.instruments import open_instrument, resolve_specs
+    from synthscale.evaluate.instruments.ceiling import measure_ceiling
     from synthscale.evaluate.runner import RunEvaluator, evaluate_run
     from synthscale.train import milestone_checkpoints
 
     run_dir = existing_dir(args.run_dir, "config.json", "a run folder (written by `synthscale train`)")
-    milestone_checkpoints(run_dir)  # none: a one-line error before the probe trains (minutes)
-    settings = EvalSettings(n=args.n, holdout_n=args.holdout_n, seed=args.seed)
+    milestone_checkpoints(run_dir)  # none: a one-line error before an instrument trains (minutes)
+    settings = EvalSettings(n=args.n, holdout_n=args.holdout_n, seed=args.seed, instruments=args.instrument or [])
     run_cfg = RunEvaluator.run_config(run_dir)
     moved = {k: str(v) for k, v in (("autoencoder", args.autoencoder), ("cache_root", args.cache_root)) if v}
     if moved:  # the run's autoencoder or latent cache moved: point the run at them, once checked
@@ -62,15 +75,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         relocate(run_dir, dataclasses.replace(run_cfg, **moved))
         run_cfg = RunEvaluator.run_config(run_dir)
+    specs = resolve_specs(settings.instruments, run_cfg.data)  # a wrong path is refused before any work
     plan = _requested_settings(args, run_dir, run_cfg, settings)
     device = device_of(args)
-    probe = load_or_train_probe(run_cfg.data, args.probe_cache, progress=not args.quiet, device=device)  # minutes
-    records = evaluate_run(run_dir, probe, settings, plan=plan, device=device, progress=not args.quiet)
+    quiet, cache = args.quiet, args.instrument_cache
+    instruments = [open_instrument(s, run_cfg.data, cache, progress=not quiet, device=device) for s in specs]
+    for instrument in instruments:  # real images' scores at this n, stored beside every record
+        instrument.ceiling = measure_ceiling(instrument, run_cfg.data, settings.n, settings.seed)
+    records = evaluate_run(run_dir, instruments, settings, plan=plan, device=device, progress=not quiet)
+    shown = [k for i in instruments for k in (i.quality, i.following) if k]
     for r in sorted(records, key=lambda r: (r.train_flops, r.weights, r.steps, r.cfg_scale)):
         m = r.metrics
+        scores = "  ".join(f"{k} {m.get(k, float('nan')):.3f}" for k in shown)
         print(
-            f"{r.train_flops:10.3g} FLOPs {r.weights:3} steps {r.steps:4} cfg {r.cfg_scale:<4g} "
-            f"fd-probe {m.get('fd_probe', float('nan')):8.3f}  prompt {m.get('prompt_acc', float('nan')):.3f}  "
+            f"{r.train_flops:10.3g} FLOPs {r.weights:3} steps {r.steps:4} cfg {r.cfg_scale:<4g} {scores}  "
             f"loss {m.get('loss', float('nan')):.4f}"
         )
     print(f"records: {run_dir / 'eval' / 'records.jsonl'}")
@@ -78,7 +96,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _requested_settings(args: argparse.Namespace, run_dir: Path, run_cfg, settings: EvalSettings):
-    """The settings the flags ask for (None: the study's plan), checked before the probe trains (minutes)."""
+    """The settings the flags ask for (None: the study's plan), checked before an instrument trains (minutes)."""
     if not (args.steps or args.cfg or args.weights or args.milestones):
         return None
     from synthscale.evaluate.runner import RunEvaluator, product_settings

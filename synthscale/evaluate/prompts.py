@@ -26,9 +26,12 @@ class PromptSet:
 def prompt_set(data_cfg: DataConfig, split: str, n: int) -> PromptSet:
     ds = get_dataset(data_cfg, split)
     if n > len(ds):
+        raise_more = f"data.{'holdout_size' if split == 'holdout' else split + '_size'}"
+        if data_cfg.dataset != "shapes" and split in ("val", "test"):
+            raise_more += f" / data.{split}_fraction (a share of your images)"
         raise ValueError(
             f"evaluation asks for {n} prompts but the {split} split has {len(ds)} items; "
-            f"lower evaluation.n or raise data.{'holdout_size' if split == 'holdout' else split + '_size'}"
+            f"lower evaluation.n to at most {len(ds)} or raise {raise_more}"
         )
     items = [ds[i] for i in range(n)]
     return PromptSet(

@@ -39,7 +39,7 @@ def _digest(path: Path) -> str:
 # ---------------------------------------------------------------------------------------------- Inception
 
 
-def inception_extractor(weights: str | Path, antialias: bool = False):
+def inception_extractor(weights: str | Path, antialias: bool = False, device=None):
     """torch-fidelity's InceptionV3 (2048-d pool features) from a local weights file: uint8 NHWC → [N, 2048]."""
     weights = Path(weights)
     if not weights.is_file():
@@ -62,8 +62,11 @@ def inception_extractor(weights: str | Path, antialias: bool = False):
         antialias=antialias,
     )
 
-    def extract(x: torch.Tensor) -> torch.Tensor:
-        return net(as_uint8_nhwc(x).permute(0, 3, 1, 2).contiguous())  # uint8 NCHW; resized to 299 inside
+    device = torch.device(device or "cpu")
+    net.to(device)
+
+    def extract(x: torch.Tensor) -> torch.Tensor:  # uint8 NCHW in; resized to 299 inside
+        return net(as_uint8_nhwc(x).permute(0, 3, 1, 2).contiguous().to(device)).cpu()
 
     return extract, f"inception-v3-compat:{_digest(weights)}"
 

@@ -25,8 +25,7 @@ from synthscale.config import EvalSettings, RunConfig, from_dict
 from synthscale.data.latents import LatentSpec
 from synthscale.data.pixels import to_uint8
 from synthscale.data.text import tokenizer_for
-from synthscale.evaluate.alignment import alignment_instruments, prompt_following
-from synthscale.evaluate.fid import ProbeQuality
+from synthscale.evaluate.instruments import Instrument, Prompts, deciding, score_images
 from synthscale.evaluate.prompts import prompt_set
 from synthscale.evaluate.record import EvalRecord
 from synthscale.evaluate.speed import measure_speed
@@ -89,13 +88,28 @@ def product_settings(
     return [Setting(i, infos.index(i), w, s, c, speed) for i in chosen for w in weights for s in steps for c in cfgs]
 
 
-class RunEvaluator:
-    """Everything fixed across one run's settings: prompts, reference features, autoencoder, validation data."""
+def as_instruments(instruments) -> list[Instrument]:
+    """A list of instruments; a bare attribute probe (the older call) is wrapped as the probe instrument."""
+    if isinstance(instruments, Instrument):
+        return [instruments]
+    if not isinstance(instruments, (list, tuple)):
+        from synthscale.evaluate.instruments.probe import ProbeInstrument
 
-    def __init__(self, run_dir: str | Path, probe, settings: EvalSettings, device=None, progress: bool = True):
+        return [ProbeInstrument(instruments)]
+    if not instruments:
+        raise ValueError("evaluation needs at least one instrument")
+    return list(instruments)
+
+
+class RunEvaluator:
+    """Everything fixed across one run's settings: prompts, instruments with their real reference features,
+    autoencoder, validation data."""
+
+    def __init__(self, run_dir: str | Path, instruments, settings: EvalSettings, device=None, progress: bool = True):
         from synthscale.autoencoders import load_autoencoder
 
-        self.run_dir, self.probe, self.settings = Path(run_dir), probe, settings
+        self.run_dir, self.settings = Path(run_dir), settings
+        self.instruments = as_instruments(instruments)
         self.device, self.progress = pick_device(device), progress  # default: CUDA when present, else the CPU
         self.run_cfg = self.run_config(run_dir)
         if self.run_cfg.autoencoder is None:
@@ -103,12 +117,15 @@ class RunEvaluator:
         self.autoencoder = load_autoencoder(self.run_cfg.autoencoder).to(self.device).eval()
         data = self.run_cfg.data
         self.test = prompt_set(data, "test", settings.n)
-        self.holdout = prompt_set(data, "holdout", settings.holdout_n) if settings.holdout_n and data.holdout else None
+        # held-out colour×shape prompts exist only where the dataset makes that split (shapes)
+        has_holdout = settings.holdout_n and data.holdout and data.dataset == "shapes"
+        self.holdout = prompt_set(data, "holdout", settings.holdout_n) if has_holdout else None
         tok = tokenizer_for(data)
         self.prompts: list[dict] = self.test.attributes + (self.holdout.attributes if self.holdout else [])
         self.captions = self.test.captions + (self.holdout.captions if self.holdout else [])
         self.text = tok.encode(self.captions).to(self.device)
-        self.quality = ProbeQuality(probe, self.test.images, seed=settings.seed)
+        self.prompt_info = Prompts(self.captions, self.prompts, data.holdout, n_test=len(self.test))
+        self.bound = [i.bind(self.test.images, seed=settings.seed) for i in self.instruments]
         self._losses: dict[tuple[str, str], float] = {}
         self._val = None  # validation prompts, loaded when `--cfg best` needs them
         self._val_latents = None  # validation latent cache, for the loss
@@ -169,20 +186,24 @@ class RunEvaluator:
         return self._losses[key]
 
     def select_cfg(self, setting: Setting, gen_model) -> tuple[Setting, dict[str, Any]]:
-        """`--cfg best`: the scale with the lowest fd-probe on validation prompts (never on the test prompts)."""
+        """`--cfg best`: the scale with the lowest Fréchet distance of the deciding quality instrument on
+        validation prompts (never on the test prompts)."""
+        judge = deciding(self.instruments, "quality")
+        if judge is None:
+            raise ValueError("--cfg best needs an instrument that measures image quality")
         if self._val is None:
             self._val = prompt_set(self.run_cfg.data, "val", self.settings.n)
-            self._val_quality = ProbeQuality(self.probe, self._val.images, seed=self.settings.seed)
+            self._val_quality = judge.bind(self._val.images, seed=self.settings.seed)
             self._val_text = tokenizer_for(self.run_cfg.data).encode(self._val.captions).to(self.device)
         scores = {}
         for c in CFG_CANDIDATES:
             images = self.sample(gen_model, setting.steps, c, self._val_text)
-            scores[c] = self._val_quality.score(images)["fd_probe"]
+            scores[c] = self._val_quality.distance.score(images)["fd"]
         best = min(scores, key=scores.get)
         info = {
-            "by": "lowest fd_probe on validation prompts",
+            "by": f"lowest {judge.quality} on validation prompts ({judge.name})",
             "n_val": len(self._val),
-            "fd_probe_by_scale": {f"{c:g}": v for c, v in scores.items()},
+            f"{judge.quality}_by_scale": {f"{c:g}": v for c, v in scores.items()},
         }
         return dataclasses.replace(setting, cfg_scale=best), info
 
@@ -193,9 +214,7 @@ class RunEvaluator:
         images = self.sample(gen_model, s.steps, s.cfg_scale)
         n_test = len(self.test)
         metrics: dict[str, float] = {"loss": self.validation_loss(gen_model)}
-        metrics.update(self.quality.score(images[:n_test]))
-        holdout_pairs = rc.data.holdout
-        metrics.update(prompt_following(self.probe, images, self.prompts, holdout_pairs, seed=self.settings.seed))
+        metrics.update(score_images(self.bound, images, self.prompt_info))
         grid_path = self.out / "samples" / f"{s.tag}.png"
         k = min(self.settings.grid_samples, len(images))
         save_png(labelled_grid(images[:k], self.captions[:k], cell=96), grid_path)
@@ -205,8 +224,8 @@ class RunEvaluator:
         # the generator's share; the caption encoder's is a separate, labelled column (compute/flops.py)
         flops = obj.sample_flops_split(rc.model, gen_model.latent_spec, gen_model.text_spec, s.steps, s.cfg_scale)
         instruments = {
-            **self.quality.instruments(),
-            "alignment": alignment_instruments(self.probe, self.prompts, holdout_pairs, seed=self.settings.seed),
+            "scored_by": {b.instrument.kind: b.describe() for b in self.bound},
+            "n": n_test,
             "loss": {
                 "split": "val",
                 "batches": self.settings.loss_batches,
@@ -269,6 +288,14 @@ def _key_of(s: Setting, settings: EvalSettings) -> tuple:
     return (s.checkpoint.name, s.weights, s.steps, float(s.cfg_scale), settings.n, settings.seed)
 
 
+def _scored_by(r: dict) -> list[str]:
+    """The instruments a record was scored with (a record from before instruments: its probe extractor)."""
+    ins = r["instruments"]
+    if "scored_by" in ins:
+        return sorted(b["name"] for b in ins["scored_by"].values())
+    return [ins["extractor"]] if "extractor" in ins else []
+
+
 def read_records(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "eval" / RECORDS
     if not path.is_file():
@@ -282,19 +309,22 @@ def _write_records(run_dir: Path, records: list[dict]) -> None:
 
 def evaluate_run(
     run_dir: str | Path,
-    probe,
+    instruments,
     settings: EvalSettings,
     plan: list[Setting] | None = None,
     device=None,
     progress: bool = True,
 ) -> list[EvalRecord]:
-    """Evaluate `plan` (default: the study plan of `settings`) and return this run's records (old and new).
-    Records are written after every setting, so an interruption loses at most the setting in progress."""
+    """Evaluate `plan` (default: the study plan of `settings`) with `instruments` (a list of Instrument; a bare
+    probe is the probe instrument) and return this run's records (old and new). A setting scored before with other
+    instruments is scored again and its record replaced. Records are written after every setting, so an
+    interruption loses at most the setting in progress."""
     from synthscale.train import load_generator
 
     run_dir = Path(run_dir)
-    ev = RunEvaluator(run_dir, probe, settings, device, progress)
+    ev = RunEvaluator(run_dir, instruments, settings, device, progress)
     device = ev.device
+    names = sorted(i.name for i in ev.instruments)
     if plan is None:
         from synthscale.objectives import get_objective
 
@@ -303,7 +333,7 @@ def evaluate_run(
 
     def finished(s: Setting) -> bool:
         r = done.get(_key_of(s, settings))
-        return r is not None and (not s.speed or "latency_s" in r["metrics"])
+        return r is not None and _scored_by(r) == names and (not s.speed or "latency_s" in r["metrics"])
 
     todo = [s for s in plan if s.cfg_scale is None or not finished(s)]
     loaded: dict[tuple[str, str], Any] = {}

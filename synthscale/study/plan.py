@@ -1,4 +1,5 @@
-"""A study spec expanded into stages: autoencoders, the probe, latent caches, training runs, evaluations.
+"""A study spec expanded into stages: autoencoders, instruments (the probe, the in-domain encoder, …), latent caches,
+training runs, evaluations.
 
 Every stage is keyed by a content hash of what decides its output — never by a path — so a study folder can be
 moved, a second study reuses nothing by accident, and a changed config gets a new stage instead of a stale one.
@@ -17,7 +18,6 @@ from synthscale.config import (
     ConfigError,
     ModelConfig,
     ObjectiveConfig,
-    ProbeConfig,
     RunConfig,
     StudyConfig,
     TrainConfig,
@@ -25,7 +25,6 @@ from synthscale.config import (
     canonical,
     config_hash,
     from_dict,
-    load,
     read_yaml,
     to_dict,
 )
@@ -34,6 +33,7 @@ from synthscale.study.grid import Stage
 
 AE_LATENT = {"kl": "continuous", "lfq": "discrete", "fsq": "discrete", "diffusers": "continuous"}
 STAGES = "synthscale.study.stages"
+INSTRUMENT_CACHE = "instruments"  # trained instruments, keyed by content, shared by the study's stages
 
 
 @dataclass
@@ -54,7 +54,7 @@ class StudyPlan:
     stages: list[Stage]
     runs: list[RunPlan]
     autoencoders: dict[str, tuple[AutoencoderConfig, Stage]]  # name → (config, stage)
-    probe: Stage
+    instruments: list[Stage]  # one stage per instrument the evaluation scores with
 
 
 def _autoencoder_config(path: str, study: StudyConfig, base: Path) -> AutoencoderConfig:
@@ -119,12 +119,15 @@ def plan_study(study: StudyConfig, root: str | Path, spec_dir: str | Path = ".")
     root, spec_dir = Path(root).resolve(), Path(spec_dir)
     stages: list[Stage] = []
     autoencoders, main, ablations = _plan_autoencoders(study, spec_dir, stages)
-    probe = _plan_probe(study, stages)
+    instruments = _plan_instruments(study, root)
+    stages += instruments
     runs: list[RunPlan] = []
     caches: dict[str, Stage] = {}
     for objective, size, data_size, budget, ae, ablation in _run_grid(study, main, ablations):
-        runs.append(_plan_run(study, root, (objective, size, data_size, budget), ae, ablation, probe, caches, stages))
-    return StudyPlan(study, root, stages, runs, autoencoders, probe)
+        runs.append(
+            _plan_run(study, root, (objective, size, data_size, budget), ae, ablation, instruments, caches, stages)
+        )
+    return StudyPlan(study, root, stages, runs, autoencoders, instruments)
 
 
 AutoencoderStage = tuple[AutoencoderConfig, Stage]
@@ -162,14 +165,34 @@ def _plan_autoencoders(
     return autoencoders, main, ablations
 
 
-def _plan_probe(study: StudyConfig, stages: list[Stage]) -> Stage:
-    """The probe: one per dataset distribution (the data size does not key it)."""
-    probe_cfg = load(ProbeConfig, None, study.probe_overrides)
-    key = config_hash({"data": canonical(dataclasses.replace(study.data, size=0)), "probe": canonical(probe_cfg)})
-    kwargs = {"data": to_dict(study.data), "probe": to_dict(probe_cfg), "device": study.device}
-    probe = Stage("probe", "attributes", key, f"{STAGES}:probe_stage", kwargs, cost=2.0)
-    stages.append(probe)
-    return probe
+def _instrument_options(study: StudyConfig) -> dict[str, list[str]]:
+    """Per instrument kind, its recipe overrides from the spec."""
+    return {"probe": list(study.probe_overrides), "encoder": list(study.encoder_overrides)}
+
+
+def _plan_instruments(study: StudyConfig, root: Path) -> list[Stage]:
+    """One stage per instrument: trains (or loads) it in the study's instrument cache, keyed by content (the data
+    size does not key it), and measures its ceiling at the evaluation's n. A wrong spec or a missing weights path
+    is refused here, before any training."""
+    from synthscale.evaluate.instruments import instrument_key, parse_spec, resolve_specs
+
+    options, ev = _instrument_options(study), study.evaluation
+    stages = []
+    for spec in resolve_specs(ev.instruments, study.data):
+        kind = parse_spec(spec)[0].kind
+        inner = instrument_key(spec, study.data, options)
+        key = config_hash({"instrument": inner, "data": canonical(study.data), "n": ev.n, "seed": ev.seed})
+        kwargs = {
+            "spec": spec,
+            "data": to_dict(study.data),
+            "options": options,
+            "cache_root": str(root / INSTRUMENT_CACHE),
+            "n": ev.n,
+            "seed": ev.seed,
+            "device": study.device,
+        }
+        stages.append(Stage("instrument", kind, key, f"{STAGES}:instrument_stage", kwargs, cost=2.0))
+    return stages
 
 
 def _run_grid(study: StudyConfig, main: dict[str, AutoencoderStage], ablations: list[AutoencoderStage]) -> list:
@@ -195,7 +218,7 @@ def _plan_run(
     point: tuple[str, str, int, float],
     ae: AutoencoderStage,
     ablation: bool,
-    probe: Stage,
+    instruments: list[Stage],
     caches: dict[str, Stage],
     stages: list[Stage],
 ) -> RunPlan:
@@ -217,16 +240,20 @@ def _plan_run(
     evaluate = Stage(
         "evaluate",
         name,
-        config_hash({"run": key, "eval": canonical(study.evaluation), "probe": probe.key}),
+        config_hash(
+            {"run": key, "eval": canonical(study.evaluation), "instruments": sorted(s.key for s in instruments)}
+        ),
         f"{STAGES}:evaluate_stage",
         {
             "run_dir": str(root / train.id),
-            "probe_dir": str(root / probe.id),
+            "instruments": [{"spec": s.kwargs["spec"], "stage_dir": str(root / s.id)} for s in instruments],
+            "instrument_options": _instrument_options(study),
+            "cache_root": str(root / INSTRUMENT_CACHE),
             "settings": to_dict(study.evaluation),
             "run_config": to_dict(run_cfg),
             "device": study.device,
         },
-        deps=[train.id, probe.id],
+        deps=[train.id, *(s.id for s in instruments)],
         cost=3.0,
     )
     stages += [train, evaluate]

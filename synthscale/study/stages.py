@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from synthscale.config import AutoencoderConfig, DataConfig, EvalSettings, ProbeConfig, RunConfig, from_dict
+from synthscale.config import AutoencoderConfig, DataConfig, EvalSettings, RunConfig, from_dict
 
 
 def autoencoder_stage(stage_dir: Path, config: dict[str, Any], device: str = "auto") -> dict[str, Any]:
@@ -30,15 +30,6 @@ def autoencoder_stage(stage_dir: Path, config: dict[str, Any], device: str = "au
     }
 
 
-def probe_stage(stage_dir: Path, data: dict[str, Any], probe: dict[str, Any], device: str = "auto") -> dict[str, Any]:
-    from synthscale.evaluate.probes import load_or_train_probe
-
-    data_cfg = from_dict(DataConfig, data, source="probe stage data")
-    probe_cfg = from_dict(ProbeConfig, probe, source="probe stage")
-    model = load_or_train_probe(data_cfg, stage_dir, probe_cfg, progress=False, device=device)
-    return {"key": model.key, "ceiling": model.meta.get("ceiling")}
-
-
 def cache_stage(stage_dir: Path, run_config: dict[str, Any], device: str = "auto") -> dict[str, Any]:
     from synthscale.train.data import open_source
 
@@ -55,29 +46,69 @@ def train_stage(stage_dir: Path, run_config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool, type(None)))}
 
 
+INSTRUMENT_JSON = "instrument.json"
+
+
+def instrument_stage(
+    stage_dir: Path,
+    spec: str,
+    data: dict[str, Any],
+    options: dict[str, Any],
+    cache_root: str,
+    n: int,
+    seed: int,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Train (or load) an instrument under the study's instrument cache and measure its ceiling and sanity on
+    real images at the evaluation's n."""
+    from synthscale import atomic
+    from synthscale.evaluate.instruments import open_instrument
+    from synthscale.evaluate.instruments.ceiling import measure_ceiling
+
+    data_cfg = from_dict(DataConfig, data, source="instrument stage data")
+    instrument = open_instrument(spec, data_cfg, cache_root, options, device=device)
+    summary = {"spec": spec, **instrument.card(), "ceiling": measure_ceiling(instrument, data_cfg, n, seed)}
+    summary["train"] = instrument.meta.get("train")
+    atomic.write_json(Path(stage_dir) / INSTRUMENT_JSON, summary)
+    return summary
+
+
+def load_instruments(
+    instruments: list[dict[str, Any]], data_cfg: DataConfig, cache_root: str, options, device: str = "auto"
+) -> list:
+    """The instruments an evaluate stage scores with, each carrying the ceiling its stage measured."""
+    import json
+
+    from synthscale.evaluate.instruments import open_instrument
+
+    out = []
+    for item in instruments:
+        instrument = open_instrument(item["spec"], data_cfg, cache_root, options, device=device)
+        stored = Path(item["stage_dir"]) / INSTRUMENT_JSON
+        if not stored.is_file():
+            raise FileNotFoundError(f"no {stored}; the instrument stage of {item['spec']} has not finished")
+        instrument.ceiling = json.loads(stored.read_text())["ceiling"]
+        out.append(instrument)
+    return out
+
+
 def evaluate_stage(
     stage_dir: Path,
     run_dir: str,
-    probe_dir: str,
+    instruments: list[dict[str, Any]],
+    instrument_options: dict[str, Any],
+    cache_root: str,
     settings: dict[str, Any],
     run_config: dict[str, Any],
     device: str = "auto",
 ) -> dict[str, Any]:
-    from synthscale.evaluate.probes import load_probe
     from synthscale.evaluate.runner import evaluate_run
     from synthscale.train.location import relocate
 
+    run_cfg = from_dict(RunConfig, run_config, source="evaluate stage")
     # a run trained before the study moved still names the old autoencoder and cache folders
-    relocate(run_dir, from_dict(RunConfig, run_config, source="evaluate stage"))
-    probe = _find_probe(Path(probe_dir), lambda folder: load_probe(folder, device))
-    settings_ = from_dict(EvalSettings, settings, source="evaluate stage")
-    records = evaluate_run(run_dir, probe, settings_, device=device, progress=False)
+    relocate(run_dir, run_cfg)
+    scored_by = load_instruments(instruments, run_cfg.data, cache_root, instrument_options, device)
+    eval_settings = from_dict(EvalSettings, settings, source="evaluate stage")
+    records = evaluate_run(run_dir, scored_by, eval_settings, device=device, progress=False)
     return {"records": len(records), "run_dir": run_dir}
-
-
-def _find_probe(folder: Path, load_probe):
-    """The probe stage folder holds one trained probe (load_or_train_probe keys a subfolder by its config)."""
-    found = sorted(p.parent for p in folder.glob("**/probe.json"))
-    if not found:
-        raise FileNotFoundError(f"no trained probe under {folder}; the probe stage has not finished")
-    return load_probe(found[0])
