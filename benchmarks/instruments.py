@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     data = DataConfig(dataset="folder", path=str(args.data), resolution=args.resolution)
     cache = args.cache or Path(tempfile.mkdtemp(prefix="instrument-bench-"))
-    encoder = open_instrument("encoder", data, cache, {"encoder": args.encoder_set}, progress=True)
+    encoder = open_instrument("encoder", data, cache, {"encoder": args.encoder_set})
     train = encoder.meta["train"]
     ceiling = measure_ceiling(encoder, data, args.n)
 

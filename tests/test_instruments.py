@@ -276,9 +276,63 @@ def test_whole_study_on_a_folder_of_real_looking_images(tmp_path):
         card = r["instruments"]["scored_by"]["encoder"]
         assert card["ceiling"]["real_test"]["rprec_encoder"] > m["rprec_encoder_lo"]  # real data beats a tiny model
         assert "sanity" in card["ceiling"]
+    report = result["report"]["markdown"].read_text()
+    assert "## Instruments" in report and "prompt following: R-precision, in-domain encoder" in report
     # a second study in the same folder (another CFG scale) re-evaluates but reuses the trained encoder
     weights = next((tmp_path / "s" / "instruments").glob("encoder-*/encoder.safetensors"))
     stamp = weights.stat().st_mtime_ns
     again = run_study(SPEC, tmp_path / "s", _folder_study(folder) + ["evaluation.cfg_scale=2.0"], progress=False)
     assert set(again["states"].values()) == {"done"} and weights.stat().st_mtime_ns == stamp
     assert len(list((tmp_path / "s" / "instruments").glob("encoder-*"))) == 1
+
+
+# ---------------------------------------------------------------------------------------------- which one decides
+
+
+def _card(kind, precedence, quality, following, label):
+    return {
+        "name": f"{kind}:a1b2c3d4",
+        "kind": kind,
+        "label": label,
+        "precedence": precedence,
+        "quality": quality,
+        "following": following,
+    }
+
+
+def test_the_deciding_instrument_and_the_others_agreement():
+    from synthscale.study import instruments as ins
+
+    cards = {
+        "probe": _card("probe", 0, "fd_probe", "prompt_acc", "attribute probe"),
+        "encoder": _card("encoder", 2, "fd_encoder", "rprec_encoder", "in-domain encoder"),
+    }
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(12):
+        fd = 10.0 + i
+        acc = 0.9 - 0.05 * i
+        records.append(
+            {
+                "metrics": {
+                    "fd_probe": fd,
+                    "fd_encoder": 2 * fd + rng.normal(0, 0.1),
+                    "prompt_acc": acc,
+                    "rprec_encoder": 1 - acc,
+                },  # the encoder ranks prompt following the other way round
+                "instruments": {"scored_by": cards},
+            }
+        )
+    q, f = ins.decider(records, "quality"), ins.decider(records, "following")
+    assert (q.metric, f.metric) == ("fd_probe", "prompt_acc")  # exact labels decide wherever present
+    assert f.describe() == "prompt following: whole-prompt accuracy, attribute probe a1b2c3"
+    (quality,), (following,) = ins.agreement(records, "quality"), ins.agreement(records, "following")
+    assert quality["metric"] == "fd_encoder" and quality["rho"] > 0.95 and quality["agree"]
+    assert following["rho"] < -0.95 and following["agree"] is False
+    user = [{"metrics": r["metrics"], "instruments": {"scored_by": {"encoder": cards["encoder"]}}} for r in records]
+    d = ins.decider(user, "following")
+    assert d.metric == "rprec_encoder" and d.describe() == "prompt following: R-precision, in-domain encoder a1b2c3"
+    assert ins.axis_label("rprec_encoder") == "R-precision (in-domain encoder) ↑"
+    assert ins.axis_label("fd_probe") == "Fréchet distance (attribute probe) ↓"
+    legacy = [{"metrics": {"fd_probe": 1.0, "prompt_acc": 0.5}, "instruments": {"extractor": "probe:ab"}}]
+    assert ins.decider(legacy, "quality").name == "probe:ab"  # records from before instruments: the probe

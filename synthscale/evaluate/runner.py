@@ -198,7 +198,7 @@ class RunEvaluator:
         scores = {}
         for c in CFG_CANDIDATES:
             images = self.sample(gen_model, setting.steps, c, self._val_text)
-            scores[c] = self._val_quality.distance.score(images)["fd"]
+            scores[c] = self._val_quality.quality(images)[judge.quality]
         best = min(scores, key=scores.get)
         info = {
             "by": f"lowest {judge.quality} on validation prompts ({judge.name})",

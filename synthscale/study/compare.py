@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from synthscale.config import ObjectiveConfig
+from synthscale.evaluate.instruments import quality_metrics
 from synthscale.study.results import ResultsStore
 
-# metrics where smaller is better; every other metric (accuracies, throughput) is better when larger
-LOWER_IS_BETTER = {"loss", "fd_probe", "kid", "latency_s"}
+# metrics where smaller is better (loss, latency and every instrument's Fréchet distance and KID); every other
+# metric (accuracies, R-precision, CLIP score, throughput) is better when larger
+LOWER_IS_BETTER = {"loss", "latency_s", *quality_metrics()}
 # two matched-compute records: training FLOPs within ±0.06 decades (±15 %); milestones are 0.25 decades apart
 LEVEL_TOLERANCE_DEX = 0.06
 # without a measured interval (older fd_probe records, latency), a relative difference is given a standard error

@@ -579,12 +579,12 @@ class Recommendation:
     detail: str  # the numbers
 
 
-def _describe_candidate(objective: str, r: dict[str, Any], metric: str) -> str:
+def _describe_candidate(objective: str, r: dict[str, Any], metric: str, quality: str = "fd_probe") -> str:
     iv = cmp.interval(r, metric)
     text = f"{objective}: {fmt(cmp.value(r, metric))}" + (f" {fmt_interval(iv)}" if iv else "")
     text += f" ({r['size']}, {r['autoencoder']}, {cmp.describe_setting(cmp.setting(r))}"
     if metric in ("latency_s", "throughput_ips"):  # speed at what quality: the trade-off stays visible
-        text += f"; FD {fmt(cmp.value(r, 'fd_probe'))}"
+        text += f"; {quality} {fmt(cmp.value(r, quality))}"
     return text + ")"
 
 
@@ -596,17 +596,19 @@ CRITERIA = (
 )
 
 
-def recommendations(data: cmp.StudyData) -> list[Recommendation]:
+def recommendations(data: cmp.StudyData, metrics: DecisiveMetrics = DEFAULT_METRICS) -> list[Recommendation]:
     """At each measured budget (the compute level of runs' last milestones), the objective with the best value
     of each criterion over every model and sampling setting trained to that budget; others within the
-    significance rule of `compare.compare` are listed as ties."""
+    significance rule of `compare.compare` are listed as ties. Quality and prompt following are `metrics`'."""
+    decisive = {"fd_probe": metrics.quality, "prompt_acc": metrics.prompt}
     last: dict[str, int] = {}
     for r in data.records:
         last[r["run"]] = max(last.get(r["run"], -1), r["milestone"])
     final = [r for r in data.records if r["milestone"] == last[r["run"]]]
     out = []
     for lv, recs in cmp.by_level(final).items():
-        for criterion, metric in CRITERIA:
+        for criterion, default in CRITERIA:
+            metric = decisive.get(default, default)
             best = cmp.best_per_objective(recs, metric)
             if not best:
                 out.append(Recommendation(criterion, metric, lv, None, [], "not measured"))
@@ -616,6 +618,6 @@ def recommendations(data: cmp.StudyData) -> list[Recommendation]:
             )
             winner, wr = ranked[0]
             ties = [o for o, r in ranked[1:] if cmp.compare(wr, r, metric) == 0]
-            detail = "; ".join(_describe_candidate(o, r, metric) for o, r in ranked)
+            detail = "; ".join(_describe_candidate(o, r, metric, metrics.quality) for o, r in ranked)
             out.append(Recommendation(criterion, metric, lv, winner, ties, detail))
     return out

@@ -19,16 +19,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from synthscale.study import compare as cmp
+from synthscale.study import instruments as ins
 from synthscale.study.scaling import PowerLawFit
 
 TRAIN_FLOPS = "training FLOPs (analytic, 2 per MAC, fwd+bwd = 3× fwd)"
 SAMPLE_FLOPS = "sampling FLOPs per image (analytic, 2 per MAC, CFG doubles)"
-METRIC_LABELS = {
-    "loss": "validation loss (each objective's own) ↓",
-    "fd_probe": "FD over probe features ↓",
-    "kid": "KID over probe features ↓",
-    "prompt_acc": "prompt accuracy (attribute probe) ↑",
-}
+METRIC_LABELS = {"loss": "validation loss (each objective's own) ↓"}  # the rest: named by their instrument
 COLOURS = {"flow": "#d62728", "masked": "#2ca02c", "autoregressive": "#1f77b4"}
 MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
 LINESTYLES = ["-", "--", ":", "-."]
@@ -61,7 +57,25 @@ def _png(fig: Figure) -> bytes:
 
 
 def _label(metric: str) -> str:
-    return METRIC_LABELS.get(metric, metric)
+    return METRIC_LABELS.get(metric) or ins.axis_label(metric)
+
+
+def _deciding(data: cmp.StudyData) -> tuple[str, str]:
+    """(quality metric, prompt-following metric) of the instruments that decide this study's findings."""
+    q, f = (ins.decider(data.records, role) for role in ("quality", "following"))
+    return (q.metric if q else "fd_probe"), (f.metric if f else "prompt_acc")
+
+
+def _ceiling_line(ax, data: cmp.StudyData, metric: str) -> None:
+    """The real-data reference of `metric`'s instrument as a dashed line: real test images' prompt following, or
+    the Fréchet distance / KID between real val and real test images (a generator cannot beat real data)."""
+    for card in ins.instrument_cards(data.records).values():
+        ceiling = card.get("ceiling") or {}
+        value = {**ceiling.get("real_test", {}), **ceiling.get("real_val", {})}.get(metric)
+        if value is not None and metric in (card.get("quality"), card.get("following")):
+            what = "real test images" if metric == card.get("following") else "real val vs test"
+            ax.axhline(value, color="k", ls="--", lw=0.9, label=f"{what} (n={ceiling.get('n')})")
+            return
 
 
 def _series(records: list[dict[str, Any]], key) -> dict[Any, list[dict[str, Any]]]:
@@ -143,9 +157,10 @@ def quality_vs_training_flops(data: cmp.StudyData) -> Plot:
     key, title = "fig3-quality-vs-training-flops", "Fig. 3 — quality and prompt following vs training compute"
     main = data.main_autoencoders
     recs = [r for r in cmp.primary_records(data) if r["autoencoder"] == main[r["objective"]]]
-    metrics = [m for m in ("fd_probe", "prompt_acc") if any(cmp.value(r, m) is not None for r in recs)]
+    quality, following = _deciding(data)
+    metrics = [m for m in (quality, following) if any(cmp.value(r, m) is not None for r in recs)]
     if not metrics:
-        return _skip(key, title, "no record measured fd_probe or prompt_acc")
+        return _skip(key, title, f"no record measured {quality} or {following}")
     sizes = sorted({r["size"] for r in recs})
     series = _series(recs, lambda r: (r["objective"], r["size"], r["data_size"]))
     multi_d = len({r["data_size"] for r in recs}) > 1
@@ -158,14 +173,21 @@ def quality_vs_training_flops(data: cmp.StudyData) -> Plot:
     fig, axes = _figure(len(metrics))
     for ax, m in zip(axes, metrics):
         _draw_metric_vs(ax, series, m, "train_flops", style)
-        _finish(ax, TRAIN_FLOPS, m, log_y=m != "prompt_acc")
+        _ceiling_line(ax, data, m)
+        _finish(ax, TRAIN_FLOPS, m, log_y=m != following)
     settings = "; ".join(f"{o}: {cmp.describe_setting(s)}" for o, s in sorted(data.settings.items()))
     caption = (
         f"Each objective's primary sampling setting ({settings}), main-grid autoencoder per objective "
         f"({', '.join(f'{o}: {a}' for o, a in sorted(main.items()))}). Error bars: the records' 95 % "
-        f"bootstrap intervals where measured. Instruments: {cmp.describe_instruments(recs)}."
+        f"bootstrap intervals where measured; dashed: real data scored by the same instrument. "
+        f"{_deciders_text(data)}. Instruments: {cmp.describe_instruments(recs)}."
     )
     return Plot(key, title, caption, _png(fig))
+
+
+def _deciders_text(data: cmp.StudyData) -> str:
+    parts = [d.describe() for d in (ins.decider(data.records, r) for r in ("quality", "following")) if d]
+    return "Deciding instruments — " + "; ".join(parts) if parts else "No instrument recorded"
 
 
 def loss_fits(data: cmp.StudyData, fits: dict[str, PowerLawFit]) -> Plot:
@@ -250,9 +272,7 @@ def quality_vs_inference_flops(data: cmp.StudyData) -> Plot:
     """Fig. 5: quality and prompt following vs sampling FLOPs per image, across sampling steps."""
     key, title = "fig5-quality-vs-inference-flops", "Fig. 5 — quality and prompt following vs inference compute"
     sweeps = _sweeps(data)
-    metrics = [
-        m for m in ("fd_probe", "prompt_acc") if any(cmp.value(r, m) is not None for rs in sweeps.values() for r in rs)
-    ]
+    metrics = [m for m in _deciding(data) if any(cmp.value(r, m) is not None for rs in sweeps.values() for r in rs)]
     if not metrics or not any(len(rs) > 1 for rs in sweeps.values()):
         return _skip(key, title, "no run was evaluated at more than one sampling-step count")
     fig, axes = _figure(len(metrics))
@@ -273,7 +293,7 @@ def quality_vs_inference_flops(data: cmp.StudyData) -> Plot:
             )
             for xi, yi, r in zip(x, y, rs):
                 ax.annotate(str(r["steps"]), (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        _finish(ax, SAMPLE_FLOPS, m, log_y=m != "prompt_acc")
+        _finish(ax, SAMPLE_FLOPS, m, log_y=m != _deciding(data)[1])
     all_rs = [r for rs in sweeps.values() for r in rs]
     caption = (
         "Numbers beside points: sampling steps (flow: Euler ODE steps; masked: decoding steps; "
@@ -293,9 +313,10 @@ def autoencoder_ablation(data: cmp.StudyData) -> Plot:
     if not ablated:
         return _skip(key, title, "no objective was trained with more than one autoencoder at the same size and data")
     recs = [r for r in recs if (r["objective"], r["size"], r["data_size"]) in ablated]
-    metrics = [m for m in ("fd_probe", "prompt_acc") if any(cmp.value(r, m) is not None for r in recs)]
+    quality, following = _deciding(data)
+    metrics = [m for m in (quality, following) if any(cmp.value(r, m) is not None for r in recs)]
     if not metrics:
-        return _skip(key, title, "the ablation runs measured neither fd_probe nor prompt_acc")
+        return _skip(key, title, f"the ablation runs measured neither {quality} nor {following}")
     ae_names = sorted({r["autoencoder"] for r in recs})
     psnr = {a["name"]: a["metrics"].get("psnr") for a in data.autoencoders}
     series = _series(recs, lambda r: (r["objective"], r["size"], r["autoencoder"]))
@@ -309,7 +330,7 @@ def autoencoder_ablation(data: cmp.StudyData) -> Plot:
     fig, axes = _figure(len(metrics))
     for ax, m in zip(axes, metrics):
         _draw_metric_vs(ax, series, m, "train_flops", style)
-        _finish(ax, TRAIN_FLOPS, m, log_y=m != "prompt_acc")
+        _finish(ax, TRAIN_FLOPS, m, log_y=m != following)
     caption = (
         "Runs that differ only in their autoencoder; PSNR is the autoencoder's reconstruction PSNR on "
         f"held-out renders. Instruments: {cmp.describe_instruments(recs)}."
@@ -327,9 +348,10 @@ def ema_vs_raw(data: cmp.StudyData) -> Plot:
             pairs.append(r)
     weights = {(r["run"], r["weights"]) for r in pairs}
     runs_both = {run for run, w in weights if (run, "ema") in weights and (run, "raw") in weights}
-    recs = [r for r in pairs if r["run"] in runs_both and cmp.value(r, "fd_probe") is not None]
+    quality = _deciding(data)[0]
+    recs = [r for r in pairs if r["run"] in runs_both and cmp.value(r, quality) is not None]
     if not recs:
-        return _skip(key, title, "no run was evaluated with both EMA and raw weights on fd_probe")
+        return _skip(key, title, f"no run was evaluated with both EMA and raw weights on {quality}")
     main = data.main_autoencoders
     recs = [r for r in recs if r["autoencoder"] == main[r["objective"]]]
     objectives = [o for o in data.objectives if any(r["objective"] == o for r in recs)]
@@ -343,9 +365,9 @@ def ema_vs_raw(data: cmp.StudyData) -> Plot:
             size, w = k
             return _colour(obj), "-" if w == "ema" else "--", MARKERS[sizes.index(size) % 7], f"{size} {w}"
 
-        _draw_metric_vs(ax, series, "fd_probe", "train_flops", style)
+        _draw_metric_vs(ax, series, quality, "train_flops", style)
         ax.set_title(obj)
-        _finish(ax, TRAIN_FLOPS, "fd_probe")
+        _finish(ax, TRAIN_FLOPS, quality)
     caption = (
         "Same runs, same milestones, same sampling steps and CFG; solid: EMA weights, dashed: raw "
         f"weights. Instruments: {cmp.describe_instruments(recs)}."

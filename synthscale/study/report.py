@@ -11,7 +11,7 @@ import html
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from synthscale import atomic
 from synthscale.study import calibration, plots
 from synthscale.study import compare as cmp
 from synthscale.study import findings as fnd
+from synthscale.study import instruments as ins
 from synthscale.study.compare import fmt, fmt_interval
 from synthscale.study.scaling import Crossover, PowerLawFit, crossover
 
@@ -34,7 +35,7 @@ class Analysis:
     loss_errors: dict[str, str]  # objective → why it has no loss fit
     fd_fits: dict[str, PowerLawFit]
     fd_errors: dict[str, str]
-    crossovers: dict[tuple[str, str], Crossover]  # of the fd_probe fits
+    crossovers: dict[tuple[str, str], Crossover]  # of the deciding quality metric's fits
     findings: list[fnd.Finding]
     recommendations: list[fnd.Recommendation]
     plots: list[plots.Plot]
@@ -42,15 +43,23 @@ class Analysis:
     samples_note: str
     reconstructions: list[dict[str, Any]]  # autoencoder reconstruction grids
     calibration: dict[str, Any] | None = None  # the stored calibration table of the decision rules
+    deciders: dict[str, ins.Decider | None] = field(default_factory=dict)  # role → the instrument deciding it
+    instruments: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind → the card records carry
+    agreement: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # role → others' rank agreement
+
+    @property
+    def quality_metric(self) -> str:
+        d = self.deciders.get("quality")
+        return d.metric if d else "fd_probe"
 
 
-def _sample_grids(data: cmp.StudyData) -> tuple[list[dict[str, Any]], str]:
+def _sample_grids(data: cmp.StudyData, metric: str = "fd_probe") -> tuple[list[dict[str, Any]], str]:
     """Sample-grid artifacts at matched compute: the highest compute level where the most objectives have one;
-    per objective the grid at its primary setting when there is one, of the model with the best fd_probe there
+    per objective the grid at its primary setting when there is one, of the model with the best `metric` there
     (at small budgets the largest model is often the under-trained one)."""
     flops = {(r["run"], r["milestone"]): (r["train_flops"], r["params"]) for r in data.records}
     fd = {
-        (r["run"], r["milestone"], r["weights"], r["steps"], r["cfg_scale"]): r["metrics"].get("fd_probe")
+        (r["run"], r["milestone"], r["weights"], r["steps"], r["cfg_scale"]): r["metrics"].get(metric)
         for r in data.records
     }
     grids = []
@@ -85,7 +94,7 @@ def _sample_grids(data: cmp.StudyData) -> tuple[list[dict[str, Any]], str]:
         g["label"] = (
             f"{obj} {size} @ {g['train_flops']:.3g} training FLOPs — {g['weights']} weights, "
             f"{g['steps']} steps, CFG {g['cfg_scale']:g}"
-            + (f", fd-probe {g['fd_probe']:.3g}" if math.isfinite(g["fd_probe"]) else "")
+            + (f", {metric.replace('_', '-')} {g['fd_probe']:.3g}" if math.isfinite(g["fd_probe"]) else "")
         )
         chosen.append(g)
     missing = [o for o in data.objectives if o not in {g["objective"] for g in chosen}]
@@ -94,18 +103,24 @@ def _sample_grids(data: cmp.StudyData) -> tuple[list[dict[str, Any]], str]:
 
 
 def analyse(
-    study_dir: str | Path, n_boot: int = 200, seed: int = 0, metrics: cmp.DecisiveMetrics = cmp.DEFAULT_METRICS
+    study_dir: str | Path, n_boot: int = 200, seed: int = 0, metrics: cmp.DecisiveMetrics | None = None
 ) -> Analysis:
     """Fits, findings, recommendation and figures of a study. `metrics` names the numbers the findings decide
-    on (another instrument's distance and prompt score plug in here)."""
+    on; by default those of the deciding instruments of the study's records (study/instruments.py: exact labels
+    first, pretrained next, in-domain otherwise)."""
     data = cmp.load_study(study_dir)
+    metrics = metrics or ins.decisive_metrics(data.records)
     table = calibration.for_study(data, calibration.load_table())
     loss_fits, loss_errors = fnd.fit_laws(data, "loss", n_boot, seed)
     fd_fits, fd_errors = fnd.fit_laws(data, metrics.quality, n_boot, seed)
     crossovers = {
         (a, b): crossover(fd_fits[a], fd_fits[b], a, b) for a, b in CROSSOVER_PAIRS if a in fd_fits and b in fd_fits
     }
-    samples, samples_note = _sample_grids(data)
+    samples, samples_note = _sample_grids(data, metrics.quality)
+    deciders = {role: ins.decider(data.records, role) for role in ins.ROLES}
+    agreement = {role: ins.agreement(data.records, role) for role in ins.ROLES}
+    findings = fnd.all_findings(data, loss_fits, loss_errors, crossovers, metrics, calibration=table or {})
+    _name_instruments(findings, deciders, agreement)
     recon = [a for a in data.artifacts if a["kind"] == "reconstructions" and Path(a["path"]).is_file()]
     return Analysis(
         data,
@@ -114,14 +129,39 @@ def analyse(
         fd_fits,
         fd_errors,
         crossovers,
-        fnd.all_findings(data, loss_fits, loss_errors, crossovers, metrics, calibration=table or {}),
-        fnd.recommendations(data),
+        findings,
+        fnd.recommendations(data, metrics),
         plots.all_plots(data, loss_fits),
         samples,
         samples_note,
         recon,
         table,
+        deciders,
+        ins.instrument_cards(data.records),
+        agreement,
     )
+
+
+def _name_instruments(findings: list[fnd.Finding], deciders: dict, agreement: dict) -> None:
+    """Every finding on generated images names the instruments it decided with, and whether the others agree
+    (finding 1 is about the objectives' own losses)."""
+    lines = []
+    for role, d in deciders.items():
+        if d is None:
+            continue
+        line = d.describe()
+        for row in agreement.get(role, []):
+            if row["rho"] is None:
+                line += f"; {row['metric']} ({row['label']}): too few records to compare"
+            else:
+                verdict = "agrees" if row["agree"] else "does not agree"
+                line += (
+                    f"; {row['metric']} ({row['label']}) {verdict}: rank correlation {row['rho']:+.2f} over {row['n']}"
+                )
+        lines.append(line)
+    for f in findings:
+        if f.number != 1 and lines:
+            f.evidence.append("instruments — " + " | ".join(lines))
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -223,6 +263,76 @@ def _crossover_table(crossovers: dict[tuple[str, str], Crossover]) -> tuple[list
             for c in crossovers.values()
         ],
     )
+
+
+def _instrument_table(a: Analysis) -> tuple[list[str], list[list[str]]]:
+    """Each instrument: what it measures, whether it decides, and what real images score with it (its ceiling
+    and sanity check, at the evaluation's n)."""
+    head = [
+        "instrument",
+        "measures",
+        "decides",
+        "real test images (ceiling)",
+        "real val vs test",
+        "corrupted val vs test (blur / channel shuffle / noise)",
+        "sanity",
+    ]
+    deciding = {d.name for d in a.deciders.values() if d}
+    rows = []
+    for card in a.instruments.values():
+        c = card.get("ceiling") or {}
+        measures = ", ".join(f"{ins.metric_name(m)} ({m})" for m in (card.get("quality"), card.get("following")) if m)
+        real = c.get("real_test", {})
+        following = card.get("following")
+        ceiling = (
+            f"{following} {fmt(real[following])} {fmt_interval(cmp.interval({'metrics': real}, following))}"
+            if following in real
+            else "—"
+        )
+        fd = card.get("quality")
+        val = fmt(c.get("real_val", {}).get(fd)) if fd else "—"
+        corrupted = " / ".join(fmt(v.get(fd)) for v in c.get("corrupted", {}).values()) if fd else "—"
+        sanity = c.get("sanity")
+        verdict = "—" if not sanity else ("passed" if sanity["passed"] else f"failed: {', '.join(sanity['failed'])}")
+        notes = "; ".join(card.get("notes") or [])
+        rows.append(
+            [
+                card["name"] + (f" ({notes})" if notes else ""),
+                measures,
+                "yes" if card["name"] in deciding else "no",
+                ceiling + (f" (n={c['n']})" if c.get("n") else ""),
+                val + (f" (n={c['n_val']})" if c.get("n_val") else ""),
+                corrupted,
+                verdict,
+            ]
+        )
+    return head, rows
+
+
+def _agreement_table(a: Analysis) -> tuple[list[str], list[list[str]]]:
+    head = ["role", "deciding", "other instrument", "rank correlation (Spearman, +1: same order)", "records", "agree"]
+    rows = []
+    for role, rs in a.agreement.items():
+        d = a.deciders[role]
+        for r in rs:
+            rho = "—" if r["rho"] is None else f"{r['rho']:+.2f} (p={r['p']:.2g})"
+            agree = "—" if r["agree"] is None else ("yes" if r["agree"] else "no")
+            rows.append(
+                [
+                    ins.ROLES[role],
+                    f"{d.metric} ({d.name})",
+                    f"{r['metric']} ({r['instrument']})",
+                    rho,
+                    str(r["n"]),
+                    agree,
+                ]
+            )
+    return head, rows
+
+
+def _deciders_text(a: Analysis) -> str:
+    parts = [d.describe() for d in a.deciders.values() if d]
+    return "; ".join(parts) if parts else "no instrument scored these records"
 
 
 def _rec_table(recs: list[fnd.Recommendation]) -> tuple[list[str], list[list[str]]]:
@@ -383,6 +493,18 @@ def render_html(a: Analysis) -> str:
         "milestone.</p>"
         + (_html_table(head, rows) if rows else '<p class="skip">Not measured: no record scored held-out prompts.</p>')
     )
+    p.append(
+        "<h2>Instruments</h2><p>What scored the images, and what real images score with the same instrument: "
+        "the ceiling (real test images with their own captions) and the real-vs-real distance a generator cannot "
+        "beat; corrupted copies of the same val images must lie far above it (sanity, ≥ 2×). The findings decide "
+        f"with: {_e(_deciders_text(a))} (exact labels first, pretrained next, in-domain otherwise).</p>"
+        + _html_table(*_instrument_table(a))
+    )
+    if any(a.agreement.values()):
+        p.append(
+            "<p>Do the other instruments rank the records as the deciding one does?</p>"
+            + _html_table(*_agreement_table(a))
+        )
     p.append("<h2>The grid</h2>" + _html_table(*_runs_table(d), failed_col=7))
     if d.autoencoders:
         p.append(
@@ -432,7 +554,7 @@ def render_html(a: Analysis) -> str:
         "fifth of the points and predicts them.</p>" + _html_table(*_fit_table(a.loss_fits, a.loss_errors))
     )
     p.append(
-        "<h3>fd_probe (descriptive)</h3><p>The same functional form fitted to every milestone's FD; a "
+        f"<h3>{_e(a.quality_metric)} (descriptive)</h3><p>The same functional form fitted to every milestone's FD; a "
         "description of the trend, not a law.</p>" + _html_table(*_fit_table(a.fd_fits, a.fd_errors))
     )
     if a.crossovers:
@@ -455,12 +577,13 @@ def render_html(a: Analysis) -> str:
     p.append("<h2>Decision rules: calibration</h2>" + _calibration_html(a.calibration))
     p.append(
         "<h2>Conventions</h2><p>FLOPs are analytic counts, 2 per multiply-add; training = 3 × forward; "
-        "sampling FLOPs per image include classifier-free guidance's second pass. Quality is the Fréchet "
-        "distance over an in-domain probe's features (fd_probe) and KID, each with a 95 % interval from a "
-        "bootstrap over the generated images; prompt following is the attribute probe's whole-prompt accuracy on "
-        "test prompts (held-out attribute combinations apart) with 95 % bootstrap bounds over prompts. Records "
-        "written before these intervals existed have none: a rule then assumes ±10 % for FD and says so. Loss is "
-        "each objective's own validation loss and is never compared across objectives.</p></body></html>"
+        "sampling FLOPs per image include classifier-free guidance's second pass. Quality is a Fréchet "
+        "distance and KID over an instrument's image features, each with a 95 % interval from a bootstrap over the "
+        "generated images; prompt following is an instrument's image–caption agreement on test prompts (held-out "
+        "attribute combinations apart) with 95 % bootstrap bounds over prompts "
+        f"({_e(_deciders_text(a))}; see Instruments). Records written before these intervals existed have none: a "
+        "rule then assumes ±10 % for FD and says so. Loss is each objective's own validation loss and is never "
+        "compared across objectives.</p></body></html>"
     )
     return "\n".join(p)
 
@@ -512,7 +635,20 @@ def render_markdown(a: Analysis, figure_files: dict[str, str], sample_files: lis
     ]
     if d.autoencoders:
         m += [_md_table(*_autoencoder_table(d)), ""]
-    m += [_md_table(*_settings_table(d)), "", "## Figures", ""]
+    m += [
+        _md_table(*_settings_table(d)),
+        "",
+        "## Instruments",
+        "",
+        f"The findings decide with: {_deciders_text(a)} (exact labels first, pretrained next, in-domain otherwise). "
+        "Real images scored by the same instruments (ceiling, real-vs-real distance, sanity):",
+        "",
+        _md_table(*_instrument_table(a)),
+        "",
+    ]
+    if any(a.agreement.values()):
+        m += [_md_table(*_agreement_table(a)), ""]
+    m += ["## Figures", ""]
     for pl in a.plots:
         if pl.png is None:
             m += [f"**{pl.title}** — skipped: {pl.note}.", ""]
@@ -530,7 +666,7 @@ def render_markdown(a: Analysis, figure_files: dict[str, str], sample_files: lis
         "",
         _md_table(*_fit_table(a.loss_fits, a.loss_errors)),
         "",
-        "fd_probe (descriptive):",
+        f"{a.quality_metric} (descriptive):",
         "",
         _md_table(*_fit_table(a.fd_fits, a.fd_errors)),
         "",

@@ -29,12 +29,13 @@ def dry_run(plan: StudyPlan) -> str:
         c[0] += 1
         c[1] += status_of(plan.root, s) == "done"
     lines += [f"  {kind:<12} {n} ({done} done)" for kind, (n, done) in counts.items()]
+    lines.append("  instruments: " + ", ".join(s.kwargs["spec"] for s in plan.instruments))
     lines.append(f"  {'run':<44} {'params':>10} {'train FLOPs':>12} {'eval FLOPs':>12}")
     for r in est["runs"]:
         lines.append(f"  {r['run']:<44} {r['params']:>10,} {r['train_flops']:>12.3g} {r['eval_sample_flops']:>12.3g}")
     lines.append(
         f"estimated total: {est['total_flops']:.3g} FLOPs (training {est['train_flops']:.3g} + evaluation "
-        f"sampling {est['eval_sample_flops']:.3g}; 2 FLOPs per MAC, autoencoder/probe costs not included)"
+        f"sampling {est['eval_sample_flops']:.3g}; 2 FLOPs per MAC, autoencoder/instrument costs not included)"
     )
     lines += [f"note: {n}" for n in est["notes"]]
     return "\n".join(lines)

@@ -61,7 +61,7 @@ class Instrument(abc.ABC):
     precedence: ClassVar[int]
     # the metric names this instrument writes; `quality` (lower is better) and `following` (higher is better)
     # are the ones a finding decides with. None: the instrument does not measure it.
-    quality_names: ClassVar[dict[str, str] | None] = None  # {"fd": ..., "kid": ..., "kid_std": ...}
+    quality_names: ClassVar[dict[str, str] | None] = None  # {"fd": "fd_<kind>", "kid": "kid_<kind>"}
     following: ClassVar[str | None] = None
     resize: ClassVar[str] = "none"
 
@@ -73,6 +73,11 @@ class Instrument(abc.ABC):
     @property
     def quality(self) -> str | None:
         return self.quality_names["fd"] if self.quality_names else None
+
+    @property
+    def quality_check(self) -> str | None:
+        """The second quality number (KID) the findings check the Fréchet distance against."""
+        return self.quality_names["kid"] if self.quality_names else None
 
     # ------------------------------------------------------------------------------------------ plug-in hooks
 
@@ -119,6 +124,7 @@ class Instrument(abc.ABC):
             "label": self.label,
             "precedence": self.precedence,
             "quality": self.quality,
+            "quality_check": self.quality_check,
             "following": self.following,
         }
 
@@ -138,11 +144,18 @@ class BoundInstrument:
     def score(self, images, prompts: Prompts) -> dict[str, float]:
         if len(images) != len(prompts):
             raise ValueError(f"got {len(images)} images for {len(prompts)} prompts; pass one image per prompt")
-        out: dict[str, float] = {}
-        if self.distance is not None:
-            s = self.distance.score(images[: prompts.n_test])
-            out.update({self.instrument.quality_names[k]: v for k, v in s.items()})
+        out = self.quality(images[: prompts.n_test]) if self.distance is not None else {}
         out.update(self.instrument.follow(images, prompts, self.seed))
+        return out
+
+    def quality(self, images) -> dict[str, float]:
+        """The Fréchet distance and KID of `images` against the reference, named by the instrument: fd → its
+        quality name, kid → its KID name, with their suffixes (_lo, _hi, _std)."""
+        names = self.instrument.quality_names
+        out = {}
+        for key, value in self.distance.score(images).items():
+            head = "fd" if key.startswith("fd") else "kid"
+            out[names[head] + key[len(head) :]] = value
         return out
 
     def describe(self) -> dict[str, Any]:
@@ -177,6 +190,11 @@ def _registry() -> dict[str, type[Instrument]]:
     from synthscale.evaluate.instruments.probe import ProbeInstrument
 
     return {c.kind: c for c in (ProbeInstrument, EncoderInstrument, InceptionInstrument, ClipInstrument)}
+
+
+def quality_metrics() -> set[str]:
+    """Every registered instrument's Fréchet-distance and KID metric names (smaller is better)."""
+    return {m for c in _registry().values() if c.quality_names for m in c.quality_names.values()}
 
 
 def parse_spec(spec: str) -> tuple[type[Instrument], str | None]:

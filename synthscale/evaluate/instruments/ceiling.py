@@ -61,18 +61,15 @@ def measure_ceiling(instrument: Instrument, data_cfg: DataConfig, n: int, seed: 
     out["real_test"] = following
     if bound.distance is None:
         return out
-    names = instrument.quality_names
+    fd = instrument.quality
     n_val = min(n, len(get_dataset(data_cfg, "val")))
     if n_val < 2:
         out["note"] = f"the val split has {n_val} images: no real-vs-real distance or sanity check"
         return out
     val_images, _ = real_prompts(data_cfg, "val", n_val)
     out["n_val"] = n_val
-    out["real_val"] = {names[k]: v for k, v in bound.distance.score(val_images).items()}
-    out["corrupted"] = {
-        name: {names[k]: v for k, v in bound.distance.score(fn(val_images)).items()} for name, fn in CORRUPTIONS.items()
-    }
-    fd = names["fd"]
+    out["real_val"] = bound.quality(val_images)
+    out["corrupted"] = {name: bound.quality(fn(val_images)) for name, fn in CORRUPTIONS.items()}
     ratios = {name: c[fd] / max(out["real_val"][fd], 1e-12) for name, c in out["corrupted"].items()}
     out["sanity"] = {
         "ratios": ratios,

@@ -21,7 +21,7 @@ class ClipInstrument(Instrument):
     kind = "clip"
     label = "CLIP (pretrained)"
     precedence = 1
-    following = "clipscore_clip"
+    following = "rprec_clip"  # in [0, 1] like every prompt-following number the findings compare
     batch_size = 64
 
     def __init__(self, folder: Path, device=None):

@@ -332,7 +332,7 @@ class EncoderInstrument(Instrument):
     kind = "encoder"
     label = "in-domain encoder"
     precedence = 2
-    quality_names = {"fd": "fd_encoder", "kid": "kid_encoder", "kid_std": "kid_encoder_std"}
+    quality_names = {"fd": "fd_encoder", "kid": "kid_encoder"}
     following = "rprec_encoder"
 
     def __init__(self, model: ImageCaptionEncoder):

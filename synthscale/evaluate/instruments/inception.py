@@ -16,7 +16,7 @@ class InceptionInstrument(Instrument):
     kind = "inception"
     label = "Inception (pretrained)"
     precedence = 1
-    quality_names = {"fd": "fd_inception", "kid": "kid_inception", "kid_std": "kid_inception_std"}
+    quality_names = {"fd": "fd_inception", "kid": "kid_inception"}
     resize = "299 bilinear (tf1 compatible, antialias=False)"
 
     def __init__(self, weights: Path, device=None):

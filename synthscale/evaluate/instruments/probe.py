@@ -21,7 +21,7 @@ class ProbeInstrument(Instrument):
     kind = "probe"
     label = "attribute probe"
     precedence = 0  # exact labels: decides wherever it applies
-    quality_names = {"fd": "fd_probe", "kid": "kid", "kid_std": "kid_std"}
+    quality_names = {"fd": "fd_probe", "kid": "kid"}
     following = "prompt_acc"
 
     def __init__(self, probe):
