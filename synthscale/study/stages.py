@@ -5,6 +5,7 @@ the study's (`auto`: the GPU a cluster job was given when it has one, else the C
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +78,6 @@ def load_instruments(
     instruments: list[dict[str, Any]], data_cfg: DataConfig, cache_root: str, options, device: str = "auto"
 ) -> list:
     """The instruments an evaluate stage scores with, each carrying the ceiling its stage measured."""
-    import json
-
     from synthscale.evaluate.instruments import open_instrument
 
     out = []

@@ -32,6 +32,7 @@ from synthscale.compute.device import pick_device
 from synthscale.config import ConfigError, DataConfig, EncoderConfig, canonical, config_hash, from_dict, load, to_dict
 from synthscale.evaluate.instruments import Instrument, Prompts
 from synthscale.evaluate.probes import as_uint8_nhwc
+from synthscale.progress import progress_bar
 
 ENCODER_VERSION = 1  # bump when the architecture or the recipe changes: older caches are then trained again
 SIZE_FIELDS = ("size", "val_size", "test_size", "holdout_size")  # how many items, not what they look like
@@ -181,8 +182,6 @@ def train_items(data_cfg: DataConfig, cfg: EncoderConfig) -> tuple[np.ndarray, l
 def train_encoder(
     data_cfg: DataConfig, cfg: EncoderConfig, progress: bool = False, device=None
 ) -> tuple[ImageCaptionEncoder, dict]:
-    from tqdm.auto import tqdm
-
     from synthscale.data.text import tokenizer_for
     from synthscale.evaluate.retrieval import distinct_captions
 
@@ -198,7 +197,7 @@ def train_encoder(
         summary.update(trained=False, note="every train caption is the same: no contrastive signal, quality only")
     else:
         x, tokens, ids = torch.from_numpy(images), tokenizer.encode(captions), torch.from_numpy(ids)
-        summary.update(trained=True, final_loss_ema=_fit(model, x, tokens, ids, cfg, progress, tqdm))
+        summary.update(trained=True, final_loss_ema=_fit(model, x, tokens, ids, cfg, progress))
     model.eval()
     summary.update(
         train_seconds=time.perf_counter() - t0,
@@ -209,7 +208,7 @@ def train_encoder(
     return model, summary
 
 
-def _fit(model, images, tokens, ids, cfg: EncoderConfig, progress: bool, tqdm) -> float:
+def _fit(model, images, tokens, ids, cfg: EncoderConfig, progress: bool) -> float:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = max(1, cfg.steps // 20)
@@ -224,7 +223,7 @@ def _fit(model, images, tokens, ids, cfg: EncoderConfig, progress: bool, tqdm) -
     order, pos, ema = torch.randperm(len(images), generator=gen), 0, None
     bs = min(cfg.batch_size, len(images))
     model.train()
-    bar = tqdm(range(cfg.steps), desc="encoder", disable=not progress, leave=False)
+    bar = progress_bar(range(cfg.steps), desc="encoder", unit="step", enabled=progress, leave=False)
     for step in bar:
         if pos + bs > len(order):  # a new epoch
             order, pos = torch.randperm(len(images), generator=gen), 0
