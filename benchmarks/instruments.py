@@ -12,16 +12,13 @@ least 2× real-vs-real.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from benchmarks.common import print_table, write_json  # noqa: E402
+import numpy as np
+import torch
+from common import print_table, write_json
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -74,3 +74,14 @@ def test_serve_page_in_headless_chromium(tiny_study, tmp_path, monkeypatch):
         "serve_browser.py", [str(tiny_study), "--n", "2", "--screenshot", str(shot)], tmp_path, monkeypatch
     )
     assert result["ok"] and [r["images"] for r in result["rows"]] == [2, 2, 2] and shot.stat().st_size > 10_000
+
+
+def test_instruments_benchmark_on_a_made_folder(tmp_path, monkeypatch):
+    from tests.instrument_helpers import textured_folder
+
+    folder = textured_folder(tmp_path / "images", n=160)
+    argv = ["--data", str(folder), "--n", "16", "--score-n", "32", "--cache", str(tmp_path / "cache")]
+    argv += [f"--encoder-set={kv}" for kv in ("steps=5", "width=4", "batch_size=16", "text_width=16")]
+    result = run_benchmark("instruments.py", argv, tmp_path / "out", monkeypatch)
+    assert result["encoder"].startswith("encoder:") and result["score"]["images"] == 32
+    assert set(result["ceiling"]["corrupted"]) == {"blur", "channel_shuffle", "noise"}
