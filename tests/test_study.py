@@ -101,6 +101,10 @@ def test_tiny_study_end_to_end_and_rerun_skips(tmp_path):
     result = run_study(SPEC, tmp_path / "s", TINY, progress=False)
     assert set(result["states"].values()) == {"done"}
     assert Path(result["report"]["html"]).is_file() and Path(result["report"]["markdown"]).is_file()
+    # shapes: the exact probe decides, and the in-domain encoder's agreement with it is reported
+    summary = Path(result["report"]["markdown"]).read_text()
+    assert "decide with: image quality: Fréchet distance, attribute probe" in summary
+    assert "fd_encoder (encoder:" in summary and "rprec_encoder (encoder:" in summary  # the agreement table
     records = _records(tmp_path / "s")
     assert {r["objective"] for r in records} == {"flow", "autoregressive"}
     assert {r["weights"] for r in records} == {"ema", "raw"}
