@@ -237,9 +237,14 @@ class StudyConfig:
     # where the autoencoder, probe, cache and evaluation stages compute: auto (CUDA when the stage sees a GPU, e.g.
     # cluster.stage_gpus > 0, else the CPU), cpu, cuda or cuda:N; training runs follow train.device
     device: str = "auto"
+    # training precision of every run: fp32, bf16 (autocast), auto (bf16 only where this machine measures it
+    # faster, checked once when the study first starts and kept in STUDY/precision.json), or None: the runs' own
+    precision: str | None = None
     cluster: ClusterConfig = field(default_factory=lambda: ClusterConfig())  # slurm / ray executors
 
     def __post_init__(self):
+        if self.precision not in (None, "fp32", "bf16", "auto"):
+            raise ValueError(f"precision must be fp32, bf16 or auto (or left out), got {self.precision!r}")
         valid = ObjectiveConfig.names()
         unknown = [o for o in self.objectives if o not in valid]
         if unknown:
@@ -256,6 +261,10 @@ class AutoencoderTrainConfig:
     warmup: int = 100  # steps of linear warm-up
     weight_decay: float = 0.0
     loss: Literal["l2", "l1"] = "l2"  # reconstruction loss on [-1, 1] pixels
+    # weight of object pixels in the reconstruction loss: pixels that differ from their image's median colour (the
+    # plain background of a shapes scene), grown by 1 px to take in edges. Small objects on a plain ground barely
+    # move an unweighted pixel loss, so shapes decode as blobs (1 = the plain mean)
+    foreground_weight: float = 1.0
     seed: int = 0
     scale_items: int = 4096  # kl: training items encoded to measure the latent shift/scale (0 = all)
 

@@ -48,7 +48,8 @@ def test_plan_keys_are_content_not_paths(tmp_path):
     a, b = plan_study(study, tmp_path / "a", SPEC.parent), plan_study(study, tmp_path / "b", SPEC.parent)
     assert [s.id for s in a.stages] == [s.id for s in b.stages]
     kinds = [s.kind for s in a.stages]
-    assert kinds.count("train") == len(a.runs) == 3 * 2 + 1  # the grid plus the kl-f4c8 ablation run
+    assert kinds.count("train") == len(a.runs) == 3 * 2  # objectives × sizes (no ablation in the default)
+    assert kinds.count("ceiling") == kinds.count("autoencoder") == 2
     changed = plan_study(load(StudyConfig, SPEC, ["run_overrides=[train.lr=1e-4]"]), tmp_path / "a", SPEC.parent)
     assert {s.id for s in changed.stages if s.kind == "autoencoder"} == {
         s.id for s in a.stages if s.kind == "autoencoder"
@@ -73,6 +74,26 @@ def test_generator_code_version_rekeys_training_not_autoencoders(tmp_path, monke
         assert ids(before, kind) and not ids(before, kind) & ids(after, kind)
 
 
+def test_precision_auto_is_measured_once_and_keys_the_runs(tmp_path):
+    from synthscale.train.precision import measure_precision
+
+    study = load(StudyConfig, SPEC, ["precision=auto"])
+    before = plan_study(study, tmp_path, SPEC.parent)  # not measured yet: float32
+    assert {r.run_cfg.train.precision for r in before.runs} == {"fp32"}
+    (tmp_path / "precision.json").write_text(json.dumps({"choice": "bf16"}))
+    after = plan_study(study, tmp_path, SPEC.parent)
+    assert {r.run_cfg.train.precision for r in after.runs} == {"bf16"}
+    assert not {r.train.id for r in before.runs} & {r.train.id for r in after.runs}
+    assert {s.id for s in before.stages if s.kind == "autoencoder"} == {
+        s.id for s in after.stages if s.kind == "autoencoder"
+    }
+    measured = measure_precision("2x64", 4, repeats=1)
+    assert measured["fp32_ms"] > 0 and measured["bf16_ms"] > 0
+    assert measured["choice"] == ("bf16" if measured["bf16_speedup"] >= measured["min_speedup"] else "fp32")
+    with pytest.raises(ValueError, match="precision must be fp32, bf16 or auto"):
+        load(StudyConfig, SPEC, ["precision=fp16"])
+
+
 def test_objective_scoped_overrides_and_errors(tmp_path):
     plan = plan_study(load(StudyConfig, SPEC), tmp_path, SPEC.parent)
     patches = {r.run_cfg.objective.name: r.run_cfg.model.patch_size for r in plan.runs}
@@ -83,7 +104,7 @@ def test_objective_scoped_overrides_and_errors(tmp_path):
         plan_study(
             load(StudyConfig, SPEC, ["continuous_autoencoder=../autoencoders/lfq-f8.yaml"]), tmp_path, SPEC.parent
         )
-    with pytest.raises(ConfigError, match=r"evaluation.sweep of run masked-.*1\.\.16 for 16 image tokens, got 100"):
+    with pytest.raises(ConfigError, match=r"evaluation.sweep of run masked-.*1\.\.64 for 64 image tokens, got 100"):
         plan_study(load(StudyConfig, SPEC, ["evaluation.sweep={masked: [4, 100]}"]), tmp_path, SPEC.parent)
 
 
@@ -110,11 +131,30 @@ def test_tiny_study_end_to_end_and_rerun_skips(tmp_path):
     assert {r["weights"] for r in records} == {"ema", "raw"}
     assert all("fd_probe" in r["metrics"] and "prompt_acc" in r["metrics"] for r in records)
     _check_cfg_best(tmp_path / "s")
+    _check_ceilings(tmp_path / "s", Path(result["report"]["markdown"]))
     done_files = {p: p.stat().st_mtime_ns for p in (tmp_path / "s").glob("*/*/done.json")}
     again = run_study(SPEC, tmp_path / "s", TINY, progress=False)
     assert set(again["states"].values()) == {"done"}
     assert {p: p.stat().st_mtime_ns for p in done_files} == done_files  # nothing re-ran
     _check_moved_study_resumes(tmp_path / "s", tmp_path / "moved", records)
+
+
+def _check_ceilings(root: Path, markdown: Path):
+    """Each autoencoder's reconstructions of the evaluation images are scored by the probe, stored with the
+    autoencoder in the results, and shown beside each paradigm's best model in the report."""
+    from synthscale.study.results import ResultsStore, store_path
+
+    stored = json.loads(next(root.glob("ceiling/fsq-f4-*/ceiling.json")).read_text())
+    assert (stored["n"], stored["holdout_n"]) == (16, 4) and "probe" in {i["kind"] for i in stored["instruments"]}
+    with ResultsStore(store_path(root)) as store:
+        rows = {a["name"]: a["metrics"] for a in store.autoencoders()}
+    assert set(rows) == {"kl-f4c4", "fsq-f4"}
+    for m in rows.values():
+        assert 0 <= m["ceiling_prompt_acc_lo"] <= m["ceiling_prompt_acc"] <= m["ceiling_prompt_acc_hi"] <= 1
+        assert m["ceiling_fd_probe"] >= 0 and m["ceiling_psnr"] > 5
+    assert rows["fsq-f4"]["ceiling_prompt_acc"] == stored["metrics"]["prompt_acc"]
+    text = markdown.read_text()
+    assert "### Autoencoder ceilings" in text and ("capped by its autoencoder" in text or "below its ceiling" in text)
 
 
 def _check_moved_study_resumes(root: Path, moved: Path, records: list[dict]):
@@ -136,8 +176,8 @@ def _check_moved_study_resumes(root: Path, moved: Path, records: list[dict]):
     other = next(moved.glob("train/autoregressive-*"))
     kl = next(moved.glob("autoencoder/kl-*")) / "model"
     wrong = {**json.loads((other / "config.json").read_text()), "autoencoder": str(kl)}
-    with pytest.raises(ConfigError, match="fsq-f8.*point autoencoder at the folder it was trained with"):
-        relocate(other, from_dict(RunConfig, wrong))  # the kl autoencoder for a run trained on fsq-f8 latents
+    with pytest.raises(ConfigError, match="fsq-f4.*point autoencoder at the folder it was trained with"):
+        relocate(other, from_dict(RunConfig, wrong))  # the kl autoencoder for a run trained on fsq-f4 latents
     before = (other / "config.json").read_text()
     assert main(["evaluate", str(other), "--autoencoder", str(kl)]) == 2  # the CLI's way in: refused alike
     assert (other / "config.json").read_text() == before

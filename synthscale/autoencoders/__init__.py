@@ -74,6 +74,11 @@ def validate(cfg: AutoencoderConfig) -> None:
     if cfg.latent_channels < 1:
         raise ConfigError(f"autoencoder {cfg.name!r}: latent_channels must be ≥ 1, got {cfg.latent_channels}")
     t = cfg.train
+    if not t.foreground_weight > 0:
+        raise ConfigError(
+            f"autoencoder {cfg.name!r}: train.foreground_weight must be > 0 (1 = a plain mean), "
+            f"got {t.foreground_weight}"
+        )
     if t.steps < 1 or t.batch_size < 1 or t.lr <= 0 or t.warmup < 0:
         raise ConfigError(
             f"autoencoder {cfg.name!r}: train.steps, train.batch_size and train.lr must be positive "

@@ -51,12 +51,24 @@ def objective(model: Autoencoder, images: torch.Tensor, gen: torch.Generator) ->
     cfg = model.cfg
     recon, aux = model.losses(images, gen)
     err = recon - images
-    rec = err.pow(2).mean() if cfg.train.loss == "l2" else err.abs().mean()
+    per_pixel = err.pow(2) if cfg.train.loss == "l2" else err.abs()
+    if cfg.train.foreground_weight != 1.0:
+        per_pixel = per_pixel * foreground_weights(images, cfg.train.foreground_weight)
+    rec = per_pixel.mean()
     weights = {"kl": cfg.kl_weight, "entropy": cfg.entropy_weight, "commit": cfg.commit_weight}
     total = rec + sum(weights[k] * v for k, v in aux.items())
     parts = {"recon": rec.item(), **{k: v.item() for k, v in aux.items()}}
     parts["psnr_batch"] = psnr_of_mse(err.detach().pow(2).mean().item() / 4.0)  # [-1,1] → [0,1] range
     return total, parts
+
+
+def foreground_weights(images: torch.Tensor, weight: float, tolerance: float = 0.05) -> torch.Tensor:
+    """[B, 1, H, W]: `weight` where a pixel differs from its image's per-channel median (the background of a scene
+    of small objects) or touches such a pixel, 1 elsewhere. images [B, 3, H, W] in [-1, 1]."""
+    background = images.flatten(2).median(dim=2).values[:, :, None, None]  # [B, 3, 1, 1]
+    differs = ((images - background).abs().amax(dim=1, keepdim=True) > tolerance).float()
+    grown = torch.nn.functional.max_pool2d(differs, 3, stride=1, padding=1)  # edges decide a shape
+    return 1.0 + (weight - 1.0) * grown
 
 
 def psnr_of_mse(mse: float) -> float:

@@ -32,6 +32,7 @@ SIZES: dict[str, Size] = {
         Size("L", 24, 1024, 16),  # DiT-L
         Size("XL", 28, 1152, 16),  # DiT-XL
         _cpu(2, 64),
+        _cpu(3, 96),  # between the two smallest: a third size for short CPU studies (cpu-hour.yaml)
         _cpu(4, 128),
         _cpu(6, 192),
         _cpu(8, 256),

@@ -402,3 +402,31 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+# ---------------------------------------------------------------------------------------------- autoencoder ceilings
+
+CEILING_PREFIX = "ceiling_"
+
+
+def ceiling(data: StudyData, objective: str, autoencoder: str | None = None) -> dict[str, Any] | None:
+    """What an autoencoder (default: the objective's main-grid one) scores on its own reconstructions of the
+    evaluation images, as a record-like {"autoencoder", "metrics"} (so `value` and `interval` read it); None where
+    it was not measured."""
+    name = autoencoder or data.main_autoencoders.get(objective)
+    for a in data.autoencoders:
+        if a["name"] == name:
+            m = {k[len(CEILING_PREFIX) :]: v for k, v in a["metrics"].items() if k.startswith(CEILING_PREFIX)}
+            return {"autoencoder": name, "metrics": m} if m else None
+    return None
+
+
+def capped(r: dict[str, Any], ceil: dict[str, Any] | None, metric: str) -> bool | None:
+    """Whether a model is at its autoencoder's ceiling on `metric`: its value (or its interval) reaches the
+    ceiling's interval (or value), so more generator compute cannot show through. None when either is unmeasured."""
+    v, c = value(r, metric), (value(ceil, metric) if ceil else None)
+    if v is None or c is None:
+        return None
+    lo, hi = interval(r, metric) or (v, v)
+    clo, chi = interval(ceil, metric) or (c, c)
+    return lo <= chi if metric in LOWER_IS_BETTER else hi >= clo

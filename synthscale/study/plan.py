@@ -8,6 +8,7 @@ moved, a second study reuses nothing by accident, and a changed config gets a ne
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,7 @@ class StudyPlan:
     runs: list[RunPlan]
     autoencoders: dict[str, tuple[AutoencoderConfig, Stage]]  # name → (config, stage)
     instruments: list[Stage]  # one stage per instrument the evaluation scores with
+    ceilings: dict[str, Stage] = dataclasses.field(default_factory=dict)  # autoencoder name → its ceiling stage
 
 
 def _autoencoder_config(path: str, study: StudyConfig, base: Path) -> AutoencoderConfig:
@@ -117,17 +119,54 @@ def plan_study(study: StudyConfig, root: str | Path, spec_dir: str | Path = ".")
     """The study's stages and runs under `root`: autoencoders, the probe, then per run its cache, training and
     evaluation (the main grid, then each ablation autoencoder with the objectives of its latent kind)."""
     root, spec_dir = Path(root).resolve(), Path(spec_dir)
+    if study.precision is not None:
+        overrides = [*study.run_overrides, f"train.precision={planned_precision(study, root)}"]
+        study = dataclasses.replace(study, run_overrides=overrides)
     stages: list[Stage] = []
     autoencoders, main, ablations = _plan_autoencoders(study, spec_dir, stages)
     instruments = _plan_instruments(study, root)
     stages += instruments
+    ceilings = {n: _ceiling_stage(study, cfg, stage, instruments, root) for n, (cfg, stage) in autoencoders.items()}
+    stages += ceilings.values()
     runs: list[RunPlan] = []
     caches: dict[str, Stage] = {}
     for objective, size, data_size, budget, ae, ablation in _run_grid(study, main, ablations):
         runs.append(
             _plan_run(study, root, (objective, size, data_size, budget), ae, ablation, instruments, caches, stages)
         )
-    return StudyPlan(study, root, stages, runs, autoencoders, instruments)
+    return StudyPlan(study, root, stages, runs, autoencoders, instruments, ceilings)
+
+
+PRECISION_JSON = "precision.json"
+
+
+def planned_precision(study: StudyConfig, root: Path) -> str:
+    """The study's training precision; `auto`: the choice measured when the study first started (fp32 before)."""
+    if study.precision != "auto":
+        return study.precision
+    path = Path(root) / PRECISION_JSON
+    return json.loads(path.read_text())["choice"] if path.is_file() else "fp32"
+
+
+def _ceiling_stage(
+    study: StudyConfig, cfg: AutoencoderConfig, ae_stage: Stage, instruments: list[Stage], root: Path
+) -> Stage:
+    """The autoencoder's reconstructions of the evaluation prompts' images, scored by every instrument: what a
+    generator on its latents can at best reach (keyed by the autoencoder, the instruments and the evaluation set)."""
+    ev = study.evaluation
+    where = {"n": ev.n, "holdout_n": ev.holdout_n, "seed": ev.seed}
+    key = config_hash({"autoencoder": ae_stage.key, "instruments": sorted(s.key for s in instruments), **where})
+    kwargs = {
+        "model_dir": str(root / ae_stage.id / "model"),
+        "instruments": [{"spec": s.kwargs["spec"], "stage_dir": str(root / s.id)} for s in instruments],
+        "instrument_options": _instrument_options(study),
+        "cache_root": str(root / INSTRUMENT_CACHE),
+        "data": to_dict(study.data),
+        "device": study.device,
+        **where,
+    }
+    deps = [ae_stage.id, *(s.id for s in instruments)]
+    return Stage("ceiling", cfg.name, key, f"{STAGES}:ceiling_stage", kwargs, deps, cost=0.2)
 
 
 AutoencoderStage = tuple[AutoencoderConfig, Stage]

@@ -131,6 +131,33 @@ def _log_ticks(axis, lo: float, hi: float) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
+def _draw_ceilings(ax, data: cmp.StudyData, pairs, metric: str) -> list[str]:
+    """For each (objective, autoencoder) pair, the autoencoder's ceiling on `metric` (its reconstructions scored
+    alike; None: the objective's main autoencoder): a dotted line in the objective's colour, its 95 % interval
+    shaded where measured. Returns caption phrases for the lines drawn."""
+    notes = []
+    for obj, ae in sorted(set(pairs), key=str):
+        ceil = cmp.ceiling(data, obj, ae)
+        v = cmp.value(ceil, metric) if ceil else None
+        if v is None:
+            continue
+        ax.axhline(v, color=_colour(obj), ls=":", lw=1.2, label=f"ceiling of {ceil['autoencoder']}")
+        iv = cmp.interval(ceil, metric)
+        if iv is not None:
+            ax.axhspan(iv[0], iv[1], color=_colour(obj), alpha=0.08, lw=0)
+        notes.append(f"{ceil['autoencoder']} {cmp.fmt(v)}")
+    return notes
+
+
+def _ceiling_caption(notes: list[str]) -> str:
+    if not notes:
+        return ""
+    return (
+        " Dotted lines: each objective's autoencoder ceiling, its reconstructions of the evaluation images scored by "
+        f"the same instruments (what a generator on those latents can at best reach; {'; '.join(notes)})."
+    )
+
+
 def _finish(ax, xlabel: str, metric: str, log_y: bool = True) -> None:
     ax.set_xscale("log")
     ax.autoscale_view()
@@ -171,16 +198,21 @@ def quality_vs_training_flops(data: cmp.StudyData) -> Plot:
         return _colour(obj), LINESTYLES[sizes.index(size) % 4], MARKERS[sizes.index(size) % 7], label
 
     fig, axes = _figure(len(metrics))
+    ceilings = []
     for ax, m in zip(axes, metrics):
         _draw_metric_vs(ax, series, m, "train_flops", style)
         _ceiling_line(ax, data, m)
         _finish(ax, TRAIN_FLOPS, m, log_y=m != following)
+        ceilings += [f"{_label(m)}: {n}" for n in _draw_ceilings(ax, data, [(r["objective"], None) for r in recs], m)]
+        _finish(ax, TRAIN_FLOPS, m, log_y=m != "prompt_acc")
     settings = "; ".join(f"{o}: {cmp.describe_setting(s)}" for o, s in sorted(data.settings.items()))
     caption = (
         f"Each objective's primary sampling setting ({settings}), main-grid autoencoder per objective "
         f"({', '.join(f'{o}: {a}' for o, a in sorted(main.items()))}). Error bars: the records' 95 % "
         f"bootstrap intervals where measured; dashed: real data scored by the same instrument. "
         f"{_deciders_text(data)}. Instruments: {cmp.describe_instruments(recs)}."
+        f"bootstrap intervals where measured. Instruments: {cmp.describe_instruments(recs)}."
+        + _ceiling_caption(ceilings)
     )
     return Plot(key, title, caption, _png(fig))
 
@@ -276,6 +308,7 @@ def quality_vs_inference_flops(data: cmp.StudyData) -> Plot:
     if not metrics or not any(len(rs) > 1 for rs in sweeps.values()):
         return _skip(key, title, "no run was evaluated at more than one sampling-step count")
     fig, axes = _figure(len(metrics))
+    ceilings: list[str] = []
     for ax, m in zip(axes, metrics):
         for obj, rs in sweeps.items():
             rs = [r for r in rs if cmp.value(r, m) is not None]
@@ -294,12 +327,14 @@ def quality_vs_inference_flops(data: cmp.StudyData) -> Plot:
             for xi, yi, r in zip(x, y, rs):
                 ax.annotate(str(r["steps"]), (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
         _finish(ax, SAMPLE_FLOPS, m, log_y=m != _deciding(data)[1])
+        ceilings += [f"{_label(m)}: {n}" for n in _draw_ceilings(ax, data, [(o, None) for o in sweeps], m)]
+        _finish(ax, SAMPLE_FLOPS, m, log_y=m != "prompt_acc")
     all_rs = [r for rs in sweeps.values() for r in rs]
     caption = (
         "Numbers beside points: sampling steps (flow: Euler ODE steps; masked: decoding steps; "
         "next-token: image tokens, one each with a KV cache). One run per objective: the one evaluated at "
         "the most step counts, at its primary weights and CFG. "
-        f"Instruments: {cmp.describe_instruments(all_rs)}."
+        f"Instruments: {cmp.describe_instruments(all_rs)}." + _ceiling_caption(ceilings)
     )
     return Plot(key, title, caption, _png(fig))
 
@@ -328,12 +363,17 @@ def autoencoder_ablation(data: cmp.StudyData) -> Plot:
         return _colour(obj), LINESTYLES[i % 4], MARKERS[i % 7], f"{obj} {size} · {ae}{ps}"
 
     fig, axes = _figure(len(metrics))
+    ceilings = []
     for ax, m in zip(axes, metrics):
         _draw_metric_vs(ax, series, m, "train_flops", style)
         _finish(ax, TRAIN_FLOPS, m, log_y=m != following)
+        ceilings += [
+            f"{_label(m)}: {n}" for n in _draw_ceilings(ax, data, [(r["objective"], r["autoencoder"]) for r in recs], m)
+        ]
+        _finish(ax, TRAIN_FLOPS, m, log_y=m != "prompt_acc")
     caption = (
         "Runs that differ only in their autoencoder; PSNR is the autoencoder's reconstruction PSNR on "
-        f"held-out renders. Instruments: {cmp.describe_instruments(recs)}."
+        f"held-out renders. Instruments: {cmp.describe_instruments(recs)}." + _ceiling_caption(ceilings)
     )
     return Plot(key, title, caption, _png(fig))
 

@@ -129,7 +129,7 @@ def analyse(
         fd_fits,
         fd_errors,
         crossovers,
-        findings,
+        _with_ceiling_evidence(findings, data),
         fnd.recommendations(data, metrics),
         plots.all_plots(data, loss_fits),
         samples,
@@ -186,12 +186,86 @@ def _runs_table(data: cmp.StudyData) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+CEILING_COLUMNS = ("prompt_acc", "attr_acc_shape", "attr_acc_colour", "attr_acc_size", "attr_acc_position", "fd_probe")
+
+
 def _autoencoder_table(data: cmp.StudyData) -> tuple[list[str], list[list[str]]]:
-    names = sorted({k for a in data.autoencoders for k in a["metrics"]})
-    return (
-        ["autoencoder", "kind", *names],
-        [[a["name"], a["kind"], *(fmt(a["metrics"].get(k)) for k in names)] for a in data.autoencoders],
+    """Reconstruction metrics, then the ceiling (reconstructions scored by the probe) with intervals where measured."""
+    names = sorted(
+        k for k in {k for a in data.autoencoders for k in a["metrics"]} if not k.startswith(cmp.CEILING_PREFIX)
     )
+    ceil_cols = [
+        c for c in CEILING_COLUMNS if any(f"{cmp.CEILING_PREFIX}{c}" in a["metrics"] for a in data.autoencoders)
+    ]
+
+    def ceiling_cell(a: dict[str, Any], metric: str) -> str:
+        rec = {"metrics": {k[len(cmp.CEILING_PREFIX) :]: v for k, v in a["metrics"].items()}}
+        iv = cmp.interval(rec, metric)
+        return fmt(cmp.value(rec, metric)) + (f" {fmt_interval(iv)}" if iv else "")
+
+    return (
+        ["autoencoder", "kind", *names, *(f"ceiling {c}" for c in ceil_cols)],
+        [
+            [a["name"], a["kind"], *(fmt(a["metrics"].get(k)) for k in names), *(ceiling_cell(a, c) for c in ceil_cols)]
+            for a in data.autoencoders
+        ],
+    )
+
+
+CEILING_TEXT = (
+    "A generator can at best produce what its autoencoder decodes: each paradigm's ceiling is its main autoencoder's "
+    "reconstructions of the evaluation images, scored by the same instruments. A best model whose value (or "
+    "interval) reaches its ceiling's interval is capped by its autoencoder: its number measures the autoencoder, "
+    "not the paradigm."
+)
+
+
+def _ceiling_table(data: cmp.StudyData) -> tuple[list[str], list[list[str]]]:
+    """Per objective: its main autoencoder's ceiling and its best model's value, and whether the model is capped."""
+    rows = []
+    for obj in data.objectives:
+        ceil = cmp.ceiling(data, obj)
+        if ceil is None:
+            continue
+        recs = [r for r in data.records if r["objective"] == obj and r["autoencoder"] == ceil["autoencoder"]]
+        for metric in ("prompt_acc", "fd_probe"):
+            best = cmp.best_per_objective(recs, metric).get(obj)
+            if best is None or cmp.value(ceil, metric) is None:
+                continue
+            verdict = {True: "capped by its autoencoder", False: "below its ceiling"}[cmp.capped(best, ceil, metric)]
+            rows.append(
+                [
+                    obj,
+                    ceil["autoencoder"],
+                    metric,
+                    fmt(cmp.value(ceil, metric)) + _iv_text(cmp.interval(ceil, metric)),
+                    fmt(cmp.value(best, metric)) + _iv_text(cmp.interval(best, metric)),
+                    f"{best['size']} @ {best['train_flops']:.3g} FLOPs ({cmp.describe_setting(cmp.setting(best))})",
+                    verdict,
+                ]
+            )
+    return ["objective", "autoencoder", "metric", "ceiling", "best model", "which", "verdict"], rows
+
+
+CEILING_FINDINGS = {2: "prompt_acc", 3: "fd_probe"}  # prompt following (2), image quality (3)
+
+
+def _with_ceiling_evidence(findings: list[fnd.Finding], data: cmp.StudyData) -> list[fnd.Finding]:
+    """Findings about prompt following or quality say where a paradigm's best model stands against its
+    autoencoder's ceiling: a paradigm capped by its autoencoder measures the autoencoder there."""
+    rows = _ceiling_table(data)[1]
+    for f in findings:
+        metric = CEILING_FINDINGS.get(f.number)
+        f.evidence += [
+            f"ceiling: {obj} best {best} vs its autoencoder {ae}'s reconstructions {ceil} — {verdict}"
+            for obj, ae, m, ceil, best, _which, verdict in rows
+            if m == metric
+        ]
+    return findings
+
+
+def _iv_text(iv: tuple[float, float] | None) -> str:
+    return f" {fmt_interval(iv)}" if iv else ""
 
 
 def _fit_table(fits: dict[str, PowerLawFit], errors: dict[str, str]) -> tuple[list[str], list[list[str]]]:
@@ -505,10 +579,14 @@ def render_html(a: Analysis) -> str:
             "<p>Do the other instruments rank the records as the deciding one does?</p>"
             + _html_table(*_agreement_table(a))
         )
+    ceilings = _ceiling_table(d)
+    if ceilings[1]:
+        p.append(f"<h3>Autoencoder ceilings</h3><p>{_e(CEILING_TEXT)}</p>" + _html_table(*ceilings))
     p.append("<h2>The grid</h2>" + _html_table(*_runs_table(d), failed_col=7))
     if d.autoencoders:
         p.append(
-            "<h3>Autoencoders</h3><p>Reconstruction metrics on held-out images.</p>"
+            "<h3>Autoencoders</h3><p>Reconstruction metrics on held-out images; ceiling columns: the "
+            "reconstructions of the evaluation images scored by the attribute probe (95 % intervals).</p>"
             + _html_table(*_autoencoder_table(d))
         )
     if a.reconstructions:
@@ -628,6 +706,11 @@ def render_markdown(a: Analysis, figure_files: dict[str, str], sample_files: lis
         "",
         _md_table(*_holdout_table(d)) if _holdout_table(d)[1] else "Not measured: no record scored held-out prompts.",
         "",
+    ]
+    ceilings = _ceiling_table(d)
+    if ceilings[1]:
+        m += ["### Autoencoder ceilings", "", CEILING_TEXT, "", _md_table(*ceilings), ""]
+    m += [
         "## The grid",
         "",
         _md_table(*_runs_table(d)),

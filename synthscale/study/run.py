@@ -11,7 +11,7 @@ from typing import Any
 from synthscale import atomic
 from synthscale.config import StudyConfig, load, to_dict
 from synthscale.study.grid import DONE, FAILED, execute, stage_dir, status_of
-from synthscale.study.plan import StudyPlan, estimate_flops, plan_study
+from synthscale.study.plan import PRECISION_JSON, StudyPlan, estimate_flops, plan_study
 
 
 def load_study_config(spec: str | Path, overrides: list[str] | None = None) -> StudyConfig:
@@ -50,11 +50,14 @@ def ingest(plan: StudyPlan) -> Path:
     with ResultsStore(store_path(root), create=True) as store:
         store.set_meta("study", json.dumps(to_dict(plan.study)))
         store.set_meta("updated", time.strftime("%Y-%m-%dT%H:%M:%S"))
+        if (root / PRECISION_JSON).is_file():  # precision: auto — what was measured and chosen
+            store.set_meta("precision", (root / PRECISION_JSON).read_text())
         for name, (cfg, stage) in plan.autoencoders.items():
             if status_of(root, stage) != "done":
                 continue
             summary = json.loads((stage_dir(root, stage) / DONE).read_text())
-            store.add_autoencoder(name, summary["kind"], summary["metrics"], config=to_dict(cfg), config_hash=stage.key)
+            metrics = {**summary["metrics"], **_ceiling_metrics(plan, name)}
+            store.add_autoencoder(name, summary["kind"], metrics, config=to_dict(cfg), config_hash=stage.key)
             if summary.get("grid") and Path(summary["grid"]).is_file():
                 store.add_artifact(name, "reconstructions", summary["grid"], caption=f"{name} test reconstructions")
         for r in plan.runs:
@@ -96,6 +99,33 @@ def ingest(plan: StudyPlan) -> Path:
         return store.path
 
 
+def _measure_precision(plan: StudyPlan) -> None:
+    """Time fp32 against bf16 at the study's largest size and its batch, on the threads a stage gets; keep it."""
+    import torch
+
+    from synthscale.train.precision import measure_precision
+
+    largest = [r for r in plan.runs if r.run_cfg.model.size == plan.study.sizes[-1]] or plan.runs
+    cfg = largest[0].run_cfg
+    threads = torch.get_num_threads()
+    torch.set_num_threads(plan.study.threads)
+    try:
+        measured = measure_precision(cfg.model.size, cfg.train.batch_size, cfg.objective.name)
+    finally:
+        torch.set_num_threads(threads)
+    atomic.write_json(plan.root / PRECISION_JSON, measured)
+
+
+def _ceiling_metrics(plan: StudyPlan, name: str) -> dict[str, float]:
+    """The autoencoder's ceiling (its reconstructions scored by the probe) as `ceiling_<metric>` entries; none while
+    its ceiling stage has not finished."""
+    stage = plan.ceilings.get(name)
+    if stage is None or status_of(plan.root, stage) != "done":
+        return {}
+    metrics = json.loads((stage_dir(plan.root, stage) / DONE).read_text())["metrics"]
+    return {f"ceiling_{k}": v for k, v in metrics.items()}
+
+
 def _run_status(plan: StudyPlan, r) -> tuple[str, str | None]:
     """done, failed (its own training or evaluation failed), blocked (a shared stage it needs failed) or pending."""
     by_id = {s.id: s for s in plan.stages}
@@ -127,6 +157,9 @@ def run_study(
     plan = plan_study(study, out, spec_dir=Path(spec).resolve().parent)
     root = plan.root
     root.mkdir(parents=True, exist_ok=True)
+    if study.precision == "auto" and not (root / PRECISION_JSON).is_file():
+        _measure_precision(plan)
+        plan = plan_study(study, out, spec_dir=Path(spec).resolve().parent)
     atomic.write_json(root / "study.json", to_dict(study))
     started = time.time()
     states = execute(

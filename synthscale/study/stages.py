@@ -91,6 +91,32 @@ def load_instruments(
     return out
 
 
+def ceiling_stage(
+    stage_dir: Path,
+    model_dir: str,
+    instruments: list[dict[str, Any]],
+    instrument_options: dict[str, Any],
+    cache_root: str,
+    data: dict[str, Any],
+    n: int,
+    holdout_n: int,
+    seed: int,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Score the autoencoder's reconstructions of the evaluation prompts' images with every instrument."""
+    from synthscale import atomic
+    from synthscale.autoencoders import load_autoencoder
+    from synthscale.compute.device import pick_device
+    from synthscale.evaluate.ceilings import CEILING_JSON, reconstruction_ceiling
+
+    data_cfg = from_dict(DataConfig, data, source="ceiling stage data")
+    scored_by = load_instruments(instruments, data_cfg, cache_root, instrument_options, device)
+    autoencoder = load_autoencoder(model_dir).to(pick_device(device))
+    ceiling = reconstruction_ceiling(autoencoder, scored_by, data_cfg, n, holdout_n, seed)
+    atomic.write_json(Path(stage_dir) / CEILING_JSON, ceiling)
+    return ceiling
+
+
 def evaluate_stage(
     stage_dir: Path,
     run_dir: str,
