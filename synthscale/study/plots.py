@@ -133,19 +133,24 @@ def _log_ticks(axis, lo: float, hi: float) -> None:
 
 def _draw_ceilings(ax, data: cmp.StudyData, pairs, metric: str) -> list[str]:
     """For each (objective, autoencoder) pair, the autoencoder's ceiling on `metric` (its reconstructions scored
-    alike; None: the objective's main autoencoder): a dotted line in the objective's colour, its 95 % interval
-    shaded where measured. Returns caption phrases for the lines drawn."""
-    notes = []
+    alike; None: the objective's main autoencoder): a dotted line, once per autoencoder, in the colour of its first
+    objective, its 95 % interval shaded where measured. Returns caption phrases for the lines drawn."""
+    users: dict[str, list[str]] = {}
+    ceilings: dict[str, dict] = {}
     for obj, ae in sorted(set(pairs), key=str):
         ceil = cmp.ceiling(data, obj, ae)
-        v = cmp.value(ceil, metric) if ceil else None
-        if v is None:
+        if ceil is None or cmp.value(ceil, metric) is None:
             continue
-        ax.axhline(v, color=_colour(obj), ls=":", lw=1.2, label=f"ceiling of {ceil['autoencoder']}")
+        users.setdefault(ceil["autoencoder"], []).append(obj)
+        ceilings[ceil["autoencoder"]] = ceil
+    notes = []
+    for name, objs in users.items():
+        ceil, v = ceilings[name], cmp.value(ceilings[name], metric)
+        ax.axhline(v, color=_colour(objs[0]), ls=":", lw=1.2, label=f"ceiling of {name} ({', '.join(objs)})")
         iv = cmp.interval(ceil, metric)
         if iv is not None:
-            ax.axhspan(iv[0], iv[1], color=_colour(obj), alpha=0.08, lw=0)
-        notes.append(f"{ceil['autoencoder']} {cmp.fmt(v)}")
+            ax.axhspan(iv[0], iv[1], color=_colour(objs[0]), alpha=0.08, lw=0)
+        notes.append(f"{name} {cmp.fmt(v)}")
     return notes
 
 
