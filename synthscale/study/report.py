@@ -531,7 +531,8 @@ def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
-def render_html(a: Analysis) -> str:
+def _html_summary(a: Analysis) -> list[str]:
+    """The title, the verdicts, the recommendation and test vs held-out prompt following."""
     d = a.data
     p = []
     p.append(
@@ -567,6 +568,13 @@ def render_html(a: Analysis) -> str:
         "milestone.</p>"
         + (_html_table(head, rows) if rows else '<p class="skip">Not measured: no record scored held-out prompts.</p>')
     )
+    return p
+
+
+def _html_instruments(a: Analysis) -> list[str]:
+    """What scored the images, their ceilings and sanity, and each autoencoder's ceiling."""
+    d = a.data
+    p = []
     p.append(
         "<h2>Instruments</h2><p>What scored the images, and what real images score with the same instrument: "
         "the ceiling (real test images with their own captions) and the real-vs-real distance a generator cannot "
@@ -582,6 +590,13 @@ def render_html(a: Analysis) -> str:
     ceilings = _ceiling_table(d)
     if ceilings[1]:
         p.append(f"<h3>Autoencoder ceilings</h3><p>{_e(CEILING_TEXT)}</p>" + _html_table(*ceilings))
+    return p
+
+
+def _html_grid(a: Analysis) -> list[str]:
+    """The runs, the autoencoders with their reconstructions, and each objective's primary setting."""
+    d = a.data
+    p = []
     p.append("<h2>The grid</h2>" + _html_table(*_runs_table(d), failed_col=7))
     if d.autoencoders:
         p.append(
@@ -603,6 +618,12 @@ def render_html(a: Analysis) -> str:
         "<h3>Sampling setting per objective</h3><p>Figures and fits use each objective's primary setting: "
         "the one evaluated at the most milestones.</p>" + _html_table(*_settings_table(d))
     )
+    return p
+
+
+def _html_figures(a: Analysis) -> list[str]:
+    """The figures and the sample grids at matched compute."""
+    p = []
     p.append("<h2>Figures</h2>")
     for pl in a.plots:
         if pl.png is None:
@@ -623,6 +644,12 @@ def render_html(a: Analysis) -> str:
         p.append("</div>")
     else:
         p.append(f'<p class="skip">Skipped: {_e(a.samples_note)}.</p>')
+    return p
+
+
+def _html_fits(a: Analysis) -> list[str]:
+    """The loss and quality fits, their crossovers and residuals."""
+    p = []
     p.append(
         "<h2>Scaling fits</h2><h3>Loss: L(C) = E + A·C<sup>−α</sup></h3>"
         "<p>Per objective, fitted to every milestone of every main-grid run (Chinchilla's loss and optimiser: "
@@ -645,6 +672,12 @@ def render_html(a: Analysis) -> str:
         + _html_table(*_residual_table(a.loss_fits))
         + "</details>"
     )
+    return p
+
+
+def _html_details(a: Analysis) -> list[str]:
+    """Each finding's rule and evidence, the rules' calibration and the conventions."""
+    p = []
     p.append("<h2>Findings in detail</h2>")
     for f in a.findings:
         p.append(
@@ -663,7 +696,12 @@ def render_html(a: Analysis) -> str:
         "rule then assumes ±10 % for FD and says so. Loss is each objective's own validation loss and is never "
         "compared across objectives.</p></body></html>"
     )
-    return "\n".join(p)
+    return p
+
+
+def render_html(a: Analysis) -> str:
+    sections = (_html_summary, _html_instruments, _html_grid, _html_figures, _html_fits, _html_details)
+    return "\n".join(part for section in sections for part in section(a))
 
 
 # ---------------------------------------------------------------------------------------------- Markdown
