@@ -288,6 +288,9 @@ class AutoencoderConfig:
     entropy_weight: float = 0.002
     diversity: float = 1.0  # lfq: weight of the batch (codebook-usage) entropy inside the entropy term
     commit_weight: float = 0.005
+    # fsq: weight of the distance of the bounded values from their levels (in level units). 0 = plain FSQ; a small
+    # weight gives a plain background one code instead of a flip between neighbours (see autoencoders/fsq.py)
+    fsq_commit_weight: float = 0.0
     lfq_temperature: float = 0.01  # lfq: softmax temperature of the code distribution in the entropy term
     data: DataConfig = field(default_factory=DataConfig)  # what it trains on
     train: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)

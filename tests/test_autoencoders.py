@@ -116,6 +116,38 @@ def test_fsq_every_index_survives_codes_to_indices():
     assert torch.equal(q.indices(z), every)
 
 
+def test_fsq_commit_is_zero_on_levels_and_pulls_values_to_the_nearest_level():
+    q = FSQ([8, 5, 3])
+    every = torch.arange(q.vocab_size).view(1, 1, -1)
+    bounded = q.codes(every) * q.half_width + q.offset
+    on_levels = torch.atanh((bounded / q.half_l).clamp(-0.999999, 0.999999)) - q.shift
+    assert q(on_levels)[2]["fsq_commit"].item() < 1e-8
+    z = (on_levels + 0.05 * torch.randn(on_levels.shape)).requires_grad_()
+    commit = q(z)[2]["fsq_commit"]
+    assert commit.item() > 1e-6
+    commit.backward()
+    with torch.no_grad():  # one small step down the gradient: the same codes, closer to their levels
+        stepped = z - 0.5 * z.grad / z.grad.norm()
+        assert torch.equal(q.indices(stepped), q.indices(z))
+        assert q(stepped)[2]["fsq_commit"] < commit
+
+
+def test_fsq_commit_weight_enters_the_training_loss_only_when_set():
+    from synthscale.autoencoders.train import objective
+
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    plain = build_autoencoder(tiny_cfg("fsq", 4))
+    weighted_cfg = tiny_cfg("fsq", 4)
+    weighted_cfg.fsq_commit_weight = 0.5
+    weighted = build_autoencoder(weighted_cfg)
+    weighted.load_state_dict(plain.state_dict())
+    total_plain, parts = objective(plain, images, torch.Generator().manual_seed(0))
+    total_weighted, _ = objective(weighted, images, torch.Generator().manual_seed(0))
+    assert torch.isclose(total_plain, torch.tensor(parts["recon"]))  # weight 0: plain FSQ, as before
+    assert torch.isclose(total_weighted - total_plain, torch.tensor(0.5 * parts["fsq_commit"]), rtol=1e-4)
+
+
 @pytest.mark.parametrize("kind", ["lfq", "fsq"])
 def test_decode_of_indices_is_deterministic(kind):
     torch.manual_seed(0)

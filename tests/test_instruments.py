@@ -178,7 +178,8 @@ def test_wrong_instrument_paths_are_refused_when_the_study_is_planned(tmp_path):
     folder = load(StudyConfig, spec, ["data.dataset=folder", f"data.path={tmp_path}", "evaluation.instruments=[probe]"])
     with pytest.raises(ConfigError, match="exact scene labels"):
         plan_study(folder, tmp_path, spec.parent)
-    plan = plan_study(load(StudyConfig, spec), tmp_path, spec.parent)  # shapes: the probe and the encoder
+    unset = load(StudyConfig, spec, ["evaluation.instruments=[]"])
+    plan = plan_study(unset, tmp_path, spec.parent)  # none named, on shapes: the probe and the encoder
     assert [s.name for s in plan.instruments] == ["probe", "encoder"]
     evaluate = next(s for s in plan.stages if s.kind == "evaluate")
     assert {s.id for s in plan.instruments} <= set(evaluate.deps)
@@ -228,6 +229,7 @@ def _folder_study(path) -> list[str]:
         "run_overrides=[flow:model.patch_size=2, train.batch_size=16, train.milestones_per_decade=2, "
         "train.first_milestone_flops=5e8, train.warmup_steps=2, train.checkpoint_every=5]",
         "encoder_overrides=[" + ", ".join(FAST_ENCODER) + "]",
+        "evaluation.instruments=[]",  # the dataset's default (user data: the encoder), not default.yaml's probe
         "evaluation.n=24",
         "evaluation.holdout_n=0",
         "evaluation.sweep={flow: [2, 4]}",

@@ -39,6 +39,8 @@ TINY = [
     "evaluation.loss_batches=1",
     "evaluation.batch_size=16",
     "evaluation.speed=false",
+    "evaluation.instruments=[probe, encoder]",  # the default has the probe only; test the agreement table too
+    "evaluation.weights=[ema, raw]",  # and EMA only
     "executor=sequential",
 ]
 

@@ -45,7 +45,15 @@ class FSQ(nn.Module):
         return (digits * self.basis).sum(dim=1)
 
     def forward(self, z: torch.Tensor):
-        """z [B, d, h, w] → (straight-through codes [B, d, h, w] in [−1, 1], indices [B, h, w], {})."""
-        q = self._round(z)
+        """z [B, d, h, w] → (straight-through codes [B, d, h, w] in [−1, 1], indices [B, h, w], {"commit"}).
+
+        "commit" is the mean squared distance of the bounded values from their levels, in level units: FSQ needs no
+        such term to train, but a flat region the decoder draws the same whatever its code (a plain background)
+        otherwise settles on a rounding boundary and flips between neighbouring codes with far-away content; the
+        token models then spend their capacity predicting that noise. A small weight (`fsq_commit_weight`) pulls
+        values to level centres, so such a region gets one code."""
+        bounded = torch.tanh(z + self.shift) * self.half_l - self.offset
+        q = bounded + (bounded.round() - bounded).detach()
         digits = (q.detach().round() + self.half_width).long()
-        return q / self.half_width, (digits * self.basis).sum(dim=1), {}
+        commit = (bounded - bounded.detach().round()).pow(2).mean()
+        return q / self.half_width, (digits * self.basis).sum(dim=1), {"fsq_commit": commit}

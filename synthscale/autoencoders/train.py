@@ -55,7 +55,12 @@ def objective(model: Autoencoder, images: torch.Tensor, gen: torch.Generator) ->
     if cfg.train.foreground_weight != 1.0:
         per_pixel = per_pixel * foreground_weights(images, cfg.train.foreground_weight)
     rec = per_pixel.mean()
-    weights = {"kl": cfg.kl_weight, "entropy": cfg.entropy_weight, "commit": cfg.commit_weight}
+    weights = {
+        "kl": cfg.kl_weight,
+        "entropy": cfg.entropy_weight,
+        "commit": cfg.commit_weight,
+        "fsq_commit": cfg.fsq_commit_weight,
+    }
     total = rec + sum(weights[k] * v for k, v in aux.items())
     parts = {"recon": rec.item(), **{k: v.item() for k, v in aux.items()}}
     parts["psnr_batch"] = psnr_of_mse(err.detach().pow(2).mean().item() / 4.0)  # [-1,1] → [0,1] range

@@ -31,8 +31,9 @@ SIZES: dict[str, Size] = {
         Size("B", 12, 768, 12),  # DiT-B
         Size("L", 24, 1024, 16),  # DiT-L
         Size("XL", 28, 1152, 16),  # DiT-XL
+        _cpu(1, 64),  # the smallest: at the default study's budgets optimizer steps, not capacity, limit 2x64
         _cpu(2, 64),
-        _cpu(3, 96),  # between the two smallest: a third size for short CPU studies (cpu-hour.yaml)
+        _cpu(3, 96),  # between 2x64 and 4x128: a third size for short CPU studies (cpu-hour.yaml)
         _cpu(4, 128),
         _cpu(6, 192),
         _cpu(8, 256),
