@@ -40,7 +40,7 @@ TINY = [
     "evaluation.batch_size=16",
     "evaluation.speed=false",
     "evaluation.instruments=[probe, encoder]",  # the default has the probe only; test the agreement table too
-    "evaluation.weights=[ema, raw]",  # and EMA only
+    "evaluation.weights=[ema, raw]",  # and EMA only: test the raw-weights ablation too
     "executor=sequential",
 ]
 

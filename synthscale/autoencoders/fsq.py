@@ -30,9 +30,13 @@ class FSQ(nn.Module):
         self.register_buffer("basis", basis.view(1, -1, 1, 1), persistent=False)
         self.register_buffer("radix", torch.tensor(self.levels, dtype=torch.long).view(1, -1, 1, 1), persistent=False)
 
+    def _bounded(self, z: torch.Tensor) -> torch.Tensor:
+        """[B, d, h, w] → values in (−L/2, L/2) whose nearest integers are the levels −⌊L/2⌋ …"""
+        return torch.tanh(z + self.shift) * self.half_l - self.offset
+
     def _round(self, z: torch.Tensor) -> torch.Tensor:
         """[B, d, h, w] → integer levels −⌊L/2⌋ … (straight-through), as floats."""
-        bounded = torch.tanh(z + self.shift) * self.half_l - self.offset
+        bounded = self._bounded(z)
         return bounded + (bounded.round() - bounded).detach()
 
     def codes(self, indices: torch.Tensor) -> torch.Tensor:
@@ -45,14 +49,14 @@ class FSQ(nn.Module):
         return (digits * self.basis).sum(dim=1)
 
     def forward(self, z: torch.Tensor):
-        """z [B, d, h, w] → (straight-through codes [B, d, h, w] in [−1, 1], indices [B, h, w], {"commit"}).
+        """z [B, d, h, w] → (straight-through codes [B, d, h, w] in [−1, 1], indices [B, h, w], {"fsq_commit"}).
 
-        "commit" is the mean squared distance of the bounded values from their levels, in level units: FSQ needs no
+        "fsq_commit" is the mean squared distance of the bounded values from their levels, in level units: FSQ needs no
         such term to train, but a flat region the decoder draws the same whatever its code (a plain background)
         otherwise settles on a rounding boundary and flips between neighbouring codes with far-away content; the
         token models then spend their capacity predicting that noise. A small weight (`fsq_commit_weight`) pulls
-        values to level centres, so such a region gets one code."""
-        bounded = torch.tanh(z + self.shift) * self.half_l - self.offset
+        values to level centres, so such a region mostly keeps one code (README: Autoencoders)."""
+        bounded = self._bounded(z)
         q = bounded + (bounded.round() - bounded).detach()
         digits = (q.detach().round() + self.half_width).long()
         commit = (bounded - bounded.detach().round()).pow(2).mean()
