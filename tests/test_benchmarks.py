@@ -85,3 +85,31 @@ def test_instruments_benchmark_on_a_made_folder(tmp_path, monkeypatch):
     result = run_benchmark("instruments.py", argv, tmp_path / "out", monkeypatch)
     assert result["encoder"].startswith("encoder:") and result["score"]["images"] == 32
     assert set(result["ceiling"]["corrupted"]) == {"blur", "channel_shuffle", "noise"}
+
+
+def test_code_entropy_benchmark_on_a_discrete_autoencoder(tiny_study, tmp_path, monkeypatch):
+    fsq = tiny_study / "autoencoder" / "fsq-tiny" / "model"
+    (row,) = run_benchmark("code_entropy.py", [str(fsq), "--n", "8"], tmp_path, monkeypatch)["rows"]
+    assert row["images"] == 8 and row["vocab_size"] == 16 and 1 <= row["distinct_codes"] <= 16
+    assert 0 <= row["entropy_nats"] <= math.log(8) + 1e-6 and 1 / 8 <= row["share_at_mode"] <= 1
+    with pytest.raises(SystemExit, match="continuous autoencoder"):
+        run_benchmark("code_entropy.py", [str(tiny_study / "autoencoder" / "kl-tiny" / "model")], tmp_path, monkeypatch)
+
+
+def test_study_stages_benchmark_sums_stages_and_rates_training(tmp_path, monkeypatch):
+    study = tmp_path / "study"
+    stages = {
+        "autoencoder/kl-a": {"seconds": 10.0, "cpu_seconds": 9.5},
+        "train/flow-b": {"seconds": 20.0, "cpu_seconds": 19.0, "steps": 7, "train_flops": 4e10, "train_seconds": 16.0},
+    }
+    for name, info in stages.items():
+        (study / name).mkdir(parents=True)
+        (study / name / "done.json").write_text(json.dumps(info))
+    (study / "train" / "flow-c").mkdir()  # unfinished: no done.json, not counted
+    (study / "precision.json").write_text(json.dumps({"choice": "fp32"}))
+    out = tmp_path / "out"
+    out.mkdir()
+    rows = {r["stage"]: r for r in run_benchmark("study_stages.py", [str(study)], out, monkeypatch)["stages"]}
+    assert set(rows) == {"kl-a", "flow-b"}
+    assert rows["flow-b"]["gflop_per_s"] == 2.5 and rows["flow-b"]["precision"] == "fp32"  # 4e10 FLOPs in 16 s
+    assert rows["kl-a"]["cpu_s"] == 9.5 and "gflop_per_s" not in rows["kl-a"]
