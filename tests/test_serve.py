@@ -199,6 +199,9 @@ def test_cli_serve_says_loopback_and_stops_on_ctrl_c(tiny_study):
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
+        # as from a terminal: a parent started in the background of a non-interactive shell ignores SIGINT, and its
+        # children inherit that, so Python would never turn Ctrl-C into KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         lines = []
