@@ -30,8 +30,7 @@ def code_entropy(folder: Path, n: int) -> dict:
     if ae.kind != "discrete":
         raise SystemExit(f"code_entropy: {folder} is a {ae.kind} autoencoder; pass a discrete (FSQ or LFQ) one")
     images = torch.from_numpy(render_split(ae.cfg.data, "test", n, progress=False)).permute(0, 3, 1, 2)
-    with torch.no_grad():
-        tokens = ae.tokens(images.float() / 127.5 - 1).reshape(len(images), -1)  # [n, positions]
+    tokens = ae.tokens(images.float() / 127.5 - 1).reshape(len(images), -1)  # [n, positions]; tokens() is no-grad
     entropies = []
     for p in range(tokens.shape[1]):
         counts = torch.bincount(tokens[:, p], minlength=ae.vocab_size).float()

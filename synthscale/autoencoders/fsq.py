@@ -34,10 +34,14 @@ class FSQ(nn.Module):
         """[B, d, h, w] → values in (−L/2, L/2) whose nearest integers are the levels −⌊L/2⌋ …"""
         return torch.tanh(z + self.shift) * self.half_l - self.offset
 
+    @staticmethod
+    def _straight_through(bounded: torch.Tensor) -> torch.Tensor:
+        """Bounded values → their integer levels as floats, with the identity's gradient."""
+        return bounded + (bounded.round() - bounded).detach()
+
     def _round(self, z: torch.Tensor) -> torch.Tensor:
         """[B, d, h, w] → integer levels −⌊L/2⌋ … (straight-through), as floats."""
-        bounded = self._bounded(z)
-        return bounded + (bounded.round() - bounded).detach()
+        return self._straight_through(self._bounded(z))
 
     def codes(self, indices: torch.Tensor) -> torch.Tensor:
         """int64 [B, h, w] → codes in [−1, 1], [B, d, h, w]."""
@@ -57,7 +61,7 @@ class FSQ(nn.Module):
         token models then spend their capacity predicting that noise. A small weight (`fsq_commit_weight`) pulls
         values to level centres, so such a region mostly keeps one code (README: Autoencoders)."""
         bounded = self._bounded(z)
-        q = bounded + (bounded.round() - bounded).detach()
+        q = self._straight_through(bounded)
         digits = (q.detach().round() + self.half_width).long()
         commit = (bounded - bounded.detach().round()).pow(2).mean()
         return q / self.half_width, (digits * self.basis).sum(dim=1), {"fsq_commit": commit}
