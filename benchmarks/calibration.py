@@ -1,7 +1,7 @@
 """Calibration of the findings' decision rules: on simulated studies with a known truth (synthscale/study/
 simulate.py, the default study's grid), how often each rule says "confirmed" where its claim is false (worst of
 its claim-false scenarios; one-sided 95 % Clopper-Pearson upper bound) and where it holds with a stated effect
-(power). Prints the table (Markdown, as in the README), writes benchmarks/results/calibration.json and — with
+(power). Prints the table (Markdown, as the report shows it), writes benchmarks/results/calibration.json and — with
 --store — synthscale/study/calibration.json, the table every report shows and its rules obey (a rule whose
 bound exceeds 5 % cannot confirm).
 Usage: python benchmarks/calibration.py [--false 400] [--true 200] [--n-images 128] [--store]"""

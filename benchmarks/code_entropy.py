@@ -7,7 +7,7 @@ and report the mean over token positions of the entropy (nats) of the code found
 equal to their position's most common code. On shapes scenes most positions are black background, which the
 decoder draws the same whatever its code: a tokenizer that gives it one code scores a low entropy and a high share,
 one whose background flips between neighbouring codes (plain FSQ) a high entropy, and the token models must then
-learn to predict that noise (README: Autoencoders, the FSQ commitment term).
+learn to predict that noise (docs/models.md: Autoencoders, the FSQ commitment term).
 """
 
 from __future__ import annotations

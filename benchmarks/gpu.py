@@ -18,8 +18,9 @@ Sizes run largest first, so a budget cut drops the small ones.
 TF32 is on for float32 matmuls on CUDA (`synthscale.train.distributed.enable_tf32`).
 
 **Not yet measured on a GPU**: this script was written in a session without one. The first session with a GPU
-runs it and records the printed table, the date and the GPU in the README ("GPU performance"). Its mechanics are
-tested on CPU with tiny sizes (`--quick --device cpu`, tests/test_gpu_path.py).
+runs it and records the printed table, the date and the GPU on a page under docs/results/ (format:
+docs/results/README.md). Its mechanics are tested on CPU with tiny sizes (`--quick --device cpu`,
+tests/test_gpu_path.py).
 
 Usage: python benchmarks/gpu.py [--device cuda] [--compile regional|none] [--budget-s 450]
        python benchmarks/gpu.py --quick --device cpu

@@ -59,7 +59,7 @@ class FSQ(nn.Module):
         such term to train, but a flat region the decoder draws the same whatever its code (a plain background)
         otherwise settles on a rounding boundary and flips between neighbouring codes with far-away content; the
         token models then spend their capacity predicting that noise. A small weight (`fsq_commit_weight`) pulls
-        values to level centres, so such a region mostly keeps one code (README: Autoencoders)."""
+        values to level centres, so such a region mostly keeps one code (docs/models.md: Autoencoders)."""
         bounded = self._bounded(z)
         q = self._straight_through(bounded)
         digits = (q.detach().round() + self.half_width).long()

@@ -11,7 +11,7 @@ from it, and adding files never moves an old item to another split. Within a spl
 the first `size` / `val_size` / `test_size` usable ones are taken, so a smaller data size is a subset of a larger
 one (the study's data-size axis nests). User data has no `holdout` split (it is empty).
 
-Caption rules (documented in README.md):
+Caption rules (documented in docs/data.md):
   - missing caption (no caption row, no `{key}.txt`, or only whitespace): `missing_caption: skip` (default)
     drops the item — skipped, counted, listed; `missing_caption: empty` keeps it with caption "" (an
     unconditional example);

@@ -238,7 +238,7 @@ def load_table(path: Path = TABLE_PATH) -> dict[str, Any] | None:
 
 
 def table_rows(table: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """The table as (header, rows) for the report and the README."""
+    """The table as (header, rows) for the report."""
     head = [
         "finding",
         "false confirmations (worst claim-false scenario)",
