@@ -15,11 +15,11 @@ from collections.abc import Callable
 import torch
 
 
-def _timed(fn: Callable[[], object], cuda: bool) -> tuple[float, object]:
+def _timed(cuda: bool, fn: Callable, *args) -> tuple[float, object]:
     if cuda:
         torch.cuda.synchronize()
     t = time.perf_counter()
-    out = fn()
+    out = fn(*args)
     if cuda:
         torch.cuda.synchronize()
     return time.perf_counter() - t, out
@@ -33,8 +33,8 @@ def _time_sample(
     for r in range(repeats + 1):  # the first call warms caches and allocators and is not counted
         # on the model's device: a CPU generator would add a host→device copy per draw (per token / step)
         gen = torch.Generator(device=model.device).manual_seed(r)
-        seconds, latents = _timed(lambda: objective.sample(model, text, steps, cfg_scale, gen), text.is_cuda)
-        decode_seconds = _timed(lambda: decode(latents), text.is_cuda)[0] if decode is not None else None
+        seconds, latents = _timed(text.is_cuda, objective.sample, model, text, steps, cfg_scale, gen)
+        decode_seconds = _timed(text.is_cuda, decode, latents)[0] if decode is not None else None
         if r:
             times.append(seconds)
             decode_times.append(decode_seconds)
