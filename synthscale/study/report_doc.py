@@ -143,7 +143,7 @@ def _html_table(t: Table) -> str:
     for row in t.rows:
         failed = t.failed_col is not None and row[t.failed_col] in ("failed", "blocked")
         cells = "".join(f"<td>{_badge(c) if j == t.verdict_col else _e(c)}</td>" for j, c in enumerate(row))
-        out.append(f"<tr{' class=failed' if failed else ''}>{cells}</tr>")
+        out.append(('<tr class="failed">' if failed else "<tr>") + cells + "</tr>")
     return "\n".join(out) + "</table>"
 
 
