@@ -10,6 +10,7 @@ the same instruments is skipped, so an interrupted evaluation resumes where it s
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -116,7 +117,6 @@ class RunEvaluator:
         if self.run_cfg.autoencoder is None:
             raise ValueError(f"{self.run_dir} was trained on random latents; there is nothing to decode into images")
         self.autoencoder = load_autoencoder(self.run_cfg.autoencoder).to(self.device).eval()
-        self.decode_flops = decode_flops(self.autoencoder)  # per image; the same for every setting of the run
         data = self.run_cfg.data
         self.test = prompt_set(data, "test", settings.n)
         # held-out colour×shape prompts exist only where the dataset makes that split (shapes)
@@ -132,6 +132,11 @@ class RunEvaluator:
         self._val = None  # validation prompts, loaded when `--cfg best` needs them
         self._val_latents = None  # validation latent cache, for the loss
         self.out = self.run_dir / "eval"
+
+    @functools.cached_property
+    def decode_flops(self) -> int:
+        """The decoder's FLOPs per image: the same for every setting of the run, so counted once, on first use."""
+        return decode_flops(self.autoencoder)
 
     @staticmethod
     def run_config(run_dir: str | Path) -> RunConfig:
