@@ -363,27 +363,6 @@ def cost_table(data: cmp.StudyData) -> Table:
     return head, rows
 
 
-# what the "How measured" table names of the records' instruments (the last part of a dotted key)
-_SETTING_KEYS = {"extractor", "n", "n_real", "resize", "split", "batches", "device", "threads", "seed", "repeats"}
-
-
-def _instrument_settings(records: list[dict[str, Any]]) -> dict[str, list[str]]:
-    """Dotted instrument key → its values over the records (the three most common, then '…')."""
-    seen: dict[str, dict[str, int]] = {}
-
-    def walk(d: dict[str, Any], prefix: str) -> None:
-        for k, v in d.items():
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            elif v is not None and str(k) in _SETTING_KEYS:
-                counts = seen.setdefault(f"{prefix}{k}", {})
-                counts[str(v)] = counts.get(str(v), 0) + 1
-
-    for r in records:
-        walk(r.get("instruments") or {}, "")
-    return {k: sorted(c, key=c.get, reverse=True)[:3] + (["…"] if len(c) > 3 else []) for k, c in sorted(seen.items())}
-
-
 def how_measured_table(a: Analysis) -> Table:
     """Every instrument setting behind the figures and findings, in one place (the captions say what a figure
     shows; this says how its numbers were measured)."""
@@ -404,7 +383,7 @@ def how_measured_table(a: Analysis) -> Table:
     ]
     rows += [
         [f"instrument: {k}", " | ".join(v), "as stored with the records"]
-        for k, v in _instrument_settings(d.records).items()
+        for k, v in cmp.instrument_settings(d.records).items()
     ]
     rows += [
         [
