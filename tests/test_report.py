@@ -245,6 +245,11 @@ def test_finding_4_counts_the_decoder_and_old_records_say_it_is_missing(study, t
     f4 = fnd.finding_inference(cmp.load_study(study))
     cost = [e for e in f4.evidence if e.startswith("(a)")]
     assert cost and all("(decoder included)" in e and "+ decoder 4.8" in e for e in cost)
+    heavy = cmp.load_study(study)  # a decoder as costly as 30 next-token samples: nothing is "by far" cheaper
+    for r in heavy.records:
+        r["decode_flops_per_image"] = 1e9
+    assert "(a) size 2x64" in " ".join(fnd.finding_inference(heavy).evidence)
+    assert fnd._cost_part(heavy, fnd.Finding(4, "", "", "")) == fnd.INCONCLUSIVE  # 1.2×: under the 2× bar
     make_study(tmp_path, grids=False, decoder=False)  # records from before the decoder was counted
     old = cmp.load_study(tmp_path)
     assert all(r["decode_flops_per_image"] is None for r in old.records)

@@ -257,7 +257,7 @@ def loss_fits(data: cmp.StudyData, fits: dict[str, PowerLawFit]) -> Plot:
                 fit.predict(c),
                 color="k",
                 lw=1.2,
-                label=f"fit: E={fit.E:.3g}, α={fit.alpha:.3f}{a_txt}, R²={fit.r2:.3f}",
+                label=f"fit: α {fit.alpha:.3f}{a_txt}, R² {fit.r2:.2f}",
             )
             band = fit.band(c)
             if band is not None:
