@@ -145,3 +145,37 @@ def test_flops_cli_table_and_json(capsys):
 def test_flops_cli_bad_input(argv, needle, capsys):
     assert main(["flops", *argv]) == 2
     assert needle in capsys.readouterr().err
+
+
+def _conv_decoder_flops_by_hand(widths: list[int], blocks: int, c_latent: int, side: int) -> int:
+    """conv/Decoder counted layer by layer: 2 FLOPs per MAC of every 3×3 convolution (no 1×1 skips: the width
+    changes only in the upsampling convolutions)."""
+
+    def conv3(c_in: int, c_out: int, s: int) -> int:
+        return 2 * 9 * c_in * c_out * s * s
+
+    rev = list(reversed(widths))
+    total = conv3(c_latent, rev[0], side)  # conv_in
+    for i, w in enumerate(rev):
+        s = side * 2**i
+        if i:
+            total += conv3(rev[i - 1], w, s)  # Upsample: nearest ×2 then a 3×3 conv
+        total += blocks * 2 * conv3(w, w, s)  # ResBlock: two 3×3 convs
+    return total + conv3(rev[-1], 3, side * 2 ** (len(rev) - 1))  # conv_out
+
+
+@pytest.mark.parametrize("name", ["kl-f4c4", "fsq-f4", "lfq-f8"])
+def test_decoder_flops_equal_a_hand_count(name):
+    from pathlib import Path
+
+    from synthscale.autoencoders import build_autoencoder
+    from synthscale.config import AutoencoderConfig, load
+
+    cfg = load(AutoencoderConfig, Path(__file__).parents[1] / "configs" / "autoencoders" / f"{name}.yaml")
+    ae = build_autoencoder(cfg).eval()
+    spec = ae.latent_spec(cfg.data.resolution)
+    c_latent = spec.channels if spec.kind == "continuous" else ae.quantizer.dim
+    expected = _conv_decoder_flops_by_hand(cfg.widths, cfg.blocks, c_latent, spec.height)
+    assert C.decode_flops(ae) == expected
+    if name == "kl-f4c4":  # the default study's diffusion decoder: ≈ 48 MFLOPs per 32×32 image
+        assert expected == 48_365_568

@@ -38,7 +38,10 @@ def test_report_builds_from_a_stored_study(study, capsys):
     assert html.count("data:image/png;base64,") == 5 + 3  # five figures, a sample grid per objective
     for title in ("Fig. 2", "Fig. 3", "Fig. 4", "Fig. 5", "EMA vs raw"):
         assert title in html
-    assert "2 per multiply-add" in html and "extractor=probe:synthetic" in html  # conventions, instruments
+    assert "2 per multiply-add" in html and "<td>instrument: extractor</td><td>probe:synthetic</td>" in html
+    # captions say in words what a figure shows; instrument settings live in the How measured table only
+    for caption in re.findall(r"<figcaption>(.*?)</figcaption>", html):
+        assert not re.search(r"\w=\S", caption), caption
     assert NOTE in html  # the test data says what it is
     # the failed run is shown as failed, with its error
     row = re.search(r'<tr class="failed">(.*?)</tr>', html).group(1)
@@ -177,7 +180,81 @@ def test_sample_grids_show_each_objective_s_best_model_at_matched_compute(study)
             if r["objective"] == g["objective"]
             and r["milestone"] == g["milestone"]
             and (r["weights"], r["steps"], r["cfg_scale"]) == (g["weights"], g["steps"], g["cfg_scale"])
+            and r["autoencoder"] == data.main_autoencoders[r["objective"]]
             and {a["run"] for a in data.artifacts if a["kind"] == "samples"} >= {r["run"]}
         ]
         assert g["fd_probe"] == min(r["metrics"]["fd_probe"] for r in at_level)
         assert f"fd-probe {g['fd_probe']:.3g}" in g["label"]
+
+
+def test_html_and_markdown_carry_the_same_content(study):
+    from synthscale.study import report_doc as doc
+    from synthscale.study.report import analyse
+    from synthscale.study.report_sections import build_document
+
+    d = build_document(analyse(study, n_boot=10), study / "report")
+    html, md = doc.to_html(d), doc.to_markdown(d)
+    pieces = doc.texts(d.blocks)
+    assert len(pieces) > 200
+    for t in pieces:
+        assert doc._e(t) in html and doc.md_escape(t) in md, t
+    assert html.count("<table>") == md.count("\n|---") == sum(isinstance(b, doc.Table) for b in _walk(d.blocks))
+    assert html.count("<img ") == md.count("![") == 5 + 3
+
+
+def _walk(blocks):
+    for b in blocks:
+        yield b
+        if hasattr(b, "blocks"):
+            yield from _walk(b.blocks)
+
+
+def test_recommendation_and_findings_name_the_same_best_models(study):
+    data = cmp.load_study(study)
+    q = cmp.DEFAULT_METRICS.quality
+    top = max(fnd.best_models(data, q))
+    best = fnd.best_models(data, q)[top]
+    [rec] = [r for r in fnd.recommendations(data) if r.criterion == "image quality" and r.budget == top]
+    key = lambda r: (r["run"], r["milestone"], cmp.setting(r))  # noqa: E731
+    assert {o: key(r) for o, r in rec.candidates.items()} == {o: key(r) for o, r in best.items()}
+    assert all(cmp.setting(r) == data.settings[o] for o, r in best.items())  # the primary setting, always
+    f3 = fnd.finding_quality_crossover(data, {})
+    [line] = [e for e in f3.evidence if e.startswith("highest level")]
+    for o in ("autoregressive", "flow"):
+        assert f"{best[o]['size']} {q} {cmp.fmt(cmp.value(best[o], q))}" in line
+    assert "kid check z = " in line and "kid 0." not in line  # KID as its check decides, not its raw value
+
+
+@pytest.mark.parametrize("small_best", [False, True])
+def test_fig5_shows_each_paradigm_s_best_model_at_matched_compute(tmp_path, small_best):
+    from synthscale.study import plots
+
+    make_study(tmp_path, grids=False, small_best=small_best)
+    data = cmp.load_study(tmp_path)
+    level, sweeps = plots._sweeps(data)
+    best = fnd.best_models(data, "fd_probe")[level]
+    assert set(sweeps) == set(data.objectives)
+    for obj, rs in sweeps.items():
+        assert {(r["run"], r["milestone"]) for r in rs} == {(best[obj]["run"], best[obj]["milestone"])}
+        assert rs[0]["size"] == ("2x64" if small_best else "4x128")
+    assert len(sweeps["flow"]) == 5 and len(sweeps["autoregressive"]) == 1  # the sweep, and next-token's one point
+    assert plots.quality_vs_inference_flops(data).png is not None
+
+
+def test_finding_4_counts_the_decoder_and_old_records_say_it_is_missing(study, tmp_path):
+    f4 = fnd.finding_inference(cmp.load_study(study))
+    cost = [e for e in f4.evidence if e.startswith("(a)")]
+    assert cost and all("(decoder included)" in e and "+ decoder 4.8" in e for e in cost)
+    heavy = cmp.load_study(study)  # a decoder as costly as 30 next-token samples: nothing is "by far" cheaper
+    for r in heavy.records:
+        r["decode_flops_per_image"] = 1e9
+    assert "(a) size 2x64" in " ".join(fnd.finding_inference(heavy).evidence)
+    assert fnd._cost_part(heavy, fnd.Finding(4, "", "", "")) == fnd.INCONCLUSIVE  # 1.2×: under the 2× bar
+    make_study(tmp_path, grids=False, decoder=False)  # records from before the decoder was counted
+    old = cmp.load_study(tmp_path)
+    assert all(r["decode_flops_per_image"] is None for r in old.records)
+    f4_old = fnd.finding_inference(old)
+    assert f4_old.verdict != fnd.CONFIRMED  # the generator alone cannot confirm "by far the cheapest"
+    assert all("the decoder's FLOPs were not recorded" in e for e in f4_old.evidence if e.startswith("(a)"))
+    md = build_report(tmp_path, n_boot=10)["markdown"].read_text()
+    assert "| not recorded |" in md and "not timed" in md

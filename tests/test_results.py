@@ -9,7 +9,7 @@ import pytest
 
 from synthscale.cli import main
 from synthscale.evaluate.record import EvalRecord
-from synthscale.study.results import ResultsError, ResultsStore, store_path
+from synthscale.study.results import _SCHEMA, RECORD_COLUMNS, ResultsError, ResultsStore, store_path
 
 
 def _record(run="r1", milestone=0, weights="ema", steps=20, cfg=3.0, **metrics) -> EvalRecord:
@@ -139,6 +139,32 @@ def test_opening_errors_are_clear(tmp_path):
     ResultsStore(tmp_path / "v.sqlite").set_meta("schema_version", "99")
     with pytest.raises(ResultsError, match="newer"):
         ResultsStore(tmp_path / "v.sqlite")
+
+
+def test_a_version_1_store_gains_the_decoder_column_and_its_old_records_still_load(tmp_path):
+    path = tmp_path / "v1.sqlite"
+    conn = sqlite3.connect(path)  # a store as synthscale wrote it before decoder FLOPs were counted
+    conn.executescript(_SCHEMA.replace("    decode_flops_per_image REAL,\n", ""))
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    old = _record(milestone=0)
+    conn.execute(
+        "INSERT INTO records VALUES (" + ",".join("?" * 17) + ")",
+        (*(getattr(old, c) for c in RECORD_COLUMNS[:-1]), "r1", '{"loss": 0.5}', "{}"),
+    )
+    conn.commit()
+    conn.close()
+    store = ResultsStore(path)
+    assert store.meta()["schema_version"] == "2"
+    [row] = store.records()
+    assert row["decode_flops_per_image"] is None and row["metrics"] == {"loss": 0.5}  # not counted, not zero
+    new = _record(milestone=1)
+    new.decode_flops_per_image = 4.4e7
+    store.add_records([new])
+    assert [r.decode_flops_per_image for r in store.eval_records()] == [None, 4.4e7]
+    with pytest.raises(ResultsError, match="decode_flops_per_image"):
+        bad = _record(milestone=2)
+        bad.decode_flops_per_image = float("nan")
+        store.add_records([bad])
 
 
 def test_csv_export_has_a_column_per_metric(tmp_path):

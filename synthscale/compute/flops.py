@@ -120,6 +120,23 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
+def decode_flops(autoencoder) -> int:
+    """FLOPs of decoding one image's latents to pixels (the autoencoder's decoder; the same for every sample of a
+    run, so counted once): torch's counter over one decode of zero latents at the autoencoder's resolution. Its
+    convolutions and matmuls count 2 per multiply-add (the convention above); norms, activations and upsampling
+    are not counted, as elsewhere."""
+    import torch
+
+    spec = autoencoder.latent_spec(autoencoder.resolution)
+    p = next(autoencoder.parameters())
+    if spec.kind == "discrete":  # a token grid; id 0 is a valid code
+        z = torch.zeros(1, spec.height, spec.width, dtype=torch.long, device=p.device)
+    else:
+        z = torch.zeros(1, spec.channels, spec.height, spec.width, dtype=p.dtype, device=p.device)
+    with torch.no_grad():
+        return count_flops(lambda: autoencoder.decode(z))
+
+
 def param_counts(model: nn.Module) -> dict[str, int]:
     """Parameters: total and non-embedding (Kaplan et al.: lookup tables — tokens, positions, the null
     caption — are excluded; every matmul weight, output heads included, counts)."""

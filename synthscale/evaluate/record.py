@@ -27,8 +27,12 @@ class EvalRecord:
     steps: int  # sampling steps (flow: ODE steps; masked: decoding steps; autoregressive: image tokens)
     cfg_scale: float
     sample_flops_per_image: float  # analytic generator FLOPs per sampled image (CFG included)
+    # the autoencoder decoder's FLOPs per image (latents → pixels, counted once per autoencoder); None: a record
+    # written before the decoder was counted
+    decode_flops_per_image: float | None = None
     # the numbers; names such as loss, fd_probe, kid, kid_std, prompt_acc, prompt_acc_lo, prompt_acc_hi,
-    # attr_acc_<attribute>, task_acc_<task>, holdout_prompt_acc, latency_s, throughput_ips
+    # attr_acc_<attribute>, task_acc_<task>, holdout_prompt_acc, latency_s, throughput_ips (the generator),
+    # decode_latency_s, decode_throughput_ips (the decoder)
     metrics: dict[str, float] = field(default_factory=dict)
     # how they were measured: extractor (e.g. "probe:<hash>"), n (samples), resize, seed, split, ...
     instruments: dict[str, Any] = field(default_factory=dict)

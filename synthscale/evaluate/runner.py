@@ -10,6 +10,7 @@ the same instruments is skipped, so an interrupted evaluation resumes where it s
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import torch
 
 from synthscale import atomic
 from synthscale.compute.device import pick_device
+from synthscale.compute.flops import decode_flops
 from synthscale.config import EvalSettings, RunConfig, from_dict
 from synthscale.data.latents import LatentSpec
 from synthscale.data.pixels import to_uint8
@@ -131,6 +133,11 @@ class RunEvaluator:
         self._val_latents = None  # validation latent cache, for the loss
         self.out = self.run_dir / "eval"
 
+    @functools.cached_property
+    def decode_flops(self) -> int:
+        """The decoder's FLOPs per image: the same for every setting of the run, so counted once, on first use."""
+        return decode_flops(self.autoencoder)
+
     @staticmethod
     def run_config(run_dir: str | Path) -> RunConfig:
         cfg_path = Path(run_dir) / "config.json"
@@ -219,7 +226,8 @@ class RunEvaluator:
         k = min(self.settings.grid_samples, len(images))
         save_png(labelled_grid(images[:k], self.captions[:k], cell=96), grid_path)
         if s.speed:
-            metrics.update(measure_speed(obj, gen_model.model, self.text[:32], s.steps, s.cfg_scale))
+            decode = self.autoencoder.decode
+            metrics.update(measure_speed(obj, gen_model.model, self.text[:32], s.steps, s.cfg_scale, decode=decode))
         counts = obj.param_counts(rc.model, gen_model.latent_spec, gen_model.text_spec)
         # the generator's share; the caption encoder's is a separate, labelled column (compute/flops.py)
         flops = obj.sample_flops_split(rc.model, gen_model.latent_spec, gen_model.text_spec, s.steps, s.cfg_scale)
@@ -240,7 +248,8 @@ class RunEvaluator:
             "sample_flops": {
                 "generator": flops.generator,
                 "text_encoder": flops.text_encoder,
-                "convention": "2 per MAC, CFG included, autoencoder decode excluded",
+                "decoder": self.decode_flops,
+                "convention": "2 per MAC, CFG included; the autoencoder decode in its own column",
             },
             "cfg_selection": cfg_selection,
             "decoder": self.autoencoder.name,
@@ -252,6 +261,7 @@ class RunEvaluator:
                 "repeats": 3,
                 "batch_sizes": [1, 16, 64],
                 "median": True,
+                "decoder": "timed apart: decode_latency_s, decode_throughput_ips",
             }
             if s.speed
             else None,
@@ -271,6 +281,7 @@ class RunEvaluator:
             steps=s.steps,
             cfg_scale=s.cfg_scale,
             sample_flops_per_image=float(flops.generator),
+            decode_flops_per_image=float(self.decode_flops),
             metrics=metrics,
             instruments=instruments,
         )

@@ -346,16 +346,6 @@ def compare_quality(a: dict[str, Any], b: dict[str, Any], metrics: DecisiveMetri
     return q_sig if q_sig == c_sig else 0
 
 
-def quality_text(r: dict[str, Any], metrics: DecisiveMetrics = DEFAULT_METRICS) -> str:
-    """e.g. 'fd_probe 12.3 [11.1, 13.6], kid 0.012 [0.010, 0.014]' — the numbers compare_quality decides on."""
-    parts = []
-    for m in (metrics.quality, metrics.quality_check):
-        if m and value(r, m) is not None:
-            iv = interval(r, m)
-            parts.append(f"{m} {fmt(value(r, m))}" + (f" {fmt_interval(iv)}" if iv else ""))
-    return ", ".join(parts) or "quality not measured"
-
-
 # ---------------------------------------------------------------------------------------------- labels
 
 
@@ -371,26 +361,20 @@ def fmt_interval(iv: tuple[float, float] | None, digits: int = 3) -> str:
     return "—" if iv is None else f"[{fmt(iv[0], digits)}, {fmt(iv[1], digits)}]"
 
 
-# what a caption names of a record's instruments (the last part of a dotted key); the full set is in the store
-_CAPTION_KEYS = {"extractor", "n", "n_real", "resize", "split", "prompts", "batches", "device", "threads", "seed"}
+# what the report's "How measured" table names of a record's instruments (the last part of a dotted key); the full
+# set is in the store
+_SETTING_KEYS = {"extractor", "n", "n_real", "resize", "split", "prompts", "batches", "device", "threads", "seed"}
 
 
-def describe_instruments(records: list[dict[str, Any]]) -> str:
-    """The instruments behind a set of records, e.g. 'extractor=probe:ab12; n=256; split=test'; values that
-    differ between records are listed as alternatives (the three most common, then …)."""
+def instrument_settings(records: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """The instrument settings behind a set of records, dotted key → its values (the three most common, then
+    '…'), e.g. {'extractor': ['probe:ab12'], 'n': ['256']}."""
     seen: dict[str, Counter] = defaultdict(Counter)
     for r in records:
         for k, v in _flatten(r.get("instruments") or {}).items():
-            if v is not None and k.rsplit(".", 1)[-1] in _CAPTION_KEYS:
+            if v is not None and k.rsplit(".", 1)[-1] in _SETTING_KEYS:
                 seen[k][str(v)] += 1
-    if not seen:
-        return "instruments not recorded"
-    parts = []
-    for k in sorted(seen):
-        vals = [v for v, _ in seen[k].most_common(3)]
-        more = "…" if len(seen[k]) > 3 else ""
-        parts.append(f"{k}={'|'.join(vals)}{more}")
-    return "; ".join(parts)
+    return {k: [v for v, _ in seen[k].most_common(3)] + (["…"] if len(seen[k]) > 3 else []) for k in sorted(seen)}
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

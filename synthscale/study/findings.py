@@ -92,6 +92,36 @@ def _effect_text(e: Effect | None, unit: str = "") -> str:
     )
 
 
+# ---------------------------------------------------------------------------------------------- "best"
+
+
+def best_models(data: cmp.StudyData, metric: str) -> dict[float, dict[str, dict[str, Any]]]:
+    """The one rule for "best" that the findings, the recommendation and Fig. 5 share: at each matched
+    training-compute level, per objective, the main-grid model (best over sizes) with the best `metric` at the
+    objective's primary sampling setting (`compare.primary_settings`). Never the best over every setting: a
+    maximum over more settings picks lucky draws, and the findings and the recommendation would then disagree."""
+    return cmp.matched_best(cmp.main_grid_records(data), metric)
+
+
+def _quality_text(r: dict[str, Any], metrics: DecisiveMetrics) -> str:
+    """The deciding quality number with its interval. The check instrument (KID) is reported by `_check_text`
+    as it decides, not by its value: KID's cubic kernel on unnormalised instrument features reads 10³–10⁶ on
+    probe features, a magnitude that depends on the features' scale and means nothing to a reader."""
+    q = metrics.quality
+    return f"{q} {fmt(cmp.value(r, q))} {fmt_interval(cmp.interval(r, q))}"
+
+
+def _check_text(a: dict[str, Any], b: dict[str, Any], metrics: DecisiveMetrics) -> str:
+    """The quality check a vs b, scale-free: the difference over its standard error (z > 0: a better)."""
+    m = metrics.quality_check
+    if not m:
+        return ""
+    if not (cmp.interval(a, m) and cmp.interval(b, m)):
+        return f"; {m} check not measured with an interval"
+    e = cmp.effect(a, b, m)
+    return "" if e is None else f"; {m} check z = {e.z:+.1f}"
+
+
 # ---------------------------------------------------------------------------------------------- 1: power law
 
 
@@ -190,7 +220,7 @@ def finding_prompt_following(data: cmp.StudyData, metrics: DecisiveMetrics = DEF
         f"levels and loses none, not confirmed when it loses at least as many as it wins. Confirmed when all "
         f"three parts are.",
     )
-    levels = cmp.matched_best(cmp.main_grid_records(data), m)
+    levels = best_models(data, m)
     if not levels:
         f.evidence.append(f"no matched compute level measured {m}")
         return f
@@ -232,11 +262,7 @@ def finding_quality_crossover(
         f"{math.exp(CATCH_UP_MARGIN) - 1:.0%} (log ratio), significantly (one-sided 2.5 %); not confirmed when "
         f"diffusion is significantly better at the lowest level or the lead grows significantly.",
     )
-    levels = {
-        lv: b
-        for lv, b in cmp.matched_best(cmp.main_grid_records(data), q).items()
-        if "autoregressive" in b and "flow" in b
-    }
+    levels = {lv: b for lv, b in best_models(data, q).items() if "autoregressive" in b and "flow" in b}
     if len(levels) < 2:
         f.evidence.append(f"{len(levels)} matched compute level(s) with both next-token and diffusion {q}; need ≥ 2")
         return f
@@ -247,9 +273,9 @@ def finding_quality_crossover(
     names = {1: "next-token significantly better", -1: "diffusion significantly better", 0: "no significant difference"}
     for label, lv, ar, fl, lead in (("lowest", lo, ar_lo, fl_lo, lead_lo), ("highest", hi, ar_hi, fl_hi, lead_hi)):
         f.evidence.append(
-            f"{label} level {lv:.3g} FLOPs: next-token {cmp.quality_text(ar, metrics)} vs diffusion "
-            f"{cmp.quality_text(fl, metrics)}; next-token's lead {_effect_text(lead)} — "
-            f"{names.get(cmp.compare_quality(ar, fl, metrics), 'not comparable')}"
+            f"{label} level {lv:.3g} FLOPs: next-token {ar['size']} {_quality_text(ar, metrics)} vs diffusion "
+            f"{fl['size']} {_quality_text(fl, metrics)}; next-token's lead {_effect_text(lead)}"
+            f"{_check_text(ar, fl, metrics)} — {names.get(cmp.compare_quality(ar, fl, metrics), 'not comparable')}"
         )
     cross = crossovers.get(("autoregressive", "flow"))
     if cross is not None:
@@ -291,9 +317,24 @@ def step_sweeps(data: cmp.StudyData) -> dict[str, list[list[dict[str, Any]]]]:
     return dict(out)
 
 
+def sampling_flops(r: dict[str, Any]) -> float | None:
+    """Sampling FLOPs per image as a user pays them: the generator's plus the autoencoder decoder's; None for a
+    record written before the decoder was counted (`decode_flops_per_image` missing)."""
+    decode = r.get("decode_flops_per_image")
+    return None if decode is None else r["sample_flops_per_image"] + decode
+
+
+def sampling_latency(r: dict[str, Any]) -> float | None:
+    """Batch-1 seconds per image, generator plus decoder; None unless both were timed."""
+    gen, dec = cmp.value(r, "latency_s"), cmp.value(r, "decode_latency_s")
+    return None if gen is None or dec is None else gen + dec
+
+
 def _cost_part(data: cmp.StudyData, f: Finding) -> str:
-    """(a): next-token's sampling FLOPs ≥ FAR_CHEAPER× below every other objective's, size by size, and its
-    latency not significantly higher where measured."""
+    """(a): next-token's sampling FLOPs (decoder included) ≥ FAR_CHEAPER× below every other objective's, size by
+    size, and its latency (decoder included) not significantly higher where measured. Records without the
+    decoder's count compare the generators alone and can at most be inconclusive: the decoder can cost as much
+    as a whole next-token sample, so it can move the ratio across the bar."""
     by_size: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     for r in _last_records(data):  # the cheapest record per (size, objective) at the last milestone
         cur = by_size[r["size"]].get(r["objective"])
@@ -305,22 +346,50 @@ def _cost_part(data: cmp.StudyData, f: Finding) -> str:
             continue
         ar = objs["autoregressive"]
         others = {o: r for o, r in objs.items() if o != "autoregressive"}
-        ratio = min(r["sample_flops_per_image"] for r in others.values()) / ar["sample_flops_per_image"]
-        lat = {o: cmp.effect(ar, r, "latency_s") for o, r in others.items()}  # > 0: next-token faster
-        slower = any(e is not None and e.significant() == -1 for e in lat.values())
+        with_decoder = all(sampling_flops(r) is not None for r in objs.values())
+        cost = sampling_flops if with_decoder else (lambda r: r["sample_flops_per_image"])
+        ratio = min(cost(r) for r in others.values()) / cost(ar)
+        timed = all(sampling_latency(r) is not None for r in objs.values())
+        lat = {
+            o: cmp.effect(_latency_record(ar, timed), _latency_record(r, timed), "latency_s") for o, r in others.items()
+        }
+        slower = any(e is not None and e.significant() == -1 for e in lat.values())  # > 0: next-token faster
         v = NOT_CONFIRMED if ratio < 1 or slower else CONFIRMED if ratio >= FAR_CHEAPER else INCONCLUSIVE
+        if v == CONFIRMED and not with_decoder:
+            v = INCONCLUSIVE
         verdicts.append(v)
+        flops_text = ", ".join(
+            f"{o} {fmt(cost(r))}"
+            + (
+                f" (generator {fmt(r['sample_flops_per_image'])} + decoder {fmt(r['decode_flops_per_image'])})"
+                if with_decoder
+                else ""
+            )
+            for o, r in objs.items()
+        )
+        lat_text = ", ".join(
+            f"{o} {fmt(sampling_latency(r) if timed else cmp.value(r, 'latency_s'))} s" for o, r in objs.items()
+        )
         f.evidence.append(
             f"(a) size {size}: sampling FLOPs/image "
-            + ", ".join(f"{o} {fmt(r['sample_flops_per_image'])}" for o, r in objs.items())
-            + f"; next-token {ratio:.1f}× below the next cheapest; latency "
-            + ", ".join(f"{o} {fmt(cmp.value(r, 'latency_s'))} s" for o, r in objs.items())
+            + ("(decoder included) " if with_decoder else "(generator only: the decoder's FLOPs were not recorded) ")
+            + flops_text
+            + f"; next-token {ratio:.1f}× below the next cheapest; batch-1 latency "
+            + ("(decoder included) " if timed else "(generator only: the decoder was not timed) ")
+            + lat_text
             + f" → {v}"
         )
     if not verdicts:
         f.evidence.append("(a) no model size has next-token and another objective at the last milestone")
         return INCONCLUSIVE
     return _combine(verdicts)
+
+
+def _latency_record(r: dict[str, Any], with_decoder: bool) -> dict[str, Any]:
+    """A record-like view of one latency for `compare.effect`: generator plus decoder, or the generator's alone."""
+    if not with_decoder:
+        return r
+    return {"metrics": {"latency_s": sampling_latency(r)}}
 
 
 def _steps_part(data: cmp.StudyData, f: Finding, label: str, obj: str, barely: bool, metrics: DecisiveMetrics) -> str:
@@ -355,8 +424,10 @@ def finding_inference(data: cmp.StudyData, metrics: DecisiveMetrics = DEFAULT_ME
         "improves with more steps; diffusion quality depends on steps.",
         INCONCLUSIVE,
         f"Main-grid runs only. (a) At each model size, next-token's sampling FLOPs per image at its primary "
-        f"setting are ≥ {FAR_CHEAPER:g}× below every other objective's and its batch-1 latency is not "
-        f"significantly higher: confirmed; another objective cheaper or significantly faster: not confirmed. "
+        f"setting, the autoencoder decoder's included, are ≥ {FAR_CHEAPER:g}× below every other objective's and "
+        f"its batch-1 latency (decoder included where timed) is not significantly higher: confirmed; another "
+        f"objective cheaper or significantly faster: not confirmed; without the decoder's count at most "
+        f"inconclusive. "
         f"(b) Masked: the {metrics.quality} gain of the most over the fewest steps lies within "
         f"±{math.exp(STEPS_MARGIN) - 1:.0%} (TOST, 90 % interval) in every sweep: confirmed; a gain "
         f"significantly beyond it in any sweep: not confirmed. (c) Diffusion: the gain is significantly "
@@ -577,6 +648,7 @@ class Recommendation:
     winner: str | None  # objective, None when not measured
     tie_with: list[str]  # objectives not significantly different from the winner
     detail: str  # the numbers
+    candidates: dict[str, dict[str, Any]] = field(default_factory=dict)  # objective → its best record (best_models)
 
 
 def _describe_candidate(objective: str, r: dict[str, Any], metric: str, quality: str = "fd_probe") -> str:
@@ -597,19 +669,24 @@ CRITERIA = (
 
 
 def recommendations(data: cmp.StudyData, metrics: DecisiveMetrics = DEFAULT_METRICS) -> list[Recommendation]:
-    """At each measured budget (the compute level of runs' last milestones), the objective with the best value
-    of each criterion over every model and sampling setting trained to that budget; others within the
-    significance rule of `compare.compare` are listed as ties. Quality and prompt following are `metrics`'."""
+    """At each measured budget (a compute level holding a run's last milestone), for each criterion the objective
+    whose best model — by `best_models`, the findings' rule: main grid, primary setting — is best; others within
+    the significance rule of `compare.compare` are listed as ties. Quality and prompt following are `metrics`'."""
     decisive = {"fd_probe": metrics.quality, "prompt_acc": metrics.prompt}
     last: dict[str, int] = {}
     for r in data.records:
         last[r["run"]] = max(last.get(r["run"], -1), r["milestone"])
-    final = [r for r in data.records if r["milestone"] == last[r["run"]]]
+    budgets = {
+        lv
+        for lv, recs in cmp.by_level(cmp.main_grid_records(data)).items()
+        if any(r["milestone"] == last[r["run"]] for r in recs)
+    }
     out = []
-    for lv, recs in cmp.by_level(final).items():
-        for criterion, default in CRITERIA:
-            metric = decisive.get(default, default)
-            best = cmp.best_per_objective(recs, metric)
+    for criterion, default in CRITERIA:
+        metric = decisive.get(default, default)
+        levels = best_models(data, metric)
+        for lv in sorted(budgets):
+            best = levels.get(lv, {})
             if not best:
                 out.append(Recommendation(criterion, metric, lv, None, [], "not measured"))
                 continue
@@ -619,5 +696,5 @@ def recommendations(data: cmp.StudyData, metrics: DecisiveMetrics = DEFAULT_METR
             winner, wr = ranked[0]
             ties = [o for o, r in ranked[1:] if cmp.compare(wr, r, metric) == 0]
             detail = "; ".join(_describe_candidate(o, r, metric, metrics.quality) for o, r in ranked)
-            out.append(Recommendation(criterion, metric, lv, winner, ties, detail))
-    return out
+            out.append(Recommendation(criterion, metric, lv, winner, ties, detail, dict(best)))
+    return sorted(out, key=lambda r: r.budget)

@@ -19,11 +19,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from synthscale.study import compare as cmp
+from synthscale.study import findings as fnd
 from synthscale.study import instruments as ins
 from synthscale.study.scaling import PowerLawFit
 
-TRAIN_FLOPS = "training FLOPs (analytic, 2 per MAC, fwd+bwd = 3× fwd)"
-SAMPLE_FLOPS = "sampling FLOPs per image (analytic, 2 per MAC, CFG doubles)"
+# axis labels name the quantity; how it is counted is in the report's "How measured" table
+TRAIN_FLOPS = "training FLOPs"
+SAMPLE_FLOPS = "generator sampling FLOPs per image"
 METRIC_LABELS = {"loss": "validation loss (each objective's own) ↓"}  # the rest: named by their instrument
 COLOURS = {"flow": "#d62728", "masked": "#2ca02c", "autoregressive": "#1f77b4"}
 MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
@@ -207,24 +209,15 @@ def quality_vs_training_flops(data: cmp.StudyData) -> Plot:
     for ax, m in zip(axes, metrics):
         _draw_metric_vs(ax, series, m, "train_flops", style)
         _ceiling_line(ax, data, m)
-        _finish(ax, TRAIN_FLOPS, m, log_y=m != following)
         ceilings += [f"{_label(m)}: {n}" for n in _draw_ceilings(ax, data, [(r["objective"], None) for r in recs], m)]
-        _finish(ax, TRAIN_FLOPS, m, log_y=m != "prompt_acc")
-    settings = "; ".join(f"{o}: {cmp.describe_setting(s)}" for o, s in sorted(data.settings.items()))
+        _finish(ax, TRAIN_FLOPS, m, log_y=m != following)
     caption = (
-        f"Each objective's primary sampling setting ({settings}), main-grid autoencoder per objective "
-        f"({', '.join(f'{o}: {a}' for o, a in sorted(main.items()))}). Error bars: the records' 95 % "
-        f"bootstrap intervals where measured; dashed: real data scored by the same instrument. "
-        f"{_deciders_text(data)}. Instruments: {cmp.describe_instruments(recs)}."
-        f"bootstrap intervals where measured. Instruments: {cmp.describe_instruments(recs)}."
-        + _ceiling_caption(ceilings)
+        "Image quality and prompt following of every main-grid model as it trains, one line per objective and "
+        "model size, each objective at its primary sampling setting on its main autoencoder (both in How "
+        "measured). Error bars: each record's 95 % bootstrap interval; dashed: real images scored by the same "
+        "instrument, which a generator cannot beat." + _ceiling_caption(ceilings)
     )
     return Plot(key, title, caption, _png(fig))
-
-
-def _deciders_text(data: cmp.StudyData) -> str:
-    parts = [d.describe() for d in (ins.decider(data.records, r) for r in ("quality", "following")) if d]
-    return "Deciding instruments — " + "; ".join(parts) if parts else "No instrument recorded"
 
 
 def loss_fits(data: cmp.StudyData, fits: dict[str, PowerLawFit]) -> Plot:
@@ -264,7 +257,7 @@ def loss_fits(data: cmp.StudyData, fits: dict[str, PowerLawFit]) -> Plot:
                 fit.predict(c),
                 color="k",
                 lw=1.2,
-                label=f"fit: E={fit.E:.3g}, α={fit.alpha:.3f}{a_txt}, R²={fit.r2:.3f}",
+                label=f"fit: α {fit.alpha:.3f}{a_txt}, R² {fit.r2:.2f}",
             )
             band = fit.band(c)
             if band is not None:
@@ -272,10 +265,10 @@ def loss_fits(data: cmp.StudyData, fits: dict[str, PowerLawFit]) -> Plot:
         ax.set_title(obj)
         _finish(ax, TRAIN_FLOPS, "loss")
     caption = (
-        "Validation loss of each objective (its own loss: not comparable across panels) at its primary "
-        "sampling weights. The fit L(C) = E + A·C^−α (Chinchilla approach 3: Huber on log residuals, "
-        "L-BFGS from a grid of starts) is to every milestone of every run shown; its band resamples whole runs. "
-        f"Instruments: {cmp.describe_instruments(recs)}."
+        "Validation loss of each objective (its own loss: not comparable across panels) at every milestone of "
+        "every main-grid run, with the power law L(C) = E + A·C^−α fitted to all of them (Chinchilla's approach "
+        "3) and its 95 % band from a bootstrap that resamples whole runs. The legend gives each fit's exponent α "
+        "with its interval; Scaling fits has every parameter."
     )
     missing = [o for o in objectives if o not in fits]
     if missing:
@@ -283,34 +276,34 @@ def loss_fits(data: cmp.StudyData, fits: dict[str, PowerLawFit]) -> Plot:
     return Plot(key, title, caption, _png(fig))
 
 
-def _sweeps(data: cmp.StudyData) -> dict[str, list[dict[str, Any]]]:
-    """Per objective, the records of one (run, milestone, weights, cfg) across sampling steps: the run with the
-    most step values (then the main autoencoder's, the largest, the latest milestone), at the objective's
-    primary weights and CFG."""
+def _sweeps(data: cmp.StudyData) -> tuple[float | None, dict[str, list[dict[str, Any]]]]:
+    """Per objective, its best model at matched training compute — by the findings' rule (findings.best_models:
+    main grid, primary setting, best over sizes on the deciding quality metric) — across sampling steps at its
+    primary weights and CFG. The level is the highest one where the most objectives' best models were swept
+    over ≥ 2 step counts (an objective evaluated at one step count there, as next-token at its image-token
+    count, is one point). Returns (that level, {objective: records by steps})."""
+    quality = _deciding(data)[0]
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in data.records:
         prim = data.settings.get(r["objective"])
         if prim and (r["weights"], r["cfg_scale"]) == (prim[0], prim[2]):
-            groups[(r["objective"], r["run"], r["milestone"])].append(r)
-    best: dict[str, tuple] = {}
-    for (obj, _run, ms), rs in groups.items():
-        rank = (
-            len({r["steps"] for r in rs}),
-            rs[0]["autoencoder"] == data.main_autoencoders.get(obj),
-            rs[0]["params"],
-            ms,
-        )
-        if obj not in best or rank > best[obj][0]:
-            best[obj] = (rank, sorted(rs, key=lambda r: r["steps"]))
-    return {o: v[1] for o, v in best.items()}
+            groups[(r["run"], r["milestone"])].append(r)
+    chosen: tuple[tuple, float | None, dict] = ((0, 0, 0.0), None, {})
+    for lv, best in fnd.best_models(data, quality).items():
+        sweeps = {obj: sorted(groups[(r["run"], r["milestone"])], key=lambda x: x["steps"]) for obj, r in best.items()}
+        swept = sum(len({x["steps"] for x in rs}) > 1 for rs in sweeps.values())
+        if swept and (swept, len(sweeps), lv) > chosen[0]:
+            chosen = ((swept, len(sweeps), lv), lv, sweeps)
+    return chosen[1], chosen[2]
 
 
 def quality_vs_inference_flops(data: cmp.StudyData) -> Plot:
-    """Fig. 5: quality and prompt following vs sampling FLOPs per image, across sampling steps."""
+    """Fig. 5: quality and prompt following vs sampling FLOPs per image, across sampling steps, of each
+    objective's best model at matched training compute."""
     key, title = "fig5-quality-vs-inference-flops", "Fig. 5 — quality and prompt following vs inference compute"
-    sweeps = _sweeps(data)
+    level, sweeps = _sweeps(data)
     metrics = [m for m in _deciding(data) if any(cmp.value(r, m) is not None for rs in sweeps.values() for r in rs)]
-    if not metrics or not any(len(rs) > 1 for rs in sweeps.values()):
+    if not metrics or not sweeps:
         return _skip(key, title, "no run was evaluated at more than one sampling-step count")
     fig, axes = _figure(len(metrics))
     ceilings: list[str] = []
@@ -321,25 +314,19 @@ def quality_vs_inference_flops(data: cmp.StudyData) -> Plot:
                 continue
             x = [r["sample_flops_per_image"] for r in rs]
             y = [cmp.value(r, m) for r in rs]
-            ax.plot(
-                x,
-                y,
-                color=_colour(obj),
-                marker="o",
-                ms=4,
-                label=f"{obj} {rs[0]['size']} @ {rs[0]['train_flops']:.2g} train FLOPs",
-            )
+            ax.plot(x, y, color=_colour(obj), marker="o", ms=4, label=f"{obj} {rs[0]['size']}")
             for xi, yi, r in zip(x, y, rs):
                 ax.annotate(str(r["steps"]), (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        _finish(ax, SAMPLE_FLOPS, m, log_y=m != _deciding(data)[1])
         ceilings += [f"{_label(m)}: {n}" for n in _draw_ceilings(ax, data, [(o, None) for o in sweeps], m)]
-        _finish(ax, SAMPLE_FLOPS, m, log_y=m != "prompt_acc")
-    all_rs = [r for rs in sweeps.values() for r in rs]
+        ax.margins(x=0.08)  # room for the step labels at the ends
+        _finish(ax, SAMPLE_FLOPS, m, log_y=m != _deciding(data)[1])
     caption = (
-        "Numbers beside points: sampling steps (flow: Euler ODE steps; masked: decoding steps; "
-        "next-token: image tokens, one each with a KV cache). One run per objective: the one evaluated at "
-        "the most step counts, at its primary weights and CFG. "
-        f"Instruments: {cmp.describe_instruments(all_rs)}." + _ceiling_caption(ceilings)
+        f"Each objective's best model at {level:.3g} training FLOPs (the best size on the deciding quality metric "
+        "at the primary setting, the rule the findings use), sampled with more or fewer steps at its primary "
+        "weights and guidance scale. Numbers beside the points: sampling steps (flow: Euler ODE steps; masked: "
+        "decoding steps; next-token: image tokens, one each with a KV cache). The x axis is the generator's "
+        "FLOPs; the decoder's, the same at every step count, are in the sampling-cost table."
+        + _ceiling_caption(ceilings)
     )
     return Plot(key, title, caption, _png(fig))
 
@@ -371,14 +358,14 @@ def autoencoder_ablation(data: cmp.StudyData) -> Plot:
     ceilings = []
     for ax, m in zip(axes, metrics):
         _draw_metric_vs(ax, series, m, "train_flops", style)
-        _finish(ax, TRAIN_FLOPS, m, log_y=m != following)
         ceilings += [
             f"{_label(m)}: {n}" for n in _draw_ceilings(ax, data, [(r["objective"], r["autoencoder"]) for r in recs], m)
         ]
-        _finish(ax, TRAIN_FLOPS, m, log_y=m != "prompt_acc")
+        _finish(ax, TRAIN_FLOPS, m, log_y=m != following)
     caption = (
-        "Runs that differ only in their autoencoder; PSNR is the autoencoder's reconstruction PSNR on "
-        f"held-out renders. Instruments: {cmp.describe_instruments(recs)}." + _ceiling_caption(ceilings)
+        "Runs that differ only in their autoencoder, as they train: one line style per autoencoder, its "
+        "reconstruction PSNR on held-out renders in the legend. A gap between the line styles of one objective is "
+        "the autoencoder's effect." + _ceiling_caption(ceilings)
     )
     return Plot(key, title, caption, _png(fig))
 
@@ -414,8 +401,9 @@ def ema_vs_raw(data: cmp.StudyData) -> Plot:
         ax.set_title(obj)
         _finish(ax, TRAIN_FLOPS, quality)
     caption = (
-        "Same runs, same milestones, same sampling steps and CFG; solid: EMA weights, dashed: raw "
-        f"weights. Instruments: {cmp.describe_instruments(recs)}."
+        "The same runs at the same milestones, sampled with the same steps and guidance scale from their EMA "
+        "weights (solid) and their raw weights (dashed): the gap between a solid and a dashed line is what EMA "
+        "buys that objective."
     )
     return Plot(key, title, caption, _png(fig))
 

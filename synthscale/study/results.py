@@ -21,7 +21,9 @@ Schema (version 1). Metrics and instruments are JSON objects, queryable with SQL
          train_flops,                                training FLOPs at the milestone (analytic, 2 per MAC, fwd+bwd)
          sample_flops_per_image,                     generator FLOPs per sampled image (CFG included)
          config_hash,                                hash of the run's config (the run id when the run is unknown)
-         metrics JSON, instruments JSON)             the numbers and how each was measured
+         metrics JSON, instruments JSON,             the numbers and how each was measured
+         decode_flops_per_image)                     the autoencoder decoder's FLOPs per image; NULL: not counted
+                                                     (schema 2; a version-1 store gains the column when opened)
     artifacts(run, kind, milestone, weights, steps, cfg_scale, path, caption)
          PRIMARY KEY (run, kind, milestone, weights, steps, cfg_scale); -1 / '' where a key does not apply.
          `run` is an autoencoder name for autoencoder artifacts. `path` is relative to the store's folder
@@ -48,7 +50,7 @@ from typing import Any
 from synthscale import atomic
 from synthscale.evaluate.record import EvalRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: records.decode_flops_per_image
 STORE_NAME = "results.sqlite"  # the store's file name inside a study folder
 RUN_STATUSES = ("pending", "running", "done", "failed", "blocked")  # blocked: a stage it needs failed
 AUTOENCODER_KINDS = ("continuous", "discrete")
@@ -68,6 +70,8 @@ RECORD_COLUMNS = (
     "sample_flops_per_image",
     "config_hash",
 )
+# nullable record columns added after version 1, appended after `instruments` (ALTER TABLE adds them there)
+LATER_RECORD_COLUMNS = ("decode_flops_per_image",)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -112,6 +116,7 @@ CREATE TABLE IF NOT EXISTS records (
     config_hash TEXT NOT NULL,
     metrics TEXT NOT NULL,
     instruments TEXT NOT NULL,
+    decode_flops_per_image REAL,
     PRIMARY KEY (run, milestone, weights, steps, cfg_scale)
 );
 CREATE INDEX IF NOT EXISTS records_by_objective ON records (objective, train_flops);
@@ -156,13 +161,13 @@ class ResultsStore:
             self._conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
             with self._transaction() as c:
                 row = c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-                if row is None:
-                    c.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-                elif int(row[0]) > SCHEMA_VERSION:
+                if row is not None and int(row[0]) > SCHEMA_VERSION:
                     raise ResultsError(
                         f"{self.path} has schema version {row[0]}, newer than this synthscale's "
                         f"{SCHEMA_VERSION}; upgrade synthscale to read it"
                     )
+                _migrate(c)
+                c.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         except sqlite3.DatabaseError as e:
             self._conn.close()
             raise ResultsError(
@@ -296,7 +301,9 @@ class ResultsStore:
         Every record is checked before anything is written, so a bad one leaves the store untouched."""
         rows = [self._record_row(_as_record(r, i)) for i, r in enumerate(records)]
         with self._transaction() as c:
-            c.executemany("INSERT OR REPLACE INTO records VALUES (" + ",".join("?" * 17) + ")", rows)
+            cols = (*RECORD_COLUMNS, "metrics", "instruments", *LATER_RECORD_COLUMNS)
+            sql = f"INSERT OR REPLACE INTO records ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+            c.executemany(sql, rows)
         return len(rows)
 
     def _record_row(self, r: EvalRecord) -> tuple:
@@ -308,8 +315,11 @@ class ResultsStore:
             v = getattr(r, name)
             if not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
                 raise ResultsError(f"{where}: {name} must be a finite number ≥ 0, got {v!r}")
+        decode = r.decode_flops_per_image
+        if decode is not None and (not isinstance(decode, numbers.Real) or not math.isfinite(decode) or decode < 0):
+            raise ResultsError(f"{where}: decode_flops_per_image must be None or a finite number ≥ 0, got {decode!r}")
         metrics = _clean_metrics(r.metrics, where)
-        clash = set(metrics) & set(RECORD_COLUMNS + ("instruments",))
+        clash = set(metrics) & set(RECORD_COLUMNS + LATER_RECORD_COLUMNS + ("instruments",))
         if clash:
             raise ResultsError(f"{where}: metric names {sorted(clash)} clash with record columns; rename them")
         row = self._conn.execute("SELECT config_hash FROM runs WHERE run = ?", (r.run,)).fetchone()
@@ -332,14 +342,16 @@ class ResultsStore:
             config_hash,
             _to_json(metrics, where),
             _to_json(r.instruments, where),
+            None if decode is None else float(decode),
         )
 
     def records(self, **where: Any) -> list[dict[str, Any]]:
         """Stored records as dicts (EvalRecord fields + config_hash), filtered by equality on any record column,
         e.g. records(objective="flow", weights="ema"). Ordered by objective, size, run, milestone, setting."""
-        bad = set(where) - set(RECORD_COLUMNS)
+        columns = RECORD_COLUMNS + LATER_RECORD_COLUMNS
+        bad = set(where) - set(columns)
         if bad:
-            raise ResultsError(f"records(): cannot filter on {sorted(bad)}; columns are {list(RECORD_COLUMNS)}")
+            raise ResultsError(f"records(): cannot filter on {sorted(bad)}; columns are {list(columns)}")
         sql = "SELECT * FROM records"
         if where:
             sql += " WHERE " + " AND ".join(f"{k} = ?" for k in where)
@@ -358,9 +370,9 @@ class ResultsStore:
         not measure it), and the instruments as a JSON string."""
         recs = self.records(**where)
         metric_names = sorted({m for r in recs for m in r["metrics"]})
-        columns = [*RECORD_COLUMNS, *metric_names, "instruments"]
+        columns = [*RECORD_COLUMNS, *LATER_RECORD_COLUMNS, *metric_names, "instruments"]
         rows = [
-            [r[c] for c in RECORD_COLUMNS]
+            [r[c] for c in RECORD_COLUMNS + LATER_RECORD_COLUMNS]
             + [r["metrics"].get(m) for m in metric_names]
             + [json.dumps(r["instruments"], sort_keys=True)]
             for r in recs
@@ -452,12 +464,22 @@ _ARROW_TYPES = {
     "step": "int64",
     "train_flops": "float64",
     "sample_flops_per_image": "float64",
+    "decode_flops_per_image": "float64",
     "config_hash": "string",
     "instruments": "string",
 }
 
 
 # ---------------------------------------------------------------------------------------------- checks
+
+
+def _migrate(c: sqlite3.Connection) -> None:
+    """Bring a version-1 store up to this schema: add the nullable record columns it lacks (old rows read NULL:
+    "not measured")."""
+    have = {row[1] for row in c.execute("PRAGMA table_info(records)")}
+    for col in LATER_RECORD_COLUMNS:
+        if col not in have:
+            c.execute(f"ALTER TABLE records ADD COLUMN {col} REAL")
 
 
 def _as_record(r: EvalRecord | dict[str, Any], i: int) -> EvalRecord:
