@@ -58,10 +58,7 @@ def _sample_grids(data: cmp.StudyData, metric: str = "fd_probe") -> tuple[list[d
     per objective the grid at its primary setting when there is one, of the model with the best `metric` there
     (at small budgets the largest model is often the under-trained one)."""
     flops = {(r["run"], r["milestone"]): (r["train_flops"], r["params"]) for r in data.records}
-    fd = {
-        (r["run"], r["milestone"], r["weights"], r["steps"], r["cfg_scale"]): r["metrics"].get(metric)
-        for r in data.records
-    }
+    recs = {(r["run"], r["milestone"], r["weights"], r["steps"], r["cfg_scale"]): r for r in data.records}
     grids = []
     for a in data.artifacts:
         if a["kind"] == "samples" and (a["run"], a["milestone"]) in flops and Path(a["path"]).is_file():
@@ -69,10 +66,12 @@ def _sample_grids(data: cmp.StudyData, metric: str = "fd_probe") -> tuple[list[d
                 r["objective"] for r in data.records if r["run"] == a["run"]
             )
             c, n = flops[(a["run"], a["milestone"])]
-            score = fd.get((a["run"], a["milestone"], a["weights"], a["steps"], a["cfg_scale"]))
+            rec = recs.get((a["run"], a["milestone"], a["weights"], a["steps"], a["cfg_scale"]))
+            score = rec["metrics"].get(metric) if rec else None
             grids.append(
                 dict(
                     a,
+                    setting=cmp.setting(rec) if rec else None,
                     objective=objective,
                     train_flops=c,
                     params=n,
@@ -89,7 +88,7 @@ def _sample_grids(data: cmp.StudyData, metric: str = "fd_probe") -> tuple[list[d
         if not cands:
             continue
         prim = data.settings.get(obj)
-        g = max(cands, key=lambda g: ((g["weights"], g["steps"], g["cfg_scale"]) == prim, -g["fd_probe"], g["params"]))
+        g = max(cands, key=lambda g: (g["setting"] == prim, -g["fd_probe"], g["params"]))
         size = next((r["size"] for r in data.runs if r["run"] == g["run"]), "")
         g["label"] = (
             f"{obj} {size} @ {g['train_flops']:.3g} training FLOPs — {g['weights']} weights, "
@@ -618,7 +617,17 @@ def _html_grid(a: Analysis) -> list[str]:
         "<h3>Sampling setting per objective</h3><p>Figures and fits use each objective's primary setting: "
         "the one evaluated at the most milestones.</p>" + _html_table(*_settings_table(d))
     )
+    for title, (text, table) in _tuning_tables(d):
+        p.append(f"<h3>{_e(title)}</h3><p>{_e(text)}</p>" + _html_table(*table))
     return p
+
+
+def _tuning_tables(d: cmp.StudyData) -> list[tuple[str, tuple[str, Any]]]:
+    """The tuned-on-validation tables that have rows: CFG/temperature per milestone, the LR sweep."""
+    from synthscale.study.tuning_tables import cfg_choice_table, lr_sweep_table
+
+    tables = [("CFG/temperature chosen on validation", cfg_choice_table(d)), ("Learning-rate sweep", lr_sweep_table(d))]
+    return [(title, t) for title, t in tables if t[1][1]]
 
 
 def _html_figures(a: Analysis) -> list[str]:
@@ -756,9 +765,10 @@ def render_markdown(a: Analysis, figure_files: dict[str, str], sample_files: lis
     ]
     if d.autoencoders:
         m += [_md_table(*_autoencoder_table(d)), ""]
+    m += [_md_table(*_settings_table(d)), ""]
+    for title, (text, table) in _tuning_tables(d):
+        m += [f"### {title}", "", text, "", _md_table(*table), ""]
     m += [
-        _md_table(*_settings_table(d)),
-        "",
         "## Instruments",
         "",
         f"The findings decide with: {_deciders_text(a)} (exact labels first, pretrained next, in-domain otherwise). "
