@@ -128,13 +128,16 @@ def test_cfg_best_chooses_per_milestone_on_validation_prompts_only(tiny_study, m
         loads.append((split, n, choosing[0]))
         return real_prompt_set(data, split, n)
 
+    judged_while_choosing = []
+
     def logged_choose(self, *args):
-        choosing[0] = True
+        choosing[0], before = True, len(Brightness.seen)
         self.test = self.holdout = self.bound = None  # selection must not touch the test prompts or references
         try:
             return real_choose(self, *args)
         finally:
             choosing[0] = False
+            judged_while_choosing.extend(Brightness.seen[before:])
 
     def evaluate_with_test_prompts(self, *args, **kwargs):
         self.test, self.bound = test, bound
@@ -155,9 +158,9 @@ def test_cfg_best_chooses_per_milestone_on_validation_prompts_only(tiny_study, m
     selecting = [(split, n) for split, n, inside in loads if inside]
     assert selecting and set(selecting) == {("val", 6)}  # validation prompts only, val_n of them
     val_captions = real_prompt_set(ev.run_cfg.data, "val", 6).captions
-    test_captions = ev.test.captions
-    assert val_captions in Brightness.seen and test_captions in Brightness.seen
-    assert not set(val_captions) & set(test_captions) or val_captions != test_captions
+    assert val_captions != test.captions[:6]
+    assert judged_while_choosing and all(c == val_captions for c in judged_while_choosing)
+    assert test.captions in Brightness.seen  # the records themselves are scored on the test prompts
 
     milestones = runner.milestones_of(run_dir)
     assert {r["milestone"] for r in records} == set(range(len(milestones)))
