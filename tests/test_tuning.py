@@ -223,8 +223,12 @@ def test_lr_sweep_runs_first_and_the_grid_trains_at_its_choice(tmp_path):
     assert after.lr_sweeps["flow"].chosen == 3e-4
     for before_run, r in zip(plan.runs, after.runs):
         flow = r.run_cfg.objective.name == "flow"
-        assert r.run_cfg.train.lr == (3e-4 if flow else 1e-3) and r.train.fn.endswith("stages:train_stage")
-        assert (r.train.id != before_run.train.id) == flow
+        assert r.run_cfg.train.lr == (3e-4 if flow else 1e-3) and (r.train.id != before_run.train.id) == flow
+        if flow and r.run_cfg.model.size == "2x64":  # the cell the sweep trained at 3e-4: that run, not a second
+            assert r.train is after.lr_sweeps["flow"].trains[0] and r.train.id in r.evaluate.deps
+        else:
+            assert r.train.fn.endswith("stages:train_stage") and r.train in after.stages
+    assert len({s.id for s in after.stages}) == len(after.stages)
     assert "3e-04 (swept)" in dry_run(after) or "0.0003 (swept)" in dry_run(after)
     unswept = plan_study(load(StudyConfig, SPEC), tmp_path, SPEC.parent)
     assert [r.train.id for r in unswept.runs if r.run_cfg.objective.name != "flow"] == [
@@ -279,11 +283,11 @@ def test_tiny_study_with_lr_sweep_and_cfg_best(tmp_path):
     picked = json.loads(next((tmp_path / "s").glob("lr-sweep/flow-pick-*/lr_sweep.json")).read_text())
     losses = {c["lr"]: c["val_loss"] for c in picked["candidates"]}
     assert set(losses) == {1e-3, 3e-3} and picked["chosen_lr"] == min(losses, key=losses.get)
-    run_cfg = json.loads(next((tmp_path / "s").glob("train/flow-*/config.json")).read_text())
-    assert run_cfg["train"]["lr"] == picked["chosen_lr"]
-    records = [
-        json.loads(x) for p in (tmp_path / "s").glob("train/*/eval/records.jsonl") for x in p.read_text().split()
-    ]
+    # the grid's one run is the sweep's cell: its run at the chosen LR is evaluated, not trained again
+    assert not list((tmp_path / "s").glob("train/*"))
+    run = Path(json.loads(next((tmp_path / "s").glob("evaluate/flow-*/done.json")).read_text())["run_dir"])
+    assert json.loads((run / "config.json").read_text())["train"]["lr"] == picked["chosen_lr"]
+    records = [json.loads(x) for x in (run / "eval" / "records.jsonl").read_text().splitlines()]
     assert records and all(r["instruments"]["cfg_selection"]["split"] == "val" for r in records)
     summary = Path(result["report"]["markdown"]).read_text()
     assert "### Learning-rate sweep" in summary and "### CFG/temperature chosen on validation" in summary

@@ -132,13 +132,13 @@ def plan_study(study: StudyConfig, root: str | Path, spec_dir: str | Path = ".")
     stages += ceilings.values()
     runs: list[RunPlan] = []
     caches: dict[str, Stage] = {}
-    sweeps = tuning.plan_lr_sweeps(study, root, main, instruments, caches, stages)  # before the grid: it sets LRs
+    sweeps = tuning.plan_lr_sweeps(study, root, main, caches, stages)  # before the grid: it sets LRs
     at_lr = tuning.at_chosen_lrs(study, sweeps)
     for objective, size, data_size, budget, ae, ablation in _run_grid(study, main, ablations):
         runs.append(
             _plan_run(at_lr, root, (objective, size, data_size, budget), ae, ablation, instruments, caches, stages)
         )
-    tuning.hold_until_chosen(runs, sweeps, root)
+    tuning.link_to_sweeps(runs, sweeps, stages, root)
     return StudyPlan(study, root, stages, runs, autoencoders, instruments, ceilings, sweeps)
 
 

@@ -54,7 +54,7 @@ def sweep_point(study: StudyConfig) -> tuple[str, int, float]:
     return size, max(study.data_sizes), min(study.budgets)
 
 
-def plan_lr_sweeps(study: StudyConfig, root: Path, main: dict, instruments, caches, stages: list[Stage]):
+def plan_lr_sweeps(study: StudyConfig, root: Path, main: dict, caches: dict, stages: list[Stage]):
     """Plan each swept objective's candidate runs (appended to `stages`, with any latent cache they need first)
     and its pick stage. Returns {objective: LrSweep}."""
     from synthscale.objectives import latent_kind
@@ -108,19 +108,32 @@ def at_chosen_lrs(study: StudyConfig, sweeps: dict[str, LrSweep]) -> StudyConfig
     return dataclasses.replace(study, run_overrides=[*study.run_overrides, *chosen]) if chosen else study
 
 
-def hold_until_chosen(runs: list, sweeps: dict[str, LrSweep], root: Path) -> None:
-    """Runs of an objective whose sweep has not chosen yet: their train stage waits on the pick stage and refuses
-    to run (their LR is a placeholder), under a key of its own so it is never taken for a trained run."""
+def link_to_sweeps(runs: list, sweeps: dict[str, LrSweep], stages: list[Stage], root: Path) -> None:
+    """Tie a swept objective's runs to its sweep. Not chosen yet: the run's train stage waits on the pick stage
+    and refuses to run (its LR is a placeholder), under a key of its own so it is never taken for a trained run.
+    Chosen: the grid cell the sweep trained at the chosen LR (same config, same key) is that run, not a second one."""
     for r in runs:
         sweep = sweeps.get(r.run_cfg.objective.name)
-        if sweep is None or sweep.chosen is not None:
+        if sweep is None:
             continue
-        old = r.train.id
-        r.train.key = config_hash({"awaiting_lr_sweep": sweep.pick.key, "run": r.train.key})
-        r.train.fn, r.train.kwargs = f"{__name__}:awaiting_lr_sweep", {"sweep": sweep.pick.id}
-        r.train.deps = [*r.train.deps, sweep.pick.id]
-        r.evaluate.deps = [r.train.id if d == old else d for d in r.evaluate.deps]
-        r.evaluate.kwargs["run_dir"] = str(root / r.train.id)
+        old = r.train
+        if sweep.chosen is None:
+            r.train = dataclasses.replace(
+                old,
+                key=config_hash({"awaiting_lr_sweep": sweep.pick.key, "run": old.key}),
+                fn=f"{__name__}:awaiting_lr_sweep",
+                kwargs={"sweep": sweep.pick.id},
+                deps=[*old.deps, sweep.pick.id],
+            )
+        else:
+            r.train = next((t for t in sweep.trains if t.key == old.key), old)
+        if r.train is not old:
+            if r.train in stages:  # the sweep's run, planned already
+                stages.remove(old)
+            else:
+                stages[stages.index(old)] = r.train
+            r.evaluate.deps = [r.train.id if d == old.id else d for d in r.evaluate.deps]
+            r.evaluate.kwargs["run_dir"] = str(root / r.train.id)
 
 
 def awaiting(plan) -> bool:
