@@ -29,7 +29,7 @@ def cfg_choice_table(data: cmp.StudyData) -> tuple[str, Table]:
         scores = next(
             s for s in sel["scores"] if (s["cfg_scale"], s["temperature"]) == (won["cfg_scale"], won["temperature"])
         )
-        metrics = [k for k in scores if k not in ("cfg_scale", "temperature", "rank_sum")]
+        metrics = [k for k in scores if k not in ("cfg_scale", "temperature", "badness")]
         cand = sel["candidates"]
         temps = [t for t in cand["temperature"] if t is not None]
         rows.append(
