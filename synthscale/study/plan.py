@@ -335,7 +335,7 @@ def estimate_flops(plan: StudyPlan) -> dict[str, Any]:
         text = TextSpec(s.data.caption_vocab, s.data.max_caption_tokens, 0)
         notes.append(f"caption tokenizer assumed from data.caption_vocab/max_caption_tokens ({e})")
     train_total = sum(r.run_cfg.train.budget_flops for r in plan.runs)
-    train_total += sum(sw.point[2] * len(sw.candidates) for sw in plan.lr_sweeps.values())  # the LR sweeps' runs
+    train_total += sum(sw.point[2] * (len(sw.candidates) - 1) for sw in plan.lr_sweeps.values())  # tuning.py
     sample_total, per_run, ev = 0.0, [], s.evaluation
     for r in plan.runs:
         latent = _latent_shape(plan.autoencoders[r.autoencoder][0], notes)
@@ -372,7 +372,10 @@ def estimate_flops(plan: StudyPlan) -> dict[str, Any]:
             f"{ev.val_n} validation prompts at each evaluated milestone"
         )
     if plan.lr_sweeps:
-        notes.append("training includes the LR sweeps' runs (each candidate at the smallest size and budget)")
+        notes.append(
+            "training includes the LR sweeps' runs (each candidate at the smallest size and budget; the chosen one "
+            "is that grid cell's run)"
+        )
     return {
         "runs": per_run,
         "train_flops": train_total,
