@@ -212,7 +212,7 @@ def test_lr_sweep_runs_first_and_the_grid_trains_at_its_choice(tmp_path):
     text = dry_run(plan)
     assert "LR sweep flow: 0.0003, 0.001, 0.003 at 2x64" in text and "chosen by the sweep" in text
     first = {s.id for s in tuning.sweep_stages(plan)}
-    assert {"autoencoder", "cache", "lr-sweep"} == {i.split("/")[0] for i in first}
+    assert {"autoencoder", "cache", "train", "lr-sweep"} == {i.split("/")[0] for i in first}
     est = estimate_flops(plan)
     # the chosen candidate is the grid's 2x64 run: two more runs than the grid
     assert est["train_flops"] == sum(r.run_cfg.train.budget_flops for r in plan.runs) + 2 * min(study.budgets)
@@ -285,8 +285,9 @@ def test_tiny_study_with_lr_sweep_and_cfg_best(tmp_path):
     losses = {c["lr"]: c["val_loss"] for c in picked["candidates"]}
     assert set(losses) == {1e-3, 3e-3} and picked["chosen_lr"] == min(losses, key=losses.get)
     # the grid's one run is the sweep's cell: its run at the chosen LR is evaluated, not trained again
-    assert not list((tmp_path / "s").glob("train/*"))
+    assert len(list((tmp_path / "s").glob("train/*"))) == 2
     run = Path(json.loads(next((tmp_path / "s").glob("evaluate/flow-*/done.json")).read_text())["run_dir"])
+    assert run.parent.name == "train"
     assert json.loads((run / "config.json").read_text())["train"]["lr"] == picked["chosen_lr"]
     records = [json.loads(x) for x in (run / "eval" / "records.jsonl").read_text().splitlines()]
     assert records and all(r["instruments"]["cfg_selection"]["split"] == "val" for r in records)

@@ -72,10 +72,9 @@ def plan_lr_sweeps(study: StudyConfig, root: Path, main: dict, caches: dict, sta
             scratch: list[Stage] = []
             run = _plan_run(at_lr, root, (objective, *point), main[latent_kind(objective)], False, [], caches, scratch)
             stages += [s for s in scratch if s.kind == "cache"]
-            train = dataclasses.replace(
-                run.train, kind="lr-sweep", name=f"{run.train.name}-lr{lr:g}", fn=f"{__name__}:sweep_train_stage"
-            )
-            trains.append(train)
+            # a train stage like the grid's (folder train/<name>-<key>), so the candidate at the chosen LR is
+            # the grid cell's run; only a diverged loss is a result here rather than a failure
+            trains.append(dataclasses.replace(run.train, fn=f"{__name__}:sweep_train_stage"))
         stages += trains
         weights = "ema" if "ema" in study.evaluation.weights else study.evaluation.weights[0]
         ev = study.evaluation
