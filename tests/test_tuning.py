@@ -294,3 +294,18 @@ def test_tiny_study_with_lr_sweep_and_cfg_best(tmp_path):
     summary = Path(result["report"]["markdown"]).read_text()
     assert "### Learning-rate sweep" in summary and "### CFG/temperature chosen on validation" in summary
     assert "CFG chosen on validation" in summary  # the primary setting names the choosing, not one scale
+
+
+def test_served_and_sampled_models_use_the_temperature_their_milestone_was_evaluated_at(tiny_study):
+    from synthscale.study.pick import _choice, use_chosen_temperature
+    from synthscale.study.results import ResultsStore, store_path
+    from synthscale.train import load_generator
+
+    with ResultsStore(store_path(tiny_study)) as store:
+        record = next(r for r in store.records() if r["objective"] == "masked")
+    for temperature in (None, 0.5):
+        r = {**record, "instruments": {**record["instruments"], "temperature": temperature}}
+        choice = _choice(tiny_study, r, r["train_flops"], "fd_probe")
+        g = load_generator(choice.run_dir, choice.step, choice.weights)
+        use_chosen_temperature(g, choice)
+        assert g.objective.cfg.temperature == (1.0 if temperature is None else temperature)
