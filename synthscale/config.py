@@ -195,7 +195,17 @@ class EvalSettings:
     seed: int = 0  # fixes the evaluation prompts and every sampling draw
     milestones: Literal["all", "last"] = "all"
     weights: list[Literal["ema", "raw"]] = field(default_factory=lambda: ["ema", "raw"])
-    cfg_scale: float = 3.0  # guidance scale at every milestone
+    # guidance scale at every milestone; `best`: per run and milestone, the candidate (with a temperature, for
+    # objectives that sample with one) that validation prompts rank best (evaluate/selection.py) — test prompts
+    # only report
+    cfg_scale: float | Literal["best"] = 3.0
+    # cfg_scale best: the scales tried, for every objective or per objective ({flow: [1, 2, 3], masked: [...]};
+    # a missing objective: the default list)
+    cfg_candidates: list[float] | dict[str, list[float]] = field(default_factory=lambda: [1.0, 2.0, 3.0, 5.0])
+    # cfg_scale best: temperatures tried with each scale, for objectives whose config has a `temperature` (a list
+    # for all of them, or per objective); None: each objective's own temperature
+    temperature_candidates: list[float] | dict[str, list[float]] | None = None
+    val_n: int = 64  # cfg_scale best: validation prompts each candidate is sampled for
     cfg_sweep: list[float] = field(default_factory=lambda: [1.0])  # extra scales at the last milestone
     # sampling steps used at every milestone, per objective (missing: the objective's default)
     steps: dict[str, int] = field(default_factory=dict)
@@ -208,6 +218,56 @@ class EvalSettings:
     # what scores the images: "probe", "encoder", "inception:/path/weights.pth", "clip:/path/folder";
     # empty: the dataset's defaults (shapes: probe and encoder; user data: encoder)
     instruments: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.val_n < 1:
+            raise ValueError(f"evaluation.val_n must be ≥ 1, got {self.val_n}")
+        check_candidates("evaluation.cfg_candidates", self.cfg_candidates, low=0.0)
+        if self.temperature_candidates is not None:
+            check_candidates("evaluation.temperature_candidates", self.temperature_candidates, low=0.0)
+
+    def candidates(self, objective: ObjectiveConfig) -> tuple[list[float], list[float | None]]:
+        """cfg_scale best: the (CFG scales, temperatures) tried for `objective`; [None]: its own temperature
+        (objectives without a `temperature` field, or no temperature candidates)."""
+        cfgs = self.cfg_candidates
+        cfgs = (
+            cfgs.get(objective.name, _field_default(EvalSettings, "cfg_candidates")) if isinstance(cfgs, dict) else cfgs
+        )
+        temps: list[float | None] = [None]
+        if self.temperature_candidates is not None and has_temperature(objective):
+            t = self.temperature_candidates
+            temps = (t.get(objective.name) or [None]) if isinstance(t, dict) else list(t)
+        return [float(c) for c in cfgs], temps
+
+
+def has_temperature(objective: ObjectiveConfig) -> bool:
+    """Whether the objective samples with a softmax temperature (told by its config's fields, never its name)."""
+    return "temperature" in {f.name for f in dataclasses.fields(objective)}
+
+
+def _field_default(cls: type, key: str) -> Any:
+    f = {f.name: f for f in dataclasses.fields(cls)}[key]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def check_candidates(key: str, candidates: list[float] | dict[str, list[float]], low: float, strict: bool = False):
+    """A list of candidate values (or one per objective): each list non-empty, without repeats, every value above
+    `low` (≥ `low` unless strict); a per-objective mapping names registered objectives only."""
+    lists = candidates if isinstance(candidates, dict) else {"": candidates}
+    names = ObjectiveConfig.names()
+    for scope, values in lists.items():
+        where = f"{key}.{scope}" if scope else key
+        if scope and scope not in names:
+            raise ValueError(f"{key}: {scope!r} is not an objective; valid objectives: {', '.join(names)}")
+        if not values:
+            raise ValueError(f"{where} is empty; list at least one candidate (or leave the key out)")
+        bad = [v for v in values if not (v > low if strict else v >= low)]
+        if bad:
+            raise ValueError(
+                f"{where}: {bad[0]} is not a valid candidate; every candidate must be {'>' if strict else '≥'} {low:g}"
+            )
+        if len(set(values)) != len(values):
+            raise ValueError(f"{where} lists a value twice: {values}")
 
 
 @dataclass
@@ -228,6 +288,10 @@ class StudyConfig:
     # data size and budget
     ablation_autoencoders: list[str] = field(default_factory=list)
     run_overrides: list[str] = field(default_factory=list)  # --set style, applied to every RunConfig
+    # learning rates to sweep (all objectives, or per objective: {flow: [...], masked: [...]}): each objective is
+    # trained at every candidate at the grid's smallest size and budget, and its runs then train at the one with
+    # the lowest validation loss (study/tuning.py). None: every run trains at its configured train.lr
+    lr_sweep: list[float] | dict[str, list[float]] | None = None
     probe_overrides: list[str] = field(default_factory=list)
     encoder_overrides: list[str] = field(default_factory=list)  # --set style keys of EncoderConfig
     evaluation: EvalSettings = field(default_factory=EvalSettings)
@@ -249,6 +313,22 @@ class StudyConfig:
         unknown = [o for o in self.objectives if o not in valid]
         if unknown:
             raise ValueError(f"objectives: {unknown[0]!r} is not an objective; valid objectives: {', '.join(valid)}")
+        if self.lr_sweep is not None:
+            check_candidates("lr_sweep", self.lr_sweep, low=0.0, strict=True)
+            extra = [o for o in self.lr_sweep if o not in self.objectives] if isinstance(self.lr_sweep, dict) else []
+            if extra:
+                raise ValueError(
+                    f"lr_sweep names {extra[0]!r}, which the study does not train (objectives: "
+                    f"{', '.join(self.objectives)}); remove it or add it to objectives"
+                )
+        temps = self.evaluation.temperature_candidates
+        if isinstance(temps, dict):
+            plain = [o for o in temps if not has_temperature(ObjectiveConfig.of(o))]
+            if plain:
+                raise ValueError(
+                    f"evaluation.temperature_candidates names {plain[0]!r}, which samples without a "
+                    "temperature; remove it"
+                )
 
 
 @dataclass

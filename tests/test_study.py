@@ -218,18 +218,21 @@ def _check_cfg_best(root: Path):
     """`--cfg best` picks the scale on validation prompts and records the choice beside the test numbers."""
     from synthscale.config import EvalSettings
     from synthscale.evaluate.probes import load_probe
-    from synthscale.evaluate.runner import CFG_CANDIDATES, Setting, evaluate_run, milestones_of
+    from synthscale.evaluate.runner import Setting, Tuning, evaluate_run, milestones_of
+    from synthscale.evaluate.selection import choose
 
     run_dir = next(root.glob("train/flow-*"))
     probe = load_probe(next(root.glob("instruments/probe-*/probe.json")).parent)
-    settings = EvalSettings(n=16, holdout_n=0, loss_batches=1, batch_size=16, speed=False)
+    settings = EvalSettings(n=16, holdout_n=0, loss_batches=1, batch_size=16, speed=False, val_n=16)
     last = milestones_of(run_dir)[-1]
-    records = evaluate_run(run_dir, probe, settings, plan=[Setting(last, 0, "ema", 2, None)], progress=False)
+    plan = [Setting(last, 0, "ema", 2, None, tune=Tuning("ema", 2))]
+    records = evaluate_run(run_dir, probe, settings, plan=plan, progress=False)
     chosen = [r for r in records if (r.instruments.get("cfg_selection") or {}).get("by")]
     assert len(chosen) == 1
-    scores = chosen[0].instruments["cfg_selection"]["fd_probe_by_scale"]
-    assert set(scores) == {f"{c:g}" for c in CFG_CANDIDATES}
-    assert chosen[0].cfg_scale == min(CFG_CANDIDATES, key=lambda c: scores[f"{c:g}"])
+    selection = chosen[0].instruments["cfg_selection"]
+    scores = selection["scores"]
+    assert [s["cfg_scale"] for s in scores] == settings.cfg_candidates and selection["split"] == "val"
+    assert chosen[0].cfg_scale == scores[choose(scores, "fd_probe", "prompt_acc")]["cfg_scale"]
 
 
 def test_paper_grid_dry_run_needs_no_data_or_weights(tmp_path, capsys):

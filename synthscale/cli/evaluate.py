@@ -24,7 +24,10 @@ def register(sub) -> None:
         "--cfg",
         type=cfg_list,
         default=None,
-        help="guidance scales, e.g. 1,2,3; or 'best': chosen on validation prompts, reported on test",
+        help="guidance scales, e.g. 1,2,3; or 'best': chosen per checkpoint among "
+        + ", ".join(f"{c:g}" for c in default_of(EvalSettings, "cfg_candidates"))
+        + f" on {default_of(EvalSettings, 'val_n')} validation prompts (quality and prompt following, rescaled), "
+        "reported on test",
     )
     p.add_argument("--weights", type=csv_list(str), default=None, help="ema,raw")
     for key, flag, what in (

@@ -89,13 +89,14 @@ def _sample_jobs(args: argparse.Namespace, device) -> list:
     target = Path(args.target)
     cfg = args.cfg if args.cfg is not None else None
     if (target / STORE_NAME).is_file():
-        from synthscale.study.pick import best_models
+        from synthscale.study.pick import best_models, use_chosen_temperature
 
         if args.milestone is not None:
             raise ConfigError("--milestone picks within one run; for a study folder use --compute FLOPS")
         jobs = []
         for obj, c in best_models(target, args.compute).items():
             g = load_generator(c.run_dir, c.step, args.weights or c.weights, device=device)
+            use_chosen_temperature(g, c)
             steps = steps_for(g, args.steps, c.steps)
             short = f"{obj} {c.size} {c.train_flops:.2g} FLOPs"
             cfg_scale = c.cfg_scale if cfg is None else cfg

@@ -35,7 +35,15 @@ from synthscale.imagegrid import labelled_grid, save_png
 from synthscale.progress import progress_bar
 
 RECORDS = "records.jsonl"
-CFG_CANDIDATES = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+SELECTIONS = "selections.json"  # sampling settings chosen on validation prompts, so a resumed evaluation reuses them
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Where a checkpoint's sampling setting is chosen on validation prompts: these weights at these steps."""
+
+    weights: str
+    steps: int
 
 
 @dataclass(frozen=True)
@@ -44,13 +52,18 @@ class Setting:
     milestone: int  # index among the evaluated run's milestones (0 = first)
     weights: str
     steps: int
-    cfg_scale: float | None  # None: pick the best of CFG_CANDIDATES on validation prompts, then report on test
+    cfg_scale: float | None  # None: the scale chosen on validation prompts (`tune`), then reported on test
     speed: bool = False
+    # with a tuning: the checkpoint's choice on validation prompts sets the temperature (objectives that sample
+    # with one) and, when cfg_scale is None, the scale; None: cfg_scale as given, the objective's own temperature
+    tune: Tuning | None = None
+    temperature: float | None = None  # resolved from the choice; None: the objective's own
 
     @property
     def tag(self) -> str:
         cfg = "best" if self.cfg_scale is None else f"{self.cfg_scale:g}"
-        return f"{self.checkpoint.name}-{self.weights}-steps{self.steps}-cfg{cfg}"
+        temp = "" if self.temperature is None else f"-temp{self.temperature:g}"
+        return f"{self.checkpoint.name}-{self.weights}-steps{self.steps}-cfg{cfg}{temp}"
 
 
 def milestones_of(run_dir: str | Path) -> list:
@@ -62,17 +75,22 @@ def milestones_of(run_dir: str | Path) -> list:
 
 def study_settings(run_dir: str | Path, objective, latent_spec, settings: EvalSettings) -> list[Setting]:
     """A study's plan: every milestone at (steps, cfg_scale) for each weights; the last milestone also sweeps
-    steps and CFG (EMA weights when evaluated) and measures sampling speed at the main steps."""
+    steps and CFG (EMA weights when evaluated) and measures sampling speed at the main steps. cfg_scale `best`:
+    each milestone's scale and temperature are chosen once, on validation prompts at the main steps with those
+    weights, and every setting of that milestone samples with them (the steps and CFG sweeps and raw weights
+    then vary one thing at a time)."""
     infos = milestones_of(run_dir)
     chosen = infos if settings.milestones == "all" else infos[-1:]
     steps = settings.steps.get(objective.name, objective.default_steps(latent_spec))
-    plan = [Setting(info, infos.index(info), w, steps, settings.cfg_scale) for info in chosen for w in settings.weights]
     last, w = infos[-1], ("ema" if "ema" in settings.weights else settings.weights[0])
+    best = settings.cfg_scale == "best"
+    cfg, tune = (None, Tuning(w, steps)) if best else (settings.cfg_scale, None)
+    plan = [Setting(info, infos.index(info), x, steps, cfg, tune=tune) for info in chosen for x in settings.weights]
     sweep = settings.sweep.get(objective.name, objective.steps_grid(latent_spec))
     for s in sorted(set(sweep) | {steps}):
-        plan.append(Setting(last, len(infos) - 1, w, s, settings.cfg_scale, speed=settings.speed and s == steps))
+        plan.append(Setting(last, len(infos) - 1, w, s, cfg, speed=settings.speed and s == steps, tune=tune))
     for c in settings.cfg_sweep:
-        plan.append(Setting(last, len(infos) - 1, w, steps, c))
+        plan.append(Setting(last, len(infos) - 1, w, steps, c, tune=tune))
     unique: dict[tuple, Setting] = {}
     for p in plan:  # keep one setting per key; a speed request wins
         key = (p.checkpoint.name, p.weights, p.steps, p.cfg_scale)
@@ -84,10 +102,17 @@ def study_settings(run_dir: str | Path, objective, latent_spec, settings: EvalSe
 def product_settings(
     run_dir, which: str, weights: Iterable[str], steps: Iterable[int], cfgs: Iterable[float], speed: bool = False
 ) -> list[Setting]:
-    """Every combination (the `synthscale evaluate` flags): milestones `all` or `last` × weights × steps × CFG."""
+    """Every combination (the `synthscale evaluate` flags): milestones `all` or `last` × weights × steps × CFG (None:
+    chosen on validation prompts for that checkpoint, weights and steps)."""
     infos = milestones_of(run_dir)
     chosen = infos if which == "all" else infos[-1:]
-    return [Setting(i, infos.index(i), w, s, c, speed) for i in chosen for w in weights for s in steps for c in cfgs]
+    return [
+        Setting(i, infos.index(i), w, s, c, speed, tune=Tuning(w, s) if c is None else None)
+        for i in chosen
+        for w in weights
+        for s in steps
+        for c in cfgs
+    ]
 
 
 def as_instruments(instruments) -> list[Instrument]:
@@ -129,9 +154,10 @@ class RunEvaluator:
         self.prompt_info = Prompts(self.captions, self.prompts, data.holdout, n_test=len(self.test))
         self.bound = [i.bind(self.test.images, seed=settings.seed) for i in self.instruments]
         self._losses: dict[tuple[str, str], float] = {}
-        self._val = None  # validation prompts, loaded when `--cfg best` needs them
+        self._val = None  # validation prompts, loaded when a sampling setting is chosen on them
         self._val_latents = None  # validation latent cache, for the loss
         self.out = self.run_dir / "eval"
+        self._selections = _read_json(self.out / SELECTIONS)
 
     @functools.cached_property
     def decode_flops(self) -> int:
@@ -155,13 +181,26 @@ class RunEvaluator:
     # ------------------------------------------------------------------------------------------ pieces
 
     @torch.no_grad()
-    def sample(self, gen_model, steps: int, cfg_scale: float, text: torch.Tensor | None = None) -> np.ndarray:
-        """uint8 images [len(prompts), H, W, 3] for every evaluation prompt (or `text`), from the settings' seed."""
+    def sample(
+        self,
+        gen_model,
+        steps: int,
+        cfg_scale: float,
+        text: torch.Tensor | None = None,
+        temperature: float | None = None,
+    ) -> np.ndarray:
+        """uint8 images [len(prompts), H, W, 3] for every evaluation prompt (or `text`), from the settings' seed,
+        at `temperature` (None: the objective's own)."""
         text = self.text if text is None else text
+        objective = gen_model.objective
+        if temperature is not None:
+            from synthscale.objectives import get_objective
+
+            objective = get_objective(dataclasses.replace(objective.cfg, temperature=temperature))
         generator = torch.Generator(self.device).manual_seed(self.settings.seed)
         bs, out = self.settings.batch_size, []
         for i in range(0, len(text), bs):
-            latents = gen_model.objective.sample(gen_model.model, text[i : i + bs], steps, cfg_scale, generator)
+            latents = objective.sample(gen_model.model, text[i : i + bs], steps, cfg_scale, generator)
             out.append(to_uint8(self.autoencoder.decode(latents)))
         return np.concatenate(out)
 
@@ -178,47 +217,78 @@ class RunEvaluator:
         """Mean objective loss on fixed validation batches, captions never dropped (the same draws every time)."""
         key = (gen_model.checkpoint.name, gen_model.weights)
         if key not in self._losses:
-            source = self._val_source()
-            bs = min(self.settings.batch_size, len(source))
-            generator = torch.Generator().manual_seed(self.settings.seed)
-            losses = []
-            for b in range(self.settings.loss_batches):
-                idx = (torch.arange(bs) + b * bs) % len(source)
-                batch = source.get_batch(idx, generator)
-                latents, text = batch["latents"].to(self.device), batch["text"].to(self.device)
-                losses.append(
-                    float(gen_model.objective.loss(gen_model.model, latents, text, generator, drop_captions=False))
-                )
-            self._losses[key] = float(np.mean(losses))
+            s = self.settings
+            self._losses[key] = validation_loss(gen_model, self._val_source(), s.batch_size, s.loss_batches, s.seed)
         return self._losses[key]
 
-    def select_cfg(self, setting: Setting, gen_model) -> tuple[Setting, dict[str, Any]]:
-        """`--cfg best`: the scale with the lowest Fréchet distance of the deciding quality instrument on
-        validation prompts (never on the test prompts)."""
-        judge = deciding(self.instruments, "quality")
-        if judge is None:
-            raise ValueError("--cfg best needs an instrument that measures image quality")
-        if self._val is None:
-            self._val = prompt_set(self.run_cfg.data, "val", self.settings.n)
-            self._val_quality = judge.bind(self._val.images, seed=self.settings.seed)
-            self._val_text = tokenizer_for(self.run_cfg.data).encode(self._val.captions).to(self.device)
-        scores = {}
-        for c in CFG_CANDIDATES:
-            images = self.sample(gen_model, setting.steps, c, self._val_text)
-            scores[c] = self._val_quality.quality(images)[judge.quality]
-        best = min(scores, key=scores.get)
-        info = {
-            "by": f"lowest {judge.quality} on validation prompts ({judge.name})",
-            "n_val": len(self._val),
-            f"{judge.quality}_by_scale": {f"{c:g}": v for c, v in scores.items()},
+    def choose(self, checkpoint, tune: Tuning, load) -> dict[str, Any]:
+        """The sampling setting chosen for `checkpoint` on validation prompts (evaluate/selection.py has the rule):
+        every candidate CFG scale × temperature sampled for the first `val_n` validation prompts with the
+        `tune.weights` generator (`load(checkpoint, weights)`) at `tune.steps`, scored by the deciding quality and
+        prompt-following instruments against the validation images. Never reads a test prompt. Kept in
+        eval/selections.json, so a resumed evaluation does not sample again."""
+        from synthscale.evaluate.selection import choose, rule_text
+
+        cfgs, temps = self.settings.candidates(self.run_cfg.objective)
+        quality, following = deciding(self.instruments, "quality"), deciding(self.instruments, "following")
+        q_name, f_name = quality.quality if quality else None, following.following if following else None
+        where = {
+            "checkpoint": checkpoint.name,
+            "weights": tune.weights,
+            "steps": tune.steps,
+            "split": "val",
+            "n_val": self.settings.val_n,
+            "seed": self.settings.seed,
+            "candidates": {"cfg_scale": cfgs, "temperature": temps},
+            "instruments": sorted(i.name for i in (quality, following) if i is not None),
         }
-        return dataclasses.replace(setting, cfg_scale=best), info
+        key = json.dumps(where, sort_keys=True)
+        if key in self._selections:
+            return self._selections[key]
+        if self._val is None:
+            self._val = prompt_set(self.run_cfg.data, "val", self.settings.val_n)
+            self._val_text = tokenizer_for(self.run_cfg.data).encode(self._val.captions).to(self.device)
+            self._val_prompts = Prompts(self._val.captions, self._val.attributes, self.run_cfg.data.holdout)
+            self._val_quality = quality.bind(self._val.images, seed=self.settings.seed) if quality else None
+        gen_model, scores = load(checkpoint, tune.weights), []
+        for c in cfgs:
+            for t in temps:
+                images = self.sample(gen_model, tune.steps, c, self._val_text, temperature=t)
+                row: dict[str, Any] = {"cfg_scale": c, "temperature": t}
+                if quality:
+                    row[q_name] = self._val_quality.quality(images)[q_name]
+                if following:
+                    row[f_name] = following.follow(images, self._val_prompts, self.settings.seed)[f_name]
+                scores.append(row)
+        won = scores[choose(scores, q_name, f_name)]
+        selection = {
+            **where,
+            "by": rule_text(q_name, f_name),
+            "scores": scores,
+            "chosen": {"cfg_scale": won["cfg_scale"], "temperature": won["temperature"]},
+        }
+        self._selections[key] = selection
+        atomic.write_json(self.out / SELECTIONS, self._selections)
+        return selection
+
+    def resolve(self, setting: Setting, load) -> tuple[Setting, dict[str, Any] | None]:
+        """`setting` with its chosen scale and temperature filled in, and the choice as its record carries it
+        (with `applied`: which of the setting's values came from it); a setting without a tuning as it is."""
+        if setting.tune is None:
+            return setting, None
+        selection = self.choose(setting.checkpoint, setting.tune, load)
+        chosen, applied = selection["chosen"], ["temperature"] if selection["chosen"]["temperature"] is not None else []
+        cfg = setting.cfg_scale
+        if cfg is None:
+            cfg, applied = chosen["cfg_scale"], ["cfg_scale", *applied]
+        resolved = dataclasses.replace(setting, cfg_scale=cfg, temperature=chosen["temperature"])
+        return resolved, {**selection, "applied": applied}
 
     # ------------------------------------------------------------------------------------------ one setting
 
     def evaluate(self, setting: Setting, gen_model, cfg_selection: dict[str, Any] | None = None) -> EvalRecord:
         s, obj, rc = setting, gen_model.objective, self.run_cfg
-        images = self.sample(gen_model, s.steps, s.cfg_scale)
+        images = self.sample(gen_model, s.steps, s.cfg_scale, temperature=s.temperature)
         n_test = len(self.test)
         metrics: dict[str, float] = {"loss": self.validation_loss(gen_model)}
         metrics.update(score_images(self.bound, images, self.prompt_info))
@@ -243,6 +313,7 @@ class RunEvaluator:
             "prompts": {"test": n_test, "holdout": len(self.prompts) - n_test, "seed": self.settings.seed},
             "steps": s.steps,
             "cfg_scale": s.cfg_scale,
+            "temperature": s.temperature,  # None: the objective's own (the run config's)
             "weights": s.weights,
             "checkpoint": s.checkpoint.name,
             "sample_flops": {
@@ -287,16 +358,47 @@ class RunEvaluator:
         )
 
 
+@torch.no_grad()
+def validation_loss(gen_model, source, batch_size: int, batches: int | None, seed: int) -> float:
+    """Mean objective loss of `gen_model` on `batches` fixed batches of the validation latent cache `source`
+    (None: the whole split once), captions never dropped, every draw from `seed`: the same draws for every model,
+    so two models' losses differ by the models only."""
+    bs = min(batch_size, len(source))
+    batches = -(-len(source) // bs) if batches is None else batches
+    generator = torch.Generator().manual_seed(seed)
+    device = next(gen_model.model.parameters()).device
+    losses = []
+    for b in range(batches):
+        idx = (torch.arange(bs) + b * bs) % len(source)
+        batch = source.get_batch(idx, generator)
+        latents, text = batch["latents"].to(device), batch["text"].to(device)
+        losses.append(float(gen_model.objective.loss(gen_model.model, latents, text, generator, drop_captions=False)))
+    return float(np.mean(losses))
+
+
 # ---------------------------------------------------------------------------------------------- records file
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _key(r: dict) -> tuple:
     ins = r["instruments"]
-    return (ins["checkpoint"], r["weights"], r["steps"], float(r["cfg_scale"]), ins["n"], ins["prompts"]["seed"])
+    temperature = ins.get("temperature")
+    return (
+        ins["checkpoint"],
+        r["weights"],
+        r["steps"],
+        float(r["cfg_scale"]),
+        temperature,
+        ins["n"],
+        ins["prompts"]["seed"],
+    )
 
 
 def _key_of(s: Setting, settings: EvalSettings) -> tuple:
-    return (s.checkpoint.name, s.weights, s.steps, float(s.cfg_scale), settings.n, settings.seed)
+    return (s.checkpoint.name, s.weights, s.steps, float(s.cfg_scale), s.temperature, settings.n, settings.seed)
 
 
 def _scored_by(r: dict) -> list[str]:
@@ -346,19 +448,26 @@ def evaluate_run(
         r = done.get(_key_of(s, settings))
         return r is not None and _scored_by(r) == names and (not s.speed or "latency_s" in r["metrics"])
 
-    todo = [s for s in plan if s.cfg_scale is None or not finished(s)]
     loaded: dict[tuple[str, str], Any] = {}
-    for s in progress_bar(todo, desc=f"evaluate {run_dir.name}", unit="setting", enabled=progress, leave=False):
-        key = (s.checkpoint.name, s.weights)
+
+    def load(checkpoint, weights: str):
+        key = (checkpoint.name, weights)
         if key not in loaded:
             loaded.clear()  # one generator in memory at a time
-            loaded[key] = load_generator(run_dir, s.checkpoint, s.weights, device=device)
-        selection = None
-        if s.cfg_scale is None:
-            s, selection = ev.select_cfg(s, loaded[key])
-            if finished(s) and done[_key_of(s, settings)]["instruments"].get("cfg_selection") == selection:
-                continue
-        record = ev.evaluate(s, loaded[key], selection).to_dict()
+            loaded[key] = load_generator(run_dir, checkpoint, weights, device=device)
+        return loaded[key]
+
+    todo = [s for s in plan if s.tune is not None or not finished(s)]
+    made: set[tuple] = set()  # a fixed scale that equals the chosen one samples the same images: scored once
+    for s in progress_bar(todo, desc=f"evaluate {run_dir.name}", unit="setting", enabled=progress, leave=False):
+        s, selection = ev.resolve(s, load)
+        key = _key_of(s, settings)
+        if key in made:
+            continue
+        made.add(key)
+        if selection is not None and finished(s) and done[key]["instruments"].get("cfg_selection") == selection:
+            continue
+        record = ev.evaluate(s, load(s.checkpoint, s.weights), selection).to_dict()
         done[_key(record)] = record
         _write_records(
             run_dir, sorted(done.values(), key=lambda r: (r["train_flops"], r["weights"], r["steps"], r["cfg_scale"]))

@@ -164,12 +164,20 @@ def load_study(study_dir: str | Path) -> StudyData:
 # ---------------------------------------------------------------------------------------------- settings
 
 
-def setting(r: dict[str, Any]) -> tuple[str, int, float]:
-    return (r["weights"], r["steps"], r["cfg_scale"])
+CFG_CHOSEN = "best"  # a setting's CFG when each milestone's scale was chosen on validation prompts
 
 
-def describe_setting(s: tuple[str, int, float]) -> str:
-    return f"{s[0]} weights, {s[1]} steps, CFG {s[2]:g}"
+def setting(r: dict[str, Any]) -> tuple[str, int, float | str]:
+    """(weights, steps, CFG) of a record; CFG is CFG_CHOSEN where the record's scale was chosen on validation
+    prompts (it then differs between milestones, and the setting is the choosing, not one scale)."""
+    selection = (r.get("instruments") or {}).get("cfg_selection") or {}
+    chosen = selection and "cfg_scale" in selection.get("applied", ["cfg_scale"])
+    return (r["weights"], r["steps"], CFG_CHOSEN if chosen else r["cfg_scale"])
+
+
+def describe_setting(s: tuple[str, int, float | str]) -> str:
+    cfg = "CFG chosen on validation" if s[2] == CFG_CHOSEN else f"CFG {s[2]:g}"
+    return f"{s[0]} weights, {s[1]} steps, {cfg}"
 
 
 def primary_settings(records: list[dict[str, Any]]) -> dict[str, tuple[str, int, float]]:
@@ -180,9 +188,13 @@ def primary_settings(records: list[dict[str, Any]]) -> dict[str, tuple[str, int,
     for r in records:
         points[r["objective"]][setting(r)].add((r["run"], r["milestone"]))
     return {
-        obj: max(by_setting, key=lambda s: (len(by_setting[s]), s[0] == "ema", s[1], s[2]))
+        obj: max(by_setting, key=lambda s: (len(by_setting[s]), s[0] == "ema", s[1], s[2] == CFG_CHOSEN, _num(s[2])))
         for obj, by_setting in points.items()
     }
+
+
+def _num(x: Any) -> float:
+    return x if isinstance(x, (int, float)) else 0.0
 
 
 def main_autoencoders(

@@ -469,8 +469,7 @@ def ema_gains(data: cmp.StudyData, metrics: DecisiveMetrics = DEFAULT_METRICS) -
         for obj, ps in ema_pairs(data).items()
         for e, r in ps
         if e["autoencoder"] == data.main_autoencoders.get(obj)
-        and (e["steps"], e["cfg_scale"])
-        == (data.settings.get(obj, ("", 0, 0.0))[1], data.settings.get(obj, ("", 0, 0.0))[2])
+        and cmp.setting(e)[1:] == data.settings.get(obj, ("", 0, 0.0))[1:]
     ]
     for e, _ in pairs:
         last[e["run"]] = max(last.get(e["run"], -1), e["milestone"])

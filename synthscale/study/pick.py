@@ -35,6 +35,7 @@ class Choice:
     cfg_scale: float
     metric: str
     quality: float | None
+    temperature: float | None = None  # chosen on validation prompts with the CFG scale; None: the objective's own
 
     def label(self) -> str:
         q = f", {self.metric.replace('_', '-')} {cmp.fmt(self.quality)}" if self.quality is not None else ""
@@ -110,4 +111,16 @@ def _choice(study_dir: Path, r: dict[str, Any], level: float, metric: str) -> Ch
         cfg_scale=r["cfg_scale"],
         metric=metric,
         quality=cmp.value(r, metric),
+        temperature=(r.get("instruments") or {}).get("temperature"),
     )
+
+
+def use_chosen_temperature(generator, choice: Choice) -> None:
+    """Make `generator` sample at the temperature its milestone was evaluated at (chosen on validation prompts)."""
+    if choice.temperature is not None:
+        import dataclasses
+
+        from synthscale.objectives import get_objective
+
+        cfg = dataclasses.replace(generator.objective.cfg, temperature=choice.temperature)
+        generator.objective = get_objective(cfg)

@@ -30,6 +30,7 @@ from synthscale.config import (
     to_dict,
 )
 from synthscale.objectives import latent_kind
+from synthscale.study import tuning
 from synthscale.study.grid import Stage
 
 AE_LATENT = {"kl": "continuous", "lfq": "discrete", "fsq": "discrete", "diffusers": "continuous"}
@@ -57,6 +58,7 @@ class StudyPlan:
     autoencoders: dict[str, tuple[AutoencoderConfig, Stage]]  # name → (config, stage)
     instruments: list[Stage]  # one stage per instrument the evaluation scores with
     ceilings: dict[str, Stage] = dataclasses.field(default_factory=dict)  # autoencoder name → its ceiling stage
+    lr_sweeps: dict[str, Any] = dataclasses.field(default_factory=dict)  # objective → study.tuning.LrSweep
 
 
 def _autoencoder_config(path: str, study: StudyConfig, base: Path) -> AutoencoderConfig:
@@ -130,11 +132,14 @@ def plan_study(study: StudyConfig, root: str | Path, spec_dir: str | Path = ".")
     stages += ceilings.values()
     runs: list[RunPlan] = []
     caches: dict[str, Stage] = {}
+    sweeps = tuning.plan_lr_sweeps(study, root, main, caches, stages)  # before the grid: it sets LRs
+    at_lr = tuning.at_chosen_lrs(study, sweeps)
     for objective, size, data_size, budget, ae, ablation in _run_grid(study, main, ablations):
         runs.append(
-            _plan_run(study, root, (objective, size, data_size, budget), ae, ablation, instruments, caches, stages)
+            _plan_run(at_lr, root, (objective, size, data_size, budget), ae, ablation, instruments, caches, stages)
         )
-    return StudyPlan(study, root, stages, runs, autoencoders, instruments, ceilings)
+    tuning.link_to_sweeps(runs, sweeps, stages, root)
+    return StudyPlan(study, root, stages, runs, autoencoders, instruments, ceilings, sweeps)
 
 
 PRECISION_JSON = "precision.json"
@@ -330,28 +335,46 @@ def estimate_flops(plan: StudyPlan) -> dict[str, Any]:
         text = TextSpec(s.data.caption_vocab, s.data.max_caption_tokens, 0)
         notes.append(f"caption tokenizer assumed from data.caption_vocab/max_caption_tokens ({e})")
     train_total = sum(r.run_cfg.train.budget_flops for r in plan.runs)
-    sample_total, per_run = 0.0, []
+    train_total += sum(sw.point[2] * (len(sw.candidates) - 1) for sw in plan.lr_sweeps.values())  # tuning.py
+    sample_total, per_run, ev = 0.0, [], s.evaluation
     for r in plan.runs:
         latent = _latent_shape(plan.autoencoders[r.autoencoder][0], notes)
         obj = get_objective(r.run_cfg.objective)
-        steps = s.evaluation.steps.get(obj.name, obj.default_steps(latent))
-        per_image = obj.sample_flops(r.run_cfg.model, latent, text, steps, s.evaluation.cfg_scale)
-        images = s.evaluation.n + s.evaluation.holdout_n
-        milestones = len(milestone_grid(r.run_cfg.train)) if s.evaluation.milestones == "all" else 1
-        sweep = s.evaluation.sweep.get(obj.name, obj.steps_grid(latent))
+        steps = ev.steps.get(obj.name, obj.default_steps(latent))
+        cfgs, temps = ev.candidates(r.run_cfg.objective)
+        cfg = max(cfgs, key=lambda c: obj.sample_flops(r.run_cfg.model, latent, text, steps, c))
+        cfg = cfg if ev.cfg_scale == "best" else ev.cfg_scale  # best: counted at the costliest candidate
+        per_image = obj.sample_flops(r.run_cfg.model, latent, text, steps, cfg)
+        images = ev.n + ev.holdout_n
+        milestones = len(milestone_grid(r.run_cfg.train)) if ev.milestones == "all" else 1
+        sweep = ev.sweep.get(obj.name, obj.steps_grid(latent))
         flops = images * (
-            milestones * len(s.evaluation.weights) * per_image
-            + sum(obj.sample_flops(r.run_cfg.model, latent, text, k, s.evaluation.cfg_scale) for k in sweep)
-            + sum(obj.sample_flops(r.run_cfg.model, latent, text, steps, c) for c in s.evaluation.cfg_sweep)
+            milestones * len(ev.weights) * per_image
+            + sum(obj.sample_flops(r.run_cfg.model, latent, text, k, cfg) for k in sweep)
+            + sum(obj.sample_flops(r.run_cfg.model, latent, text, steps, c) for c in ev.cfg_sweep)
         )
+        if ev.cfg_scale == "best":  # choosing on validation prompts: every candidate at every evaluated milestone
+            per_val = sum(obj.sample_flops(r.run_cfg.model, latent, text, steps, c) for c in cfgs) * len(temps)
+            flops += milestones * ev.val_n * per_val
         sample_total += flops
         per_run.append(
             {
                 "run": r.train.name,
                 "train_flops": r.run_cfg.train.budget_flops,
                 "eval_sample_flops": flops,
+                "lr": tuning.lr_of(plan, r),
                 "params": obj.param_counts(r.run_cfg.model, latent, text)["total"],
             }
+        )
+    if ev.cfg_scale == "best":
+        notes.append(
+            f"cfg_scale best: evaluation sampling counted at the costliest CFG candidate, plus every candidate on "
+            f"{ev.val_n} validation prompts at each evaluated milestone"
+        )
+    if plan.lr_sweeps:
+        notes.append(
+            "training includes the LR sweeps' runs (each candidate at the smallest size and budget; the chosen one "
+            "is that grid cell's run)"
         )
     return {
         "runs": per_run,

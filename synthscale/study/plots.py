@@ -286,7 +286,7 @@ def _sweeps(data: cmp.StudyData) -> tuple[float | None, dict[str, list[dict[str,
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in data.records:
         prim = data.settings.get(r["objective"])
-        if prim and (r["weights"], r["cfg_scale"]) == (prim[0], prim[2]):
+        if prim and (r["weights"], cmp.setting(r)[2]) == (prim[0], prim[2]):
             groups[(r["run"], r["milestone"])].append(r)
     chosen: tuple[tuple, float | None, dict] = ((0, 0, 0.0), None, {})
     for lv, best in fnd.best_models(data, quality).items():
@@ -376,7 +376,7 @@ def ema_vs_raw(data: cmp.StudyData) -> Plot:
     pairs = []
     for r in data.records:
         prim = data.settings.get(r["objective"])
-        if prim and (r["steps"], r["cfg_scale"]) == (prim[1], prim[2]):
+        if prim and cmp.setting(r)[1:] == prim[1:]:
             pairs.append(r)
     weights = {(r["run"], r["weights"]) for r in pairs}
     runs_both = {run for run, w in weights if (run, "ema") in weights and (run, "raw") in weights}

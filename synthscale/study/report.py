@@ -58,10 +58,7 @@ def _sample_grids(data: cmp.StudyData, metric: str = "fd_probe") -> tuple[list[d
     best `metric` there — the findings' rule for the best model (at small budgets the largest model is often the
     under-trained one)."""
     flops = {(r["run"], r["milestone"]): (r["train_flops"], r["params"]) for r in data.records}
-    fd = {
-        (r["run"], r["milestone"], r["weights"], r["steps"], r["cfg_scale"]): r["metrics"].get(metric)
-        for r in data.records
-    }
+    recs = {(r["run"], r["milestone"], r["weights"], r["steps"], r["cfg_scale"]): r for r in data.records}
     grids = []
     for a in data.artifacts:
         if a["kind"] == "samples" and (a["run"], a["milestone"]) in flops and Path(a["path"]).is_file():
@@ -73,10 +70,12 @@ def _sample_grids(data: cmp.StudyData, metric: str = "fd_probe") -> tuple[list[d
             ):
                 continue  # main-grid models only, as the findings' rule for the best model
             c, n = flops[(a["run"], a["milestone"])]
-            score = fd.get((a["run"], a["milestone"], a["weights"], a["steps"], a["cfg_scale"]))
+            rec = recs.get((a["run"], a["milestone"], a["weights"], a["steps"], a["cfg_scale"]))
+            score = rec["metrics"].get(metric) if rec else None
             grids.append(
                 dict(
                     a,
+                    setting=cmp.setting(rec) if rec else None,
                     objective=objective,
                     train_flops=c,
                     params=n,
@@ -93,7 +92,7 @@ def _sample_grids(data: cmp.StudyData, metric: str = "fd_probe") -> tuple[list[d
         if not cands:
             continue
         prim = data.settings.get(obj)
-        g = max(cands, key=lambda g: ((g["weights"], g["steps"], g["cfg_scale"]) == prim, -g["fd_probe"], g["params"]))
+        g = max(cands, key=lambda g: (g["setting"] == prim, -g["fd_probe"], g["params"]))
         size = next((r["size"] for r in data.runs if r["run"] == g["run"]), "")
         g["label"] = (
             f"{obj} {size} @ {g['train_flops']:.3g} training FLOPs — {g['weights']} weights, "

@@ -118,7 +118,17 @@ def _grid(a: Analysis, out_dir: Path) -> list:
                 ]
             )
         )
+    for title, (text, table) in _tuning_tables(d):
+        out += [Heading(title, 3), Para(text), Table(*table)]
     return out
+
+
+def _tuning_tables(d) -> list:
+    """The tuned-on-validation tables that have rows: CFG/temperature per milestone, the LR sweep."""
+    from synthscale.study.tuning_tables import cfg_choice_table, lr_sweep_table
+
+    tables = [("CFG/temperature chosen on validation", cfg_choice_table(d)), ("Learning-rate sweep", lr_sweep_table(d))]
+    return [(title, t) for title, t in tables if t[1][1]]
 
 
 def _figures(a: Analysis, out_dir: Path) -> list:

@@ -10,6 +10,7 @@ from typing import Any
 
 from synthscale import atomic
 from synthscale.config import StudyConfig, load, to_dict
+from synthscale.study import tuning
 from synthscale.study.grid import DONE, FAILED, execute, stage_dir, status_of
 from synthscale.study.plan import PRECISION_JSON, StudyPlan, estimate_flops, plan_study
 
@@ -30,9 +31,12 @@ def dry_run(plan: StudyPlan) -> str:
         c[1] += status_of(plan.root, s) == "done"
     lines += [f"  {kind:<12} {n} ({done} done)" for kind, (n, done) in counts.items()]
     lines.append("  instruments: " + ", ".join(s.kwargs["spec"] for s in plan.instruments))
-    lines.append(f"  {'run':<44} {'params':>10} {'train FLOPs':>12} {'eval FLOPs':>12}")
+    lines += tuning.describe(plan)
+    lines.append(f"  {'run':<44} {'params':>10} {'train FLOPs':>12} {'eval FLOPs':>12}  lr")
     for r in est["runs"]:
-        lines.append(f"  {r['run']:<44} {r['params']:>10,} {r['train_flops']:>12.3g} {r['eval_sample_flops']:>12.3g}")
+        lines.append(
+            f"  {r['run']:<44} {r['params']:>10,} {r['train_flops']:>12.3g} {r['eval_sample_flops']:>12.3g}  {r['lr']}"
+        )
     lines.append(
         f"estimated total: {est['total_flops']:.3g} FLOPs (training {est['train_flops']:.3g} + evaluation "
         f"sampling {est['eval_sample_flops']:.3g}; 2 FLOPs per MAC, autoencoder/instrument costs not included)"
@@ -52,6 +56,8 @@ def ingest(plan: StudyPlan) -> Path:
         store.set_meta("updated", time.strftime("%Y-%m-%dT%H:%M:%S"))
         if (root / PRECISION_JSON).is_file():  # precision: auto — what was measured and chosen
             store.set_meta("precision", (root / PRECISION_JSON).read_text())
+        if plan.lr_sweeps:
+            store.set_meta("lr_sweep", json.dumps(tuning.results(plan)))
         for name, (cfg, stage) in plan.autoencoders.items():
             if status_of(root, stage) != "done":
                 continue
@@ -162,15 +168,17 @@ def run_study(
         plan = plan_study(study, out, spec_dir=Path(spec).resolve().parent)
     atomic.write_json(root / "study.json", to_dict(study))
     started = time.time()
-    states = execute(
-        root,
-        plan.stages,
+    how = dict(
         executor=executor or study.executor,
         workers=workers or study.workers,
         threads=study.threads,
         progress=progress,
         cluster=study.cluster,
     )
+    if tuning.awaiting(plan):  # the LR sweeps first: the grid's runs are planned at the LRs they choose
+        execute(root, tuning.sweep_stages(plan), **how)
+        plan = plan_study(study, out, spec_dir=Path(spec).resolve().parent)
+    states = execute(root, plan.stages, **how)
     ingest(plan)
     report = build_report(root)
     return {"states": states, "report": report, "seconds": time.time() - started}

@@ -38,7 +38,7 @@ from urllib.parse import unquote, urlsplit
 
 import torch
 
-from synthscale.study.pick import Choice, best_models, compute_levels
+from synthscale.study.pick import Choice, best_models, compute_levels, use_chosen_temperature
 from synthscale.study.serve_page import PAGE
 
 MAX_BODY = 16 * 1024  # bytes of a generate request
@@ -93,6 +93,7 @@ class ModelCache:
             if e["generator"] is None:
                 t1 = time.perf_counter()
                 e["generator"] = load_generator(choice.run_dir, choice.step, choice.weights, device=self.device)
+                use_chosen_temperature(e["generator"], choice)
                 load_s = time.perf_counter() - t1
             g = e["generator"]
             t2 = time.perf_counter()
