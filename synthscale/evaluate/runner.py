@@ -131,6 +131,12 @@ class RunEvaluator:
         self._val_latents = None  # validation latent cache, for the loss
         self.out = self.run_dir / "eval"
 
+    @property
+    def sampling_seed(self) -> int:
+        """The settings' seed offset by the run's: replicate seeds of a study differ in their sampling draws too
+        (the prompts stay the settings'); seed 0 samples as a single-seed study always did."""
+        return self.settings.seed + self.run_cfg.seed
+
     @staticmethod
     def run_config(run_dir: str | Path) -> RunConfig:
         cfg_path = Path(run_dir) / "config.json"
@@ -149,9 +155,9 @@ class RunEvaluator:
 
     @torch.no_grad()
     def sample(self, gen_model, steps: int, cfg_scale: float, text: torch.Tensor | None = None) -> np.ndarray:
-        """uint8 images [len(prompts), H, W, 3] for every evaluation prompt (or `text`), from the settings' seed."""
+        """uint8 images [len(prompts), H, W, 3] for every evaluation prompt (or `text`), from the sampling seed."""
         text = self.text if text is None else text
-        generator = torch.Generator(self.device).manual_seed(self.settings.seed)
+        generator = torch.Generator(self.device).manual_seed(self.sampling_seed)
         bs, out = self.settings.batch_size, []
         for i in range(0, len(text), bs):
             latents = gen_model.objective.sample(gen_model.model, text[i : i + bs], steps, cfg_scale, generator)
@@ -233,6 +239,7 @@ class RunEvaluator:
                 "captions_dropped": False,
             },
             "prompts": {"test": n_test, "holdout": len(self.prompts) - n_test, "seed": self.settings.seed},
+            "sampling_seed": self.sampling_seed,
             "steps": s.steps,
             "cfg_scale": s.cfg_scale,
             "weights": s.weights,

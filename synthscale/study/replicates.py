@@ -22,6 +22,7 @@ difference may go beyond "inconclusive" (`findings.apply_replicates` states and 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections import defaultdict
@@ -49,31 +50,50 @@ def _cell_of_run(run: dict[str, Any] | None, run_id: str) -> str:
     return json.dumps({k: v for k, v in cfg.items() if k != "seed"}, sort_keys=True, default=str)
 
 
-def seed_sd(values: np.ndarray, ses: np.ndarray) -> float:
+def _moments(values, ses) -> tuple[int, float, float, float]:
+    """(k, mean, sample variance, mean se²) in plain Python: a handful of seeds, called by the thousand."""
+    k = len(values)
+    mean = sum(values) / k
+    s2 = sum((v - mean) ** 2 for v in values) / (k - 1) if k > 1 else 0.0
+    return k, mean, s2, sum(e * e for e in ses) / k
+
+
+def seed_sd(values, ses) -> float:
     """The between-seed (training) standard deviation beyond evaluation noise: √max(s² − mean se², 0)."""
     if len(values) < 2:
         return math.nan
-    return math.sqrt(max(float(np.var(values, ddof=1)) - float(np.mean(ses**2)), 0.0))
+    _, _, s2, m = _moments(values, ses)
+    return math.sqrt(max(s2 - m, 0.0))
 
 
 def two_level_interval(
     values: np.ndarray, ses: np.ndarray, rng: np.random.Generator, n_boot: int = N_BOOT
 ) -> tuple[float, float]:
     """95 % interval of the mean over seeds of `values` (one per seed, each with evaluation standard error
-    `ses`): resample seeds, then redraw each drawn seed's number (the module docstring). Needs ≥ 2 seeds."""
-    y, se = np.asarray(values, float), np.asarray(ses, float)
-    k = len(y)
-    if k < 2:
+    `ses`): resample seeds, then redraw each drawn seed's number (the module docstring). Needs ≥ 2 seeds.
+    n_boot=0: the closed form the bootstrap's sd converges to, √((σ̂_b² + mean se²)/k) (simulated studies by the
+    thousand, where Monte-Carlo draws would only add time)."""
+    if len(values) < 2:
         raise ValueError("a two-level interval needs at least two seeds; one seed has only its evaluation interval")
-    mean, s2 = float(y.mean()), float(np.var(y, ddof=1))
-    between = max(s2 - float(np.mean(se**2)), 0.0)
-    shrink = math.sqrt(k / (k - 1) * between / s2) if s2 > 0 else 0.0
-    resid = shrink * (y - mean)
-    idx = rng.integers(0, k, (n_boot, k))
-    draws = mean + resid[idx] + rng.standard_normal((n_boot, k)) * se[idx]
-    sd = float(draws.mean(axis=1).std(ddof=1))
-    half = float(student_t.ppf(0.975, k - 1)) * sd
+    k, mean, s2, m = _moments(values, ses)
+    between = max(s2 - m, 0.0)
+    if n_boot == 0:
+        sd = math.sqrt((between + m) / k)
+    else:
+        y, se = np.asarray(values, float), np.asarray(ses, float)
+        shrink = math.sqrt(k / (k - 1) * between / s2) if s2 > 0 else 0.0
+        resid = shrink * (y - mean)
+        idx = rng.integers(0, k, (n_boot, k))
+        draws = mean + resid[idx] + rng.standard_normal((n_boot, k)) * se[idx]
+        sd = float(draws.mean(axis=1).std(ddof=1))
+    half = t95(k - 1) * sd
     return mean - half, mean + half
+
+
+@functools.lru_cache
+def t95(df: int) -> float:
+    """Student's t two-sided 95 % quantile."""
+    return float(student_t.ppf(0.975, df))
 
 
 def _value_se(metrics: dict[str, Any], name: str) -> tuple[float, float] | None:
@@ -122,14 +142,14 @@ def aggregate(
             pairs = [p for r in members if (p := _value_se(r["metrics"], name)) is not None]
             if not pairs:
                 continue
-            y, se = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
-            metrics[name] = float(y.mean())
-            agg["seed_values"][name] = y.tolist()
+            y, se = [p[0] for p in pairs], [p[1] for p in pairs]
+            metrics[name] = sum(y) / len(y)
+            agg["seed_values"][name] = y
             if len(y) >= 2:
                 metrics[name + "_lo"], metrics[name + "_hi"] = two_level_interval(y, se, rng, n_boot)
                 agg["seed_sd"][name] = seed_sd(y, se)
         agg["metrics"] = metrics
-        agg["train_flops"] = float(np.mean([r["train_flops"] for r in members]))
+        agg["train_flops"] = sum(r["train_flops"] for r in members) / len(members)
         out.append(agg)
     return out
 
