@@ -88,9 +88,7 @@ def _params(objective, run_cfg: RunConfig, latent, text) -> tuple[int, int, int]
     from synthscale.objectives.base import frozen_stand_in
 
     with torch.device("meta"):
-        model = objective.build_model(
-            run_cfg.model, latent, text, text_encoder=frozen_stand_in(run_cfg.model, text)
-        )
+        model = objective.build_model(run_cfg.model, latent, text, text_encoder=frozen_stand_in(run_cfg.model, text))
     counts = param_counts(model)
     head = getattr(model, "head", None)
     head_n = sum(p.numel() for p in head.parameters()) if head is not None else 0
@@ -256,3 +254,65 @@ def study_parity(data) -> str:
     except ValueError:
         spec = None
     return spec.get("parity", "tokens") if isinstance(spec, dict) else "tokens"
+
+
+# ---------------------------------------------------------------------------------------------- the report's section
+
+
+@dataclass
+class ReportSection:
+    """The report's "comparison controls" section: the table, the measured-vs-assumed seed noise, and the
+    sentences that state what is matched and whether training noise was measured."""
+
+    head: list[str]
+    rows: list[list[str]]
+    noise_head: list[str]
+    noise_rows: list[list[str]]
+    notes: list[str]
+    mismatch: str | None  # the header's line when the paradigms see different image-token counts
+
+
+def report_section(data) -> ReportSection:
+    from synthscale.study import calibration
+    from synthscale.study import replicates as rep
+
+    runs, left_out = study_controls(data)
+    head, rows = table(runs, data.objectives)
+    noise = calibration.seed_noise(data)
+    noise_head, noise_rows = calibration.noise_rows(noise)
+    k = rep.seeds_per_cell(data.records)
+    if rep.training_noise_measured(data.records):
+        notes = [
+            f"Training noise is measured: every number averages ≥ {k} seeds of its grid cell (faint points in the "
+            "figures are the single seeds). Its 95 % interval is a two-level bootstrap — seeds resampled, then each "
+            "seed's number redrawn from its own prompts/images interval (parametric: records keep no per-prompt "
+            f"scores) — with Student's t at {k - 1} degrees of freedom, so it includes the seeds' spread."
+        ]
+    else:
+        notes = [
+            "Training noise is unmeasured: each grid cell was trained with one seed, so every interval covers only "
+            "the evaluation's prompts/images, while one run's outcome can move with its seed by far more. Rule: "
+            "findings on differences are at most inconclusive and the recommendation names no significant winner; "
+            "set `seeds: [0, 1, 2]` in the study spec to measure it."
+        ]
+    notes.append(
+        f"The decision rules' calibration simulated run-to-run noise of {noise.prompt_used:.2g} logit (whole-prompt "
+        f"accuracy) and {noise.fd_used:.2g} log (FD) per seed: "
+        + (
+            "what this study's seeds measured (largest paradigm)."
+            if noise.source == "measured"
+            else "the stated conservative default, as this study has no replicate seeds."
+        )
+    )
+    mismatch = token_mismatch(runs)
+    parity = study_parity(data)
+    if mismatch:
+        notes.append(
+            f"Image tokens differ between paradigms ({mismatch}; parity: {parity}): the comparison does not hold "
+            "the token count equal, so a ranking may measure the token count rather than the paradigm."
+        )
+    elif runs:
+        notes.append(f"Every paradigm sees {runs[0].image_tokens} image tokens (parity: {parity}).")
+    notes += [f"Left out of the table: {n}." for n in left_out]
+    header = f"image tokens differ between paradigms: {mismatch} (parity: {parity})" if mismatch else None
+    return ReportSection(head, rows, noise_head, noise_rows, notes, header)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from synthscale import atomic
-from synthscale.study import calibration, plots
+from synthscale.study import calibration, controls, plots
 from synthscale.study import compare as cmp
 from synthscale.study import findings as fnd
 from synthscale.study import instruments as ins
@@ -546,6 +546,9 @@ def _html_summary(a: Analysis) -> list[str]:
     )
     if d.meta.get("notes"):
         p.append(f'<p class="banner">{_e(d.meta["notes"])}</p>')
+    ctl = controls.report_section(d)
+    if ctl.mismatch:
+        p.append(f'<p class="banner">Not token-matched: {_e(ctl.mismatch)}.</p>')
     p.append(
         "<h2>Findings on this run</h2><table><tr><th>#</th><th>claim (Kilian et al. 2024)</th><th>verdict</th></tr>"
     )
@@ -559,6 +562,12 @@ def _html_summary(a: Analysis) -> list[str]:
         "<h2>Recommendation</h2><p>At each measured budget, the paradigm with the best value over every model "
         "and sampling setting trained to it; ties are within the measured 95 % intervals (or 10 % where a "
         "number has none).</p>" + _html_table(*_rec_table(a.recommendations))
+    )
+    p.append(
+        "<h2>Comparison controls</h2>"
+        + _html_table(ctl.head, ctl.rows)
+        + "".join(f"<p>{_e(n)}</p>" for n in ctl.notes)
+        + _html_table(ctl.noise_head, ctl.noise_rows)
     )
     head, rows = _holdout_table(d)
     p.append(
@@ -719,6 +728,9 @@ def render_markdown(a: Analysis, figure_files: dict[str, str], sample_files: lis
     m = [f"# synthscale report: {d.name}", ""]
     if d.meta.get("notes"):
         m += [f"> **{d.meta['notes']}**", ""]
+    ctl = controls.report_section(d)
+    if ctl.mismatch:
+        m += [f"> **Not token-matched: {ctl.mismatch}.**", ""]
     m += [
         (
             f"{len(d.runs)} runs, {len(d.records)} evaluation records, {len(d.autoencoders)} autoencoders. "
@@ -739,6 +751,13 @@ def render_markdown(a: Analysis, figure_files: dict[str, str], sample_files: lis
         "## Recommendation",
         "",
         _md_table(*_rec_table(a.recommendations)),
+        "",
+        "## Comparison controls",
+        "",
+        _md_table(ctl.head, ctl.rows),
+        "",
+        *[line for n in ctl.notes for line in (n, "")],
+        _md_table(ctl.noise_head, ctl.noise_rows),
         "",
         "## Prompt following: test vs held-out combinations",
         "",
