@@ -14,7 +14,8 @@ rule whose measured false-confirmation bound exceeds 5 % answers "inconclusive" 
 Training noise: a study's records average its replicate seeds, with intervals that include the seeds' spread
 (`study/replicates.py`). Where a record stands on one seed, training noise is unmeasured — its interval covers
 the prompts only, and one run's outcome can move with its seed by far more — so findings 2-6, which judge
-differences, answer at most "inconclusive", and recommendations name no significant winner (`apply_replicates`).
+differences, answer at most "inconclusive", and the quality and prompt-following recommendations name no
+significant winner (`apply_replicates`, `recommendations`).
 """
 
 from __future__ import annotations
@@ -644,7 +645,9 @@ def recommendations(data: cmp.StudyData, metrics: DecisiveMetrics = DEFAULT_METR
                 best.items(), key=lambda kv: cmp.value(kv[1], metric), reverse=not cmp.lower_is_better(metric)
             )
             winner, wr = ranked[0]
-            ties = [o for o, r in ranked[1:] if not replicated or cmp.compare(wr, r, metric) == 0]
+            # what a trained model scores moves with its seed; its sampling speed barely does
+            noisy = not replicated and metric not in ("latency_s", "throughput_ips")
+            ties = [o for o, r in ranked[1:] if noisy or cmp.compare(wr, r, metric) == 0]
             detail = "; ".join(_describe_candidate(o, r, metric, metrics.quality) for o, r in ranked)
             out.append(Recommendation(criterion, metric, lv, winner, ties, detail))
     return out
