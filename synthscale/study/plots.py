@@ -107,8 +107,21 @@ def _draw_metric_vs(ax, series: dict, metric: str, xkey: str, style) -> int:
             ax.errorbar(x, y, yerr=err, color=colour, ls=ls, marker=marker, ms=4, capsize=2, label=label)
         else:
             ax.plot(x, y, color=colour, ls=ls, marker=marker, ms=4, label=label)
+        _draw_seeds(ax, rs, metric, xkey, colour)
         drawn += 1
     return drawn
+
+
+def _draw_seeds(ax, rs: list[dict[str, Any]], metric: str, xkey: str, colour: str) -> None:
+    """The single seeds behind each averaged point, faintly (study/replicates.py)."""
+    xs, ys = [], []
+    for r in rs:
+        values = (r.get("seed_values") or {}).get(metric) or []
+        if len(values) >= 2:
+            xs += [r[xkey]] * len(values)
+            ys += values
+    if xs:
+        ax.scatter(xs, ys, color=colour, alpha=0.25, s=9, linewidths=0, zorder=1)
 
 
 def _tick_text(v: float, _pos=None) -> str:
@@ -213,10 +226,10 @@ def quality_vs_training_flops(data: cmp.StudyData) -> Plot:
     settings = "; ".join(f"{o}: {cmp.describe_setting(s)}" for o, s in sorted(data.settings.items()))
     caption = (
         f"Each objective's primary sampling setting ({settings}), main-grid autoencoder per objective "
-        f"({', '.join(f'{o}: {a}' for o, a in sorted(main.items()))}). Error bars: the records' 95 % "
-        f"bootstrap intervals where measured; dashed: real data scored by the same instrument. "
+        f"({', '.join(f'{o}: {a}' for o, a in sorted(main.items()))}). Points: the mean over a cell's seeds, its "
+        f"single seeds faint; error bars: 95 % intervals where measured (over seeds and prompts/images with "
+        f"replicate seeds, else over prompts/images only); dashed: real data scored by the same instrument. "
         f"{_deciders_text(data)}. Instruments: {cmp.describe_instruments(recs)}."
-        f"bootstrap intervals where measured. Instruments: {cmp.describe_instruments(recs)}."
         + _ceiling_caption(ceilings)
     )
     return Plot(key, title, caption, _png(fig))
