@@ -229,8 +229,7 @@ def quality_vs_training_flops(data: cmp.StudyData) -> Plot:
         f"({', '.join(f'{o}: {a}' for o, a in sorted(main.items()))}). Points: the mean over a cell's seeds, its "
         f"single seeds faint; error bars: 95 % intervals where measured (over seeds and prompts/images with "
         f"replicate seeds, else over prompts/images only); dashed: real data scored by the same instrument. "
-        f"{_deciders_text(data)}. Instruments: {cmp.describe_instruments(recs)}."
-        + _ceiling_caption(ceilings)
+        f"{_deciders_text(data)}. Instruments: {cmp.describe_instruments(recs)}." + _ceiling_caption(ceilings)
     )
     return Plot(key, title, caption, _png(fig))
 
