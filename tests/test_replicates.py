@@ -73,3 +73,29 @@ def test_aggregate_averages_seeds_of_one_cell_only():
     assert rep.seeds_per_cell(list(out.values())) == 1 and not rep.training_noise_measured(list(out.values()))
     assert rep.training_noise_measured([a])
     assert rep.measured_spread([a], "prompt_acc", logit=True)["flow"] > 0.5
+
+
+def test_plots_draw_each_seed_faintly_beside_the_mean():
+    from synthscale.study import plots
+
+    drawn = []
+
+    class Axes:  # records what a figure would draw
+        def errorbar(self, x, y, **kw):
+            drawn.append(("mean", list(x), list(y), kw))
+
+        def plot(self, x, y, **kw):
+            drawn.append(("mean", list(x), list(y), kw))
+
+        def scatter(self, x, y, **kw):
+            drawn.append(("seeds", list(x), list(y), kw))
+
+    cell = _record("a", 0.35)
+    cell["seed_values"] = {"prompt_acc": [0.2, 0.5, 0.35]}
+    plain = _record("b", 0.6, milestone=1)  # one seed: nothing faint
+    style = lambda key: ("C0", "-", "o", key)  # noqa: E731
+    plots._draw_metric_vs(Axes(), {"flow": [cell, plain]}, "prompt_acc", "train_flops", style)
+    means = [d for d in drawn if d[0] == "mean"]
+    seeds = [d for d in drawn if d[0] == "seeds"]
+    assert len(means) == 1 and means[0][2] == [0.35, 0.6]
+    assert len(seeds) == 1 and seeds[0][1:3] == ([1e12] * 3, [0.2, 0.5, 0.35]) and seeds[0][3]["alpha"] < 0.5
