@@ -135,6 +135,14 @@ def _distinct(values: list[Any], fmt) -> str:
     return " / ".join(seen)
 
 
+def _span(values: list[Any], fmt) -> str:
+    """Distinct values, or their range where a grid gives many (steps and epochs: sizes × budgets)."""
+    present = sorted({v for v in values if v is not None})
+    if len(present) <= 3:
+        return _distinct(values, fmt)
+    return f"{fmt(present[0])}–{fmt(present[-1])} ({len(present)} values)"
+
+
 def _g(v: float) -> str:
     return f"{v:.3g}"
 
@@ -161,8 +169,8 @@ def table(runs: list[RunControls], order: list[str] | None = None) -> tuple[list
                 _distinct([r.params for r in rs], _millions),
                 _distinct([r.params_nonembedding for r in rs], _millions),
                 _distinct([r.params_no_head for r in rs], _millions),
-                _distinct([r.steps for r in rs], str),
-                _distinct([r.epochs for r in rs], lambda v: f"{v:.2g}"),
+                _span([r.steps for r in rs], str),
+                _span([r.epochs for r in rs], lambda v: f"{v:.2g}"),
                 _distinct([r.precision for r in rs], str),
                 _distinct([r.lr for r in rs], _g),
                 _distinct([r.batch for r in rs], str),
