@@ -72,7 +72,8 @@ def test_aggregate_averages_seeds_of_one_cell_only():
     assert out["b"]["seeds"] == [0] and out["b"]["metrics"]["prompt_acc_lo"] == pytest.approx(0.55)
     assert rep.seeds_per_cell(list(out.values())) == 1 and not rep.training_noise_measured(list(out.values()))
     assert rep.training_noise_measured([a])
-    assert rep.measured_spread([a], "prompt_acc", logit=True)["flow"] > 0.5
+    sd, df = rep.measured_spread([a], "prompt_acc", logit=True)["flow"]
+    assert sd > 0.5 and df == 2 and rep.sd_upper(sd, df) > 2 * sd  # two degrees of freedom: a loose upper limit
 
 
 def test_plots_draw_each_seed_faintly_beside_the_mean():

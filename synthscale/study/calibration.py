@@ -200,8 +200,9 @@ ASSUMED_FD_SEED_SD = 0.6  # log scale
 @dataclasses.dataclass
 class SeedNoise:
     """The run-to-run noise a study's calibration simulates: per objective what its seeds measured (between-seed sd
-    pooled over cells, evaluation noise left in), the assumed fallback, and the value used (the largest measured,
-    else the fallback)."""
+    pooled over cells, evaluation noise left in), the assumed fallback, and the value used: with replicates the
+    largest paradigm's one-sided 95 % upper confidence limit (three seeds pin an sd down only loosely), never below
+    the stored table's assumption; without them the conservative fallback."""
 
     seeds: int  # the fewest seeds behind a main-grid cell
     prompt_measured: dict[str, float]
@@ -217,9 +218,14 @@ def seed_noise(data, quality: str = "fd_probe") -> SeedNoise:
     seeds = rep.seeds_per_cell(main)
     prompt = rep.measured_spread(main, "prompt_acc", logit=True) if seeds >= rep.MIN_SEEDS else {}
     fd = rep.measured_spread(main, quality) if seeds >= rep.MIN_SEEDS else {}
+    point = lambda spread: {o: sd for o, (sd, _) in spread.items()}  # noqa: E731
     if prompt and fd:
-        return SeedNoise(seeds, prompt, fd, max(prompt.values()), max(fd.values()), "measured")
-    return SeedNoise(seeds, prompt, fd, ASSUMED_PROMPT_SEED_SD, ASSUMED_FD_SEED_SD, "assumed")
+        base = sim.Design()
+        upper = lambda spread, floor: max(floor, *(rep.sd_upper(sd, df) for sd, df in spread.values()))  # noqa: E731
+        used_prompt = upper(prompt, math.hypot(base.prompt_run_sd, base.prompt_step_sd))
+        used_fd = upper(fd, math.hypot(base.fd_run_sd, base.fd_step_sd))
+        return SeedNoise(seeds, point(prompt), point(fd), used_prompt, used_fd, "measured")
+    return SeedNoise(seeds, point(prompt), point(fd), ASSUMED_PROMPT_SEED_SD, ASSUMED_FD_SEED_SD, "assumed")
 
 
 def noise_rows(noise: SeedNoise) -> tuple[list[str], list[list[str]]]:
@@ -230,9 +236,14 @@ def noise_rows(noise: SeedNoise) -> tuple[list[str], list[list[str]]]:
         ["(no replicate seeds: unmeasured)", "—", "—"]
     ]
     base = sim.Design()
-    rows.append(["assumed by the stored table", f"{base.prompt_run_sd:.2g}", f"{base.fd_run_sd:.2g}"])
+    stored_prompt, stored_fd = (
+        math.hypot(base.prompt_run_sd, base.prompt_step_sd),
+        math.hypot(base.fd_run_sd, base.fd_step_sd),
+    )
+    rows.append(["assumed by the stored table", f"{stored_prompt:.2g}", f"{stored_fd:.2g}"])
     rows.append(["assumed without replicates", f"{ASSUMED_PROMPT_SEED_SD:.2g}", f"{ASSUMED_FD_SEED_SD:.2g}"])
-    rows.append([f"simulated for this study ({noise.source})", f"{noise.prompt_used:.2g}", f"{noise.fd_used:.2g}"])
+    used = "measured: 95 % upper limit, ≥ the stored table's" if noise.source == "measured" else "assumed"
+    rows.append([f"simulated for this study ({used})", f"{noise.prompt_used:.2g}", f"{noise.fd_used:.2g}"])
     return head, rows
 
 

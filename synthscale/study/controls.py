@@ -307,7 +307,8 @@ def report_section(data) -> ReportSection:
         f"The decision rules' calibration simulated run-to-run noise of {noise.prompt_used:.2g} logit (whole-prompt "
         f"accuracy) and {noise.fd_used:.2g} log (FD) per seed: "
         + (
-            "what this study's seeds measured (largest paradigm)."
+            "the one-sided 95 % upper limit of what this study's seeds measured (largest paradigm), never below "
+            "the stored table's assumption."
             if noise.source == "measured"
             else "the stated conservative default, as this study has no replicate seeds."
         )

@@ -164,12 +164,14 @@ def training_noise_measured(records: list[dict[str, Any]]) -> bool:
     return bool(records) and seeds_per_cell(records) >= MIN_SEEDS
 
 
-def measured_spread(records: list[dict[str, Any]], metric: str, logit: bool = False) -> dict[str, float]:
-    """Per objective, the between-seed sd of `metric`, pooled over its cells (root mean square of the per-cell
-    sample sd), on the log scale (`logit`: the logit scale, for accuracies) — what the calibration simulates as
+def measured_spread(records: list[dict[str, Any]], metric: str, logit: bool = False) -> dict[str, tuple[float, int]]:
+    """Per objective, the between-seed sd of `metric`, pooled over its cells (the pooled sample variance), on the
+    log scale (`logit`: the logit scale, for accuracies) — what the calibration simulates as
     training noise. Evaluation noise is left in (conservative: the simulation adds its own on top). Cells with
-    one seed do not count; an objective without replicated cells is left out."""
+    one seed do not count; an objective without replicated cells is left out. Each value is (sd, degrees of
+    freedom: the sum of seeds − 1 over the pooled cells)."""
     pooled: dict[str, list[float]] = defaultdict(list)
+    df: dict[str, int] = defaultdict(int)
     for r in records:
         ys = (r.get("seed_values") or {}).get(metric)
         if not ys or len(ys) < 2:
@@ -181,5 +183,13 @@ def measured_spread(records: list[dict[str, Any]], metric: str, logit: bool = Fa
             y = np.log(y)
         else:
             continue
-        pooled[r["objective"]].append(float(np.var(y, ddof=1)))
-    return {o: math.sqrt(float(np.mean(v))) for o, v in sorted(pooled.items())}
+        pooled[r["objective"]].append(float(np.var(y, ddof=1)) * (len(y) - 1))
+        df[r["objective"]] += len(y) - 1
+    return {o: (math.sqrt(sum(v) / df[o]), df[o]) for o, v in sorted(pooled.items())}
+
+
+def sd_upper(sd: float, df: int, level: float = 0.95) -> float:
+    """One-sided upper confidence limit of a standard deviation estimated with `df` degrees of freedom."""
+    from scipy.stats import chi2
+
+    return sd * math.sqrt(df / float(chi2.ppf(1 - level, df)))
