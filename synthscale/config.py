@@ -305,8 +305,19 @@ class StudyConfig:
     # faster, checked once when the study first starts and kept in STUDY/precision.json), or None: the runs' own
     precision: str | None = None
     cluster: ClusterConfig = field(default_factory=lambda: ClusterConfig())  # slurm / ray executors
+    # replicate seeds: every grid point is trained (init, data order) and sampled once per seed (RunConfig.seed, a
+    # part of its key); the report averages them, with intervals that include this training noise. One seed:
+    # training noise is unmeasured and no verdict on a difference goes beyond "inconclusive" (study/replicates.py)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    # what the compared paradigms must match: "tokens" refuses (when planned) a grid whose objectives see different
+    # image-token counts; "none" allows it and the report names the mismatch (study/controls.py)
+    parity: Literal["tokens", "none"] = "tokens"
 
     def __post_init__(self):
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
+            raise ValueError(f"seeds must be distinct integers ≥ 0 (at least one), got {self.seeds}")
+        if self.parity not in ("tokens", "none"):
+            raise ValueError(f"parity must be tokens or none, got {self.parity!r}")
         if self.precision not in (None, "fp32", "bf16", "auto"):
             raise ValueError(f"precision must be fp32, bf16 or auto (or left out), got {self.precision!r}")
         valid = ObjectiveConfig.names()

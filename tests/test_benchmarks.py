@@ -113,3 +113,41 @@ def test_study_stages_benchmark_sums_stages_and_rates_training(tmp_path, monkeyp
     assert set(rows) == {"kl-a", "flow-b"}
     assert rows["flow-b"]["gflop_per_s"] == 2.5 and rows["flow-b"]["precision"] == "fp32"  # 4e10 FLOPs in 16 s
     assert rows["kl-a"]["cpu_s"] == 9.5 and "gflop_per_s" not in rows["kl-a"]
+
+
+def _simulated_store(root: Path, seeds: int) -> None:
+    """A results store of a simulated study (study/simulate.py) with `seeds` replicate seeds per cell."""
+    import dataclasses
+
+    import numpy as np
+
+    from synthscale.study import simulate as sim
+    from synthscale.study.results import ResultsStore
+
+    data = sim.simulate_study(np.random.default_rng(0), None, dataclasses.replace(sim.Design(), seeds=seeds))
+    with ResultsStore.of(root) as store:
+        store.set_meta("notes", "SIMULATED")
+        store.set_meta("main_autoencoders", json.dumps(data.main_autoencoders))
+        for r in data.runs:
+            store.add_run(
+                r["run"], r["objective"], r["size"], 20000, r["autoencoder"], status="done", config=r["config"]
+            )
+        store.add_records(
+            [dict(r, params_nonembedding=r["params"], step=r["milestone"] + 1) for r in data.seed_records]
+        )
+
+
+def test_seed_noise_benchmark_measures_the_simulated_spread(tmp_path, monkeypatch):
+    """Five seeds of a simulated study: the benchmark recovers its between-seed spread (run offset and AR(1)
+    noise, plus evaluation noise) and calibrates the rules at it, every false-confirmation bound ≤ 5 %."""
+    _simulated_store(tmp_path / "study", seeds=5)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_benchmark("seed_noise.py", [str(tmp_path / "study"), "--false", "60", "--true", "5"], out, monkeypatch)
+    noise = result["noise"]
+    assert noise["source"] == "measured" and noise["seeds"] == 5
+    assert set(noise["prompt_logit_sd"]) == {"flow", "masked", "autoregressive"}
+    # simulated: prompt 0.10 logit per run + 0.05 AR + binomial noise at 128 prompts (~0.2 logit); FD 0.05 + 0.03
+    # + 0.05 evaluation (log)
+    assert 0.1 < noise["prompt_used"] < 0.6 and 0.04 < noise["fd_used"] < 0.2
+    assert result["bounds_held"] and len(result["cells"]) == 6

@@ -133,3 +133,24 @@ def test_power_law_rule_calibration():
     )
     row = table["findings"]["1"]
     assert row["false_confirm_upper"] <= fnd.FALSE_CONFIRM_LIMIT, row
+
+
+def test_calibration_simulates_the_seed_noise_a_study_measured():
+    """Without replicates the calibration assumes the stated conservative noise; with them it simulates what the
+    study's seeds measured, and the false-confirmation bound holds (≤ 5 %) at that noise."""
+    rng = np.random.default_rng(3)
+    single = sim.simulate_study(rng)
+    assert cal.seed_noise(single).source == "assumed" and cal.study_design(single).seeds == 1
+    assert cal.study_design(single).prompt_run_sd == pytest.approx(
+        cal._run_sd(cal.ASSUMED_PROMPT_SEED_SD, sim.Design().prompt_step_sd)
+    )
+    noisy = dataclasses.replace(sim.Design(), seeds=4, prompt_run_sd=0.6, fd_run_sd=0.3)
+    data = sim.simulate_study(rng, None, noisy)
+    noise = cal.seed_noise(data)
+    assert noise.source == "measured" and noise.seeds == 4
+    assert 0.4 < noise.prompt_used < 1.2 and 0.2 < noise.fd_used < 0.6  # run + AR(1) + evaluation noise
+    design = cal.study_design(data)
+    assert design.seeds == 4 and "4 seed(s) per cell" in cal.describe(design)
+    table = cal.calibrate((2, 3, 5), n_false=60, n_true=5, design=design)
+    for number, row in table["findings"].items():
+        assert row["false_confirm_upper"] <= fnd.FALSE_CONFIRM_LIMIT, (number, row)

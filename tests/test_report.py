@@ -258,3 +258,72 @@ def test_finding_4_counts_the_decoder_and_old_records_say_it_is_missing(study, t
     assert all("the decoder's FLOPs were not recorded" in e for e in f4_old.evidence if e.startswith("(a)"))
     md = build_report(tmp_path, n_boot=10)["markdown"].read_text()
     assert "| not recorded |" in md and "not timed" in md
+
+
+def test_single_seed_verdicts_on_differences_are_at_most_inconclusive(study):
+    """The fixture has one seed per cell: its rules confirm findings 2-5 (test_findings_follow_the_numbers), but
+    training noise is unmeasured, so the report's verdicts on differences stay inconclusive and say why."""
+    from synthscale.study import replicates as rep
+
+    data = cmp.load_study(study)
+    assert not rep.training_noise_measured(data.records)
+    found = fnd.all_findings(data, {}, {}, {})
+    assert all(f.verdict == fnd.INCONCLUSIVE for f in found if f.number in fnd.DIFFERENCE_FINDINGS)
+    assert sum("training noise is unmeasured" in " ".join(f.evidence) for f in found) >= 4
+    for r in fnd.recommendations(data):
+        if r.winner is not None and r.metric in ("fd_probe", "prompt_acc"):  # no significant winner: all tie
+            assert set(r.tie_with) == {o for o in data.objectives if f"{o}:" in r.detail} - {r.winner}
+    build_report(study, n_boot=10)
+    md = (study / "report" / "report.md").read_text()
+    assert "## Comparison controls" in md and "Training noise is unmeasured" in md
+    assert "the stated conservative default" in md and "assumed without replicates" in md
+
+
+def test_replicate_seeds_average_into_one_record_per_cell(study, tmp_path):
+    """Three seeds of every fixture run: one record per cell (the lowest seed's run id), its value the seeds' mean,
+    its interval wider than any one seed's, and the single-seed rule no longer applies."""
+    from synthscale.study import replicates as rep
+
+    with ResultsStore.of(study, create=False) as src:
+        runs, records, aes = src.runs(), src.records(), src.autoencoders()
+    shift = {0: 0.0, 1: 0.03, 2: -0.03}
+    with ResultsStore.of(tmp_path) as dst:
+        for a in aes:
+            dst.add_autoencoder(a["name"], a["kind"], a["metrics"], config=a["config"])
+        for s in shift:
+            for r in runs:
+                name = r["run"] + (f"-s{s}" if s else "")
+                dst.add_run(
+                    name,
+                    r["objective"],
+                    r["size"],
+                    r["data_size"],
+                    r["autoencoder"],
+                    status=r["status"],
+                    budget_flops=r["budget_flops"],
+                    config={**(r["config"] or {}), "seed": s},
+                )
+            batch = []
+            for r in records:
+                m = dict(r["metrics"])
+                if "prompt_acc" in m:
+                    for k in ("prompt_acc", "prompt_acc_lo", "prompt_acc_hi"):
+                        m[k] = m[k] + shift[s] if k in m else None
+                    m = {k: v for k, v in m.items() if v is not None}
+                rr = {k: v for k, v in r.items() if k != "config_hash"}
+                batch.append(dict(rr, run=r["run"] + (f"-s{s}" if s else ""), metrics=m))
+            dst.add_records(batch)
+    data = cmp.load_study(tmp_path)
+    assert len(data.records) == len(records) and len(data.seed_records) == 3 * len(records)
+    assert rep.training_noise_measured(data.records)
+    one = {(r["run"], r["milestone"], r["weights"], r["steps"], r["cfg_scale"]): r for r in records}
+    for r in data.records:
+        assert r["seeds"] == [0, 1, 2]
+        base = one[(r["run"], r["milestone"], r["weights"], r["steps"], r["cfg_scale"])]["metrics"]
+        if "prompt_acc_lo" in base:
+            assert r["metrics"]["prompt_acc"] == pytest.approx(base["prompt_acc"])
+            assert r["metrics"]["prompt_acc_hi"] - r["metrics"]["prompt_acc_lo"] > (
+                base["prompt_acc_hi"] - base["prompt_acc_lo"]
+            )
+    found = fnd.all_findings(data, {}, {}, {})
+    assert not any("training noise is unmeasured" in " ".join(f.evidence) for f in found)

@@ -110,6 +110,41 @@ def test_objective_scoped_overrides_and_errors(tmp_path):
         plan_study(load(StudyConfig, SPEC, ["evaluation.sweep={masked: [4, 100]}"]), tmp_path, SPEC.parent)
 
 
+def test_seeds_key_runs_apart_and_seed_zero_keeps_its_keys(tmp_path):
+    one = plan_study(load(StudyConfig, SPEC), tmp_path, SPEC.parent)
+    three = plan_study(load(StudyConfig, SPEC, ["seeds=[0, 1, 2]"]), tmp_path, SPEC.parent)
+    assert len(three.runs) == 3 * len(one.runs)
+    ids = lambda plan, kind: {s.id for s in plan.stages if s.kind == kind}  # noqa: E731
+    assert ids(one, "train") <= ids(three, "train") and ids(one, "evaluate") <= ids(three, "evaluate")
+    assert len(ids(three, "train")) == len(ids(three, "evaluate")) == len(three.runs)  # every seed its own key
+    assert ids(one, "cache") == ids(three, "cache")  # the latent cache does not depend on the seed
+    cells: dict[tuple, set[int]] = {}
+    for r in three.runs:
+        c = r.run_cfg
+        cells.setdefault((c.objective.name, c.model.size, c.train.budget_flops), set()).add(c.seed)
+    assert all(seeds == {0, 1, 2} for seeds in cells.values())
+    with pytest.raises(ValueError, match="seeds must be distinct"):
+        load(StudyConfig, SPEC, ["seeds=[1, 1]"])
+    with pytest.raises(ConfigError, match="list the seeds in `seeds:` only"):
+        plan_study(load(StudyConfig, SPEC, ["seeds=[0, 1]", "run_overrides=[seed=3]"]), tmp_path, SPEC.parent)
+
+
+def test_token_parity_is_refused_with_the_fix_named(tmp_path):
+    """default.yaml gives flow 16 image tokens and the token methods 64: parity: tokens refuses it at planning."""
+    with pytest.raises(ConfigError, match=r"flow 16, masked 64.*model\.patch_size.*parity: none"):
+        plan_study(load(StudyConfig, SPEC, ["parity=tokens"]), tmp_path, SPEC.parent)
+    equal = load(StudyConfig, SPEC, ["parity=tokens", "run_overrides=[flow:model.patch_size=1]"])
+    plan = plan_study(equal, tmp_path, SPEC.parent)  # 8×8 latents unpatchified: 64 tokens each
+    from synthscale.study import controls
+    from synthscale.study.run import dry_run
+
+    runs = controls.plan_controls(plan)
+    assert {r.image_tokens for r in runs} == {64} and controls.token_mismatch(runs) is None
+    text = dry_run(plan_study(load(StudyConfig, SPEC), tmp_path, SPEC.parent))
+    assert "comparison controls (parity: none" in text and "image tokens differ" in text
+    assert "256 floats" in text and "bits" in text  # kl-f4c4 8×8×4 floats; fsq-f4 codes
+
+
 def _records(root: Path) -> list[dict]:
     out = []
     for path in sorted(root.glob("train/*/eval/records.jsonl")):

@@ -164,6 +164,12 @@ class RunEvaluator:
         """The decoder's FLOPs per image: the same for every setting of the run, so counted once, on first use."""
         return decode_flops(self.autoencoder)
 
+    @property
+    def sampling_seed(self) -> int:
+        """The settings' seed offset by the run's: replicate seeds of a study differ in their sampling draws too
+        (the prompts stay the settings'); seed 0 samples as a single-seed study always did."""
+        return self.settings.seed + self.run_cfg.seed
+
     @staticmethod
     def run_config(run_dir: str | Path) -> RunConfig:
         cfg_path = Path(run_dir) / "config.json"
@@ -189,7 +195,7 @@ class RunEvaluator:
         text: torch.Tensor | None = None,
         temperature: float | None = None,
     ) -> np.ndarray:
-        """uint8 images [len(prompts), H, W, 3] for every evaluation prompt (or `text`), from the settings' seed,
+        """uint8 images [len(prompts), H, W, 3] for every evaluation prompt (or `text`), from the sampling seed,
         at `temperature` (None: the objective's own)."""
         text = self.text if text is None else text
         objective = gen_model.objective
@@ -197,7 +203,7 @@ class RunEvaluator:
             from synthscale.objectives import get_objective
 
             objective = get_objective(dataclasses.replace(objective.cfg, temperature=temperature))
-        generator = torch.Generator(self.device).manual_seed(self.settings.seed)
+        generator = torch.Generator(self.device).manual_seed(self.sampling_seed)
         bs, out = self.settings.batch_size, []
         for i in range(0, len(text), bs):
             latents = objective.sample(gen_model.model, text[i : i + bs], steps, cfg_scale, generator)
@@ -311,6 +317,7 @@ class RunEvaluator:
                 "captions_dropped": False,
             },
             "prompts": {"test": n_test, "holdout": len(self.prompts) - n_test, "seed": self.settings.seed},
+            "sampling_seed": self.sampling_seed,
             "steps": s.steps,
             "cfg_scale": s.cfg_scale,
             "temperature": s.temperature,  # None: the objective's own (the run config's)

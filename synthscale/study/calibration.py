@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import inspect
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from scipy.stats import beta
 
 from synthscale.study import compare as cmp
 from synthscale.study import findings as fnd
+from synthscale.study import replicates as rep
 from synthscale.study import simulate as sim
 
 TABLE_PATH = Path(__file__).with_name("calibration.json")
@@ -183,13 +185,81 @@ _COMPARE_PARTS = (
 def describe(design: sim.Design) -> str:
     return (
         f"{len(design.sizes)} run(s) per objective, {len(design.milestones)} compute levels, "
-        f"{design.n_images} images per record"
+        f"{design.n_images} images per record, {design.seeds} seed(s) per cell, run-to-run sd "
+        f"{design.prompt_run_sd:.2g} logit (prompt) / {design.fd_run_sd:.2g} log (FD)"
     )
 
 
+# Run-to-run (seed) noise assumed where a study has no replicate seeds to measure its own. Conservative: two seeds
+# of the default study's flow 2x64 run at 5·10¹² FLOPs scored whole-prompt accuracy 0.29 vs 0.59 (bf16) and 0.13
+# vs 0.48 (fp32), fd-probe 11.9 vs 5.3 and 13.4 vs 5.6 (issue 20): a per-seed sd of ≈ 0.9-1.3 logit and ≈ 0.6 log
+ASSUMED_PROMPT_SEED_SD = 1.0  # logit scale
+ASSUMED_FD_SEED_SD = 0.6  # log scale
+
+
+@dataclasses.dataclass
+class SeedNoise:
+    """The run-to-run noise a study's calibration simulates: per objective what its seeds measured (between-seed sd
+    pooled over cells, evaluation noise left in), the assumed fallback, and the value used: with replicates the
+    largest paradigm's one-sided 95 % upper confidence limit (three seeds pin an sd down only loosely), never below
+    the stored table's assumption; without them the conservative fallback."""
+
+    seeds: int  # the fewest seeds behind a main-grid cell
+    prompt_measured: dict[str, float]
+    fd_measured: dict[str, float]
+    prompt_used: float
+    fd_used: float
+    source: str  # "measured" or "assumed"
+
+
+def seed_noise(data, quality: str = "fd_probe") -> SeedNoise:
+    """What a study measured across its replicate seeds (`replicates.measured_spread`), or the assumed defaults."""
+    main = cmp.main_grid_records(data)
+    seeds = rep.seeds_per_cell(main)
+    prompt = rep.measured_spread(main, "prompt_acc", logit=True) if seeds >= rep.MIN_SEEDS else {}
+    fd = rep.measured_spread(main, quality) if seeds >= rep.MIN_SEEDS else {}
+    point = lambda spread: {o: sd for o, (sd, _) in spread.items()}  # noqa: E731
+    if prompt and fd:
+        base = sim.Design()
+        upper = lambda spread, floor: max(floor, *(rep.sd_upper(sd, df) for sd, df in spread.values()))  # noqa: E731
+        used_prompt = upper(prompt, math.hypot(base.prompt_run_sd, base.prompt_step_sd))
+        used_fd = upper(fd, math.hypot(base.fd_run_sd, base.fd_step_sd))
+        return SeedNoise(seeds, point(prompt), point(fd), used_prompt, used_fd, "measured")
+    return SeedNoise(seeds, point(prompt), point(fd), ASSUMED_PROMPT_SEED_SD, ASSUMED_FD_SEED_SD, "assumed")
+
+
+def noise_rows(noise: SeedNoise) -> tuple[list[str], list[list[str]]]:
+    """Measured beside assumed run-to-run noise, per objective, for the report and the benchmark."""
+    head = ["objective", "whole-prompt accuracy: seed sd (logit)", "fd-probe: seed sd (log)"]
+    objectives = sorted(set(noise.prompt_measured) | set(noise.fd_measured))
+    rows = [[o, _num(noise.prompt_measured.get(o)), _num(noise.fd_measured.get(o))] for o in objectives] or [
+        ["(no replicate seeds: unmeasured)", "—", "—"]
+    ]
+    base = sim.Design()
+    stored_prompt, stored_fd = (
+        math.hypot(base.prompt_run_sd, base.prompt_step_sd),
+        math.hypot(base.fd_run_sd, base.fd_step_sd),
+    )
+    rows.append(["assumed by the stored table", f"{stored_prompt:.2g}", f"{stored_fd:.2g}"])
+    rows.append(["assumed without replicates", f"{ASSUMED_PROMPT_SEED_SD:.2g}", f"{ASSUMED_FD_SEED_SD:.2g}"])
+    used = "measured: 95 % upper limit, ≥ the stored table's" if noise.source == "measured" else "assumed"
+    rows.append([f"simulated for this study ({used})", f"{noise.prompt_used:.2g}", f"{noise.fd_used:.2g}"])
+    return head, rows
+
+
+def _num(v: float | None) -> str:
+    return "—" if v is None else f"{v:.2g}"
+
+
+def _run_sd(total: float, step_sd: float) -> float:
+    """The per-run offset sd that, with the AR(1) noise along milestones, gives seeds a spread of `total`."""
+    return math.sqrt(max(total**2 - step_sd**2, 0.0))
+
+
 def study_design(data) -> sim.Design:
-    """The simulation design of a real study: its evaluation images per record, main-grid sizes, compute levels and
-    which objectives have ablation autoencoders (noise levels stay the defaults: no study measures its own)."""
+    """The simulation design of a real study: its evaluation images per record, main-grid sizes, compute levels,
+    which objectives have ablation autoencoders, its seeds per cell and the run-to-run noise its seeds measured
+    (`seed_noise`: the assumed, conservative defaults where it has no replicates)."""
     main = cmp.main_grid_records(data)
     ns = sorted(int(r["instruments"]["n"]) for r in main if isinstance((r.get("instruments") or {}).get("n"), int))
     sizes = sorted({(r["size"], int(r["params"] or 1)) for r in main}, key=lambda s: s[1])
@@ -197,13 +267,16 @@ def study_design(data) -> sim.Design:
     ablation = tuple(
         sorted({r["objective"] for r in data.records if r["autoencoder"] != data.main_autoencoders.get(r["objective"])})
     )
-    base = sim.Design()
+    base, noise = sim.Design(), seed_noise(data)
     return dataclasses.replace(
         base,
         n_images=ns[len(ns) // 2] if ns else base.n_images,
         sizes=tuple(sizes) if sizes else base.sizes,
         milestones=levels if len(levels) >= 2 else base.milestones,
         ablation=tuple(o for o in ablation if o in sim.OBJECTIVES),
+        seeds=max(noise.seeds, 1),
+        prompt_run_sd=_run_sd(noise.prompt_used, base.prompt_step_sd),
+        fd_run_sd=_run_sd(noise.fd_used, base.fd_step_sd),
     )
 
 

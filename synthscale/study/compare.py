@@ -131,6 +131,8 @@ class StudyData:
     artifacts: list[dict[str, Any]]
     settings: dict[str, tuple[str, int, float]] = field(default_factory=dict)  # objective → primary setting
     main_autoencoders: dict[str, str] = field(default_factory=dict)  # objective → its main grid's autoencoder
+    # the per-seed records `records` averages (study/replicates.py): faint points in the plots, measured spread
+    seed_records: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -152,10 +154,14 @@ class StudyData:
 
 
 def load_study(study_dir: str | Path) -> StudyData:
+    """A study's stored results; `records` holds one record per grid cell, the mean over its replicate seeds with
+    intervals that include training noise (`replicates.aggregate`), `seed_records` the records as stored."""
+    from synthscale.study.replicates import aggregate
+
     with ResultsStore.of(study_dir, create=False) as store:
-        data = StudyData(
-            Path(study_dir), store.meta(), store.runs(), store.autoencoders(), store.records(), store.artifacts()
-        )
+        runs, stored = store.runs(), store.records()
+        data = StudyData(Path(study_dir), store.meta(), runs, store.autoencoders(), [], store.artifacts())
+    data.seed_records, data.records = stored, aggregate(stored, runs)
     data.settings = primary_settings(data.records)
     data.main_autoencoders = main_autoencoders(data.meta, data.runs, data.records)
     return data

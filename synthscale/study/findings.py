@@ -10,6 +10,12 @@ interval is "inconclusive", never a confirmation. Which numbers decide is one pa
 How often each rule says "confirmed" when its claim is false, and how often when it holds with a stated effect,
 is measured on simulated studies with a known truth (`study/calibration.py`, `benchmarks/calibration.py`); a
 rule whose measured false-confirmation bound exceeds 5 % answers "inconclusive" instead (`apply_calibration`).
+
+Training noise: a study's records average its replicate seeds, with intervals that include the seeds' spread
+(`study/replicates.py`). Where a record stands on one seed, training noise is unmeasured — its interval covers
+the prompts only, and one run's outcome can move with its seed by far more — so findings 2-6, which judge
+differences, answer at most "inconclusive", and the quality and prompt-following recommendations name no
+significant winner (`apply_replicates`, `recommendations`).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from synthscale.study import compare as cmp
+from synthscale.study import replicates as rep
 from synthscale.study.compare import DEFAULT_METRICS, DecisiveMetrics, Effect, fmt, fmt_interval
 from synthscale.study.scaling import Crossover, FitError, PowerLawFit, fit_power_law
 
@@ -621,7 +628,27 @@ def all_findings(
         finding_ema(data, metrics),
         finding_autoencoder(data, metrics),
     ]
-    return apply_calibration(found, calibration) if calibration else found
+    found = apply_calibration(found, calibration) if calibration else found
+    return apply_replicates(found, data)
+
+
+# findings that judge a difference between objectives, settings or autoencoders (finding 1 judges a fit's shape)
+DIFFERENCE_FINDINGS = (2, 3, 4, 5, 6)
+UNREPLICATED = (
+    f"training noise is unmeasured (fewer than {rep.MIN_SEEDS} seeds per grid cell): intervals cover the prompts "
+    f"only, so a verdict on a difference is at most inconclusive — run the study with `seeds: [0, 1, 2]`"
+)
+
+
+def apply_replicates(found: list[Finding], data: cmp.StudyData) -> list[Finding]:
+    """The single-seed rule: without replicate seeds a finding on a difference is at most inconclusive."""
+    if rep.training_noise_measured(data.records):
+        return found
+    for f in found:
+        if f.number in DIFFERENCE_FINDINGS and f.verdict != INCONCLUSIVE:
+            f.evidence.append(f"the rule said {f.verdict}, but {UNREPLICATED}")
+            f.verdict = INCONCLUSIVE
+    return found
 
 
 def apply_calibration(found: list[Finding], calibration: dict[str, Any]) -> list[Finding]:
@@ -680,6 +707,7 @@ def recommendations(data: cmp.StudyData, metrics: DecisiveMetrics = DEFAULT_METR
         for lv, recs in cmp.by_level(cmp.main_grid_records(data)).items()
         if any(r["milestone"] == last[r["run"]] for r in recs)
     }
+    replicated = rep.training_noise_measured(data.records)  # else no winner is significant (apply_replicates)
     out = []
     for criterion, default in CRITERIA:
         metric = decisive.get(default, default)
@@ -693,7 +721,9 @@ def recommendations(data: cmp.StudyData, metrics: DecisiveMetrics = DEFAULT_METR
                 best.items(), key=lambda kv: cmp.value(kv[1], metric), reverse=not cmp.lower_is_better(metric)
             )
             winner, wr = ranked[0]
-            ties = [o for o, r in ranked[1:] if cmp.compare(wr, r, metric) == 0]
+            # what a trained model scores moves with its seed; its sampling speed barely does
+            noisy = not replicated and metric not in ("latency_s", "throughput_ips")
+            ties = [o for o, r in ranked[1:] if noisy or cmp.compare(wr, r, metric) == 0]
             detail = "; ".join(_describe_candidate(o, r, metric, metrics.quality) for o, r in ranked)
             out.append(Recommendation(criterion, metric, lv, winner, ties, detail, dict(best)))
     return sorted(out, key=lambda r: r.budget)

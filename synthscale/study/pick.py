@@ -46,9 +46,11 @@ class Choice:
 
 
 def _records(study_dir: Path) -> tuple[cmp.StudyData, list[dict[str, Any]]]:
-    """The study and its primary-setting records whose run folder is present with its checkpoints."""
+    """The study and its primary-setting records whose run folder is present with its checkpoints: one per seed (a
+    served model is one run, so its own numbers, not its cell's mean over seeds, describe it)."""
     data = cmp.load_study(study_dir)
-    recs = [r for r in cmp.primary_records(data) if (study_dir / "train" / r["run"] / "checkpoints").is_dir()]
+    primary = [r for r in data.seed_records if data.settings.get(r["objective"]) == cmp.setting(r)]
+    recs = [r for r in primary if (study_dir / "train" / r["run"] / "checkpoints").is_dir()]
     return data, recs
 
 

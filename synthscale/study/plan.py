@@ -91,7 +91,14 @@ def _split_overrides(overrides: list[str], objective: str) -> list[str]:
 
 
 def _run_config(
-    study: StudyConfig, objective: str, size: str, data_size: int, budget: float, ae_dir: Path, cache_root: Path
+    study: StudyConfig,
+    objective: str,
+    size: str,
+    data_size: int,
+    budget: float,
+    ae_dir: Path,
+    cache_root: Path,
+    seed: int = 0,
 ) -> RunConfig:
     base = RunConfig(
         data=dataclasses.replace(study.data, size=data_size),
@@ -101,7 +108,13 @@ def _run_config(
         autoencoder=str(ae_dir),
         cache_root=str(cache_root),
     )
-    raw = apply_overrides(RunConfig, to_dict(base), _split_overrides(study.run_overrides, objective))
+    overrides = _split_overrides(study.run_overrides, objective)
+    if any(o.partition("=")[0].strip() == "seed" for o in overrides):
+        if study.seeds != [0]:
+            raise ConfigError("run_overrides sets seed= and the study sets seeds:; list the seeds in `seeds:` only")
+    else:
+        base.seed = seed  # the study's replicate axis
+    raw = apply_overrides(RunConfig, to_dict(base), overrides)
     return from_dict(RunConfig, raw, source="study run_overrides")
 
 
@@ -135,11 +148,30 @@ def plan_study(study: StudyConfig, root: str | Path, spec_dir: str | Path = ".")
     sweeps = tuning.plan_lr_sweeps(study, root, main, caches, stages)  # before the grid: it sets LRs
     at_lr = tuning.at_chosen_lrs(study, sweeps)
     for objective, size, data_size, budget, ae, ablation in _run_grid(study, main, ablations):
-        runs.append(
-            _plan_run(at_lr, root, (objective, size, data_size, budget), ae, ablation, instruments, caches, stages)
-        )
+        for seed in study.seeds:
+            point = (objective, size, data_size, budget, seed)
+            runs.append(_plan_run(at_lr, root, point, ae, ablation, instruments, caches, stages))
     tuning.link_to_sweeps(runs, sweeps, stages, root)
+    check_parity(study, runs, autoencoders)
     return StudyPlan(study, root, stages, runs, autoencoders, instruments, ceilings, sweeps)
+
+
+def check_parity(study: StudyConfig, runs: list[RunPlan], autoencoders: dict[str, AutoencoderStage]) -> None:
+    """`parity: tokens`: the main grid's objectives must see the same number of image tokens, or the comparison
+    measures the token count rather than the paradigm; refused here, before anything trains."""
+    from synthscale.study.controls import image_token_counts
+
+    if study.parity == "none":
+        return
+    counts = image_token_counts([r for r in runs if not r.ablation], autoencoders)
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{o} {n}" for o, n in counts.items())
+        raise ConfigError(
+            f"parity: tokens, but the objectives see different image-token counts per image ({listed}). Make them "
+            f"equal (e.g. flow's model.patch_size through run_overrides `flow:model.patch_size=1`, or autoencoders "
+            f"with the same latent grid), or set `parity: none` in the study spec to compare them anyway (the "
+            f"report then names the mismatch)"
+        )
 
 
 PRECISION_JSON = "precision.json"
@@ -259,7 +291,7 @@ def _run_grid(study: StudyConfig, main: dict[str, AutoencoderStage], ablations: 
 def _plan_run(
     study: StudyConfig,
     root: Path,
-    point: tuple[str, str, int, float],
+    point: tuple[str, str, int, float, int],
     ae: AutoencoderStage,
     ablation: bool,
     instruments: list[Stage],
@@ -268,9 +300,10 @@ def _plan_run(
 ) -> RunPlan:
     """One run's stages: its latent cache (shared by runs on the same autoencoder and data), training and
     evaluation."""
-    (objective, size, data_size, budget), (ae_cfg, ae_stage) = point, ae
+    (objective, size, data_size, budget, seed), (ae_cfg, ae_stage) = point, ae
     cache_root = root / "latents"  # the trainer keeps latent caches here, keyed by content
-    run_cfg = _run_config(study, objective, size, data_size, budget, root / ae_stage.id / "model", cache_root)
+    ae_dir = root / ae_stage.id / "model"
+    run_cfg = _run_config(study, objective, size, data_size, budget, ae_dir, cache_root, seed)
     cache_id = config_hash({"ae": ae_stage.key, "data": canonical(run_cfg.data)})
     if cache_id not in caches:
         kwargs = {"run_config": to_dict(run_cfg), "device": study.device}
@@ -279,6 +312,7 @@ def _plan_run(
         stages.append(caches[cache_id])
     key = _portable_hash(run_cfg, ae_stage.key)
     name = f"{objective}-{size}-d{data_size}-{budget:.0e}-{ae_cfg.name}".replace("+", "")
+    name += f"-s{seed}" if seed else ""  # seed 0 keeps the name (and key) a single-seed study always had
     kwargs = {"run_config": to_dict(run_cfg)}
     train = Stage("train", name, key, f"{STAGES}:train_stage", kwargs, [caches[cache_id].id], cost=6.0)
     evaluate = Stage(

@@ -109,8 +109,21 @@ def _draw_metric_vs(ax, series: dict, metric: str, xkey: str, style) -> int:
             ax.errorbar(x, y, yerr=err, color=colour, ls=ls, marker=marker, ms=4, capsize=2, label=label)
         else:
             ax.plot(x, y, color=colour, ls=ls, marker=marker, ms=4, label=label)
+        _draw_seeds(ax, rs, metric, xkey, colour)
         drawn += 1
     return drawn
+
+
+def _draw_seeds(ax, rs: list[dict[str, Any]], metric: str, xkey: str, colour: str) -> None:
+    """The single seeds behind each averaged point, faintly (study/replicates.py)."""
+    xs, ys = [], []
+    for r in rs:
+        values = (r.get("seed_values") or {}).get(metric) or []
+        if len(values) >= 2:
+            xs += [r[xkey]] * len(values)
+            ys += values
+    if xs:
+        ax.scatter(xs, ys, color=colour, alpha=0.25, s=9, linewidths=0, zorder=1)
 
 
 def _tick_text(v: float, _pos=None) -> str:
@@ -214,8 +227,9 @@ def quality_vs_training_flops(data: cmp.StudyData) -> Plot:
     caption = (
         "Image quality and prompt following of every main-grid model as it trains, one line per objective and "
         "model size, each objective at its primary sampling setting on its main autoencoder (both in How "
-        "measured). Error bars: each record's 95 % bootstrap interval; dashed: real images scored by the same "
-        "instrument, which a generator cannot beat." + _ceiling_caption(ceilings)
+        "measured). Points: the mean over a cell's seeds, its single seeds faint; error bars: 95 % intervals (over "
+        "seeds and prompts/images with replicate seeds, else over prompts/images only); dashed: real images scored "
+        "by the same instrument, which a generator cannot beat." + _ceiling_caption(ceilings)
     )
     return Plot(key, title, caption, _png(fig))
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from synthscale.study import calibration
+from synthscale.study import calibration, controls
 from synthscale.study import report_tables as tb
 from synthscale.study.report_doc import Bullets, Details, Document, Figure, Gallery, Heading, Image, Para, Table
 
@@ -28,6 +28,9 @@ def _summary(a: Analysis, out_dir: Path) -> list:
     ]
     if d.meta.get("notes"):
         out.append(Para(d.meta["notes"], "banner"))
+    ctl = controls.report_section(d)
+    if ctl.mismatch:
+        out.append(Para(f"Not token-matched: {ctl.mismatch}.", "banner"))
     out += [
         Heading("Findings on this run"),
         Table(
@@ -46,6 +49,10 @@ def _summary(a: Analysis, out_dir: Path) -> list:
             "is named, and ties are within the measured 95 % intervals (or 10 % where a number has none)."
         ),
         Table(*tb.rec_table(a.recommendations)),
+        Heading("Comparison controls"),
+        Table(ctl.head, ctl.rows),
+        *[Para(n) for n in ctl.notes],
+        Table(ctl.noise_head, ctl.noise_rows),
         Heading("Sampling cost: generator and decoder"),
         Para(
             "What one image costs at each main-grid run's last milestone and primary setting. The autoencoder's "

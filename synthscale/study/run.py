@@ -42,7 +42,23 @@ def dry_run(plan: StudyPlan) -> str:
         f"sampling {est['eval_sample_flops']:.3g}; 2 FLOPs per MAC, autoencoder/instrument costs not included)"
     )
     lines += [f"note: {n}" for n in est["notes"]]
-    return "\n".join(lines)
+    return "\n".join(lines + ["", controls_text(plan)])
+
+
+def controls_text(plan: StudyPlan) -> str:
+    """The comparison-controls table of the planned main grid, as aligned text."""
+    from synthscale.study import controls
+
+    runs = controls.plan_controls(plan)
+    head, rows = controls.table(runs, plan.study.objectives)
+    cols = [head, *rows]
+    widths = [max(len(c[i]) for c in cols) for i in range(len(head))]
+    out = [f"comparison controls (parity: {plan.study.parity}; optimizer steps planned from the budget):"]
+    out += ["  " + "  ".join(c[i].ljust(widths[i]) for i in range(len(head))).rstrip() for c in cols]
+    mismatch = controls.token_mismatch(runs)
+    if mismatch:
+        out.append(f"  image tokens differ between paradigms: {mismatch}")
+    return "\n".join(out)
 
 
 def ingest(plan: StudyPlan) -> Path:

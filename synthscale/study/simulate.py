@@ -60,7 +60,9 @@ class Design:
     six milestones from 1e11 to 3e12 FLOPs, 128 evaluation images, diffusion's autoencoder ablation at both
     sizes, the same step sweeps). Noise: `fd_se` is the relative standard error of one FD at 128 images (the
     records' intervals say so, as a bootstrap over images would); training noise (per run, and AR(1) along its
-    milestones) is in no record's interval — as in a real study — and is what the rules must survive."""
+    milestones) is in no single run's interval — as in a real study — and is what the rules must survive. With
+    `seeds` ≥ 2 every cell is drawn once per seed and averaged by `replicates.aggregate`, whose intervals take in
+    the seeds' spread; `calibration.study_design` sets the run sds to what a study measured across its seeds."""
 
     sizes: tuple[tuple[str, int], ...] = (("2x64", 110_000), ("4x128", 820_000))
     milestones: tuple[float, ...] = (1e11, 2.154e11, 4.642e11, 1e12, 2.154e12, 3e12)
@@ -71,6 +73,7 @@ class Design:
     prompt_run_sd: float = 0.10  # logit scale
     prompt_step_sd: float = 0.05
     rho: float = 0.6
+    seeds: int = 1  # replicate seeds per grid cell, averaged as a real study's are (study/replicates.py)
     loss_run_sd: float = 0.01
     loss_step_sd: float = 0.005
     sweep: tuple[tuple[str, tuple[int, ...]], ...] = (("flow", (4, 10, 20, 50)), ("masked", (4, 8, 16)))
@@ -124,14 +127,20 @@ def simulate_study(rng: np.random.Generator, truth: Truth | None = None, design:
 
     truth, design = truth or Truth(), design or Design()
 
+    from synthscale.study.replicates import aggregate
+
     runs, records = [], []
     grid = [(o, s, "main") for o in OBJECTIVES for s in design.sizes]
     grid += [(o, s, "ablation") for o in design.ablation for s in design.sizes]
     for objective, (size, n_params), ae in grid:
-        run = f"{objective}-{size}-{ae}"
-        runs.append(dict(run=run, objective=objective, size=size, autoencoder=f"{objective}-{ae}", params=n_params))
-        records += _run_records(rng, truth, design, run, objective, size, n_params, ae)
-    data = cmp.StudyData(Path("simulated"), {"notes": "SIMULATED"}, runs, [], records, [])
+        for seed in range(design.seeds):
+            run = f"{objective}-{size}-{ae}" + (f"-s{seed}" if seed else "")
+            config = {"cell": f"{objective}-{size}-{ae}", "seed": seed}
+            where = dict(objective=objective, size=size, autoencoder=f"{objective}-{ae}", params=n_params)
+            runs.append(dict(where, run=run, config=config))
+            records += _run_records(rng, truth, design, run, objective, size, n_params, ae)
+    data = cmp.StudyData(Path("simulated"), {"notes": "SIMULATED"}, runs, [], aggregate(records, runs, n_boot=0), [])
+    data.seed_records = records
     data.settings = cmp.primary_settings(records)
     data.main_autoencoders = {o: f"{o}-main" for o in OBJECTIVES}
     return data

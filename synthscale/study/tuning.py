@@ -70,7 +70,8 @@ def plan_lr_sweeps(study: StudyConfig, root: Path, main: dict, caches: dict, sta
         for lr in candidates:
             at_lr = dataclasses.replace(study, run_overrides=[*study.run_overrides, f"{objective}:train.lr={lr!r}"])
             scratch: list[Stage] = []
-            run = _plan_run(at_lr, root, (objective, *point), main[latent_kind(objective)], False, [], caches, scratch)
+            point_seed = (objective, *point, study.seeds[0])  # the first replicate seed, as the grid names it
+            run = _plan_run(at_lr, root, point_seed, main[latent_kind(objective)], False, [], caches, scratch)
             stages += [s for s in scratch if s.kind == "cache"]
             # a train stage like the grid's (folder train/<name>-<key>), so the candidate at the chosen LR is
             # the grid cell's run; only a diverged loss is a result here rather than a failure
