@@ -168,22 +168,32 @@ def study_rows(args, peak32: float) -> list[dict]:
                 flops = obj.train_flops(model_cfg, spec, STUDY_TEXT, args.batch)
                 eager = trainer_step(obj, model_cfg, spec, x, text, args.device, False)
                 eager_first = first_call_s(eager)
-                compiled = trainer_step(obj, model_cfg, spec, x, text, args.device, True)
-                cold = first_call_s(compiled) - eager_first
-                torch._dynamo.reset()  # forget the compiled code in memory; inductor's disk cache stays
-                compiled = trainer_step(obj, model_cfg, spec, x, text, args.device, True)
-                warm = first_call_s(compiled) - eager_first
-                times: dict[str, list[float]] = {"eager": [], "compiled": []}
+                paths = {"eager": eager}
+                cold = warm = float("nan")
+                if not args.no_compile:
+                    compiled = trainer_step(obj, model_cfg, spec, x, text, args.device, True)
+                    cold = first_call_s(compiled) - eager_first
+                    torch._dynamo.reset()  # forget the compiled code in memory; inductor's disk cache stays
+                    paths["compiled"] = compiled = trainer_step(obj, model_cfg, spec, x, text, args.device, True)
+                    warm = first_call_s(compiled) - eager_first
+                times: dict[str, list[float]] = {key: [] for key in paths}
                 for _ in range(2):  # warm-up
-                    eager(), compiled()
+                    for step in paths.values():
+                        step()
                 for _ in range(args.repeats):
-                    for key, step in (("eager", eager), ("compiled", compiled)):
+                    for key, step in paths.items():
                         start = time.perf_counter()
                         step()
                         times[key].append(time.perf_counter() - start)
-                te, tc = statistics.median(times["eager"]), statistics.median(times["compiled"])
+                te = statistics.median(times["eager"])
+                tc = statistics.median(times["compiled"]) if "compiled" in times else float("nan")
                 run_steps = int(args.budget // flops)
-                known = {"speedup": te / tc, "compile_s": [cold, warm]}
+                # not compiled here: what the trainer would assume on a repeat (the priors' speedup, warm)
+                known = (
+                    {"speedup": fastpath.PRIOR_SPEEDUP, "compile_s": [fastpath.PRIOR_COLD_S]}
+                    if args.no_compile
+                    else {"speedup": te / tc, "compile_s": [cold, warm]}
+                )
                 first_run = fastpath.decide(run_steps - fastpath.PROBE_STEPS, te, None)
                 repeat_run = fastpath.decide(run_steps - fastpath.PROBE_STEPS, te, known)
                 rows.append(
@@ -249,6 +259,7 @@ def main() -> None:
     ap.add_argument("--objectives", nargs="+", default=names, choices=names)
     ap.add_argument("--sizes", nargs="+", default=["4x128", "6x192"], help="--study: 1x64 2x64 unless given")
     ap.add_argument("--study", action="store_true", help="the default study's shapes, eager vs the trainer's path")
+    ap.add_argument("--no-compile", action="store_true", help="--study: eager only (no compile columns)")
     ap.add_argument("--budget", type=float, default=5e12, help="--study: FLOPs of the run the path is picked for")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
