@@ -11,7 +11,8 @@ Run dir layout (only rank 0 writes):
     RUN_DIR/
         config.json          the resolved RunConfig
         latents.json         what the latents come from (autoencoder name, weights hash): see train/location.py
-        env.json             one entry per session: versions, device, world size, git revision
+        env.json             one entry per session: versions, device, world size, git revision, and the step
+                             path it trained on (eager or compiled, with the numbers it was chosen by)
         metrics.jsonl        a record every `log_every` steps: step, train_flops, loss (mean over the window),
                              lr, grad_norm, samples_seen, epoch, skipped, images_per_s, seconds
         tensorboard/         the same scalars as TensorBoard events
