@@ -177,14 +177,16 @@ def study_rows(args, peak32: float) -> list[dict]:
                     paths["compiled"] = compiled = trainer_step(obj, model_cfg, spec, x, text, args.device, True)
                     warm = first_call_s(compiled) - eager_first
                 times: dict[str, list[float]] = {key: [] for key in paths}
+                eager_cpu = 0.0
                 for _ in range(2):  # warm-up
                     for step in paths.values():
                         step()
                 for _ in range(args.repeats):
                     for key, step in paths.items():
-                        start = time.perf_counter()
+                        start, cpu = time.perf_counter(), time.process_time()
                         step()
                         times[key].append(time.perf_counter() - start)
+                        eager_cpu += time.process_time() - cpu if key == "eager" else 0.0
                 te = statistics.median(times["eager"])
                 tc = statistics.median(times["compiled"]) if "compiled" in times else float("nan")
                 run_steps = int(args.budget // flops)
@@ -194,8 +196,9 @@ def study_rows(args, peak32: float) -> list[dict]:
                     if args.no_compile
                     else {"speedup": te / tc, "compile_s": [cold, warm]}
                 )
-                first_run = fastpath.decide(run_steps - fastpath.PROBE_STEPS, te, None)
-                repeat_run = fastpath.decide(run_steps - fastpath.PROBE_STEPS, te, known)
+                load = sum(times["eager"]) / (eager_cpu / args.threads)  # as the trainer measures it
+                first_run = fastpath.decide(run_steps - fastpath.PROBE_STEPS, te, None, load)
+                repeat_run = fastpath.decide(run_steps - fastpath.PROBE_STEPS, te, known, load)
                 rows.append(
                     {
                         "objective": name,
@@ -213,6 +216,7 @@ def study_rows(args, peak32: float) -> list[dict]:
                         "compile_cold_s": cold,
                         "compile_warm_s": warm,
                         "run_steps": run_steps,
+                        "load": load,
                         "path_first_run": first_run["choice"],
                         "path_repeat_run": repeat_run["choice"],
                         "run_s_eager": run_steps * te,

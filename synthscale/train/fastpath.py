@@ -8,7 +8,9 @@ times its first `PROBE_STEPS` eager steps, then predicts both ways for the steps
     eager:    remaining · t_eager
     compile:  compile_s + remaining · t_eager / speedup
 
-and compiles only when eager would take ≥ MIN_GAIN× longer. `compile_s` and `speedup` come from what this
+and compiles only when eager would take ≥ MIN_GAIN× longer. Compile times are CPU work: on a machine shared with
+other processes they stretch as the steps do, so the expected compile time is scaled by the probe's wall time over
+its CPU time per thread (1 when the process has its cores to itself). `compile_s` and `speedup` come from what this
 machine measured for the same graph before (kept beside inductor's cache, which decides whether a compile is
 cold or warm), else from the priors below. After compiling, the next steps are timed; a compiled step no faster
 than eager goes back to eager. Either way the choice and its numbers are recorded in the run (env.json, done.json).
@@ -66,13 +68,17 @@ def save_record(key: str, record: dict[str, Any], path: Path | None = None) -> N
         pass  # a read-only cache only costs the next run its measured numbers
 
 
-def decide(remaining_steps: int, eager_step_s: float, known: dict[str, Any] | None) -> dict[str, Any]:
+def decide(
+    remaining_steps: int, eager_step_s: float, known: dict[str, Any] | None, load: float = 1.0
+) -> dict[str, Any]:
     """eager or compile for `remaining_steps` steps of `eager_step_s` seconds; `known` is this machine's record
-    of the graph ({"speedup", "compile_s": [...]}) or None."""
+    of the graph ({"speedup", "compile_s": [...]}) or None; `load` stretches the compile time (≥ 1: the process
+    gets less than its threads' worth of CPU)."""
     speedup = known["speedup"] if known else PRIOR_SPEEDUP
     compile_s = PRIOR_WARM_S if known else PRIOR_COLD_S  # a recorded graph is in inductor's cache
     if known and len(known.get("compile_s", [])) > 1:  # a repeat was measured: the warm cost on this machine
         compile_s = statistics.median(known["compile_s"][1:])
+    compile_s *= max(load, 1.0)
     eager_total = remaining_steps * eager_step_s
     compiled_total = compile_s + eager_total / speedup
     return {
@@ -82,6 +88,7 @@ def decide(remaining_steps: int, eager_step_s: float, known: dict[str, Any] | No
         "eager_step_ms": 1e3 * eager_step_s,
         "predicted_speedup": speedup,
         "predicted_compile_s": compile_s,
+        "load": load,
         "predicted_eager_s": eager_total,
         "predicted_compiled_s": compiled_total,
     }
@@ -94,6 +101,7 @@ class StepPath:
     def __init__(self, mode: str, remaining_steps: int, key: str):
         self.key, self.remaining = key, remaining_steps
         self.times: list[float] = []
+        self.cpu: list[float] = []  # process CPU seconds of the probe's steps
         self.eager_s = float("nan")
         if mode == "compile":  # train.compile=true: forced, nothing to decide
             self.phase, self.decision = "done", {"choice": "compile", "basis": "train.compile=true"}
@@ -102,16 +110,20 @@ class StepPath:
         else:
             self.phase, self.decision = "eager", {"choice": "eager", "basis": f"fewer than {PROBE_STEPS} steps"}
 
-    def observe(self, seconds: float) -> str | None:
+    def observe(self, seconds: float, cpu_seconds: float | None = None) -> str | None:
+        """A step took `seconds` of wall time and `cpu_seconds` of this process's CPU time (None: not known)."""
         if self.phase == "done":
             return None
         self.times.append(seconds)
+        self.cpu.append(seconds * torch.get_num_threads() if cpu_seconds is None else cpu_seconds)
         self.remaining -= 1
         if len(self.times) < PROBE_STEPS:
             return None
         if self.phase == "eager":
             self.eager_s = statistics.median(self.times[1:])
-            self.decision = decide(self.remaining, self.eager_s, read_records().get(self.key))
+            cpu_per_thread = sum(self.cpu[1:]) / torch.get_num_threads()
+            load = sum(self.times[1:]) / cpu_per_thread if cpu_per_thread > 0 else 1.0
+            self.decision = decide(self.remaining, self.eager_s, read_records().get(self.key), load)
             self.times = []
             self.phase = "compiled" if self.decision["choice"] == "compile" else "done"
             return "compile" if self.phase == "compiled" else None

@@ -263,9 +263,9 @@ def _train(
     run.open_log(show_progress)
     try:
         while run.state.step < run.total_steps:
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
             lr, loss, grad_norm = run.step()
-            run.observe_step(time.perf_counter() - t0)
+            run.observe_step(time.perf_counter() - t0, time.process_time() - cpu0)
             run.account(loss, grad_norm)
             run.log(lr, t0)
             run.milestone()
@@ -449,11 +449,11 @@ class _Session:
         self.optimizer.zero_grad(set_to_none=True)
         return lr, loss_value, grad_norm
 
-    def observe_step(self, seconds: float) -> None:
+    def observe_step(self, seconds: float, cpu_seconds: float) -> None:
         """Time the step for the step path; switch between eager and compiled when it says so (every rank
         follows rank 0's choice) and record the choice once made."""
         before = self.path.phase
-        switch = self.path.observe(seconds)
+        switch = self.path.observe(seconds, cpu_seconds)
         if before == self.path.phase:
             return
         switch = ("eager", None, "compile")[D.broadcast_int({"eager": 0, None: 1, "compile": 2}[switch], self.d)]
