@@ -8,9 +8,10 @@ with the KV cache and with full recomputation (same seed, same tokens); goal: �
 `--versus-llamagen` instead times next-token sampling of 64 image tokens for a batch of 64 captions at CFG 1 and 2,
 side by side in one process (alternating repeats, medians): `llamagen_eager` below — a plain KV-cache decode loop
 shaped like LlamaGen's `generate` (gpt-fast style: a preallocated cache read at full length with a position
-tensor, a causal-mask buffer sliced per step, cond + uncond rows concatenated every step, softmax +
-multinomial), run eagerly on this repo's model — against this repo's sampler: eager with the growing cache,
-and the compiled static-cache step (its compile time reported apart, cold in a fresh inductor cache).
+tensor, a causal-mask buffer sliced per step, F.scaled_dot_product_attention over the whole cache, cond + uncond
+rows concatenated every step, softmax + multinomial), run eagerly on this repo's model weights — against this
+repo's sampler: eager with the growing cache, and the compiled static-cache step (its compile time reported
+apart, cold in a fresh inductor cache).
 
 Usage: python benchmarks/sampling.py [--threads 1] [--batch 16] [--repeats 3] [--size 4x128] [--device cpu]
        python benchmarks/sampling.py --versus-llamagen [--threads 1] [--batch 64] [--repeats 5] [--sizes 2x64 4x128]
@@ -39,6 +40,26 @@ VOCAB = 1024
 CFG = 4.0
 
 
+def llamagen_backbone(backbone, x, mask, cache):
+    """The backbone's blocks as LlamaGen's Transformer runs them on a static cache: the new keys/values written at
+    the cache position, attention by F.scaled_dot_product_attention over the whole cache with the mask rows."""
+    pos = cache.pos + torch.arange(x.shape[1])  # LlamaGen's input_pos
+    for i, block in enumerate(backbone.blocks):
+        a, (B, T, D) = block.attn, x.shape
+        h = a.qkv(block.norm1(x)).view(B, T, 3, a.heads, D // a.heads)
+        q, k = (F.rms_norm(h[:, :, j], n.normalized_shape, n.weight, n.eps) for j, n in ((0, a.q_norm), (1, a.k_norm)))
+        if cache.k is None:
+            cache.k = x.new_zeros(len(backbone.blocks), B, a.heads, cache.max_len, D // a.heads)
+            cache.v = torch.zeros_like(cache.k)
+        cache.k[i][:, :, pos] = k.transpose(1, 2)
+        cache.v[i][:, :, pos] = h[:, :, 2].transpose(1, 2)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), cache.k[i], cache.v[i], attn_mask=mask)
+        x = x + a.proj(y.transpose(1, 2).reshape(B, T, D))
+        x = x + block.mlp(block.norm2(x))
+    cache.pos += x.shape[1]
+    return backbone.norm(x)
+
+
 @torch.no_grad()
 def llamagen_eager(model, text: torch.Tensor, cfg_scale: float, generator: torch.Generator) -> torch.Tensor:
     """LlamaGen-shaped eager decoding on this repo's network: caption (+ null caption) prefill into a static
@@ -49,6 +70,7 @@ def llamagen_eager(model, text: torch.Tensor, cfg_scale: float, generator: torch
     prefix, valid = model.guided_prefix(text, guided)  # the conditions, cond then uncond rows
     L = prefix.shape[1]
     cache = model.backbone.new_cache(L + N, static=True)
+    cache.pos = torch.zeros(1, dtype=torch.long)
     causal = attention_mask(valid, L + N, causal=True)  # [rows, 1, L + N, L + N], the model's mask buffer
 
     def next_token(hidden):
@@ -60,12 +82,12 @@ def llamagen_eager(model, text: torch.Tensor, cfg_scale: float, generator: torch
 
     bos = torch.full((prefix.shape[0], 1), model.bos_id, dtype=torch.long)
     h = torch.cat([prefix, model.embed(bos) + model.pos.weight[:1]], dim=1)  # prefill: caption + BOS
-    token = next_token(model.backbone(h, causal[:, :, : L + 1, :], cache=cache))
+    token = next_token(llamagen_backbone(model.backbone, h, causal[:, :, : L + 1, :], cache))
     tokens = [token]
     for j in range(1, N):
         x = torch.cat([token, token]) if guided else token
         h = model.embed(x) + model.pos.weight[j : j + 1]
-        token = next_token(model.backbone(h, causal[:, :, L + j : L + j + 1, :], cache=cache))
+        token = next_token(llamagen_backbone(model.backbone, h, causal[:, :, L + j : L + j + 1, :], cache))
         tokens.append(token.clone())
     return torch.cat(tokens, dim=1)
 
