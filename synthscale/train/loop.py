@@ -47,7 +47,7 @@ from synthscale.train import checkpoint as ckpt
 from synthscale.train import distributed as D
 from synthscale.train.data import DataOrder, derive_seed, generator, open_source
 from synthscale.train.ema import EMA
-from synthscale.train.fastpath import StepPath, graph_key
+from synthscale.train.fastpath import StepPath, graph_key, keep_freed_memory
 from synthscale.train.location import LOCATION_KEYS, record_latents, relocate
 from synthscale.train.log import RunLogger, environment
 from synthscale.train.network import build_network
@@ -306,6 +306,7 @@ class _Session:
     window_images: int = 0
     eager: nn.Module | None = None  # loss_module under DDP/FSDP, never compiled
     path: StepPath | None = None  # eager or compiled step: see train/fastpath.py
+    heap_kept: bool = False  # glibc keeps freed memory for the next step (CPU): see fastpath.keep_freed_memory
 
     @property
     def cfg(self) -> TrainConfig:
@@ -355,6 +356,7 @@ class _Session:
             grid=milestone_grid(cfg),
             order=DataOrder(len(source), cfg.batch_size, run_cfg.seed),
             eager=eager,
+            heap_kept=d.device.type == "cpu" and keep_freed_memory(),
         )
 
     # ------------------------------------------------------------------------------------------ resume
@@ -466,12 +468,15 @@ class _Session:
 
     def _record_path(self) -> None:
         """The step path of this session into env.json and the log."""
-        decision = self.path.decision
+        decision = self.path_record()
         if self.d.is_main and self.logger is not None:
             sessions = (_read_json(self.run_dir / "env.json") or {}).get("sessions", [{}])
             sessions[-1]["fast_path"] = decision
             atomic.write_json(self.run_dir / "env.json", {"sessions": sessions})
             self.logger.write(f"step path: {decision['choice']} ({decision['basis']})")
+
+    def path_record(self) -> dict[str, Any]:
+        return {**self.path.decision, "malloc_heap_kept": self.heap_kept}
 
     def account(self, loss: float, grad_norm: float) -> None:
         """The non-finite policy, then the step's bookkeeping (FLOPs, the loss window)."""
@@ -583,7 +588,7 @@ class _Session:
             "train_seconds": state.train_seconds,
             "world_size": d.world,
             "final_loss": state.last_loss,
-            "fast_path": self.path.decision,
+            "fast_path": self.path_record(),
             "checkpoints": [_info_dict(i) for i in ckpt.list_checkpoints(self.run_dir)] if d.is_main else [],
         }
         if d.is_main:
