@@ -9,8 +9,9 @@ Goal: ≥ 0.6 of the float32 peak at 6x192 with 64 image tokens. The optimizer i
 
 `--study` measures the default study's shapes instead: 1x64 and 2x64 at batch 32, 12 caption tokens, 16 and 64
 image tokens (flow: 8×8×4 latents at patch 2 and 1; token methods: 4×4 and 8×8 codes), the trainer's whole step
-(loss, backward, clip, AdamW, EMA) eager and torch.compiled side by side (steps/s, GFLOP/s, fraction of the
-float32 peak), the compile time cold (a fresh inductor cache) and warm (the same graph again), and the path the
+(loss, backward, clip, AdamW, EMA) eager, eager with glibc keeping freed memory (`eager_heap`, the trainer's CPU
+setting) and torch.compiled (with that setting too) side by side (steps/s, GFLOP/s, fraction of the float32 peak),
+the compile time cold (a fresh inductor cache) and warm (the same graph again), and the path the
 trainer picks (train/fastpath.py) for a run of `--budget` FLOPs with those measured numbers.
 
 Usage: python benchmarks/train_step.py [--threads 1] [--batch 32] [--repeats 5] [--device cpu|cuda] [--compile]
@@ -152,6 +153,17 @@ def trainer_step(obj, model_cfg, spec, x, text, device: str, compiled: bool):
     return step
 
 
+def heap_kept(kept: bool) -> None:
+    """glibc's malloc as the trainer sets it on CPU (fastpath.keep_freed_memory), or its thresholds back at
+    128 KiB (the default's starting point; glibc would raise them dynamically)."""
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.mallopt(-3, 32 << 20 if kept else 128 << 10)  # M_MMAP_THRESHOLD
+    libc.mallopt(-1, 1 << 30 if kept else 128 << 10)  # M_TRIM_THRESHOLD
+
+
 def first_call_s(step) -> float:
     start = time.perf_counter()
     step()
@@ -168,7 +180,7 @@ def study_rows(args, peak32: float) -> list[dict]:
                 flops = obj.train_flops(model_cfg, spec, STUDY_TEXT, args.batch)
                 eager = trainer_step(obj, model_cfg, spec, x, text, args.device, False)
                 eager_first = first_call_s(eager)
-                paths = {"eager": eager}
+                paths = {"eager": eager, "eager_heap": eager}
                 cold = warm = float("nan")
                 if not args.no_compile:
                     compiled = trainer_step(obj, model_cfg, spec, x, text, args.device, True)
@@ -183,11 +195,13 @@ def study_rows(args, peak32: float) -> list[dict]:
                         step()
                 for _ in range(args.repeats):
                     for key, step in paths.items():
+                        heap_kept(key != "eager")
                         start, cpu = time.perf_counter(), time.process_time()
                         step()
                         times[key].append(time.perf_counter() - start)
                         eager_cpu += time.process_time() - cpu if key == "eager" else 0.0
                 te = statistics.median(times["eager"])
+                th = statistics.median(times["eager_heap"])
                 tc = statistics.median(times["compiled"]) if "compiled" in times else float("nan")
                 run_steps = int(args.budget // flops)
                 # not compiled here: what the trainer would assume on a repeat (the priors' speedup, warm)
@@ -209,6 +223,8 @@ def study_rows(args, peak32: float) -> list[dict]:
                         "eager_steps_s": 1 / te,
                         "eager_GFLOPs": flops / te / 1e9,
                         "eager_of_peak": flops / te / peak32,
+                        "heap_kept_steps_s": 1 / th,
+                        "heap_kept_speedup": te / th,
                         "compiled_steps_s": 1 / tc,
                         "compiled_GFLOPs": flops / tc / 1e9,
                         "compiled_of_peak": flops / tc / peak32,
