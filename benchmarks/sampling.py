@@ -5,24 +5,146 @@ image tokens (+ 24 caption tokens) and reports wall time and analytic FLOPs per 
 with the KV cache and with full recomputation (same seed, same tokens); goal: ≥ 10× faster with the cache at
 64 image tokens.
 
+`--versus-llamagen` instead times next-token sampling of 64 image tokens for a batch of 64 captions at CFG 1 and 2,
+side by side in one process (alternating repeats, medians): `llamagen_eager` below — a plain KV-cache decode loop
+shaped like LlamaGen's `generate` (gpt-fast style: a preallocated cache read at full length with a position
+tensor, a causal-mask buffer sliced per step, F.scaled_dot_product_attention over the whole cache, cond + uncond
+rows concatenated every step, softmax + multinomial), run eagerly on this repo's model weights — against this
+repo's sampler: eager with the growing cache, and the compiled static-cache step (its compile time reported
+apart, cold in a fresh inductor cache).
+
 Usage: python benchmarks/sampling.py [--threads 1] [--batch 16] [--repeats 3] [--size 4x128] [--device cpu]
+       python benchmarks/sampling.py --versus-llamagen [--threads 1] [--batch 64] [--repeats 5] [--sizes 2x64 4x128]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
+import tempfile
+import time
 
 import torch
+import torch.nn.functional as F
 from common import median_time, print_table, write_json
 
 from synthscale.config import ModelConfig, ObjectiveConfig
 from synthscale.data.latents import LatentSpec, TextSpec
+from synthscale.model.network import attention_mask
 from synthscale.objectives import get_objective
 
 GOAL = 10.0
 TEXT = TextSpec(vocab_size=64, max_length=24)
 VOCAB = 1024
 CFG = 4.0
+
+
+def llamagen_backbone(backbone, x, mask, cache):
+    """The backbone's blocks as LlamaGen's Transformer runs them on a static cache: the new keys/values written at
+    the cache position, attention by F.scaled_dot_product_attention over the whole cache with the mask rows."""
+    pos = cache.pos + torch.arange(x.shape[1])  # LlamaGen's input_pos
+    for i, block in enumerate(backbone.blocks):
+        a, (B, T, D) = block.attn, x.shape
+        h = a.qkv(block.norm1(x)).view(B, T, 3, a.heads, D // a.heads)
+        q, k = (F.rms_norm(h[:, :, j], n.normalized_shape, n.weight, n.eps) for j, n in ((0, a.q_norm), (1, a.k_norm)))
+        if cache.k is None:
+            cache.k = x.new_zeros(len(backbone.blocks), B, a.heads, cache.max_len, D // a.heads)
+            cache.v = torch.zeros_like(cache.k)
+        cache.k[i][:, :, pos] = k.transpose(1, 2)
+        cache.v[i][:, :, pos] = h[:, :, 2].transpose(1, 2)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), cache.k[i], cache.v[i], attn_mask=mask)
+        x = x + a.proj(y.transpose(1, 2).reshape(B, T, D))
+        x = x + block.mlp(block.norm2(x))
+    cache.pos += x.shape[1]
+    return backbone.norm(x)
+
+
+@torch.no_grad()
+def llamagen_eager(model, text: torch.Tensor, cfg_scale: float, generator: torch.Generator) -> torch.Tensor:
+    """LlamaGen-shaped eager decoding on this repo's network: caption (+ null caption) prefill into a static
+    cache, then per token: the last token duplicated for the uncond rows, one forward at the cache position with
+    the step's row of a precomputed causal mask, cond/uncond logits split and guided, softmax, multinomial."""
+    N, B = model.image_tokens, text.shape[0]
+    guided = cfg_scale != 1
+    prefix, valid = model.guided_prefix(text, guided)  # the conditions, cond then uncond rows
+    L = prefix.shape[1]
+    cache = model.backbone.new_cache(L + N, static=True)
+    cache.pos = torch.zeros(1, dtype=torch.long)
+    causal = attention_mask(valid, L + N, causal=True)  # [rows, 1, L + N, L + N], the model's mask buffer
+
+    def next_token(hidden):
+        logits = model.head(hidden[:, -1]).float()  # [rows, V]
+        if guided:
+            cond, uncond = logits.split(B)
+            logits = uncond + (cond - uncond) * cfg_scale
+        return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)  # [B, 1]
+
+    bos = torch.full((prefix.shape[0], 1), model.bos_id, dtype=torch.long)
+    h = torch.cat([prefix, model.embed(bos) + model.pos.weight[:1]], dim=1)  # prefill: caption + BOS
+    token = next_token(llamagen_backbone(model.backbone, h, causal[:, :, : L + 1, :], cache))
+    tokens = [token]
+    for j in range(1, N):
+        x = torch.cat([token, token]) if guided else token
+        h = model.embed(x) + model.pos.weight[j : j + 1]
+        token = next_token(llamagen_backbone(model.backbone, h, causal[:, :, L + j : L + j + 1, :], cache))
+        tokens.append(token.clone())
+    return torch.cat(tokens, dim=1)
+
+
+def versus_llamagen(args) -> None:
+    """Next-token sampling, 64 tokens, batch `--batch`, CFG 1 and 2: LlamaGen-shaped eager vs this repo's."""
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="synthscale-inductor-")  # cold compiles
+    obj = get_objective(ObjectiveConfig.of("autoregressive"))
+    spec = LatentSpec("discrete", 10, 8, 8, vocab_size=VOCAB)
+    text = torch.randint(3, TEXT.vocab_size, (args.batch, TEXT.max_length), generator=torch.Generator().manual_seed(0))
+    text[:, 12:] = 0
+    rows = []
+    for size in args.sizes:
+        torch.manual_seed(0)
+        model = obj.build_model(ModelConfig(size=size), spec, TEXT).eval()
+        for cfg in (1.0, 2.0):
+            ways = {
+                "llamagen_eager": lambda: llamagen_eager(model, text, cfg, torch.Generator().manual_seed(0)),
+                "ours_eager": lambda: obj.sample(model, text, 64, cfg, torch.Generator().manual_seed(0)),
+                "ours_compiled": lambda: obj.sample(
+                    model, text, 64, cfg, torch.Generator().manual_seed(0), compiled=True
+                ),
+            }
+            start = time.perf_counter()
+            ways["ours_compiled"]()  # compiles (once per process, model and shape)
+            first = time.perf_counter() - start
+            times: dict[str, list[float]] = {k: [] for k in ways}
+            for fn in ways.values():
+                fn()  # warm-up
+            for _ in range(args.repeats):
+                for k, fn in ways.items():
+                    start = time.perf_counter()
+                    fn()
+                    times[k].append(time.perf_counter() - start)
+            t = {k: statistics.median(v) for k, v in times.items()}
+            rows.append(
+                {
+                    "size": size,
+                    "cfg": cfg,
+                    "batch": args.batch,
+                    "img_tokens": 64,
+                    "llamagen_eager_s": t["llamagen_eager"],
+                    "ours_eager_s": t["ours_eager"],
+                    "ours_compiled_s": t["ours_compiled"],
+                    "compile_s": first - t["ours_compiled"],
+                    "eager_vs_llamagen": t["ours_eager"] / t["llamagen_eager"],
+                    "compiled_vs_llamagen": t["ours_compiled"] / t["llamagen_eager"],
+                }
+            )
+            print_table(rows[-1:], f"{size} CFG {cfg}")
+    print_table(
+        rows,
+        f"Next-token sampling, 64 image tokens, batch {args.batch}, {TEXT.max_length} caption tokens, codebook "
+        f"{VOCAB}; medians of {args.repeats} alternating repeats, {args.threads} thread(s); *_vs_llamagen = time "
+        f"/ LlamaGen-shaped eager time (goal ≤ 0.5)",
+    )
+    write_json("ar_sampling_cpu", {"rows": rows, "threads": args.threads, "repeats": args.repeats})
 
 
 def main() -> None:
@@ -32,8 +154,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--size", default="4x128")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--versus-llamagen", action="store_true", help="64 tokens, CFG 1 and 2, vs LlamaGen-style eager")
+    ap.add_argument("--sizes", nargs="+", default=["2x64", "4x128"], help="--versus-llamagen: model sizes")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.versus_llamagen:
+        if args.batch == 32:
+            args.batch = 64
+        return versus_llamagen(args)
     dev, B = args.device, args.batch
     model_cfg = ModelConfig(size=args.size)
     text = torch.randint(3, TEXT.vocab_size, (B, TEXT.max_length), generator=torch.Generator().manual_seed(0))

@@ -136,6 +136,9 @@ class TrainConfig:
     log_every: int = 10  # steps per metrics.jsonl / TensorBoard record
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast; weights and optimizer stay fp32
     compile: bool = False  # torch.compile the model (worth it on GPUs)
+    # auto: the trainer times its first steps and compiles only where that finishes the run sooner, compile time
+    # counted (train/fastpath.py); eager: never compile (train.compile=true always compiles)
+    fast_path: Literal["auto", "eager"] = "auto"
     parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: DDP, or FSDP2 (fully_shard) for the large sizes
     device: str = "auto"  # auto: cuda (LOCAL_RANK's GPU) when available, else cpu
     nan_policy: Literal["stop", "skip"] = "stop"  # on a NaN/inf loss: stop, or skip that batch and count it

@@ -44,6 +44,24 @@ def test_sampling_benchmark(tmp_path, monkeypatch):
     assert isinstance(result["goal_met"], bool)
 
 
+@pytest.mark.slow
+def test_train_step_study_benchmark_compares_eager_and_the_trainers_path(tmp_path, monkeypatch):
+    argv = ["--study", "--sizes", "1x64", "--objectives", "flow", "--batch", "2", "--repeats", "1"]
+    result = run_benchmark("train_step.py", argv, tmp_path, monkeypatch)
+    assert [(r["img_tokens"], r["patch"]) for r in result["rows"]] == [(16, 2), (64, 1)]
+    for r in result["rows"]:
+        assert r["eager_steps_s"] > 0 and r["compiled_steps_s"] > 0 and r["compile_cold_s"] > 0
+        assert {r["path_first_run"], r["path_repeat_run"]} <= {"eager", "compile"}
+
+
+@pytest.mark.slow
+def test_sampling_benchmark_versus_llamagen(tmp_path, monkeypatch):
+    argv = ["--versus-llamagen", "--sizes", "1x64", "--batch", "2", "--repeats", "1"]
+    result = run_benchmark("sampling.py", argv, tmp_path, monkeypatch)
+    assert [r["cfg"] for r in result["rows"]] == [1.0, 2.0]
+    assert all(r["llamagen_eager_s"] > 0 and r["compiled_vs_llamagen"] > 0 for r in result["rows"])
+
+
 @pytest.mark.parametrize(
     "name, argv, key",
     [
@@ -151,3 +169,27 @@ def test_seed_noise_benchmark_measures_the_simulated_spread(tmp_path, monkeypatc
     # + 0.05 evaluation (log)
     assert 0.1 < noise["prompt_used"] < 0.6 and 0.04 < noise["fd_used"] < 0.2
     assert result["bounds_held"] and len(result["cells"]) == 6
+
+
+def test_llamagen_shaped_loop_decodes_the_same_model(monkeypatch):
+    """The benchmark's LlamaGen-shaped loop is a fair baseline: greedy, it picks the sampler's tokens."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import sampling
+
+    from synthscale.config import ModelConfig, ObjectiveConfig
+    from synthscale.data.latents import LatentSpec
+    from synthscale.objectives import get_objective
+
+    obj = get_objective(ObjectiveConfig.of("autoregressive", temperature=0.0))
+    torch.manual_seed(0)
+    model = obj.build_model(ModelConfig(size="1x64"), LatentSpec("discrete", 10, 4, 4, vocab_size=64), sampling.TEXT)
+    for p in model.parameters():  # away from the zero-initialised head: distinct logits
+        torch.nn.init.normal_(p, std=0.5)
+    text = torch.randint(3, sampling.TEXT.vocab_size, (3, sampling.TEXT.max_length))
+    text[:, 12:] = 0
+    monkeypatch.setattr(torch, "multinomial", lambda probs, n, generator=None: probs.argmax(-1, keepdim=True))
+    for cfg in (1.0, 2.0):
+        ours = obj.sample(model, text, 16, cfg, torch.Generator().manual_seed(0)).reshape(3, -1)
+        assert torch.equal(sampling.llamagen_eager(model, text, cfg, torch.Generator().manual_seed(0)), ours)

@@ -11,7 +11,8 @@ Run dir layout (only rank 0 writes):
     RUN_DIR/
         config.json          the resolved RunConfig
         latents.json         what the latents come from (autoencoder name, weights hash): see train/location.py
-        env.json             one entry per session: versions, device, world size, git revision
+        env.json             one entry per session: versions, device, world size, git revision, and the step
+                             path it trained on (eager or compiled, with the numbers it was chosen by)
         metrics.jsonl        a record every `log_every` steps: step, train_flops, loss (mean over the window),
                              lr, grad_norm, samples_seen, epoch, skipped, images_per_s, seconds
         tensorboard/         the same scalars as TensorBoard events
@@ -46,13 +47,14 @@ from synthscale.train import checkpoint as ckpt
 from synthscale.train import distributed as D
 from synthscale.train.data import DataOrder, derive_seed, generator, open_source
 from synthscale.train.ema import EMA
+from synthscale.train.fastpath import StepPath, graph_key, keep_freed_memory
 from synthscale.train.location import LOCATION_KEYS, record_latents, relocate
 from synthscale.train.log import RunLogger, environment
 from synthscale.train.network import build_network
 
 DONE = "done.json"
 # keys that may change between sessions of one run: they do not touch the math
-RESUMABLE_CHANGES = {"train.log_every", "train.checkpoint_every", "train.keep_last"}
+RESUMABLE_CHANGES = {"train.log_every", "train.checkpoint_every", "train.keep_last", "train.fast_path"}
 
 
 class TrainingStopped(RuntimeError):
@@ -261,8 +263,9 @@ def _train(
     run.open_log(show_progress)
     try:
         while run.state.step < run.total_steps:
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
             lr, loss, grad_norm = run.step()
+            run.observe_step(time.perf_counter() - t0, time.process_time() - cpu0)
             run.account(loss, grad_norm)
             run.log(lr, t0)
             run.milestone()
@@ -286,7 +289,7 @@ class _Session:
     source: Any
     model: nn.Module
     loss_module: LossModule
-    wrapped: nn.Module  # loss_module under DDP/FSDP (and torch.compile)
+    wrapped: nn.Module  # loss_module under DDP/FSDP (and torch.compile when the step path says so)
     optimizer: torch.optim.Optimizer
     ema: EMA
     encoder_facts: dict[str, Any]
@@ -301,6 +304,9 @@ class _Session:
     last_point: int | None = None  # index of the last milestone grid point written
     window_start: float = 0.0  # throughput window: since the last metrics record
     window_images: int = 0
+    eager: nn.Module | None = None  # loss_module under DDP/FSDP, never compiled
+    path: StepPath | None = None  # eager or compiled step: see train/fastpath.py
+    heap_kept: bool = False  # glibc keeps freed memory for the next step (CPU): see fastpath.keep_freed_memory
 
     @property
     def cfg(self) -> TrainConfig:
@@ -326,9 +332,8 @@ class _Session:
         model, text_spec, encoder_facts = build_network(objective, run_cfg, source.spec, source.text_spec)
         model = model.to(d.device)
         loss_module = LossModule(objective, model)
-        wrapped = D.wrap(loss_module, d, cfg.parallel)
-        if cfg.compile:
-            wrapped.compile()
+        eager = D.wrap(loss_module, d, cfg.parallel)
+        wrapped = torch.compile(eager) if cfg.compile else eager
         optimizer, ema = build_optimizer(model, cfg), EMA(model, cfg.ema_decay, cfg.ema_warmup)
         flops_per_step = int(objective.train_flops(run_cfg.model, source.spec, text_spec, cfg.batch_size))
         if flops_per_step <= 0:
@@ -350,6 +355,8 @@ class _Session:
             total_steps=math.ceil(cfg.budget_flops / flops_per_step),
             grid=milestone_grid(cfg),
             order=DataOrder(len(source), cfg.batch_size, run_cfg.seed),
+            eager=eager,
+            heap_kept=d.device.type == "cpu" and keep_freed_memory(),
         )
 
     # ------------------------------------------------------------------------------------------ resume
@@ -378,6 +385,19 @@ class _Session:
         self.last_point = next(
             (i for i in reversed(range(len(self.grid))) if self.grid[i] <= self.state.train_flops), None
         )
+        mode = "compile" if self.cfg.compile else self.cfg.fast_path
+        key = graph_key(
+            to_dict(self.run_cfg.objective),
+            to_dict(self.run_cfg.model),
+            asdict(self.source.spec),
+            asdict(self.text_spec),
+            self.cfg.batch_size // (d.world * self.cfg.grad_accum),
+            self.cfg.precision,
+            d.device.type,
+            d.world,
+            self.cfg.parallel,
+        )
+        self.path = StepPath(mode, self.total_steps - self.state.step, key)
 
     def open_log(self, show_progress: bool) -> None:
         """Write the run's files (config, latents, sessions) and open the metrics log."""
@@ -395,6 +415,8 @@ class _Session:
             self.logger.write(f"resumed {run_dir} at step {state.step} ({state.train_flops:.3g} FLOPs)")
         self.window_start, self.window_images = time.perf_counter(), 0
         self.wrapped.train()
+        if self.path.phase == "done":  # forced by the config: nothing to measure
+            self._record_path()
 
     # ------------------------------------------------------------------------------------------ a step
 
@@ -428,6 +450,33 @@ class _Session:
             self.ema.update(self.model)
         self.optimizer.zero_grad(set_to_none=True)
         return lr, loss_value, grad_norm
+
+    def observe_step(self, seconds: float, cpu_seconds: float) -> None:
+        """Time the step for the step path; switch between eager and compiled when it says so (every rank
+        follows rank 0's choice) and record the choice once made."""
+        before = self.path.phase
+        switch = self.path.observe(seconds, cpu_seconds)
+        if before == self.path.phase:
+            return
+        switch = ("eager", None, "compile")[D.broadcast_int({"eager": 0, None: 1, "compile": 2}[switch], self.d)]
+        if switch == "compile":
+            self.wrapped = torch.compile(self.eager)
+        elif switch == "eager":
+            self.wrapped = self.eager
+        if self.path.phase == "done":
+            self._record_path()
+
+    def _record_path(self) -> None:
+        """The step path of this session into env.json and the log."""
+        decision = self.path_record()
+        if self.d.is_main and self.logger is not None:
+            sessions = (_read_json(self.run_dir / "env.json") or {}).get("sessions", [{}])
+            sessions[-1]["fast_path"] = decision
+            atomic.write_json(self.run_dir / "env.json", {"sessions": sessions})
+            self.logger.write(f"step path: {decision['choice']} ({decision['basis']})")
+
+    def path_record(self) -> dict[str, Any]:
+        return {**self.path.decision, "malloc_heap_kept": self.heap_kept}
 
     def account(self, loss: float, grad_norm: float) -> None:
         """The non-finite policy, then the step's bookkeeping (FLOPs, the loss window)."""
@@ -526,6 +575,8 @@ class _Session:
     def finish(self) -> dict[str, Any]:
         """The run's summary, written as done.json by rank 0."""
         state, d = self.state, self.d
+        if self.path.phase != "done":  # the run ended before the step path was settled
+            self._record_path()
         summary = {
             "run_dir": str(self.run_dir),
             "config_hash": config_hash(self.run_cfg),
@@ -537,6 +588,7 @@ class _Session:
             "train_seconds": state.train_seconds,
             "world_size": d.world,
             "final_loss": state.last_loss,
+            "fast_path": self.path_record(),
             "checkpoints": [_info_dict(i) for i in ckpt.list_checkpoints(self.run_dir)] if d.is_main else [],
         }
         if d.is_main:
