@@ -119,6 +119,7 @@ def plan_study(study: StudyConfig, root: str | Path, spec_dir: str | Path = ".")
     """The study's stages and runs under `root`: autoencoders, the probe, then per run its cache, training and
     evaluation (the main grid, then each ablation autoencoder with the objectives of its latent kind)."""
     root, spec_dir = Path(root).resolve(), Path(spec_dir)
+    study = resolve_objectives(study)
     if study.precision is not None:
         overrides = [*study.run_overrides, f"train.precision={planned_precision(study, root)}"]
         study = dataclasses.replace(study, run_overrides=overrides)
@@ -135,6 +136,14 @@ def plan_study(study: StudyConfig, root: str | Path, spec_dir: str | Path = ".")
             _plan_run(study, root, (objective, size, data_size, budget), ae, ablation, instruments, caches, stages)
         )
     return StudyPlan(study, root, stages, runs, autoencoders, instruments, ceilings)
+
+
+def resolve_objectives(study: StudyConfig) -> StudyConfig:
+    """The study with its objectives checked against the registry, and none listed meaning all of them."""
+    from synthscale.objectives import OBJECTIVES, check_names
+
+    check_names(study.objectives)
+    return study if study.objectives else dataclasses.replace(study, objectives=list(OBJECTIVES))
 
 
 PRECISION_JSON = "precision.json"
