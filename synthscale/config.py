@@ -208,10 +208,10 @@ class EvalSettings:
     the last milestone adds the steps sweep and the CFG sweep (EMA weights), and the speed measurement."""
 
     n: int = 256  # generated images per setting from the test prompts (FD compares only at equal n)
-    holdout_n: int = 64  # extra prompts from the held-out-combination split (0 = none)
+    holdout_n: int = 32  # extra prompts from the held-out-combination split (0 = none)
     seed: int = 0  # fixes the evaluation prompts and every sampling draw
     milestones: Literal["all", "last"] = "all"
-    weights: list[Literal["ema", "raw"]] = field(default_factory=lambda: ["ema", "raw"])
+    weights: list[Literal["ema", "raw"]] = field(default_factory=lambda: ["ema"])
     cfg_scale: float = 3.0  # guidance scale at every milestone
     cfg_sweep: list[float] = field(default_factory=lambda: [1.0])  # extra scales at the last milestone
     # sampling steps used at every milestone, per objective (missing: the objective's default)

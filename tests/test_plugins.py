@@ -30,7 +30,7 @@ from synthscale.config import (
 from synthscale.data.latents import LatentSpec, TextSpec
 from synthscale.objectives.autoregressive import AutoregressiveObjective
 from synthscale.objectives.flow import FlowConfig, FlowObjective
-from synthscale.study.plan import plan_study
+from synthscale.study.plan import _latent_shape, plan_study
 from synthscale.train import list_checkpoints, train
 from tests.test_trainer import final_tensors, same_tensors, tiny_cfg
 
@@ -236,3 +236,27 @@ def test_every_new_key_field_is_listed_with_its_neutral_value():
             f"{cls.__name__}.{sorted(new)[0]} is new: add it to {cls.__name__}.added_fields with the value that "
             "behaves as before it existed, so that finished stages keep their keys"
         )
+
+
+def test_study_defaults_are_the_default_study(tmp_path):
+    """`StudyConfig()` (a spec that sets nothing) trains what configs/studies/default.yaml trains, on the same
+    autoencoders, and evaluates it the same way: only the instruments stay the dataset's defaults."""
+    spec, blank = load(StudyConfig, SPEC), StudyConfig()
+    for key in ("data", "sizes", "data_sizes", "budgets", "ablation_autoencoders", "precision", "executor", "workers"):
+        assert getattr(blank, key) == getattr(spec, key), key
+    ev = lambda s: {k: v for k, v in dataclasses.asdict(s.evaluation).items() if k not in ("steps", "sweep")}  # noqa: E731
+    assert {**ev(blank), "instruments": []} == {**ev(spec), "instruments": []}
+    a = plan_study(spec, tmp_path, SPEC.parent)
+    b = plan_study(blank, tmp_path, SPEC.parents[2])
+    assert [r.run_cfg.objective.name for r in b.runs] == [r.run_cfg.objective.name for r in a.runs]
+    same = ("autoencoder", "cache", "train")
+    assert [s.id for s in b.stages if s.kind in same] == [s.id for s in a.stages if s.kind in same]
+    for r in b.runs:  # the objective's default steps and sweep are the ones default.yaml names
+        objective, latent = (
+            objectives.get_objective(r.run_cfg.objective),
+            _latent_shape(b.autoencoders[r.autoencoder][0], []),
+        )
+        assert spec.evaluation.steps.get(objective.name, objective.default_steps(latent)) == objective.default_steps(
+            latent
+        )
+        assert spec.evaluation.sweep.get(objective.name, objective.steps_grid(latent)) == objective.steps_grid(latent)
