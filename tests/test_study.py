@@ -14,7 +14,7 @@ import pytest
 from synthscale.cli import main
 from synthscale.config import ConfigError, RunConfig, StudyConfig, from_dict, load
 from synthscale.study.plan import plan_study
-from synthscale.study.run import run_study
+from synthscale.study.run import load_study_config, run_study
 from synthscale.train.location import relocate
 
 SPEC = Path(__file__).parents[1] / "configs" / "studies" / "default.yaml"
@@ -43,6 +43,25 @@ TINY = [
     "evaluation.weights=[ema, raw]",  # and EMA only: test the raw-weights ablation too
     "executor=sequential",
 ]
+
+
+def test_run_set_appends_to_the_specs_run_overrides(tmp_path, capsys):
+    """`--run-set` adds one run override and keeps the spec's (`--set run_overrides=[...]` replaces the list)."""
+    study = load_study_config(SPEC, ["budgets=[1e12]"], ["masked:train.batch_size=16", "train.lr=5e-4"])
+    spec_overrides = load(StudyConfig, SPEC).run_overrides
+    assert study.run_overrides == [*spec_overrides, "masked:train.batch_size=16", "train.lr=5e-4"]
+    runs = {r.run_cfg.objective.name: r.run_cfg for r in plan_study(study, tmp_path, SPEC.parent).runs}
+    assert (runs["masked"].train.batch_size, runs["flow"].train.batch_size) == (16, 32)
+    assert runs["flow"].model.patch_size == 2 and {c.train.lr for c in runs.values()} == {5e-4}
+
+    def flow_params(*extra: str) -> list[str]:  # the dry run's parameter counts of the flow runs
+        assert main(["study", str(SPEC), "--out", str(tmp_path), "--dry-run", *extra]) == 0
+        return [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.strip().startswith("flow-")]
+
+    patch1, spec = flow_params("--run-set", "flow:model.patch_size=1"), flow_params()
+    assert len(patch1) == len(spec) == 2 and patch1 != spec  # patch 1 instead of 2: another input layer
+    assert main(["study", str(SPEC), "--out", str(tmp_path), "--dry-run", "--run-set", "train.lr"]) == 2
+    assert "expected [objective:]key=value" in capsys.readouterr().err
 
 
 def test_plan_keys_are_content_not_paths(tmp_path):
