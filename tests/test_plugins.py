@@ -79,6 +79,13 @@ def test_the_registry_is_the_one_list_of_names(monkeypatch):
     plan = plan_study(study, "/tmp/unused", SPEC.parent)
     kinds = {r.run_cfg.objective.name: plan.autoencoders[r.autoencoder][0].kind for r in plan.runs}
     assert kinds == {"flow": "kl", "echo": "fsq"}  # discrete, like the objective it derives from
+    # the findings read paradigms, not names: echo stands for next-token where autoregressive is absent
+    assert objectives.by_paradigm(["masked", "echo", "flow"]) == {
+        "masked-token": "masked",
+        "next-token": "echo",
+        "diffusion": "flow",
+    }
+    assert objectives.by_paradigm(["autoregressive", "echo"]) == {"next-token": "autoregressive"}
     monkeypatch.delitem(objectives.OBJECTIVES, "echo")
     with pytest.raises(ConfigError, match="'echo' is not an objective; valid objectives: flow, masked, autoregressive"):
         plan_study(load(StudyConfig, SPEC, ["objectives=[flow, echo]"]), "/tmp/unused", SPEC.parent)  # the registry

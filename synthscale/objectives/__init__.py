@@ -47,6 +47,16 @@ def check_names(names: list[str], what: str = "objectives") -> None:
         raise ConfigError(f"{what}: {unknown[0]!r} is not an objective; valid objectives: {', '.join(OBJECTIVES)}")
 
 
+def by_paradigm(names: list[str]) -> dict[str, str]:
+    """Paradigm ("diffusion", "masked-token", "next-token") → the first of `names` (registered objectives) that
+    declares it: the objective that stands for the paradigm in the study's findings."""
+    out: dict[str, str] = {}
+    for name in names:
+        if name in OBJECTIVES:
+            out.setdefault(OBJECTIVES[name].paradigm, name)
+    return out
+
+
 def latent_kind(name: str) -> str:
     """ "continuous" or "discrete": the latents objective `name` reads."""
     if name not in OBJECTIVES:
@@ -54,4 +64,4 @@ def latent_kind(name: str) -> str:
     return OBJECTIVES[name].latent
 
 
-__all__ = ["Objective", "OBJECTIVES", "check_names", "get_objective", "latent_kind"]
+__all__ = ["Objective", "OBJECTIVES", "by_paradigm", "check_names", "get_objective", "latent_kind"]

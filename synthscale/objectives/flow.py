@@ -95,6 +95,7 @@ class FlowNet(Network):
 class FlowObjective(Objective):
     name = "flow"
     latent = "continuous"
+    paradigm = "diffusion"
     config = FlowConfig
     network = FlowNet
 

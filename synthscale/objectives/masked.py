@@ -58,6 +58,7 @@ def mask_ratio(u: torch.Tensor) -> torch.Tensor:
 class MaskedObjective(Objective):
     name = "masked"
     latent = "discrete"
+    paradigm = "masked-token"
     config = MaskedConfig
     network = MaskedNet
 
