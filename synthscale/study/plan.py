@@ -371,6 +371,37 @@ def estimate_flops(plan: StudyPlan) -> dict[str, Any]:
     }
 
 
+# What a stage's work takes, in seconds on one CPU core, measured on the default study (b47d410, per-stage CPU
+# seconds by `benchmarks/study_stages.py`): the ETA weighs the stages left by these estimates, and its pace, measured
+# as stages finish, scales them to the machine. Only their ratios matter.
+TRAIN_FLOPS_PER_S = 43e9  # analytic training FLOPs (6 runs of 5e12 took 696 s)
+SAMPLE_FLOPS_PER_S = 30e9  # the evaluation's analytic sampling FLOPs; decoding and scoring ride along (219 s)
+AUTOENCODER_S_PER_IMAGE = 4.2e-3  # per 32×32 training image (fsq-f4 51 200 images in 209 s, kl-f4c4 38 400 in 163)
+CACHE_S_PER_IMAGE = 0.7e-3  # per 32×32 image encoded (two caches of 23 000 images, 28 s)
+INSTRUMENT_S, CEILING_S = 75.0, 2.0  # the attribute probe took 74 s, both ceilings 3 s
+
+
+def weigh_stages(plan: StudyPlan) -> None:
+    """Set every stage's `cost` to its estimated seconds (see above), from the plan's FLOPs estimates for training
+    and evaluation, and the images an autoencoder trains on or a cache encodes."""
+    est = estimate_flops(plan)
+    for r, e in zip(plan.runs, est["runs"], strict=True):
+        r.train.cost = e["train_flops"] / TRAIN_FLOPS_PER_S
+        r.evaluate.cost = e["eval_sample_flops"] / SAMPLE_FLOPS_PER_S
+    for cfg, stage in plan.autoencoders.values():
+        stage.cost = cfg.train.steps * cfg.train.batch_size * (cfg.data.resolution / 32) ** 2 * AUTOENCODER_S_PER_IMAGE
+    d = plan.study.data
+    for stage in plan.stages:
+        if stage.kind == "cache":
+            size = stage.kwargs["run_config"]["data"]["size"]
+            images = size + d.val_size + d.test_size + d.holdout_size
+            stage.cost = images * (d.resolution / 32) ** 2 * CACHE_S_PER_IMAGE
+        elif stage.kind == "instrument":
+            stage.cost = INSTRUMENT_S
+        elif stage.kind == "ceiling":
+            stage.cost = CEILING_S
+
+
 def _latent_shape(cfg: AutoencoderConfig, notes: list[str]):
     """The latents an autoencoder config makes (no weights); from the config's own fields when its files are absent."""
     from synthscale.autoencoders import latent_spec_of

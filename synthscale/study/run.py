@@ -12,7 +12,7 @@ from typing import Any
 from synthscale import atomic
 from synthscale.config import ConfigError, StudyConfig, load, to_dict
 from synthscale.study.grid import DONE, FAILED, execute, stage_dir, status_of
-from synthscale.study.plan import PRECISION_JSON, StudyPlan, estimate_flops, plan_study
+from synthscale.study.plan import PRECISION_JSON, StudyPlan, estimate_flops, plan_study, weigh_stages
 
 
 def load_study_config(
@@ -170,6 +170,7 @@ def run_study(
         _measure_precision(plan)
         plan = plan_study(study, out, spec_dir=Path(spec).resolve().parent)
     atomic.write_json(root / "study.json", to_dict(study))
+    weigh_stages(plan)  # the progress ETA weighs the stages left by their estimated cost
     started = time.time()
     states = execute(
         root,
