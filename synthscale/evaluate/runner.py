@@ -136,6 +136,8 @@ class RunEvaluator:
         cfg_path = Path(run_dir) / "config.json"
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{cfg_path} is missing: is {run_dir} a run folder made by `synthscale train`?")
+        import synthscale.objectives  # noqa: F401  the registry, which reads the objective section
+
         return from_stored(RunConfig, json.loads(cfg_path.read_text()), source=str(cfg_path))
 
     @staticmethod
