@@ -111,6 +111,7 @@ def test_precision_auto_is_measured_once_and_keys_the_runs(tmp_path):
     measured = measure_precision("2x64", 4, repeats=1)
     assert measured["fp32_ms"] > 0 and measured["bf16_ms"] > 0
     assert measured["choice"] == ("bf16" if measured["bf16_speedup"] >= measured["min_speedup"] else "fp32")
+    assert measure_precision("2x64", 2, "masked", repeats=1)["fp32_ms"] > 0  # a study with token methods only
     with pytest.raises(ValueError, match="precision must be fp32, bf16 or auto"):
         load(StudyConfig, SPEC, ["precision=fp16"])
 
