@@ -15,7 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 
@@ -72,23 +72,26 @@ class ModelConfig:
 @dataclass
 class ObjectiveConfig:
     """What every objective shares. Each objective declares its own subclass with the fields only it uses
-    (`objectives/flow.py: FlowConfig`, ...); `name` picks the subclass from the objectives registry, which is the
-    one list of objective names (`ObjectiveConfig.variants()`)."""
+    (`objectives/flow.py: FlowConfig`, ...). The schema names no objective: the objectives registry
+    (`synthscale.objectives`, the one list of names) plugs itself in with `set_objective_registry` when imported,
+    and a config section is read as the subclass its `name` picks (no `name`: the registry's first objective)."""
 
-    name: str = "flow"
+    name: str = ""
     cfg_dropout: float = 0.1  # caption replaced by the learned null with this probability
 
     @staticmethod
     def variants() -> dict[str, type[ObjectiveConfig]]:
-        """Objective name → its config dataclass, from the registry. Imported when first needed: the objectives
-        sit above this module, and a config names the objective it trains."""
-        from synthscale.objectives import OBJECTIVES
-
-        return {name: objective.config for name, objective in OBJECTIVES.items()}
+        """Objective name → its config dataclass, in the registry's (and the report's) order."""
+        if _objective_registry is None:
+            raise ConfigError(
+                "no objectives are registered: objective configs are read through the objectives registry; "
+                "import synthscale.objectives first"
+            )
+        return _objective_registry()
 
     @staticmethod
     def names() -> list[str]:
-        """The registered objective names, in the registry's (and the report's) order."""
+        """The registered objective names, in the registry's order."""
         return list(ObjectiveConfig.variants())
 
     @staticmethod
@@ -98,6 +101,20 @@ class ObjectiveConfig:
         if name not in variants:
             raise ConfigError(f"unknown objective {name!r}; valid objectives: {', '.join(variants)}")
         return variants[name](**fields)
+
+
+_objective_registry: typing.Callable[[], dict[str, type[ObjectiveConfig]]] | None = None
+
+
+def set_objective_registry(variants: typing.Callable[[], dict[str, type[ObjectiveConfig]]]) -> None:
+    """Called by the objectives registry when imported: `variants()` gives its name → config class, live."""
+    global _objective_registry
+    _objective_registry = variants
+
+
+def default_objective() -> ObjectiveConfig:
+    """The registry's first objective at its defaults: a RunConfig's objective when its file names none."""
+    return ObjectiveConfig.of(ObjectiveConfig.names()[0])
 
 
 # Run folders written before each objective had its own config stored every objective's fields in one section;
@@ -116,6 +133,9 @@ _SHARED_OBJECTIVE_FIELDS_V1 = {
 class TrainConfig:
     """The FLOPs-budgeted generator trainer (`train/loop.py`). The math of a run depends on every key except
     `log_every`, `checkpoint_every` and `keep_last`, which may change when a run is resumed."""
+
+    # fast_path changes how a step runs (eager or compiled), not what it computes beyond rounding: auto keeps keys
+    added_fields: ClassVar[dict[str, Any]] = {"fast_path": "auto"}
 
     budget_flops: float = 1e12  # train until this many analytic training FLOPs (fwd+bwd, global batch)
     batch_size: int = 64  # global examples per optimizer step, over all ranks and accumulation micro-batches
@@ -178,7 +198,7 @@ class RunConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    objective: ObjectiveConfig = field(default_factory=lambda: ObjectiveConfig.of("flow"))
+    objective: ObjectiveConfig = field(default_factory=default_objective)
     train: TrainConfig = field(default_factory=TrainConfig)
     autoencoder: str | None = None  # dir of a trained autoencoder; its latent cache is built under cache_root
     cache_root: str = "cache/latents"
@@ -193,11 +213,18 @@ class EvalSettings:
     """How a study evaluates its runs. Every milestone is scored at (`steps`, `cfg_scale`) for each of `weights`;
     the last milestone adds the steps sweep and the CFG sweep (EMA weights), and the speed measurement."""
 
+    # the cfg_scale-best candidates decide nothing while cfg_scale is a number: their defaults keep keys
+    added_fields: ClassVar[dict[str, Any]] = {
+        "cfg_candidates": [1.0, 2.0, 3.0, 5.0],
+        "temperature_candidates": None,
+        "val_n": 64,
+    }
+
     n: int = 256  # generated images per setting from the test prompts (FD compares only at equal n)
-    holdout_n: int = 64  # extra prompts from the held-out-combination split (0 = none)
+    holdout_n: int = 32  # extra prompts from the held-out-combination split (0 = none)
     seed: int = 0  # fixes the evaluation prompts and every sampling draw
     milestones: Literal["all", "last"] = "all"
-    weights: list[Literal["ema", "raw"]] = field(default_factory=lambda: ["ema", "raw"])
+    weights: list[Literal["ema", "raw"]] = field(default_factory=lambda: ["ema"])
     # guidance scale at every milestone; `best`: per run and milestone, the candidate (with a temperature, for
     # objectives that sample with one) that validation prompts rank best (evaluate/selection.py) — test prompts
     # only report
@@ -255,13 +282,11 @@ def _field_default(cls: type, key: str) -> Any:
 
 def check_candidates(key: str, candidates: list[float] | dict[str, list[float]], low: float, strict: bool = False):
     """A list of candidate values (or one per objective): each list non-empty, without repeats, every value above
-    `low` (≥ `low` unless strict); a per-objective mapping names registered objectives only."""
+    `low` (≥ `low` unless strict). A per-objective mapping's names are checked against the registry when the
+    study is planned (`study.plan.resolve_objectives`): the schema knows no objective."""
     lists = candidates if isinstance(candidates, dict) else {"": candidates}
-    names = ObjectiveConfig.names()
     for scope, values in lists.items():
         where = f"{key}.{scope}" if scope else key
-        if scope and scope not in names:
-            raise ValueError(f"{key}: {scope!r} is not an objective; valid objectives: {', '.join(names)}")
         if not values:
             raise ValueError(f"{where} is empty; list at least one candidate (or leave the key out)")
         bad = [v for v in values if not (v > low if strict else v >= low)]
@@ -273,32 +298,54 @@ def check_candidates(key: str, candidates: list[float] | dict[str, list[float]],
             raise ValueError(f"{where} lists a value twice: {values}")
 
 
+# The default study's training settings (configs/studies/default.yaml), sized for 2·10¹² FLOPs on a laptop CPU;
+# flow patchifies kl-f4c4's 8×8 latents 1×1, so every paradigm reads 64 image tokens (parity: tokens).
+DEFAULT_RUN_OVERRIDES = (
+    "flow:model.patch_size=1",
+    "train.batch_size=32",
+    "train.lr=1.0e-3",
+    "train.warmup_steps=50",
+    "train.milestones_per_decade=2",
+    "train.first_milestone_flops=2.0e+11",
+    "train.ema_decay=0.99",
+)
+
+
 @dataclass
 class StudyConfig:
-    """A grid: objectives × model sizes × dataset sizes × FLOPs budgets, plus ablations (`synthscale study`)."""
+    """A grid: objectives × model sizes × dataset sizes × FLOPs budgets, plus ablations (`synthscale study`).
+    A spec that sets nothing is configs/studies/default.yaml at one seed without its LR sweep: replicate seeds
+    and the sweep multiply the cost, so a spec asks for them."""
 
     name: str = "study"
-    data: DataConfig = field(default_factory=DataConfig)
-    objectives: list[str] = field(default_factory=lambda: ObjectiveConfig.names())  # from the objectives registry
-    sizes: list[str] = field(default_factory=lambda: ["2x64", "4x128"])
+    # left out: the default study's shapes scenes (a `data` section is read from DataConfig's own defaults)
+    data: DataConfig = field(default_factory=lambda: DataConfig(objects=[1], max_caption_tokens=12))
+    objectives: list[str] = field(default_factory=list)  # empty: every registered objective, in registry order
+    sizes: list[str] = field(default_factory=lambda: ["1x64"])
     data_sizes: list[int] = field(default_factory=lambda: [20000])
-    budgets: list[float] = field(default_factory=lambda: [1e13])
-    # autoencoder config files for the main grid: continuous (diffusion) and discrete (token methods)
+    budgets: list[float] = field(default_factory=lambda: [2e12])
+    # autoencoder config files for the main grid: continuous (diffusion) and discrete (token methods); a relative
+    # path is looked up from the working directory, then from the spec's folder
     continuous_autoencoder: str = "configs/autoencoders/kl-f4c4.yaml"
-    discrete_autoencoder: str = "configs/autoencoders/lfq-f8.yaml"
+    discrete_autoencoder: str = "configs/autoencoders/fsq-f4.yaml"
     autoencoder_overrides: list[str] = field(default_factory=list)  # --set style, applied to every autoencoder
     # ablation: extra autoencoders, each trained with the objectives of its latent kind at the smallest size,
     # data size and budget
     ablation_autoencoders: list[str] = field(default_factory=list)
-    run_overrides: list[str] = field(default_factory=list)  # --set style, applied to every RunConfig
+    # --set style, applied to every RunConfig (`objective:key=value` to one objective's runs); `study --run-set`
+    # appends to them. Left out: the default study's
+    run_overrides: list[str] = field(default_factory=lambda: list(DEFAULT_RUN_OVERRIDES))
     # learning rates to sweep (all objectives, or per objective: {flow: [...], masked: [...]}): each objective is
     # trained at every candidate at the grid's smallest size and budget, and its runs then train at the one with
     # the lowest validation loss (study/tuning.py). None: every run trains at its configured train.lr
     lr_sweep: list[float] | dict[str, list[float]] | None = None
     probe_overrides: list[str] = field(default_factory=list)
     encoder_overrides: list[str] = field(default_factory=list)  # --set style keys of EncoderConfig
-    evaluation: EvalSettings = field(default_factory=EvalSettings)
-    executor: Literal["sequential", "processes", "slurm", "ray"] = "sequential"
+    # left out: the default study's evaluation (CFG chosen per milestone on validation prompts, from 1 and 3)
+    evaluation: EvalSettings = field(
+        default_factory=lambda: EvalSettings(cfg_scale="best", cfg_candidates=[1.0, 3.0], cfg_sweep=[])
+    )
+    executor: Literal["sequential", "processes", "slurm", "ray"] = "processes"
     workers: int = 2  # stages at once: worker processes, or jobs in flight (slurm, ray)
     threads: int = 1  # torch threads per stage
     # where the autoencoder, probe, cache and evaluation stages compute: auto (CUDA when the stage sees a GPU, e.g.
@@ -306,7 +353,7 @@ class StudyConfig:
     device: str = "auto"
     # training precision of every run: fp32, bf16 (autocast), auto (bf16 only where this machine measures it
     # faster, checked once when the study first starts and kept in STUDY/precision.json), or None: the runs' own
-    precision: str | None = None
+    precision: str | None = "fp32"
     cluster: ClusterConfig = field(default_factory=lambda: ClusterConfig())  # slurm / ray executors
     # replicate seeds: every grid point is trained (init, data order) and sampled once per seed (RunConfig.seed, a
     # part of its key); the report averages them, with intervals that include this training noise. One seed:
@@ -323,26 +370,8 @@ class StudyConfig:
             raise ValueError(f"parity must be tokens or none, got {self.parity!r}")
         if self.precision not in (None, "fp32", "bf16", "auto"):
             raise ValueError(f"precision must be fp32, bf16 or auto (or left out), got {self.precision!r}")
-        valid = ObjectiveConfig.names()
-        unknown = [o for o in self.objectives if o not in valid]
-        if unknown:
-            raise ValueError(f"objectives: {unknown[0]!r} is not an objective; valid objectives: {', '.join(valid)}")
         if self.lr_sweep is not None:
             check_candidates("lr_sweep", self.lr_sweep, low=0.0, strict=True)
-            extra = [o for o in self.lr_sweep if o not in self.objectives] if isinstance(self.lr_sweep, dict) else []
-            if extra:
-                raise ValueError(
-                    f"lr_sweep names {extra[0]!r}, which the study does not train (objectives: "
-                    f"{', '.join(self.objectives)}); remove it or add it to objectives"
-                )
-        temps = self.evaluation.temperature_candidates
-        if isinstance(temps, dict):
-            plain = [o for o in temps if not has_temperature(ObjectiveConfig.of(o))]
-            if plain:
-                raise ValueError(
-                    f"evaluation.temperature_candidates names {plain[0]!r}, which samples without a "
-                    "temperature; remove it"
-                )
 
 
 @dataclass
@@ -564,8 +593,8 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
 def _objective_variant(value: dict[str, Any], key: str, source: str) -> tuple[type, dict[str, Any]]:
     """The objective's own config class for a mapping (by its `name`), and the mapping without the pre-split
     fields of other objectives at their old values."""
-    name = value.get("name", ObjectiveConfig.name)
     variants = ObjectiveConfig.variants()
+    name = value.get("name", next(iter(variants)))
     if name not in variants:
         raise ConfigError(f"{source}: key '{key}' is {name!r}; valid objectives: {', '.join(map(repr, variants))}")
     cls = variants[name]
@@ -677,15 +706,17 @@ def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | No
 
 
 def canonical(cfg: Any) -> Any:
-    """A config as the data that decides it, for hashing and comparing: a dataclass field at its default value is
-    left out (recursively; `name` always stays, it picks a variant). So a field added later with a default keys and
-    compares a config exactly as before it existed: old run and study folders keep their keys and still resume.
-    Changing an existing default is seen: folders that stored the old value no longer match."""
+    """A config as the data that decides it, for hashing and comparing: every field at its resolved value, defaults
+    included, so a changed default re-keys every stage it decides instead of reusing one made under the old value.
+    One migration keeps a field added later from re-keying what came before it: a dataclass lists such fields in
+    `added_fields` (field → the value that behaves as before the field existed), and a field at that value is left
+    out. Old run and study folders keep their keys and still resume."""
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        added = added_fields(type(cfg))
         out = {}
         for f in dataclasses.fields(cfg):
             value = getattr(cfg, f.name)
-            if dataclasses.is_dataclass(value) or f.name == "name" or not _is_default(f, value):
+            if f.name not in added or _plain(value) != _plain(added[f.name]):
                 out[f.name] = canonical(value)
         return out
     if isinstance(cfg, dict):
@@ -695,14 +726,33 @@ def canonical(cfg: Any) -> Any:
     return cfg
 
 
-def _is_default(f: dataclasses.Field, value: Any) -> bool:
-    if f.default is not dataclasses.MISSING:
-        default = f.default
-    elif f.default_factory is not dataclasses.MISSING:
-        default = f.default_factory()
-    else:
-        return False
-    return _plain(value) == _plain(default)
+def added_fields(cls: type) -> dict[str, Any]:
+    """Fields of dataclass `cls` (and its bases) added after keys began to cover every field → their neutral value.
+    Adding a field with a default: list it here with the value that reproduces the behaviour from before it (usually
+    its default), in a class attribute `added_fields: ClassVar[dict[str, Any]] = {"field": value}`."""
+    out: dict[str, Any] = {}
+    for c in reversed(cls.__mro__):
+        out.update(vars(c).get("added_fields", {}))
+    return out
+
+
+def from_stored(cls: type[T], data: dict[str, Any], source: str) -> T:
+    """`from_dict` for a config this code wrote earlier (a run's config.json): a listed added field it lacks takes
+    its neutral value, what the folder was made with, rather than today's default."""
+    return from_dict(cls, _with_added(cls, data), source=source)
+
+
+def _with_added(cls: type, data: Any) -> Any:
+    if not isinstance(data, dict) or not dataclasses.is_dataclass(cls):
+        return data
+    if cls is ObjectiveConfig or (isinstance(cls, type) and issubclass(cls, ObjectiveConfig)):
+        cls = ObjectiveConfig.variants().get(data.get("name"), cls)
+    hints = typing.get_type_hints(cls)
+    out = {**{k: v for k, v in added_fields(cls).items() if k not in data}, **data}
+    for f in dataclasses.fields(cls):
+        if f.name in data and dataclasses.is_dataclass(hints[f.name]):
+            out[f.name] = _with_added(hints[f.name], data[f.name])
+    return out
 
 
 def _plain(value: Any) -> Any:
@@ -711,8 +761,8 @@ def _plain(value: Any) -> Any:
 
 def config_hash(cfg: Any, length: int = 16) -> str:
     """Stable content hash of a config (dataclass or plain data): same content, same hash, on every machine.
-    Dataclasses are hashed as `canonical` (defaults left out); plain data holding configs should hold
-    `canonical(cfg)` too."""
+    Dataclasses are hashed as `canonical` (every field, less added fields at their neutral value); plain data
+    holding configs should hold `canonical(cfg)` too."""
     data = canonical(cfg)
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]

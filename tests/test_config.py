@@ -1,8 +1,13 @@
+import subprocess
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from synthscale.config import ConfigError, DataConfig, ObjectiveConfig, config_hash, load
+
+ROOT = Path(__file__).parents[1]
 
 
 def write(tmp_path, text, name="cfg.yaml"):
@@ -34,6 +39,8 @@ def test_wrong_type_is_named(tmp_path):
 
 
 def test_literal_lists_valid_choices():
+    import synthscale.objectives  # noqa: F401  the registry, which the schema reads objective names from
+
     with pytest.raises(ConfigError, match=r"'flow', 'masked', 'autoregressive'"):
         load(ObjectiveConfig, None, ["name=diffusion"])
 
@@ -71,3 +78,14 @@ def test_hash_is_stable_and_content_sensitive():
     assert config_hash(a) != config_hash(DataConfig(seed=1))
     # stable across releases: a change to this value means every cached stage would be invalidated
     assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
+
+
+def test_the_schema_imports_neither_torch_nor_the_objectives():
+    """Reading a study spec is plain data: no torch, no objectives registry (which validates names when planning)."""
+    code = (
+        "import sys; from synthscale.config import StudyConfig, load; "
+        "load(StudyConfig, 'configs/studies/default.yaml'); StudyConfig(); "
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('synthscale.objectives')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"

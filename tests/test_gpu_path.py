@@ -112,4 +112,4 @@ def test_gpu_benchmark_runs_every_stage_on_the_device(tmp_path, monkeypatch):
     spec.loader.exec_module(bench)
     result = bench.device_stages(torch.device("cpu"), tmp_path / "study")
     assert result["ok"] and result["stages_failed"] == 0 and result["record_devices"] == ["cpu"]
-    assert set(result["seconds_by_kind"]) >= {"autoencoder", "probe", "cache", "train", "evaluate"}
+    assert set(result["seconds_by_kind"]) >= {"autoencoder", "instrument", "cache", "train", "evaluate"}

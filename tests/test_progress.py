@@ -50,3 +50,49 @@ def test_a_log_gets_a_line_every_minute_of_slow_work(monkeypatch):
 def test_disabled_is_silent(file):
     bar = progress_bar(range(3), enabled=False, file=file)
     assert list(bar) == [0, 1, 2] and file.getvalue() == ""
+
+
+def test_study_eta_weighs_stages_by_their_estimated_cost():
+    """The ETA sums the estimated seconds left, rescaled by how the finished stages compared with their estimates,
+    less what running stages have run, over the workers: not stages left × the mean time of the stages so far."""
+    from synthscale.study.grid import Stage, StudyProgress
+
+    stages = {s.id: s for s in (Stage(k, k, "0", "m:f", cost=c) for k, c in (("ae", 100), ("train", 600), ("ev", 300)))}
+    ae, train, ev = stages
+    states = dict.fromkeys(stages, "pending")
+    view = StudyProgress(stages, states, enabled=False)
+    assert view.eta_seconds() == 1000  # nothing measured yet: the estimates as they are
+    states[ae] = "running"
+    view.refresh()
+    view.finished(ae, "done", {"seconds": 200.0})  # this machine runs at half the estimated pace
+    assert view.eta_seconds() == 1800  # 2 × (600 + 300); counting stages would say 2 × 200 s
+    states[train] = "running"
+    view.refresh()
+    now = view.started_at[train] + 100
+    assert view.eta_seconds(now) == pytest.approx(1200 - 100 + 600)
+    halves = StudyProgress(stages, dict(states), enabled=False, workers=2)
+    halves.finished(ae, "done", {"seconds": 200.0})
+    assert halves.eta_seconds(halves.started_at.get(train, 0.0) + 100) == pytest.approx(1700 / 2)
+
+
+def test_study_stages_are_weighed_by_their_flops_and_images(tmp_path):
+    """Training stages cost their FLOPs budget, evaluations their sampling FLOPs, autoencoders their images."""
+    from pathlib import Path
+
+    from synthscale.config import StudyConfig, load
+    from synthscale.study.plan import TRAIN_FLOPS_PER_S, estimate_flops, plan_study, weigh_stages
+
+    spec = Path(__file__).parents[1] / "configs" / "studies" / "default.yaml"
+    plan = plan_study(load(StudyConfig, spec, ["budgets=[1e12, 4e12]"]), tmp_path, spec.parent)
+    weigh_stages(plan)
+    est = {e["run"]: e for e in estimate_flops(plan)["runs"]}
+    for r in plan.runs:
+        assert r.train.cost == pytest.approx(r.run_cfg.train.budget_flops / TRAIN_FLOPS_PER_S)
+    evals = {r.train.name: r.evaluate.cost for r in plan.runs}
+    small, large = "masked-2x64-d20000-4e12-fsq-f4", "masked-4x128-d20000-4e12-fsq-f4"
+    assert evals[large] / evals[small] == pytest.approx(
+        est[large]["eval_sample_flops"] / est[small]["eval_sample_flops"]
+    )
+    assert evals[large] > 3 * evals[small]  # counted as stages, they weighed the same
+    aes = {cfg.name: stage.cost for cfg, stage in plan.autoencoders.values()}
+    assert aes["fsq-f4"] / aes["kl-f4c4"] == pytest.approx(1600 / 1200)  # steps × batch: 1600 vs 1200 steps of 32

@@ -136,3 +136,27 @@ def test_cli_sample_bad_input_is_one_clear_line(tiny_study, tmp_path, capsys, ex
 def test_cli_sample_needs_a_run_or_study_folder(tmp_path, capsys):
     assert main(["sample", str(tmp_path), "--prompt", "a red circle"]) == 2
     assert "neither a run folder" in capsys.readouterr().err
+
+
+def test_pick_ranks_by_the_studys_deciding_instrument(tiny_study, tmp_path):
+    """A study scored by another instrument (here an in-domain encoder's fd_encoder, ranking the flow runs the other
+    way round from the probe's made-up fd_probe) is picked on that instrument's metric, not on fd_probe."""
+    from synthscale.study.pick import best_models
+    from synthscale.study.results import ResultsStore, store_path
+
+    card = {"name": "encoder", "kind": "encoder", "label": "in-domain encoder", "precedence": 2}
+    card |= {"quality": "fd_encoder", "following": "r_precision"}
+    (tmp_path / "train").symlink_to(tiny_study / "train")
+    with ResultsStore.of(tiny_study, create=False) as old:
+        runs, records = old.runs(), old.records()
+    with ResultsStore(store_path(tmp_path), create=True) as store:
+        for r in runs:
+            store.add_run(r["run"], r["objective"], r["size"], r["data_size"], r["autoencoder"], status="done")
+        for r in records:
+            r.pop("config_hash", None)
+            r["metrics"] = {**r["metrics"], "fd_encoder": 1.0 / r["metrics"]["fd_probe"]}  # the reverse order
+            r["instruments"] = {"scored_by": {"encoder": card}}
+        store.add_records(records)
+    by_probe, by_encoder = best_models(tiny_study, 1e15)["flow"], best_models(tmp_path, 1e15)["flow"]
+    assert (by_probe.run, by_probe.metric) == ("flow-a", "fd_probe")
+    assert (by_encoder.run, by_encoder.metric) == ("flow-b", "fd_encoder")

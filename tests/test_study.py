@@ -14,7 +14,7 @@ import pytest
 from synthscale.cli import main
 from synthscale.config import ConfigError, RunConfig, StudyConfig, from_dict, load
 from synthscale.study.plan import plan_study
-from synthscale.study.run import run_study
+from synthscale.study.run import load_study_config, run_study
 from synthscale.train.location import relocate
 
 SPEC = Path(__file__).parents[1] / "configs" / "studies" / "default.yaml"
@@ -43,6 +43,25 @@ TINY = [
     "evaluation.weights=[ema, raw]",  # and EMA only: test the raw-weights ablation too
     "executor=sequential",
 ]
+
+
+def test_run_set_appends_to_the_specs_run_overrides(tmp_path, capsys):
+    """`--run-set` adds one run override and keeps the spec's (`--set run_overrides=[...]` replaces the list)."""
+    study = load_study_config(SPEC, ["budgets=[1e12]"], ["masked:train.batch_size=16", "train.lr=5e-4"])
+    spec_overrides = load(StudyConfig, SPEC).run_overrides
+    assert study.run_overrides == [*spec_overrides, "masked:train.batch_size=16", "train.lr=5e-4"]
+    runs = {r.run_cfg.objective.name: r.run_cfg for r in plan_study(study, tmp_path, SPEC.parent).runs}
+    assert (runs["masked"].train.batch_size, runs["flow"].train.batch_size) == (16, 32)
+    assert runs["flow"].model.patch_size == 2 and {c.train.lr for c in runs.values()} == {5e-4}
+
+    def flow_params(*extra: str) -> list[str]:  # the dry run's parameter counts of the flow runs
+        assert main(["study", str(SPEC), "--out", str(tmp_path), "--dry-run", *extra]) == 0
+        return [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.strip().startswith("flow-")]
+
+    patch1, spec = flow_params("--run-set", "flow:model.patch_size=1"), flow_params()
+    assert len(patch1) == len(spec) == 2 and patch1 != spec  # patch 1 instead of 2: another input layer
+    assert main(["study", str(SPEC), "--out", str(tmp_path), "--dry-run", "--run-set", "train.lr"]) == 2
+    assert "expected [objective:]key=value" in capsys.readouterr().err
 
 
 def test_plan_keys_are_content_not_paths(tmp_path):
@@ -92,6 +111,7 @@ def test_precision_auto_is_measured_once_and_keys_the_runs(tmp_path):
     measured = measure_precision("2x64", 4, repeats=1)
     assert measured["fp32_ms"] > 0 and measured["bf16_ms"] > 0
     assert measured["choice"] == ("bf16" if measured["bf16_speedup"] >= measured["min_speedup"] else "fp32")
+    assert measure_precision("2x64", 2, "masked", repeats=1)["fp32_ms"] > 0  # a study with token methods only
     with pytest.raises(ValueError, match="precision must be fp32, bf16 or auto"):
         load(StudyConfig, SPEC, ["precision=fp16"])
 
@@ -246,6 +266,9 @@ def _strip(records):
     for r in records:
         r.pop("run", None)
         r["instruments"].pop("sample_grid", None)
+        for card in r["instruments"].get("scored_by", {}).values():  # how long an instrument took to train
+            for timing in ("train_seconds", "train_cpu_seconds"):
+                card.get("train", {}).pop(timing, None)
     return sorted(json.dumps(r, sort_keys=True) for r in records)
 
 

@@ -35,9 +35,11 @@ SPEC = Path(__file__).parents[1] / "configs" / "studies" / "default.yaml"
         ("evaluation.cfg_scale=good", "cfg_scale"),
     ],
 )
-def test_bad_candidates_are_refused_with_the_key_and_the_fix(override, message):
+def test_bad_candidates_are_refused_with_the_key_and_the_fix(override, message, tmp_path):
+    """Refused when the spec is read, or (names of objectives, which the schema does not know) when it is
+    planned, before anything runs."""
     with pytest.raises(ConfigError, match=message):
-        load(StudyConfig, SPEC, [override])
+        plan_study(load(StudyConfig, SPEC, [override]), tmp_path)
 
 
 def test_cfg_scale_is_a_float_or_best_and_candidates_are_per_objective():

@@ -15,7 +15,7 @@ import torch
 
 from synthscale import atomic
 from synthscale.autoencoders.base import Autoencoder, AutoencoderError, CheckpointError, ImageSizeError
-from synthscale.config import AutoencoderConfig, ConfigError, config_hash, from_dict, to_dict
+from synthscale.config import AutoencoderConfig, ConfigError, config_hash, from_stored, to_dict
 from synthscale.data.latents import LatentSpec
 from synthscale.data.pixels import to_tensor, to_uint8
 
@@ -148,7 +148,7 @@ def load_autoencoder(path: str | Path) -> Autoencoder:
             raise CheckpointError(f"autoencoder folder {path} has no {f.name}; {retrain}")
     try:
         meta = json.loads(cfg_file.read_text())
-        cfg = from_dict(AutoencoderConfig, meta["config"], source=str(cfg_file))
+        cfg = from_stored(AutoencoderConfig, meta["config"], source=str(cfg_file))
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ConfigError) as e:
         raise CheckpointError(f"{cfg_file} is corrupt or from another version ({e}); {retrain}") from e
     try:

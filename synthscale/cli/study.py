@@ -21,6 +21,12 @@ def register(sub) -> None:
     p.add_argument("spec", type=Path, help="study spec YAML, e.g. configs/studies/default.yaml")
     p.add_argument("--out", type=Path, required=True, help="study folder (created; reused on re-runs)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a study key, e.g. budgets=[1e12]")
+    p.add_argument(
+        "--run-set",
+        action="append",
+        metavar="[OBJECTIVE:]KEY=VALUE",
+        help="append a run override (repeatable; the spec's stay), e.g. train.lr=1e-3 or flow:model.patch_size=2",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the stages and estimated FLOPs; run nothing")
     p.add_argument(
         "--executor",
@@ -71,11 +77,17 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     overrides = [*(args.set or []), *([f"device={args.device}"] if args.device != "auto" else [])]
     if args.dry_run:
-        study = load_study_config(args.spec, overrides)
+        study = load_study_config(args.spec, overrides, args.run_set)
         print(dry_run(plan_study(study, args.out, spec_dir=args.spec.resolve().parent)))
         return 0
     result = run_study(
-        args.spec, args.out, overrides, executor=args.executor, workers=args.workers, progress=not args.quiet
+        args.spec,
+        args.out,
+        overrides,
+        executor=args.executor,
+        workers=args.workers,
+        progress=not args.quiet,
+        run_sets=args.run_set,
     )
     states = result["states"]
     failed = [i for i, v in states.items() if v in ("failed", "blocked")]

@@ -43,7 +43,7 @@ def register(sub) -> None:
     )
     p.add_argument("--size", default="B", help="a model size preset, e.g. S, B, L, XL, 2x64, 4x128 (default B)")
     p.add_argument(  # checked against the objectives registry when the config loads (importing it costs torch)
-        "--objective", default=default_of(ObjectiveConfig, "name"), help="a registered objective (default %(default)s)"
+        "--objective", default=None, help="a registered objective (default: the registry's first)"
     )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="an objective config key, e.g. sampler=heun")
     p.add_argument("--tokens", type=int, default=256, help="image tokens in the sequence (after patchify; a square)")
@@ -65,6 +65,7 @@ def register(sub) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import synthscale.objectives  # noqa: F401  the registry, which reads the config's objective section
     from synthscale.config import RunConfig, load
     from synthscale.train import TrainingStopped, train
 
@@ -105,7 +106,8 @@ def cmd_flops(args: argparse.Namespace) -> int:
     ):
         if value < 1:
             raise ConfigError(f"{flag} must be ≥ 1, got {value}")
-    objective = get_objective(load(ObjectiveConfig, None, [f"name={args.objective}", *(args.set or [])]))
+    name = args.objective or ObjectiveConfig.names()[0]
+    objective = get_objective(load(ObjectiveConfig, None, [f"name={name}", *(args.set or [])]))
     model_cfg = ModelConfig(size=args.size, patch_size=args.patch_size, text_layers=args.text_layers)
     if objective.latent == "continuous":  # --tokens counts tokens after patchify
         latent = LatentSpec("continuous", args.channels, side * args.patch_size, side * args.patch_size)

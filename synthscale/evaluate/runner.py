@@ -23,7 +23,7 @@ import torch
 from synthscale import atomic
 from synthscale.compute.device import pick_device
 from synthscale.compute.flops import decode_flops
-from synthscale.config import EvalSettings, RunConfig, from_dict
+from synthscale.config import EvalSettings, RunConfig, from_stored
 from synthscale.data.latents import LatentSpec
 from synthscale.data.pixels import to_uint8
 from synthscale.data.text import tokenizer_for
@@ -175,7 +175,9 @@ class RunEvaluator:
         cfg_path = Path(run_dir) / "config.json"
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{cfg_path} is missing: is {run_dir} a run folder made by `synthscale train`?")
-        return from_dict(RunConfig, json.loads(cfg_path.read_text()), source=str(cfg_path))
+        import synthscale.objectives  # noqa: F401  the registry, which reads the objective section
+
+        return from_stored(RunConfig, json.loads(cfg_path.read_text()), source=str(cfg_path))
 
     @staticmethod
     def latent_spec(run_dir: str | Path) -> LatentSpec:

@@ -89,6 +89,7 @@ def compiled_decode_step(device: torch.device):
 class AutoregressiveObjective(Objective):
     name = "autoregressive"
     latent = "discrete"
+    paradigm = "next-token"
     config = AutoregressiveConfig
     network = AutoregressiveNet
 

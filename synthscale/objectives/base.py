@@ -18,11 +18,14 @@ from synthscale.model.sizes import get_size
 
 class Objective(abc.ABC):
     """One paradigm on the shared backbone. A subclass declares its `name` (the registry key, the config's
-    `objective.name`), the `latent` kind it reads, its `config` dataclass (an `ObjectiveConfig` subclass holding
-    only the fields it uses) and its `network`, and implements the abstract methods below."""
+    `objective.name`), the `latent` kind it reads, the `paradigm` the study's findings name it by, its `config`
+    dataclass (an `ObjectiveConfig` subclass holding only the fields it uses) and its `network`, and implements the
+    abstract methods below."""
 
     name: ClassVar[str]
     latent: ClassVar[Literal["continuous", "discrete"]]
+    # the family the study's findings (the paper's claims) speak of: "diffusion", "masked-token" or "next-token"
+    paradigm: ClassVar[Literal["diffusion", "masked-token", "next-token"]]
     config: ClassVar[type[ObjectiveConfig]]
     network: ClassVar[type[nn.Module]]  # backbone + caption encoder + this objective's embedding and head
 

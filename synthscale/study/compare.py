@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synthscale.config import ObjectiveConfig
 from synthscale.evaluate.instruments import quality_metrics
 from synthscale.study.results import ResultsStore
 
@@ -149,7 +148,9 @@ class StudyData:
     @property
     def objectives(self) -> list[str]:
         present = {r["objective"] for r in self.records} | {r["objective"] for r in self.runs}
-        order = ObjectiveConfig.names()  # the registry's order
+        from synthscale.objectives import OBJECTIVES
+
+        order = list(OBJECTIVES)  # the registry's order
         return [o for o in order if o in present] + sorted(present - set(order))
 
 

@@ -211,7 +211,15 @@ def power_law_verdict(fit: PowerLawFit) -> str:
 
 # ---------------------------------------------------------------------------------------------- 2: prompts
 
-PROMPT_PARTS = (("autoregressive", "flow"), ("masked", "flow"), ("autoregressive", "masked"))
+# paradigms, not objective names: `roles` maps them to the objectives that declare them (the registry)
+PROMPT_PARTS = (("next-token", "diffusion"), ("masked-token", "diffusion"), ("next-token", "masked-token"))
+
+
+def roles(data: cmp.StudyData) -> dict[str, str]:
+    """Paradigm → the study's objective that stands for it in the findings (declared by each objective)."""
+    from synthscale.objectives import by_paradigm
+
+    return by_paradigm(data.objectives)
 
 
 def finding_prompt_following(data: cmp.StudyData, metrics: DecisiveMetrics = DEFAULT_METRICS) -> Finding:
@@ -231,8 +239,8 @@ def finding_prompt_following(data: cmp.StudyData, metrics: DecisiveMetrics = DEF
     if not levels:
         f.evidence.append(f"no matched compute level measured {m}")
         return f
-    parts = []
-    for a, b in PROMPT_PARTS:
+    parts, role = [], roles(data)
+    for a, b in ((role.get(p, p), role.get(q, q)) for p, q in PROMPT_PARTS):
         outcomes = [
             e.significant() if (e := cmp.effect(best[a], best[b], m)) is not None else None
             for best in levels.values()
@@ -269,12 +277,14 @@ def finding_quality_crossover(
         f"{math.exp(CATCH_UP_MARGIN) - 1:.0%} (log ratio), significantly (one-sided 2.5 %); not confirmed when "
         f"diffusion is significantly better at the lowest level or the lead grows significantly.",
     )
-    levels = {lv: b for lv, b in best_models(data, q).items() if "autoregressive" in b and "flow" in b}
+    role = roles(data)
+    nt, dif = role.get("next-token", "next-token"), role.get("diffusion", "diffusion")
+    levels = {lv: b for lv, b in best_models(data, q).items() if nt in b and dif in b}
     if len(levels) < 2:
         f.evidence.append(f"{len(levels)} matched compute level(s) with both next-token and diffusion {q}; need ≥ 2")
         return f
     lo, hi = min(levels), max(levels)
-    ar_lo, fl_lo, ar_hi, fl_hi = (levels[lv][o] for lv in (lo, hi) for o in ("autoregressive", "flow"))
+    ar_lo, fl_lo, ar_hi, fl_hi = (levels[lv][o] for lv in (lo, hi) for o in (nt, dif))
     lead_lo, lead_hi = cmp.effect(ar_lo, fl_lo, q), cmp.effect(ar_hi, fl_hi, q)
     c_lo = cmp.compare_quality(ar_lo, fl_lo, metrics)
     names = {1: "next-token significantly better", -1: "diffusion significantly better", 0: "no significant difference"}
@@ -284,7 +294,7 @@ def finding_quality_crossover(
             f"{fl['size']} {_quality_text(fl, metrics)}; next-token's lead {_effect_text(lead)}"
             f"{_check_text(ar, fl, metrics)} — {names.get(cmp.compare_quality(ar, fl, metrics), 'not comparable')}"
         )
-    cross = crossovers.get(("autoregressive", "flow"))
+    cross = crossovers.get((nt, dif))
     if cross is not None:
         f.evidence.append(f"{q} fits, next-token vs diffusion: {cross.describe()}")
     if lead_lo is None or lead_hi is None:
@@ -347,12 +357,12 @@ def _cost_part(data: cmp.StudyData, f: Finding) -> str:
         cur = by_size[r["size"]].get(r["objective"])
         if cur is None or r["sample_flops_per_image"] < cur["sample_flops_per_image"]:
             by_size[r["size"]][r["objective"]] = r
-    verdicts = []
+    verdicts, nt = [], roles(data).get("next-token")
     for size, objs in sorted(by_size.items()):
-        if "autoregressive" not in objs or len(objs) < 2:
+        if nt not in objs or len(objs) < 2:
             continue
-        ar = objs["autoregressive"]
-        others = {o: r for o, r in objs.items() if o != "autoregressive"}
+        ar = objs[nt]
+        others = {o: r for o, r in objs.items() if o != nt}
         with_decoder = all(sampling_flops(r) is not None for r in objs.values())
         cost = sampling_flops if with_decoder else (lambda r: r["sample_flops_per_image"])
         ratio = min(cost(r) for r in others.values()) / cost(ar)
@@ -399,10 +409,12 @@ def _latency_record(r: dict[str, Any], with_decoder: bool) -> dict[str, Any]:
     return {"metrics": {"latency_s": sampling_latency(r)}}
 
 
-def _steps_part(data: cmp.StudyData, f: Finding, label: str, obj: str, barely: bool, metrics: DecisiveMetrics) -> str:
+def _steps_part(
+    data: cmp.StudyData, f: Finding, label: str, paradigm: str, barely: bool, metrics: DecisiveMetrics
+) -> str:
     """(b) barely improves (barely=True) or (c) depends on steps: the quality effect of the most steps over the
-    fewest, per sweep."""
-    q, effects = metrics.quality, []
+    fewest, per sweep of the objective that stands for `paradigm`."""
+    q, effects, obj = metrics.quality, [], roles(data).get(paradigm, paradigm)
     for rs in step_sweeps(data).get(obj, []):
         e = cmp.effect(rs[-1], rs[0], q)  # most steps vs fewest; > 0: more steps better
         effects.append(e)
@@ -443,8 +455,8 @@ def finding_inference(data: cmp.StudyData, metrics: DecisiveMetrics = DEFAULT_ME
     )
     parts = [
         _cost_part(data, f),
-        _steps_part(data, f, "(b)", "masked", True, metrics),
-        _steps_part(data, f, "(c)", "flow", False, metrics),
+        _steps_part(data, f, "(b)", "masked-token", True, metrics),
+        _steps_part(data, f, "(c)", "diffusion", False, metrics),
     ]
     f.evidence.append(f"parts (a), (b), (c): {', '.join(parts)}")
     f.verdict = _combine(parts)
@@ -509,11 +521,12 @@ def finding_ema(data: cmp.StudyData, metrics: DecisiveMetrics = DEFAULT_METRICS)
     gains = ema_gains(data, metrics)
     for obj, (g, k) in gains.items():
         f.evidence.append(f"{obj}: EMA gain {_effect_text(g)} (log ratio) over {k} run(s)")
-    tokens = [o for o in ("masked", "autoregressive") if o in gains]
-    if "flow" not in gains or not tokens:
+    role = roles(data)
+    tokens = [o for p in ("masked-token", "next-token") if (o := role.get(p)) in gains]
+    if role.get("diffusion") not in gains or not tokens:
         f.evidence.append("need EMA/raw pairs for diffusion and at least one token method")
         return f
-    g_flow = gains["flow"][0]
+    g_flow = gains[role["diffusion"]][0]
     diffs = {t: g_flow.minus(gains[t][0]) for t in tokens}
     for t, d in diffs.items():
         f.evidence.append(f"diffusion's gain minus {t}'s: {_effect_text(d)}")

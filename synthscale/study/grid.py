@@ -34,7 +34,7 @@ class Stage:
     fn: str  # "module:function", called as fn(stage_dir, **kwargs)
     kwargs: dict[str, Any] = field(default_factory=dict)
     deps: list[str] = field(default_factory=list)  # ids of stages whose outputs this one reads
-    cost: float = 1.0  # relative cost estimate, for the ETA
+    cost: float = 1.0  # estimated cost (plan.weigh_stages: seconds on one CPU core), for the ETA
 
     @property
     def id(self) -> str:
@@ -104,22 +104,37 @@ def _check_graph(stages: list[Stage]) -> dict[str, Stage]:
 
 
 class StudyProgress:
-    """Stages done / running / failed and an ETA from the measured pace of finished stages."""
+    """Stages done / running / failed and an ETA: the estimated seconds of the stages left (`Stage.cost`, set by
+    `plan.weigh_stages`), scaled by how long this machine's finished stages took against their estimates, less what
+    the running ones have already run, shared among the `workers` stages that run at once."""
 
-    def __init__(self, stages: dict[str, Stage], states: dict[str, str], enabled: bool = True):
+    def __init__(self, stages: dict[str, Stage], states: dict[str, str], enabled: bool = True, workers: int = 1):
         self.stages, self.states = stages, states
-        self.total_cost = sum(s.cost for s in stages.values())
-        self.started = time.time()
-        self.cost_run = 0.0
+        self.workers = max(1, workers)
+        self.spent = self.estimated = 0.0  # finished stages: measured seconds, and their estimated cost
+        self.started_at: dict[str, float] = {}  # running stage → when it was first seen running
         self.bar = progress_bar(total=len(stages), desc="study", unit="stage", enabled=enabled)
         self.bar.update(sum(1 for v in states.values() if v == "done"))
         self.refresh()
 
+    def eta_seconds(self, now: float | None = None) -> float:
+        now = time.time() if now is None else now
+        scale = self.spent / self.estimated if self.estimated > 0 else 1.0
+        left = 0.0
+        for i, v in self.states.items():
+            if v == "pending":
+                left += self.stages[i].cost * scale
+            elif v == "running":
+                left += max(0.0, self.stages[i].cost * scale - (now - self.started_at.get(i, now)))
+        return left / self.workers
+
     def refresh(self) -> None:
         counts = {k: sum(1 for v in self.states.values() if v == k) for k in ("done", "running", "failed", "blocked")}
-        left = sum(self.stages[i].cost for i, v in self.states.items() if v in ("pending", "running"))
-        elapsed = time.time() - self.started
-        eta = f"{left * elapsed / self.cost_run / 60:.1f} min" if self.cost_run else "?"
+        now = time.time()
+        for i, v in self.states.items():
+            if v == "running":
+                self.started_at.setdefault(i, now)
+        eta = f"{self.eta_seconds(now) / 60:.1f} min"
         self.bar.set_postfix_str(
             f"done {counts['done']} running {counts['running']} failed {counts['failed']} "
             f"blocked {counts['blocked']} ETA {eta}"
@@ -128,7 +143,9 @@ class StudyProgress:
     def finished(self, stage_id: str, status: str, info: dict) -> None:
         self.states[stage_id] = status
         if status == "done":
-            self.cost_run += self.stages[stage_id].cost
+            if "seconds" in info:
+                self.spent += info["seconds"]
+                self.estimated += self.stages[stage_id].cost
             self.bar.update(1)
         else:
             self.bar.write(f"  ✗ {stage_id} {status}: {info.get('error', '')}")
@@ -152,7 +169,7 @@ def execute(
     root = Path(root)
     by_id = _check_graph(stages)
     states = {i: ("done" if status_of(root, s) == "done" else "pending") for i, s in by_id.items()}
-    view = StudyProgress(by_id, states, enabled=progress)
+    view = StudyProgress(by_id, states, enabled=progress, workers=1 if executor == "sequential" else workers)
 
     def ready() -> list[str]:
         out = []

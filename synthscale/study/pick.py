@@ -1,6 +1,7 @@
 """Which trained model stands for each paradigm at a training-compute level: among the study's evaluated
 (run, milestone) points at the matched level nearest to the compute asked, the one with the best quality metric
-(fd-probe; the validation loss where no quality was measured). `synthscale sample STUDY_DIR --compute` and
+of the study's deciding instrument (the one its report's findings decide on, read from the records' instrument
+metadata; the validation loss where no quality was measured). `synthscale sample STUDY_DIR --compute` and
 `synthscale serve` show these side by side."""
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from synthscale.study import compare as cmp
+from synthscale.study.instruments import decisive_metrics
 
-QUALITY = "fd_probe"
 FALLBACK = "loss"  # a study evaluated without a probe still has validation losses
 
 
@@ -74,6 +75,7 @@ def best_models(study_dir: str | Path, compute: float | None = None) -> dict[str
         )
     levels = cmp.compute_levels([r["train_flops"] for r in recs])
     target = math.log10(compute if compute is not None else levels[-1])
+    quality = decisive_metrics(data.records).quality
     chosen: dict[str, Choice] = {}
     for obj in data.objectives:
         mine = [(cmp.level_of(r["train_flops"], levels), r) for r in recs if r["objective"] == obj]
@@ -82,7 +84,7 @@ def best_models(study_dir: str | Path, compute: float | None = None) -> dict[str
             continue
         level = min({lv for lv, _ in mine}, key=lambda lv: abs(math.log10(lv) - target))
         here = [r for lv, r in mine if lv == level]
-        metric = QUALITY if any(cmp.value(r, QUALITY) is not None for r in here) else FALLBACK
+        metric = quality if any(cmp.value(r, quality) is not None for r in here) else FALLBACK
         ranked = [r for r in here if cmp.value(r, metric) is not None] or here
         best = min(ranked, key=lambda r: (_rank(r, metric), -r["params"], r["run"]))
         chosen[obj] = _choice(study_dir, best, level, metric)
@@ -93,7 +95,7 @@ def _rank(r: dict[str, Any], metric: str) -> float:
     v = cmp.value(r, metric)
     if v is None:
         return math.inf
-    return v if metric in cmp.LOWER_IS_BETTER else -v
+    return v if cmp.lower_is_better(metric) else -v
 
 
 def _choice(study_dir: Path, r: dict[str, Any], level: float, metric: str) -> Choice:

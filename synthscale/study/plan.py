@@ -26,6 +26,7 @@ from synthscale.config import (
     canonical,
     config_hash,
     from_dict,
+    has_temperature,
     read_yaml,
     to_dict,
 )
@@ -134,6 +135,7 @@ def plan_study(study: StudyConfig, root: str | Path, spec_dir: str | Path = ".")
     """The study's stages and runs under `root`: autoencoders, the probe, then per run its cache, training and
     evaluation (the main grid, then each ablation autoencoder with the objectives of its latent kind)."""
     root, spec_dir = Path(root).resolve(), Path(spec_dir)
+    study = resolve_objectives(study)
     if study.precision is not None:
         overrides = [*study.run_overrides, f"train.precision={planned_precision(study, root)}"]
         study = dataclasses.replace(study, run_overrides=overrides)
@@ -172,6 +174,36 @@ def check_parity(study: StudyConfig, runs: list[RunPlan], autoencoders: dict[str
             f"with the same latent grid), or set `parity: none` in the study spec to compare them anyway (the "
             f"report then names the mismatch)"
         )
+
+
+def resolve_objectives(study: StudyConfig) -> StudyConfig:
+    """The study with its objectives checked against the registry, and none listed meaning all of them."""
+    from synthscale.objectives import OBJECTIVES, check_names
+
+    check_names(study.objectives)
+    study = study if study.objectives else dataclasses.replace(study, objectives=list(OBJECTIVES))
+    for key, per_objective in (
+        ("lr_sweep", study.lr_sweep),
+        ("evaluation.cfg_candidates", study.evaluation.cfg_candidates),
+        ("evaluation.temperature_candidates", study.evaluation.temperature_candidates),
+    ):
+        if isinstance(per_objective, dict):
+            check_names(list(per_objective), key)
+    if isinstance(study.lr_sweep, dict):
+        extra = [o for o in study.lr_sweep if o not in study.objectives]
+        if extra:
+            raise ConfigError(
+                f"lr_sweep names {extra[0]!r}, which the study does not train (objectives: "
+                f"{', '.join(study.objectives)}); remove it or add it to objectives"
+            )
+    temps = study.evaluation.temperature_candidates
+    if isinstance(temps, dict):
+        plain = [o for o in temps if not has_temperature(ObjectiveConfig.of(o))]
+        if plain:
+            raise ConfigError(
+                f"evaluation.temperature_candidates names {plain[0]!r}, which samples without a temperature; remove it"
+            )
+    return study
 
 
 PRECISION_JSON = "precision.json"
@@ -417,6 +449,37 @@ def estimate_flops(plan: StudyPlan) -> dict[str, Any]:
         "total_flops": train_total + sample_total,
         "notes": sorted(set(notes)),
     }
+
+
+# What a stage's work takes, in seconds on one CPU core, measured on the default study (b47d410, per-stage CPU
+# seconds by `benchmarks/study_stages.py`): the ETA weighs the stages left by these estimates, and its pace, measured
+# as stages finish, scales them to the machine. Only their ratios matter.
+TRAIN_FLOPS_PER_S = 43e9  # analytic training FLOPs (6 runs of 5e12 took 696 s)
+SAMPLE_FLOPS_PER_S = 30e9  # the evaluation's analytic sampling FLOPs; decoding and scoring ride along (219 s)
+AUTOENCODER_S_PER_IMAGE = 4.2e-3  # per 32×32 training image (fsq-f4 51 200 images in 209 s, kl-f4c4 38 400 in 163)
+CACHE_S_PER_IMAGE = 0.7e-3  # per 32×32 image encoded (two caches of 23 000 images, 28 s)
+INSTRUMENT_S, CEILING_S = 75.0, 2.0  # the attribute probe took 74 s, both ceilings 3 s
+
+
+def weigh_stages(plan: StudyPlan) -> None:
+    """Set every stage's `cost` to its estimated seconds (see above), from the plan's FLOPs estimates for training
+    and evaluation, and the images an autoencoder trains on or a cache encodes."""
+    est = estimate_flops(plan)
+    for r, e in zip(plan.runs, est["runs"], strict=True):
+        r.train.cost = e["train_flops"] / TRAIN_FLOPS_PER_S
+        r.evaluate.cost = e["eval_sample_flops"] / SAMPLE_FLOPS_PER_S
+    for cfg, stage in plan.autoencoders.values():
+        stage.cost = cfg.train.steps * cfg.train.batch_size * (cfg.data.resolution / 32) ** 2 * AUTOENCODER_S_PER_IMAGE
+    d = plan.study.data
+    for stage in plan.stages:
+        if stage.kind == "cache":
+            size = stage.kwargs["run_config"]["data"]["size"]
+            images = size + d.val_size + d.test_size + d.holdout_size
+            stage.cost = images * (d.resolution / 32) ** 2 * CACHE_S_PER_IMAGE
+        elif stage.kind == "instrument":
+            stage.cost = INSTRUMENT_S
+        elif stage.kind == "ceiling":
+            stage.cost = CEILING_S
 
 
 def _latent_shape(cfg: AutoencoderConfig, notes: list[str]):

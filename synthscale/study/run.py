@@ -3,21 +3,29 @@ into the study's SQLite store and write the report."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
 from typing import Any
 
 from synthscale import atomic
-from synthscale.config import StudyConfig, load, to_dict
+from synthscale.config import ConfigError, StudyConfig, load, to_dict
 from synthscale.study import tuning
 from synthscale.study.grid import DONE, FAILED, execute, stage_dir, status_of
-from synthscale.study.plan import PRECISION_JSON, StudyPlan, estimate_flops, plan_study
+from synthscale.study.plan import PRECISION_JSON, StudyPlan, estimate_flops, plan_study, weigh_stages
 
 
-def load_study_config(spec: str | Path, overrides: list[str] | None = None) -> StudyConfig:
-    """The study spec at `spec` with `--set` overrides (a study folder's results are `compare.load_study`)."""
-    return load(StudyConfig, spec, overrides or [])
+def load_study_config(
+    spec: str | Path, overrides: list[str] | None = None, run_sets: list[str] | None = None
+) -> StudyConfig:
+    """The study spec at `spec` with `--set` overrides, and `run_sets` (`study --run-set`, `[objective:]key=value`)
+    appended to its run overrides (a study folder's results are `compare.load_study`)."""
+    study = load(StudyConfig, spec, overrides or [])
+    for text in run_sets or []:
+        if "=" not in text:
+            raise ConfigError(f"--run-set {text!r}: expected [objective:]key=value, e.g. flow:model.patch_size=2")
+    return dataclasses.replace(study, run_overrides=[*study.run_overrides, *(run_sets or [])])
 
 
 def dry_run(plan: StudyPlan) -> str:
@@ -171,11 +179,12 @@ def run_study(
     executor: str | None = None,
     workers: int | None = None,
     progress: bool = True,
+    run_sets: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a study and write its report. Returns the stage states and the report paths."""
     from synthscale.study.report import build_report
 
-    study = load_study_config(spec, overrides)
+    study = load_study_config(spec, overrides, run_sets)
     plan = plan_study(study, out, spec_dir=Path(spec).resolve().parent)
     root = plan.root
     root.mkdir(parents=True, exist_ok=True)
@@ -183,6 +192,7 @@ def run_study(
         _measure_precision(plan)
         plan = plan_study(study, out, spec_dir=Path(spec).resolve().parent)
     atomic.write_json(root / "study.json", to_dict(study))
+    weigh_stages(plan)  # the progress ETA weighs the stages left by their estimated cost
     started = time.time()
     how = dict(
         executor=executor or study.executor,

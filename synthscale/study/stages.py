@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import synthscale.objectives  # noqa: F401  the registry: run configs read their objective section through it
 from synthscale.config import AutoencoderConfig, DataConfig, EvalSettings, RunConfig, from_dict
 
 

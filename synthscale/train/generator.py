@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from synthscale.config import RunConfig, from_dict
+from synthscale.config import RunConfig, from_stored
 from synthscale.data.latents import LatentSpec, TextSpec
 from synthscale.data.pixels import to_uint8
 from synthscale.train import checkpoint as ckpt
@@ -244,7 +244,7 @@ def sampling_limits(run_dir: str | Path, checkpoint: ckpt.CheckpointInfo | None 
     cfg_data = _read_json(run_dir / "config.json")
     if cfg_data is None:
         raise FileNotFoundError(f"{run_dir}/config.json is missing or unreadable: is it a run folder?")
-    run_cfg = from_dict(RunConfig, cfg_data, source=str(run_dir / "config.json"))
+    run_cfg = from_stored(RunConfig, cfg_data, source=str(run_dir / "config.json"))
     info = checkpoint or milestone_checkpoints(run_dir)[-1]
     latent = LatentSpec(**ckpt.read_meta(info.path, verify=False)["latent_spec"])
     objective = get_objective(run_cfg.objective)
@@ -288,7 +288,7 @@ def load_generator(
     cfg_data = _read_json(run_dir / "config.json")
     if cfg_data is None:
         raise FileNotFoundError(f"{run_dir}/config.json is missing or unreadable")
-    run_cfg = from_dict(RunConfig, cfg_data, source=str(run_dir / "config.json"))
+    run_cfg = from_stored(RunConfig, cfg_data, source=str(run_dir / "config.json"))
     latent_spec, text_spec = LatentSpec(**meta["latent_spec"]), TextSpec(**meta["text_spec"])
     objective = get_objective(run_cfg.objective)
     model, text_spec, encoder_facts = build_network(objective, run_cfg, latent_spec, text_spec)

@@ -41,7 +41,15 @@ from torch import nn
 
 from synthscale import atomic
 from synthscale.compute.schedule import warmup_cosine
-from synthscale.config import ConfigError, RunConfig, TrainConfig, canonical, config_hash, from_dict, to_dict
+from synthscale.config import (
+    ConfigError,
+    RunConfig,
+    TrainConfig,
+    canonical,
+    config_hash,
+    from_stored,
+    to_dict,
+)
 from synthscale.data.latents import TextSpec
 from synthscale.train import checkpoint as ckpt
 from synthscale.train import distributed as D
@@ -136,17 +144,18 @@ class TrainState:
 
 def _check_config(run_dir: Path, run_cfg: RunConfig) -> None:
     """A run dir belongs to one config; only log/checkpoint cadence, and the latents' locations (checked by
-    `relocate`), may change between sessions. Both configs are compared as `canonical` (defaults left out), so a
-    run written before a field with a default existed still resumes."""
+    `relocate`), may change between sessions. Both configs are compared as `canonical` (every field, so a changed
+    default is refused; a field added later at its neutral value is left out, so a run written before it existed
+    still resumes)."""
     path = run_dir / "config.json"
     if not path.exists():
         return
-    stored = from_dict(RunConfig, json.loads(path.read_text()), source=str(path))
+    stored = from_stored(RunConfig, json.loads(path.read_text()), source=str(path))
     old, new = _flatten(_plain(canonical(stored))), _flatten(_plain(canonical(run_cfg)))
     free = RESUMABLE_CHANGES | set(LOCATION_KEYS)
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in free)
     if changed:
-        detail = ", ".join(f"{k}: {old.get(k, '(default)')!r} → {new.get(k, '(default)')!r}" for k in changed[:5])
+        detail = ", ".join(f"{k}: {old.get(k, '(absent)')!r} → {new.get(k, '(absent)')!r}" for k in changed[:5])
         raise ConfigError(
             f"{run_dir} holds a run with a different config ({detail}); "
             "use a new --out directory, or the run's own config to resume it"
