@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 import time
 
-from common import write_json
+from common import print_markdown_table, write_json
 
 from synthscale import atomic
 from synthscale.study import calibration as cal
@@ -41,9 +41,7 @@ def main() -> None:
     cpu = time.process_time() - t
     head, rows = cal.table_rows(table)
     print(f"\nDecision-rule calibration ({args.n_images} images per record; {cpu:.0f} CPU s)\n")
-    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print_markdown_table(head, rows)
     write_json(
         "calibration" if args.n_images == 128 else f"calibration-n{args.n_images}", {"cpu_seconds": cpu, **table}
     )

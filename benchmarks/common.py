@@ -36,6 +36,13 @@ def print_table(rows: list[dict], title: str) -> None:
         print("  ".join(_fmt(r[k]).ljust(width[k]) for k in keys))
 
 
+def print_markdown_table(head: list[str], rows: list[list[str]]) -> None:
+    """A table as Markdown (pasteable into a docs/results page)."""
+    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"

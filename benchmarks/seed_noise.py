@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import print_table, write_json
+from common import print_markdown_table, print_table, write_json
 
 from synthscale.study import calibration as cal
 from synthscale.study import compare as cmp
@@ -55,18 +55,14 @@ def main() -> None:
     noise = cal.seed_noise(data)
     head, noise_table = cal.noise_rows(noise)
     print(f"\nbetween-seed sd ({noise.source}; {noise.seeds} seed(s) per cell)\n")
-    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
-    for row in noise_table:
-        print("| " + " | ".join(row) + " |")
+    print_markdown_table(head, noise_table)
     design = cal.study_design(data)
     t = time.process_time()
     table = cal.calibrate((2, 3, 4, 5, 6), n_false=args.n_false, n_true=args.n_true, design=design)
     cpu = time.process_time() - t
     head, cal_rows = cal.table_rows(table)
     print(f"\ncalibration at this study's design and noise ({cpu:.0f} CPU s)\n")
-    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
-    for row in cal_rows:
-        print("| " + " | ".join(row) + " |")
+    print_markdown_table(head, cal_rows)
     bounds = {n: r["false_confirm_upper"] for n, r in table["findings"].items()}
     held = all(b <= fnd.FALSE_CONFIRM_LIMIT for b in bounds.values())
     print(f"\nevery false-confirmation bound ≤ {fnd.FALSE_CONFIRM_LIMIT:.0%}: {held}")
