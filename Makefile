@@ -8,7 +8,7 @@ TORCH  := torch==2.13.0
 STUDY  ?= configs/studies/default.yaml
 OUT    ?= runs/default
 
-.PHONY: demo test test-slow lint install install-test bench clean
+.PHONY: demo test test-slow test-ci-slow lint install install-test bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,18 @@ test: lint
 
 test-slow: install-test
 	$(PY) -m pytest -q -m slow
+
+# The slow tests CI runs after `make test` (~5 CPU-minutes): resuming a killed study, requeue after preemption, the
+# two-node rendezvous, two-process FSDP2. The rest (~35 CPU-minutes: the Slurm executor, compiled training and
+# decoding, the GPU stage path, a folder study, the probe on held-out renders, the rules' calibration, bootstrap
+# coverage, Chromium) run with `make test-slow`; docs/results/slow-tests.md times them.
+CI_SLOW := tests/test_study.py::test_killed_study_resumes_to_the_same_results \
+	tests/test_executors.py::test_a_preempted_job_is_requeued_and_finishes \
+	tests/test_executors.py::test_a_two_node_run_meets_through_the_c10d_rendezvous \
+	tests/test_distributed.py::test_two_process_fsdp2_gradient_and_exact_resume
+
+test-ci-slow: install-test
+	$(PY) -m pytest -q -m slow $(CI_SLOW)
 
 bench: install
 	$(PY) benchmarks/render.py
