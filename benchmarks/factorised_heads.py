@@ -6,7 +6,9 @@ For each objective, seed and variant (full softmax; `objective.factorised=true`)
 (configs/studies/default.yaml) reduced to that one objective at size 2x64, with `seed=N` (and the factorised
 option) added to its run_overrides, in one study folder DIR: the autoencoder, the probe and the latent cache are
 stages with the same keys in every variant, so they are trained once and shared, and each run trains under the
-default study's exact run config (budget, batch, LR, warmup, EMA, milestones). Evaluation is the default study's
+default study's exact run config (budget, batch, LR, warmup, EMA, milestones). Stages run in this process, one
+at a time on one thread, and no study report is written (`synthscale study SPEC --out DIR` on a written spec
+makes one). Evaluation is the default study's
 primary setting at the last milestone only (EMA weights, CFG 3, masked 8 steps / next-token 64, 256 test prompts,
 shapes probe; no held-out prompts, sweeps or speed). Prints and writes (benchmarks/results/factorised_heads.json)
 each run's whole-prompt accuracy and validation loss (nats per code) and the mean ± between-seed sd per cell.
@@ -20,8 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -74,11 +76,18 @@ def derived_spec(base: dict, spec_dir: Path, out: Path, objective: str, seed: in
     return path
 
 
-def run_dir_of(spec: Path, out: Path) -> Path:
+def run_spec(spec: Path, out: Path, execute: bool) -> Path:
+    """Run the spec's stages not yet done (one at a time, one thread; no report) → its run folder."""
+    from synthscale.study.grid import execute as execute_stages
     from synthscale.study.plan import plan_study
     from synthscale.study.run import load_study_config
 
     plan = plan_study(load_study_config(spec), out, spec_dir=spec.parent)
+    if execute:
+        states = execute_stages(out, plan.stages, executor="sequential", workers=1, threads=1, progress=False)
+        failed = [i for i, state in states.items() if state != "done"]
+        if failed:
+            raise SystemExit(f"stages not done: {failed} (see their failed.json under {out})")
     (run,) = [r for r in plan.runs if not r.ablation]
     return out / run.train.id
 
@@ -113,6 +122,7 @@ def main() -> None:
     ap.add_argument("--objectives", nargs="+", default=["autoregressive", "masked"])
     ap.add_argument("--collect-only", action="store_true", help="train nothing; tabulate the runs already done")
     args = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     out, spec_dir = args.out.resolve(), args.spec.resolve().parent
     base = yaml.safe_load(args.spec.read_text())
     rows = []
@@ -120,10 +130,7 @@ def main() -> None:
         for seed in args.seeds:
             for variant in VARIANTS:
                 spec = derived_spec(base, spec_dir, out, objective, seed, variant)
-                if not args.collect_only:
-                    cmd = [sys.executable, "-m", "synthscale", "study", str(spec), "--out", str(out)]
-                    subprocess.run([*cmd, "--threads", "1", "--quiet"], check=True)
-                run_dir = run_dir_of(spec, out)
+                run_dir = run_spec(spec, out, execute=not args.collect_only)
                 if not (run_dir / "eval" / "records.jsonl").is_file():
                     print(f"skipped (not done): {run_dir.name}")
                     continue
