@@ -11,7 +11,8 @@ at a time on one thread, and no study report is written (`synthscale study SPEC 
 makes one). Evaluation is the default study's
 primary setting at the last milestone only (EMA weights, CFG 3, masked 8 steps / next-token 64, 256 test prompts,
 shapes probe; no held-out prompts, sweeps or speed). Prints and writes (benchmarks/results/factorised_heads.json)
-each run's whole-prompt accuracy and validation loss (nats per code) and the mean ± between-seed sd per cell.
+each run's whole-prompt accuracy, validation loss (nats per code) and fd-probe, and the mean ± between-seed sd
+per cell.
 
 Two deliberate departures from default.yaml, both the same for every run compared: `precision: fp32` (`auto`
 measures its choice on a flow model, which a token-only study cannot build), and a 2-step stand-in for the
@@ -143,6 +144,7 @@ def main() -> None:
                         "seed": seed,
                         "whole_prompt": round(whole_prompt(r["metrics"]), 4),
                         "val_loss": round(r["metrics"]["loss"], 4),
+                        "fd_probe": round(r["metrics"]["fd_probe"], 3),
                         "train_flops": r["train_flops"],
                         "step": r["step"],
                         "params": r["params"],
@@ -157,7 +159,7 @@ def main() -> None:
             if not cell:
                 continue
             line = {"objective": objective, "variant": variant, "seeds": len(cell)}
-            for metric in ("whole_prompt", "val_loss"):
+            for metric in ("whole_prompt", "val_loss", "fd_probe"):
                 values = [r[metric] for r in cell]
                 line[f"{metric}_mean"] = statistics.mean(values)
                 line[f"{metric}_sd"] = statistics.stdev(values) if len(values) > 1 else float("nan")
