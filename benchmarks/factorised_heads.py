@@ -108,6 +108,17 @@ def last_record(run_dir: Path, objective: str) -> dict:
     return max(records, key=lambda r: r["train_flops"])
 
 
+MATCHED_STEPS = (1600, 1800)  # both variants pass these steps; the factorised head's cheaper FLOPs buy more after
+
+
+def train_loss_at_matched_steps(run_dir: Path) -> float:
+    """Mean logged training loss over steps 1600-1800: the variants at equal optimizer steps rather than FLOPs."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    logged = [json.loads(line) for line in lines if line.strip()]
+    losses = [m["loss"] for m in logged if "loss" in m and MATCHED_STEPS[0] <= m.get("step", -1) <= MATCHED_STEPS[1]]
+    return round(statistics.mean(losses), 4) if losses else float("nan")
+
+
 def whole_prompt(metrics: dict) -> float:
     keys = [k for k in metrics if k.endswith("prompt_acc") and "holdout" not in k]
     if len(keys) != 1:
@@ -145,6 +156,7 @@ def main() -> None:
                         "whole_prompt": round(whole_prompt(r["metrics"]), 4),
                         "val_loss": round(r["metrics"]["loss"], 4),
                         "fd_probe": round(r["metrics"]["fd_probe"], 3),
+                        "train_loss_steps_1600_1800": train_loss_at_matched_steps(run_dir),
                         "train_flops": r["train_flops"],
                         "step": r["step"],
                         "params": r["params"],
@@ -159,7 +171,7 @@ def main() -> None:
             if not cell:
                 continue
             line = {"objective": objective, "variant": variant, "seeds": len(cell)}
-            for metric in ("whole_prompt", "val_loss", "fd_probe"):
+            for metric in ("whole_prompt", "val_loss", "fd_probe", "train_loss_steps_1600_1800"):
                 values = [r[metric] for r in cell]
                 line[f"{metric}_mean"] = statistics.mean(values)
                 line[f"{metric}_sd"] = statistics.stdev(values) if len(values) > 1 else float("nan")
