@@ -22,7 +22,7 @@ def setup(name, size, side, patch=1, **cfg):
         latent = LatentSpec("continuous", 4, side, side)
         x = torch.randn(B, 4, side, side)
     else:
-        latent = LatentSpec("discrete", 6, side, side, vocab_size=64)
+        latent = LatentSpec("discrete", 3, side, side, vocab_size=64, levels=(8, 2, 4))
         x = torch.randint(0, 64, (B, side, side))
     text = torch.randint(3, 40, (B, 8))
     text[0, 5:] = 0
@@ -39,12 +39,18 @@ CASES = [
     for size in ("2x64", "4x128")
     for side, patch in ((4, 1), (8, 1))
 ] + [("flow", "2x64", 8, 2)]
+CASES = [(*case, {}) for case in CASES] + [
+    (name, size, side, 1, {"factorised": True})  # per-channel level embeddings and softmax heads
+    for name in ("masked", "autoregressive")
+    for size in ("2x64", "4x128")
+    for side in (4, 8)
+]
 
 
-@pytest.mark.parametrize("name,size,side,patch", CASES)
-def test_analytic_flops_equal_the_counter(name, size, side, patch):
+@pytest.mark.parametrize("name,size,side,patch,cfg", CASES)
+def test_analytic_flops_equal_the_counter(name, size, side, patch, cfg):
     """Forward and a full training step (forward + backward), 16 and 64 image tokens, two sizes."""
-    obj, model, model_cfg, latent, x, text = setup(name, size, side, patch)
+    obj, model, model_cfg, latent, x, text = setup(name, size, side, patch, **cfg)
     forward = count_flops(lambda: obj.loss(model, x, text, torch.Generator().manual_seed(0)))
     assert close(forward, B * obj.forward_flops(model_cfg, latent, TEXT).total, 0.001)
 
@@ -62,6 +68,10 @@ SAMPLING = [
     ("masked", 4, 2.5, {}),
     ("autoregressive", 16, 1.0, {}),
     ("autoregressive", 16, 2.5, {}),
+    ("masked", 4, 1.0, {"factorised": True}),
+    ("masked", 4, 2.5, {"factorised": True}),
+    ("autoregressive", 16, 1.0, {"factorised": True}),
+    ("autoregressive", 16, 2.5, {"factorised": True}),
 ]
 
 
@@ -72,8 +82,9 @@ def test_sampling_flops_equal_the_counter(name, steps, cfg_scale, cfg):
     assert close(measured, B * obj.sample_flops(model_cfg, latent, TEXT, steps, cfg_scale), 0.001)
 
 
-def test_kv_cache_counts_per_position():
-    obj, model, model_cfg, latent, _, text = setup("autoregressive", "2x64", 4)
+@pytest.mark.parametrize("factorised", [False, True])
+def test_kv_cache_counts_per_position(factorised):
+    obj, model, model_cfg, latent, _, text = setup("autoregressive", "2x64", 4, factorised=factorised)
     recompute = count_flops(lambda: obj.sample(model, text, 16, 1.0, torch.Generator(), kv_cache=False))
     assert close(recompute, B * obj.sample_flops(model_cfg, latent, TEXT, 16, 1.0, kv_cache=False), 0.001)
     assert obj.sample_flops(model_cfg, latent, TEXT, 16, 1.0) < recompute / B / 3
@@ -107,13 +118,17 @@ def test_dit_published_gflops_are_reproduced():
         assert close(flops / 2 / 1e9, published), (name, flops / 2e9)
 
 
-@pytest.mark.parametrize("name", ["flow", "masked", "autoregressive"])
-def test_param_counts(name):
-    obj, model, model_cfg, latent, _, _ = setup(name, "2x64", 4)
+@pytest.mark.parametrize(
+    "name,cfg",
+    [("flow", {}), ("masked", {}), ("autoregressive", {}), ("masked", {"factorised": True})],
+)
+def test_param_counts(name, cfg):
+    obj, model, model_cfg, latent, _, _ = setup(name, "2x64", 4, **cfg)
     counts = param_counts(model)
     assert obj.param_counts(model_cfg, latent, TEXT) == counts  # built on the meta device
     tables = [model.text_encoder.tok, model.text_encoder.pos, model.null, model.pos]
-    tables += [model.embed] if name != "flow" else []  # flow embeds patches with a matmul, the others look up ids
+    if name != "flow":  # flow embeds patches with a matmul, the others look up ids
+        tables += [model.embed.table if cfg else model.embed]
     assert counts["total"] - counts["non_embedding"] == sum(t.weight.numel() for t in tables)
 
 

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -96,6 +98,18 @@ def test_cache_key_changes_with_the_autoencoder_split_and_tokenizer(trained, tra
         cache_path(tmp_path, ae, train_split, tokenizer_for(DataConfig(**{**vars(DATA), "max_caption_tokens": 30})))
         != key
     )
+
+
+def test_a_cache_written_before_levels_existed_takes_them_from_its_autoencoder(trained, train_split, tmp_path):
+    ae, tok = trained["lfq"], tokenizer_for(DATA)
+    cache = build_cache(ae, train_split, tok, tmp_path, progress=False)
+    assert cache.spec.levels == (2,) * 6  # written with the cache
+    meta = json.loads((cache.path / "cache.json").read_text())
+    del meta["spec"]["levels"]  # as an older version wrote it
+    (cache.path / "cache.json").write_text(json.dumps(meta))
+    assert LatentCache(cache.path).spec.levels is None  # still loads
+    assert open_cache(tmp_path, ae, train_split, tok).spec == ae.latent_spec(32)
+    assert build_cache(ae, train_split, tok, tmp_path, progress=False).spec.levels == (2,) * 6
 
 
 def test_a_cache_is_refused_for_another_autoencoder(trained, train_split, tmp_path):

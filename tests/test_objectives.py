@@ -11,8 +11,13 @@ from synthscale.objectives.base import sample_logits
 TEXT = TextSpec(vocab_size=30, max_length=6)
 MODEL = ModelConfig(size="2x64", text_layers=1)
 CONT = LatentSpec("continuous", channels=4, height=4, width=4)
-DISC = LatentSpec("discrete", channels=4, height=4, width=4, vocab_size=16)
+# levels of unequal size, as FSQ's: the factorised heads pad the smaller channels
+DISC = LatentSpec("discrete", channels=3, height=4, width=4, vocab_size=16, levels=(4, 2, 2))
 NAMES = ["flow", "masked", "autoregressive"]
+# every objective, and the token objectives with factorised embeddings and heads too
+VARIANTS = [pytest.param(n, {}, id=n) for n in NAMES] + [
+    pytest.param(n, {"factorised": True}, id=f"{n}-factorised") for n in ("masked", "autoregressive")
+]
 
 
 def spec(obj):
@@ -65,9 +70,9 @@ def test_registry_and_clear_errors():
         get_objective(ObjectiveConfig.of("flow", cfg_dropout=1.5))
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_same_seed_same_loss(name):
-    obj, model = build(name, cfg_dropout=0.5)  # autoregressive draws nothing but the caption dropout
+@pytest.mark.parametrize("name,opts", VARIANTS)
+def test_same_seed_same_loss(name, opts):
+    obj, model = build(name, cfg_dropout=0.5, **opts)  # autoregressive draws nothing but the caption dropout
     x, text = batch(obj, B=8)
     a = obj.loss(model, x, text, gen(3))
     b = obj.loss(model, x, text, gen(3))
@@ -75,9 +80,9 @@ def test_same_seed_same_loss(name):
     assert a.ndim == 0 and torch.equal(a, b) and not torch.equal(a, c)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_caption_dropout_uses_null_only_when_enabled(name):
-    obj, model = build(name, cfg_dropout=0.5)
+@pytest.mark.parametrize("name,opts", VARIANTS)
+def test_caption_dropout_uses_null_only_when_enabled(name, opts):
+    obj, model = build(name, cfg_dropout=0.5, **opts)
     x, text = batch(obj, B=8)
     ref = {d: obj.loss(model, x, text, gen(1), drop_captions=d) for d in (True, False)}
     with torch.no_grad():
@@ -86,9 +91,9 @@ def test_caption_dropout_uses_null_only_when_enabled(name):
     assert not torch.equal(obj.loss(model, x, text, gen(1), drop_captions=True), ref[True])
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_sample_shapes_and_determinism(name):
-    obj, model = build(name)
+@pytest.mark.parametrize("name,opts", VARIANTS)
+def test_sample_shapes_and_determinism(name, opts):
+    obj, model = build(name, **opts)
     _, text = batch(obj, B=3)
     steps = obj.steps_grid(spec(obj))[0]
     a = obj.sample(model, text, steps, 2.0, gen(5))
@@ -108,9 +113,9 @@ def _spy_null(model):
     return calls
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_cfg_scale_one_is_exactly_conditional(name):
-    obj, model = build(name)
+@pytest.mark.parametrize("name,opts", VARIANTS)
+def test_cfg_scale_one_is_exactly_conditional(name, opts):
+    obj, model = build(name, **opts)
     _, text = batch(obj, B=3)
     steps = obj.default_steps(spec(obj))
     calls = _spy_null(model)
@@ -154,9 +159,10 @@ def test_heun_uses_two_evaluations_per_step_but_the_last():
     assert len(calls) == obj.model_evals(5) == 9
 
 
+@pytest.mark.parametrize("factorised", [False, True])
 @pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
-def test_kv_cache_sampling_equals_recomputation(cfg_scale):
-    obj, model = build("autoregressive", temperature=1.0)
+def test_kv_cache_sampling_equals_recomputation(cfg_scale, factorised):
+    obj, model = build("autoregressive", temperature=1.0, factorised=factorised)
     _, text = batch(obj, B=4)
     cached = obj.sample(model, text, 16, cfg_scale, gen(11))
     recomputed = obj.sample(model, text, 16, cfg_scale, gen(11), kv_cache=False)
@@ -229,11 +235,20 @@ def test_sample_logits_matches_softmax_and_top_k():
     assert sample_logits(logits[:3], gen(0), temperature=0).tolist() == [2, 2, 2]
 
 
-@pytest.mark.parametrize("name,steps,lr", [("flow", 300, 3e-3), ("masked", 150, 3e-3), ("autoregressive", 150, 3e-3)])
-def test_overfits_a_fixed_small_batch(name, steps, lr):
+@pytest.mark.parametrize(
+    "name,steps,lr,opts",
+    [
+        ("flow", 300, 3e-3, {}),
+        ("masked", 150, 3e-3, {}),
+        ("autoregressive", 150, 3e-3, {}),
+        ("masked", 300, 3e-3, {"factorised": True}),
+        ("autoregressive", 150, 3e-3, {"factorised": True}),
+    ],
+)
+def test_overfits_a_fixed_small_batch(name, steps, lr, opts):
     """Fresh t / noise / masks every step, but one fixed batch of four captioned examples: the loss must fall
     at least 10× (a network that memorises the batch can drive every objective's loss towards zero)."""
-    obj, model = build(name, fresh=True)
+    obj, model = build(name, fresh=True, **opts)
     x, text = batch(obj, B=4)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
 

@@ -46,8 +46,9 @@ def test_each_objective_config_holds_only_its_own_fields():
         "temperature",
         "top_k",
         "mask_temperature",
+        "factorised",
     }
-    assert {f.name for f in dataclasses.fields(ar)} == {"name", "cfg_dropout", "temperature", "top_k"}
+    assert {f.name for f in dataclasses.fields(ar)} == {"name", "cfg_dropout", "temperature", "top_k", "factorised"}
     cfg = load(RunConfig, None, ["objective.name=masked", "objective.mask_temperature=2"])
     assert type(cfg.objective).__name__ == "MaskedConfig" and cfg.objective.mask_temperature == 2.0
     with pytest.raises(ConfigError, match=r"unknown key 'objective.temperature'.*t_mean"):

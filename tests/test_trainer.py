@@ -270,10 +270,14 @@ def test_bf16_autocast_trains_fp32_weights(tmp_path):
     assert all(t.dtype == torch.float32 for t in final_tensors(tmp_path).values())
 
 
-@pytest.mark.parametrize("name,latents", [("masked", "discrete:4x4:64"), ("autoregressive", "discrete:4x4:64")])
-def test_token_objectives_train(tmp_path, name, latents):
-    summary = train(tiny_cfg(2, f"objective.name={name}", latents=latents), tmp_path, progress=False)
+@pytest.mark.parametrize("name", ["masked", "autoregressive"])
+@pytest.mark.parametrize("factorised", [False, True])
+def test_token_objectives_train(tmp_path, name, factorised):
+    overrides = [f"objective.name={name}"] + (["objective.factorised=true"] if factorised else [])
+    summary = train(tiny_cfg(2, *overrides, latents="discrete:4x4:64"), tmp_path, progress=False)
     assert summary["steps"] == 2 and math.isfinite(summary["final_loss"])
+    loaded = load_generator(tmp_path)  # the checkpoint's latent spec carries the levels a factorised head needs
+    assert loaded.latent_spec.levels == (2,) * 6 and loaded.model.head.out_features == (12 if factorised else 64)
 
 
 def test_bad_setups_are_clear_errors(tmp_path):

@@ -30,9 +30,8 @@ class DiscreteAutoencoder(Autoencoder):
 
     def latent_spec(self, resolution: int) -> LatentSpec:
         side = self.latent_side(resolution)
-        return LatentSpec(
-            kind="discrete", channels=self.quantizer.dim, height=side, width=side, vocab_size=self.vocab_size
-        )
+        levels = self.quantizer.levels if isinstance(self.quantizer, FSQ) else [2] * self.quantizer.dim
+        return LatentSpec("discrete", self.quantizer.dim, side, side, vocab_size=self.vocab_size, levels=levels)
 
     def losses(self, images: torch.Tensor, generator: torch.Generator | None = None):
         """Training forward: (reconstruction [B, 3, H, W], the quantiser's auxiliary losses)."""

@@ -94,6 +94,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
     from synthscale.data.latents import LatentSpec, TextSpec
     from synthscale.data.text import WordTokenizer
     from synthscale.objectives import get_objective
+    from synthscale.train.data import discrete_spec
 
     side = math.isqrt(max(args.tokens, 0))
     if args.tokens < 1 or side * side != args.tokens:
@@ -112,7 +113,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
     if objective.latent == "continuous":  # --tokens counts tokens after patchify
         latent = LatentSpec("continuous", args.channels, side * args.patch_size, side * args.patch_size)
     else:
-        latent = LatentSpec("discrete", max(1, (args.vocab - 1).bit_length()), side, side, vocab_size=args.vocab)
+        latent = discrete_spec(side, side, args.vocab)
     text = TextSpec(args.text_vocab or WordTokenizer.for_shapes().vocab_size, args.text_tokens)
     report = objective.flops_report(model_cfg, latent, text)
     print(json.dumps(report, indent=2) if args.json else format_report(report))

@@ -16,8 +16,10 @@ An interrupted build keeps its finished shards and resumes. This module takes an
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -33,13 +35,28 @@ from synthscale.progress import progress_bar
 @dataclass(frozen=True)
 class LatentSpec:
     """The shape of one cached example. Continuous: float latents [channels, height, width] (already
-    shifted/scaled to unit variance). Discrete: int64 token grid [height, width] with `vocab_size` codes."""
+    shifted/scaled to unit variance). Discrete: int64 token grid [height, width] with `vocab_size` codes; `levels`,
+    where known, splits a code id into per-channel digits (id = Σ digit_i · Π_{j<i} levels_j: FSQ's levels, LFQ's
+    [2] * bits), which factorised token heads use. Caches and checkpoints written before `levels` existed load
+    with None (the cache fills it in from its autoencoder when opened)."""
 
     kind: Literal["continuous", "discrete"]
     channels: int  # continuous: latent channels; discrete: bits/levels per code (informational)
     height: int
     width: int
     vocab_size: int | None = None  # discrete only
+    levels: tuple[int, ...] | None = None  # discrete only: levels per channel, Π levels = vocab_size
+
+    def __post_init__(self):
+        if self.levels is None:
+            return
+        levels = tuple(int(n) for n in self.levels)  # a JSON list reads back as a tuple
+        object.__setattr__(self, "levels", levels)
+        if self.kind != "discrete" or math.prod(levels) != self.vocab_size or min(levels) < 2:
+            raise ValueError(
+                f"LatentSpec levels {list(levels)} must be ≥ 2 each and multiply to the discrete vocab_size "
+                f"({self.vocab_size}); leave levels out if the codes have no per-channel structure"
+            )
 
     @property
     def tokens(self) -> int:
@@ -199,7 +216,7 @@ def build_cache(
     key = cache_key(identity)
     path = Path(root) / key
     if (path / COMPLETE).is_file():
-        return LatentCache(path, expect=identity)
+        return _with_levels(LatentCache(path, expect=identity), encoder, dataset)
     if (path / BUILD).is_file():
         previous = _read_json(path / BUILD)
         if previous.get("identity") != identity:
@@ -238,7 +255,7 @@ def build_cache(
             "key": key,
             "count": n,
             "shards": [_shard_name(k) for k, _, _ in shards],
-            "spec": {f: getattr(spec, f) for f in ("kind", "channels", "height", "width", "vocab_size")},
+            "spec": {k: v for k, v in dataclasses.asdict(spec).items() if k != "levels" or v is not None},
             "text_spec": {
                 "vocab_size": tokenizer.vocab_size,
                 "max_length": tokenizer.max_length,
@@ -247,7 +264,16 @@ def build_cache(
             **extra,
         },
     )
-    return LatentCache(path, expect=identity)
+    return _with_levels(LatentCache(path, expect=identity), encoder, dataset)
+
+
+def _with_levels(cache: LatentCache, encoder: CacheEncoder, dataset) -> LatentCache:
+    """A cache written before LatentSpec had `levels`: take them from the autoencoder that built it."""
+    if cache.spec.kind == "discrete" and cache.spec.levels is None:
+        levels = encoder.latent_spec(dataset.cfg.resolution).levels
+        if levels is not None and math.prod(levels) == cache.spec.vocab_size:
+            cache.spec = dataclasses.replace(cache.spec, levels=levels)
+    return cache
 
 
 def _write_data_report(dataset, path: Path) -> None:
@@ -276,7 +302,7 @@ def open_cache(root: str | Path, encoder: CacheEncoder, dataset, tokenizer) -> L
             f"no complete latent cache for autoencoder {encoder.name!r} ({encoder.weights_hash}) on the "
             f"{dataset.split} split at {path}; build it with synthscale.data.latents.build_cache"
         )
-    return LatentCache(path, expect=identity)
+    return _with_levels(LatentCache(path, expect=identity), encoder, dataset)
 
 
 class LatentCache:

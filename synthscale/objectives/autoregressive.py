@@ -8,6 +8,7 @@ position j predicts x_j.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,8 @@ from synthscale.compute import flops as C
 from synthscale.config import ObjectiveConfig
 from synthscale.model.network import Network, attention_mask
 from synthscale.model.sizes import get_size
-from synthscale.objectives.base import Objective, cfg_copies, guide, sample_logits, text_encoder_flops
+from synthscale.objectives.base import Objective, cfg_copies, guide, text_encoder_flops
+from synthscale.objectives.codes import TokenCodes, logits_width
 
 
 @dataclass
@@ -25,16 +27,20 @@ class AutoregressiveConfig(ObjectiveConfig):
     name: str = "autoregressive"
     temperature: float = 1.0  # softmax temperature; 0 = greedy
     top_k: int = 0  # 0 = no top-k filter
+    factorised: bool = False  # per-channel level embedding and softmax heads (objectives/codes.py)
+
+    added_fields: ClassVar[dict[str, Any]] = {"factorised": False}  # off: the full softmax, as before
 
 
 class AutoregressiveNet(Network):
-    def __init__(self, model_cfg, latent, text, text_encoder=None):
+    def __init__(self, model_cfg, latent, text, text_encoder=None, factorised: bool = False):
         super().__init__(model_cfg, text, latent.tokens, text_encoder=text_encoder)
         self.vocab_size, self.grid = latent.vocab_size, (latent.height, latent.width)
         self.bos_id = latent.vocab_size
-        self.embed = nn.Embedding(latent.vocab_size + 1, self.size.width)
-        self.head = nn.Linear(self.size.width, latent.vocab_size)
-        nn.init.normal_(self.embed.weight, std=0.02)
+        self.codes = TokenCodes(latent, factorised)
+        self.embed = self.codes.embedding(self.size.width)
+        self.head = nn.Linear(self.size.width, self.codes.width)
+        self.codes.init_embedding(self.embed)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
@@ -99,8 +105,8 @@ class AutoregressiveObjective(Objective):
         drop = self.caption_drop(B, generator, drop_captions, dev)
         prefix, valid = model.encode_text(text, drop)
         inputs = torch.cat([torch.full_like(tokens[:, :1], model.bos_id), tokens[:, :-1]], dim=1)  # teacher forcing
-        logits = model.head(model(inputs, valid, prefix))  # [B, N, V]
-        return F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())
+        logits = model.head(model(inputs, valid, prefix))  # [B, N, K]
+        return model.codes.nll(logits.flatten(0, 1), tokens.flatten())
 
     @torch.no_grad()
     def sample(
@@ -142,9 +148,12 @@ class AutoregressiveObjective(Objective):
                 logits = model.head(model(ids[:, j : j + 1], valid, cache=cache, start=j)[:, -1])
             logits = logits.float()  # [rows, V]
             logits = guide(logits, cfg_scale) if guided else logits
-            nxt = sample_logits(logits, generator, self.cfg.temperature, self.cfg.top_k)  # [B]
+            nxt = model.codes.draw(logits, generator, self.cfg.temperature, self.cfg.top_k)  # [B]
             ids[:, j + 1] = torch.cat([nxt, nxt]) if guided else nxt
         return ids[:B, 1:].reshape(B, *model.grid)
+
+    def network_options(self):
+        return {"factorised": self.cfg.factorised}
 
     def default_steps(self, latent):
         return latent.tokens
@@ -159,7 +168,8 @@ class AutoregressiveObjective(Objective):
         self.check_latent(latent)
         size = get_size(model_cfg.size)
         N, T = latent.tokens, text.max_length + latent.tokens
-        generator = C.transformer(T, T, size.width, size.depth) + C.linear(N, size.width, latent.vocab_size)
+        head = logits_width(latent, self.cfg.factorised)
+        generator = C.transformer(T, T, size.width, size.depth) + C.linear(N, size.width, head)
         return C.Flops(generator, text_encoder_flops(model_cfg, text))
 
     def sample_flops_split(self, model_cfg, latent, text, steps, cfg_scale, kv_cache: bool = True):
@@ -175,7 +185,7 @@ class AutoregressiveObjective(Objective):
                 flops += C.transformer(1, L + j + 1, D, depth)
             else:
                 flops += C.transformer(L + j + 1, L + j + 1, D, depth)
-            flops += C.linear(1, D, latent.vocab_size)
+            flops += C.linear(1, D, logits_width(latent, self.cfg.factorised))
         return C.Flops(flops * cfg_copies(cfg_scale), text_encoder_flops(model_cfg, text))
 
     def sample_flops(self, model_cfg, latent, text, steps, cfg_scale, kv_cache: bool = True):

@@ -48,7 +48,11 @@ class Objective(abc.ABC):
         replaces the learned caption encoder (same call: tokens [B, L] → (features [B, L, D], key_valid [B, L]));
         the FLOP counts here assume the learned one."""
         self.check_latent(latent)
-        return self.network(model_cfg, latent, text, text_encoder)
+        return self.network(model_cfg, latent, text, text_encoder, **self.network_options())
+
+    def network_options(self) -> dict:
+        """Keyword arguments of `network` from this objective's config (e.g. a token head's factorisation)."""
+        return {}
 
     @abc.abstractmethod
     def loss(

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from synthscale.compute import flops as C
 from synthscale.config import ObjectiveConfig
 from synthscale.model.network import Network, attention_mask
 from synthscale.model.sizes import get_size
-from synthscale.objectives.base import Objective, cfg_copies, guide, gumbel, rand, sample_logits, text_encoder_flops
+from synthscale.objectives.base import Objective, cfg_copies, guide, gumbel, rand, text_encoder_flops
+from synthscale.objectives.codes import TokenCodes, logits_width
 
 
 @dataclass
@@ -28,21 +29,26 @@ class MaskedConfig(ObjectiveConfig):
     temperature: float = 1.0  # softmax temperature of the drawn tokens
     top_k: int = 0  # 0 = no top-k filter
     mask_temperature: float = 4.5  # initial Gumbel noise scale of the confidence, annealed to 0
+    factorised: bool = False  # per-channel level embedding and softmax heads (objectives/codes.py)
+
+    added_fields: ClassVar[dict[str, Any]] = {"factorised": False}  # off: the full softmax, as before
 
 
 class MaskedNet(Network):
-    def __init__(self, model_cfg, latent, text, text_encoder=None):
+    def __init__(self, model_cfg, latent, text, text_encoder=None, factorised: bool = False):
         super().__init__(model_cfg, text, latent.tokens, text_encoder=text_encoder)
         self.vocab_size, self.grid = latent.vocab_size, (latent.height, latent.width)
         self.mask_id = latent.vocab_size  # one extra input id
-        self.embed = nn.Embedding(latent.vocab_size + 1, self.size.width)
-        self.head = nn.Linear(self.size.width, latent.vocab_size)
-        nn.init.normal_(self.embed.weight, std=0.02)
+        self.codes = TokenCodes(latent, factorised)
+        self.embed = self.codes.embedding(self.size.width)
+        self.head = nn.Linear(self.size.width, self.codes.width)
+        self.codes.init_embedding(self.embed)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
     def forward(self, ids, prefix, text_valid):
-        """ids int64 [B, N] (mask_id where hidden), prefix [B, L, D], key_valid [B, L] → logits [B, N, V]."""
+        """ids int64 [B, N] (mask_id where hidden), prefix [B, L, D], key_valid [B, L] → logits [B, N, K]
+        (K = V, or Σ L_i factorised)."""
         L = prefix.shape[1]
         h = self.embed(ids) + self.pos.weight  # [B, N, D]
         seq = torch.cat([prefix.to(h.dtype), h], dim=1)
@@ -72,7 +78,7 @@ class MaskedObjective(Objective):
         drop = self.caption_drop(B, generator, drop_captions, dev)
         prefix, valid = model.encode_text(text, drop)
         logits = model(tokens.masked_fill(masked, model.mask_id), prefix, valid)
-        return F.cross_entropy(logits[masked].float(), tokens[masked])  # mean over masked tokens
+        return model.codes.nll(logits[masked], tokens[masked])  # mean over masked tokens
 
     @torch.no_grad()
     def sample(self, model, text, steps, cfg_scale, generator):
@@ -84,10 +90,10 @@ class MaskedObjective(Objective):
         ids = torch.full((B, N), model.mask_id, dtype=torch.long, device=dev)
         for k in range(steps):
             logits = model(torch.cat([ids, ids]) if guided else ids, prefix, valid).float()
-            logits = guide(logits, cfg_scale) if guided else logits  # [B, N, V]
+            logits = guide(logits, cfg_scale) if guided else logits  # [B, N, K]
             # temperature shapes the draw only; confidence is the unscaled model's log-prob (MaskGIT)
-            drawn = sample_logits(logits, generator, self.cfg.temperature, self.cfg.top_k)  # [B, N]
-            logp = logits.log_softmax(-1).gather(-1, drawn[..., None])[..., 0]
+            drawn = model.codes.draw(logits, generator, self.cfg.temperature, self.cfg.top_k)  # [B, N]
+            logp = model.codes.log_prob(logits, drawn)
             hidden = ids == model.mask_id
             drawn = torch.where(hidden, drawn, ids)  # revealed tokens stay fixed
             # how many stay masked after this step: cosine schedule, at least one revealed, none at the end
@@ -100,6 +106,9 @@ class MaskedObjective(Objective):
             remask = conf.argsort(1).argsort(1) < keep_hidden  # the least confident stay masked
             ids = drawn.masked_fill(remask, model.mask_id)
         return ids.reshape(B, *model.grid)
+
+    def network_options(self):
+        return {"factorised": self.cfg.factorised}
 
     # one default everywhere (the study's evaluation, `sample`, `serve`, `evaluate`): 8, what the default study
     # evaluates (16 scored no better there, at twice the cost)
@@ -115,7 +124,8 @@ class MaskedObjective(Objective):
     def _generator_forward(self, model_cfg, latent, text) -> int:
         size = get_size(model_cfg.size)
         N, T = latent.tokens, text.max_length + latent.tokens
-        return C.transformer(T, T, size.width, size.depth) + C.linear(N, size.width, latent.vocab_size)
+        head = logits_width(latent, self.cfg.factorised)
+        return C.transformer(T, T, size.width, size.depth) + C.linear(N, size.width, head)
 
     def forward_flops(self, model_cfg, latent, text):
         self.check_latent(latent)

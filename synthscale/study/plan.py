@@ -494,5 +494,5 @@ def _latent_shape(cfg: AutoencoderConfig, notes: list[str]):
     side = cfg.data.resolution // cfg.downsample
     if AE_LATENT[cfg.kind] == "continuous":
         return LatentSpec("continuous", cfg.latent_channels, side, side)
-    vocab = 2**cfg.latent_channels if cfg.kind == "lfq" else math.prod(cfg.fsq_levels)
-    return LatentSpec("discrete", cfg.latent_channels, side, side, vocab_size=vocab)
+    levels = [2] * cfg.latent_channels if cfg.kind == "lfq" else cfg.fsq_levels
+    return LatentSpec("discrete", len(levels), side, side, vocab_size=math.prod(levels), levels=levels)

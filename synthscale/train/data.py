@@ -111,7 +111,14 @@ def random_latent_spec(text: str) -> LatentSpec:
         c, h, w = map(int, m.group(1, 2, 3))
         return LatentSpec("continuous", c, h, w)
     h, w, v = map(int, m.group(4, 5, 6))
-    return LatentSpec("discrete", max(1, (v - 1).bit_length()), h, w, vocab_size=v)
+    return discrete_spec(h, w, v)
+
+
+def discrete_spec(height: int, width: int, vocab: int) -> LatentSpec:
+    """Random tokens of `vocab` codes; a power of two splits into bits (as LFQ's), so factorised heads apply."""
+    bits = max(1, (vocab - 1).bit_length())
+    levels = (2,) * bits if vocab == 2**bits else None
+    return LatentSpec("discrete", bits, height, width, vocab_size=vocab, levels=levels)
 
 
 def open_source(run_cfg: RunConfig, split: str = "train", is_main: bool = True, barrier=lambda: None, device=None):
