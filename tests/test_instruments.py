@@ -226,7 +226,9 @@ def _folder_study(path) -> list[str]:
         "autoencoder_overrides=[train.steps=15, train.batch_size=16]",
         "ablation_autoencoders=[]",
         "budgets=[3e9]",
-        "run_overrides=[flow:model.patch_size=2, train.batch_size=16, train.milestones_per_decade=2, "
+        "seeds=[0]",
+        "lr_sweep=null",
+        "run_overrides=[flow:model.patch_size=1, train.batch_size=16, train.milestones_per_decade=2, "
         "train.first_milestone_flops=5e8, train.warmup_steps=2, train.checkpoint_every=5]",
         "encoder_overrides=[" + ", ".join(FAST_ENCODER) + "]",
         "evaluation.instruments=[]",  # the dataset's default (user data: the encoder), not default.yaml's probe

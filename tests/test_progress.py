@@ -83,7 +83,7 @@ def test_study_stages_are_weighed_by_their_flops_and_images(tmp_path):
     from synthscale.study.plan import TRAIN_FLOPS_PER_S, estimate_flops, plan_study, weigh_stages
 
     spec = Path(__file__).parents[1] / "configs" / "studies" / "default.yaml"
-    plan = plan_study(load(StudyConfig, spec, ["budgets=[1e12, 4e12]"]), tmp_path, spec.parent)
+    plan = plan_study(load(StudyConfig, spec, ["budgets=[1e12, 4e12]", "sizes=[2x64, 4x128]"]), tmp_path, spec.parent)
     weigh_stages(plan)
     est = {e["run"]: e for e in estimate_flops(plan)["runs"]}
     for r in plan.runs:

@@ -28,7 +28,9 @@ TINY = [
     "data.val_size=128",
     "data.test_size=64",
     "data.holdout_size=32",
-    "run_overrides=[flow:model.patch_size=2, train.batch_size=16, train.milestones_per_decade=2, "
+    "seeds=[0]",
+    "lr_sweep=null",
+    "run_overrides=[flow:model.patch_size=1, train.batch_size=16, train.milestones_per_decade=2, "
     "train.first_milestone_flops=5e8, train.warmup_steps=2, train.checkpoint_every=5]",
     "probe_overrides=[steps=15, eval_items=64]",
     "encoder_overrides=[steps=10, train_items=256, width=8, batch_size=32]",
@@ -47,19 +49,21 @@ TINY = [
 
 def test_run_set_appends_to_the_specs_run_overrides(tmp_path, capsys):
     """`--run-set` adds one run override and keeps the spec's (`--set run_overrides=[...]` replaces the list)."""
-    study = load_study_config(SPEC, ["budgets=[1e12]"], ["masked:train.batch_size=16", "train.lr=5e-4"])
+    study = load_study_config(
+        SPEC, ["budgets=[1e12]", "lr_sweep=null"], ["masked:train.batch_size=16", "train.lr=5e-4"]
+    )
     spec_overrides = load(StudyConfig, SPEC).run_overrides
     assert study.run_overrides == [*spec_overrides, "masked:train.batch_size=16", "train.lr=5e-4"]
     runs = {r.run_cfg.objective.name: r.run_cfg for r in plan_study(study, tmp_path, SPEC.parent).runs}
     assert (runs["masked"].train.batch_size, runs["flow"].train.batch_size) == (16, 32)
-    assert runs["flow"].model.patch_size == 2 and {c.train.lr for c in runs.values()} == {5e-4}
+    assert runs["flow"].model.patch_size == 1 and {c.train.lr for c in runs.values()} == {5e-4}
 
     def flow_params(*extra: str) -> list[str]:  # the dry run's parameter counts of the flow runs
         assert main(["study", str(SPEC), "--out", str(tmp_path), "--dry-run", *extra]) == 0
         return [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.strip().startswith("flow-")]
 
-    patch1, spec = flow_params("--run-set", "flow:model.patch_size=1"), flow_params()
-    assert len(patch1) == len(spec) == 2 and patch1 != spec  # patch 1 instead of 2: another input layer
+    patch2, spec = flow_params("--run-set", "flow:model.patch_size=2", "--set", "parity=none"), flow_params()
+    assert len(patch2) == len(spec) == 3 and patch2 != spec  # patch 2 instead of 1: another input layer (3 seeds)
     assert main(["study", str(SPEC), "--out", str(tmp_path), "--dry-run", "--run-set", "train.lr"]) == 2
     assert "expected [objective:]key=value" in capsys.readouterr().err
 
@@ -69,7 +73,10 @@ def test_plan_keys_are_content_not_paths(tmp_path):
     a, b = plan_study(study, tmp_path / "a", SPEC.parent), plan_study(study, tmp_path / "b", SPEC.parent)
     assert [s.id for s in a.stages] == [s.id for s in b.stages]
     kinds = [s.kind for s in a.stages]
-    assert kinds.count("train") == len(a.runs) == 3 * 2  # objectives × sizes (no ablation in the default)
+    assert len(a.runs) == 3 * 3  # objectives × seeds (one size, no ablation in the default)
+    # before the sweep has run: each objective's two LR candidates beside its runs (which wait for the choice; the
+    # seed-0 run is then the chosen candidate's stage)
+    assert kinds.count("train") == len(a.runs) + 2 * 3
     assert kinds.count("ceiling") == kinds.count("autoencoder") == 2
     changed = plan_study(load(StudyConfig, SPEC, ["run_overrides=[train.lr=1e-4]"]), tmp_path / "a", SPEC.parent)
     assert {s.id for s in changed.stages if s.kind == "autoencoder"} == {
@@ -117,7 +124,8 @@ def test_precision_auto_is_measured_once_and_keys_the_runs(tmp_path):
 
 
 def test_objective_scoped_overrides_and_errors(tmp_path):
-    plan = plan_study(load(StudyConfig, SPEC), tmp_path, SPEC.parent)
+    scoped = ["parity=none", "run_overrides=[flow:model.patch_size=2]"]
+    plan = plan_study(load(StudyConfig, SPEC, scoped), tmp_path, SPEC.parent)
     patches = {r.run_cfg.objective.name: r.run_cfg.model.patch_size for r in plan.runs}
     assert patches == {"flow": 2, "masked": 1, "autoregressive": 1}
     with pytest.raises(ValueError, match="not an objective"):
@@ -131,8 +139,8 @@ def test_objective_scoped_overrides_and_errors(tmp_path):
 
 
 def test_seeds_key_runs_apart_and_seed_zero_keeps_its_keys(tmp_path):
-    one = plan_study(load(StudyConfig, SPEC), tmp_path, SPEC.parent)
-    three = plan_study(load(StudyConfig, SPEC, ["seeds=[0, 1, 2]"]), tmp_path, SPEC.parent)
+    one = plan_study(load(StudyConfig, SPEC, ["seeds=[0]", "lr_sweep=null"]), tmp_path, SPEC.parent)
+    three = plan_study(load(StudyConfig, SPEC, ["seeds=[0, 1, 2]", "lr_sweep=null"]), tmp_path, SPEC.parent)
     assert len(three.runs) == 3 * len(one.runs)
     ids = lambda plan, kind: {s.id for s in plan.stages if s.kind == kind}  # noqa: E731
     assert ids(one, "train") <= ids(three, "train") and ids(one, "evaluate") <= ids(three, "evaluate")
@@ -150,17 +158,17 @@ def test_seeds_key_runs_apart_and_seed_zero_keeps_its_keys(tmp_path):
 
 
 def test_token_parity_is_refused_with_the_fix_named(tmp_path):
-    """default.yaml gives flow 16 image tokens and the token methods 64: parity: tokens refuses it at planning."""
+    """Flow at patch 2 sees 16 image tokens and the token methods 64: parity: tokens refuses it at planning."""
+    patch2 = "run_overrides=[flow:model.patch_size=2]"
     with pytest.raises(ConfigError, match=r"flow 16, masked 64.*model\.patch_size.*parity: none"):
-        plan_study(load(StudyConfig, SPEC, ["parity=tokens"]), tmp_path, SPEC.parent)
-    equal = load(StudyConfig, SPEC, ["parity=tokens", "run_overrides=[flow:model.patch_size=1]"])
-    plan = plan_study(equal, tmp_path, SPEC.parent)  # 8×8 latents unpatchified: 64 tokens each
+        plan_study(load(StudyConfig, SPEC, [patch2]), tmp_path, SPEC.parent)
+    plan = plan_study(load(StudyConfig, SPEC), tmp_path, SPEC.parent)  # default: 8×8 latents unpatchified, 64 each
     from synthscale.study import controls
     from synthscale.study.run import dry_run
 
     runs = controls.plan_controls(plan)
     assert {r.image_tokens for r in runs} == {64} and controls.token_mismatch(runs) is None
-    text = dry_run(plan_study(load(StudyConfig, SPEC), tmp_path, SPEC.parent))
+    text = dry_run(plan_study(load(StudyConfig, SPEC, [patch2, "parity=none"]), tmp_path, SPEC.parent))
     assert "comparison controls (parity: none" in text and "image tokens differ" in text
     assert "256 floats" in text and "bits" in text  # kl-f4c4 8×8×4 floats; fsq-f4 codes
 

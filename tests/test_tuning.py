@@ -188,7 +188,7 @@ def test_cfg_best_chooses_per_milestone_on_validation_prompts_only(tiny_study, m
 
 
 def test_cfg_best_counts_the_validation_sampling_in_the_flops_estimate(tmp_path):
-    fixed = estimate_flops(plan_study(load(StudyConfig, SPEC), tmp_path, SPEC.parent))
+    fixed = estimate_flops(plan_study(load(StudyConfig, SPEC, ["evaluation.cfg_scale=3"]), tmp_path, SPEC.parent))
     best = estimate_flops(plan_study(load(StudyConfig, SPEC, ["evaluation.cfg_scale=best"]), tmp_path, SPEC.parent))
     assert best["eval_sample_flops"] > fixed["eval_sample_flops"]
     assert any("validation prompts" in n for n in best["notes"])
@@ -199,7 +199,7 @@ def test_cfg_best_counts_the_validation_sampling_in_the_flops_estimate(tmp_path)
 
 
 def test_lr_sweep_runs_first_and_the_grid_trains_at_its_choice(tmp_path):
-    sweep = ["lr_sweep={flow: [3e-4, 1e-3, 3e-3]}"]
+    sweep = ["lr_sweep={flow: [3e-4, 1e-3, 3e-3]}", "seeds=[0]", "sizes=[2x64, 4x128]"]
     study = load(StudyConfig, SPEC, sweep)
     plan = plan_study(study, tmp_path, SPEC.parent)
     s = plan.lr_sweeps["flow"]
@@ -233,7 +233,7 @@ def test_lr_sweep_runs_first_and_the_grid_trains_at_its_choice(tmp_path):
             assert r.train.fn.endswith("stages:train_stage") and r.train in after.stages
     assert len({s.id for s in after.stages}) == len(after.stages)
     assert "3e-04 (swept)" in dry_run(after) or "0.0003 (swept)" in dry_run(after)
-    unswept = plan_study(load(StudyConfig, SPEC), tmp_path, SPEC.parent)
+    unswept = plan_study(load(StudyConfig, SPEC, [*sweep[1:], "lr_sweep=null"]), tmp_path, SPEC.parent)
     assert [r.train.id for r in unswept.runs if r.run_cfg.objective.name != "flow"] == [
         r.train.id for r in after.runs if r.run_cfg.objective.name != "flow"
     ]
