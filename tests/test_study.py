@@ -36,6 +36,8 @@ TINY = [
     "encoder_overrides=[steps=10, train_items=256, width=8, batch_size=32]",
     "evaluation.n=16",
     "evaluation.holdout_n=4",
+    "evaluation.cfg_scale=3.0",  # a fixed scale (and the CFG sweep), as studies without `best` evaluate
+    "evaluation.cfg_sweep=[1.0]",
     "evaluation.sweep={flow: [2, 4]}",
     "evaluation.steps={flow: 4}",
     "evaluation.loss_batches=1",
