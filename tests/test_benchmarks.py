@@ -133,7 +133,7 @@ def test_study_stages_benchmark_sums_stages_and_rates_training(tmp_path, monkeyp
     assert rows["kl-a"]["cpu_s"] == 9.5 and "gflop_per_s" not in rows["kl-a"]
 
 
-def _simulated_store(root: Path, seeds: int) -> None:
+def _simulated_store(root: Path, seeds: int, rng_seed: int = 0) -> None:
     """A results store of a simulated study (study/simulate.py) with `seeds` replicate seeds per cell."""
     import dataclasses
 
@@ -142,7 +142,7 @@ def _simulated_store(root: Path, seeds: int) -> None:
     from synthscale.study import simulate as sim
     from synthscale.study.results import ResultsStore
 
-    data = sim.simulate_study(np.random.default_rng(0), None, dataclasses.replace(sim.Design(), seeds=seeds))
+    data = sim.simulate_study(np.random.default_rng(rng_seed), None, dataclasses.replace(sim.Design(), seeds=seeds))
     with ResultsStore.of(root) as store:
         store.set_meta("notes", "SIMULATED")
         store.set_meta("main_autoencoders", json.dumps(data.main_autoencoders))
@@ -193,3 +193,20 @@ def test_llamagen_shaped_loop_decodes_the_same_model(monkeypatch):
     for cfg in (1.0, 2.0):
         ours = obj.sample(model, text, 16, cfg, torch.Generator().manual_seed(0)).reshape(3, -1)
         assert torch.equal(sampling.llamagen_eager(model, text, cfg, torch.Generator().manual_seed(0)), ours)
+
+
+def test_replication_benchmark_compares_two_seed_sets(tmp_path, monkeypatch):
+    """Two simulated studies of one design with other seeds: the benchmark tables each paradigm's top-level mean
+    with its interval from each, says whether each lies inside the other's, and compares the verdicts."""
+    for name in ("a", "b"):
+        _simulated_store(tmp_path / name, seeds=3, rng_seed=0 if name == "a" else 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_benchmark("replication.py", [str(tmp_path / "a"), str(tmp_path / "b")], out, monkeypatch)
+    assert {(c["metric"], c["objective"]) for c in result["cells"]} == {
+        (m, o) for m in ("prompt_acc", "fd_probe") for o in ("flow", "masked", "autoregressive")
+    }
+    inside = all(c["each inside the other's interval"] == "yes" for c in result["cells"])
+    assert result["means_inside_intervals"] == inside
+    assert [f["finding"] for f in result["findings"]] == [1, 2, 3, 4, 5, 6]
+    assert result["verdicts_agree"] == all(f["A"] == f["B"] for f in result["findings"])
