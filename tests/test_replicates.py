@@ -100,3 +100,20 @@ def test_plots_draw_each_seed_faintly_beside_the_mean():
     seeds = [d for d in drawn if d[0] == "seeds"]
     assert len(means) == 1 and means[0][2] == [0.35, 0.6]
     assert len(seeds) == 1 and seeds[0][1:3] == ([1e12] * 3, [0.2, 0.5, 0.35]) and seeds[0][3]["alpha"] < 0.5
+
+
+def test_seeds_whose_validation_chose_other_cfg_scales_are_one_cell():
+    """With `cfg_scale: best` each seed's milestone samples at the scale its own validation prompts chose: the
+    setting is the choosing, so the seeds still average into one cell (and a fixed scale stays its own cell)."""
+    cfg = {"objective": {"name": "flow"}, "model": {"size": "2x64"}}
+    runs = [{"run": f"a-s{s}", "config": {**cfg, "seed": s}} for s in range(3)]
+    chosen = []
+    for s, scale in enumerate((1.0, 3.0, 3.0)):
+        r = dict(_record(f"a-s{s}", 0.2 + 0.1 * s), cfg_scale=scale)
+        r["instruments"] = {"cfg_selection": {"by": "validation", "applied": ["cfg_scale"]}}
+        chosen.append(r)
+    fixed = dict(_record("a-s0", 0.9), steps=20)
+    out = rep.aggregate([*chosen, fixed], runs)
+    assert sorted(len(r["seeds"]) for r in out) == [1, 3]
+    [cell] = [r for r in out if len(r["seeds"]) == 3]
+    assert cell["metrics"]["prompt_acc"] == pytest.approx(0.3)

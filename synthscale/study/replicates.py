@@ -42,6 +42,13 @@ def run_seeds(runs: list[dict[str, Any]]) -> dict[str, int]:
     return {r["run"]: int((r.get("config") or {}).get("seed", 0)) for r in runs}
 
 
+def _cfg_key(r: dict[str, Any]) -> float | str:
+    """A record's CFG as a setting: "chosen" where its scale was chosen on validation prompts, so the seeds of a
+    cell meet whatever scale each one's validation prompts chose (compare.setting names it the same way)."""
+    selection = (r.get("instruments") or {}).get("cfg_selection") or {}
+    return "chosen" if selection and "cfg_scale" in selection.get("applied", ["cfg_scale"]) else r["cfg_scale"]
+
+
 def _cell_of_run(run: dict[str, Any] | None, run_id: str) -> str:
     """What keys a run's cell: its stored config without the seed (runs without a config are their own cell)."""
     cfg = (run or {}).get("config")
@@ -125,7 +132,7 @@ def aggregate(
     seeds = run_seeds(runs)
     cells: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
-        key = (_cell_of_run(by_id.get(r["run"]), r["run"]), r["milestone"], r["weights"], r["steps"], r["cfg_scale"])
+        key = (_cell_of_run(by_id.get(r["run"]), r["run"]), r["milestone"], r["weights"], r["steps"], _cfg_key(r))
         cells[key].append(r)
     rng = np.random.default_rng(seed)
     out = []
