@@ -210,3 +210,20 @@ def test_replication_benchmark_compares_two_seed_sets(tmp_path, monkeypatch):
     assert result["means_inside_intervals"] == inside
     assert [f["finding"] for f in result["findings"]] == [1, 2, 3, 4, 5, 6]
     assert result["verdicts_agree"] == all(f["A"] == f["B"] for f in result["findings"])
+
+
+def test_study_summary_benchmark_quotes_the_seed_means(tmp_path, monkeypatch):
+    """The summary a results page quotes: per level and paradigm the best model's mean over its seeds, each seed's
+    value, and the verdicts."""
+    _simulated_store(tmp_path / "study", seeds=3)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_benchmark("study_summary.py", [str(tmp_path / "study"), "--name", "sim"], out, monkeypatch)
+    top = result["levels"][max(result["levels"], key=float)]
+    assert set(top) == {"flow", "masked", "autoregressive"}
+    for cells in top.values():
+        for cell in cells.values():
+            assert cell["seeds"] == [0, 1, 2] and len(cell["per_seed"]) == 3
+            assert cell["mean"] == pytest.approx(sum(cell["per_seed"]) / 3)
+            assert cell["interval"][0] <= cell["mean"] <= cell["interval"][1]
+    assert sorted(result["findings"], key=int) == ["1", "2", "3", "4", "5", "6"]
