@@ -55,7 +55,14 @@ def test_prepared_folder_loads_evaluates_and_refuses_a_changed_model(vae_dir, tm
     assert ae.kind == "continuous" and ae.scale == pytest.approx(summary["latent_scale"])
     assert ae.shift == pytest.approx(summary["latent_shift"])
     result = evaluate_autoencoder(tmp_path / "ae", split="test", grid=0, progress=False)
-    assert result["latent"] == {"kind": "continuous", "channels": 4, "height": 8, "width": 8, "vocab_size": None}
+    assert result["latent"] == {
+        "kind": "continuous",
+        "channels": 4,
+        "height": 8,
+        "width": 8,
+        "vocab_size": None,
+        "levels": None,  # per-channel code levels: discrete latents only
+    }
     assert 0 < result["metrics"]["psnr"] < 100
     assert latent_spec_of(ae_config(vae)) == ae.latent_spec(16)
 
