@@ -117,3 +117,21 @@ def test_seeds_whose_validation_chose_other_cfg_scales_are_one_cell():
     assert sorted(len(r["seeds"]) for r in out) == [1, 3]
     [cell] = [r for r in out if len(r["seeds"]) == 3]
     assert cell["metrics"]["prompt_acc"] == pytest.approx(0.3)
+
+
+def test_seeds_that_all_score_zero_still_have_an_interval_above_zero():
+    """0 of 256 prompts on every seed: each record's bootstrap interval is [0, 0], but the rate is not known to be
+    exactly 0, so the cell's interval reaches above 0 (Agresti–Coull) and stays within [0, 1]."""
+    cfg = {"objective": {"name": "flow"}, "model": {"size": "2x64"}}
+    runs = [{"run": f"a-s{s}", "config": {**cfg, "seed": s}} for s in range(3)]
+    records = []
+    for s in range(3):
+        r = _record(f"a-s{s}", 0.0)
+        r["metrics"] = {"prompt_acc": 0.0, "prompt_acc_lo": 0.0, "prompt_acc_hi": 0.0, "fd_probe": 50.0 + s}
+        r["instruments"] = {"prompts": {"test": 256, "holdout": 32}}
+        records.append(r)
+    [cell] = rep.aggregate(records, runs)
+    m = cell["metrics"]
+    assert m["prompt_acc"] == 0.0 and m["prompt_acc_lo"] == 0.0 and 0.003 < m["prompt_acc_hi"] < 0.05
+    assert m["fd_probe_lo"] < 50.0  # not a proportion: not clipped, no floor
+    assert rep.proportion_n(records[0], "holdout_prompt_acc") == 32 and rep.proportion_n(records[0], "fd_probe") is None

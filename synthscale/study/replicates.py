@@ -10,7 +10,9 @@ seeds; its 95 % interval comes from a two-level bootstrap:
    sample variance), and scaled by √(k/(k−1)) so the resampled mean's variance is unbiased;
 2. within each drawn seed, redraw its evaluation number. The records keep no per-prompt or per-image scores, only
    each number's own 95 % interval (a bootstrap over prompts/images), so this inner level is parametric: normal
-   with the standard error that interval implies.
+   with the standard error that interval implies. A share of prompts (whole-prompt, attribute, task accuracy) takes
+   at least Agresti–Coull's standard error for its prompt count, and its interval is clipped to [0, 1]: every
+   prompt scoring 0 gives a zero-width bootstrap, not a rate known to be exactly 0.
 
 The bootstrap means' standard deviation is then √((σ̂_b² + mean se²)/k), and the interval is mean ± t(k−1) × that
 (Student's t: with three seeds the spread itself is known to only two degrees of freedom, and a normal quantile
@@ -25,6 +27,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 from collections import defaultdict
 from typing import Any
 
@@ -103,17 +106,35 @@ def t95(df: int) -> float:
     return float(student_t.ppf(0.975, df))
 
 
-def _value_se(metrics: dict[str, Any], name: str) -> tuple[float, float] | None:
-    """A record's number and the standard error its stored interval implies (0 without one)."""
+_PROPORTION = re.compile(r"(holdout_)?(prompt_acc|attr_acc_\w+|task_acc_\w+)")
+
+
+def proportion_n(r: dict[str, Any], name: str) -> int | None:
+    """How many prompts a share-of-prompts metric (whole-prompt, attribute or task accuracy) was counted over; None
+    for any other metric or a record that does not say."""
+    m = _PROPORTION.fullmatch(name)
+    n = ((r.get("instruments") or {}).get("prompts") or {}).get("holdout" if m and m.group(1) else "test")
+    return int(n) if m and isinstance(n, int) and n > 0 else None
+
+
+def _value_se(metrics: dict[str, Any], name: str, n: int | None = None) -> tuple[float, float] | None:
+    """A record's number and the standard error its stored interval implies (0 without one). For a share of `n`
+    prompts the error is at least Agresti–Coull's: a bootstrap over prompts that all score 0 (or 1) has zero width,
+    yet 0 of 256 does not say the rate is exactly 0."""
     v = metrics.get(name)
     if not isinstance(v, (int, float)) or not math.isfinite(v):
         return None
     lo, hi, std = (metrics.get(name + s) for s in SUFFIXES)
     if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and math.isfinite(lo) and math.isfinite(hi):
-        return float(v), max(float(hi) - float(lo), 0.0) / (2 * Z95)
-    if isinstance(std, (int, float)) and math.isfinite(std):
-        return float(v), float(std)
-    return float(v), 0.0
+        se = max(float(hi) - float(lo), 0.0) / (2 * Z95)
+    elif isinstance(std, (int, float)) and math.isfinite(std):
+        se = float(std)
+    else:
+        se = 0.0
+    if n:
+        p = (float(v) * n + 2) / (n + 4)
+        se = max(se, math.sqrt(p * (1 - p) / (n + 4)))
+    return float(v), se
 
 
 def _metric_names(records: list[dict[str, Any]]) -> list[str]:
@@ -146,14 +167,16 @@ def aggregate(
             continue
         metrics: dict[str, float] = {}
         for name in _metric_names(members):
-            pairs = [p for r in members if (p := _value_se(r["metrics"], name)) is not None]
+            n = proportion_n(first, name)
+            pairs = [p for r in members if (p := _value_se(r["metrics"], name, n)) is not None]
             if not pairs:
                 continue
             y, se = [p[0] for p in pairs], [p[1] for p in pairs]
             metrics[name] = sum(y) / len(y)
             agg["seed_values"][name] = y
             if len(y) >= 2:
-                metrics[name + "_lo"], metrics[name + "_hi"] = two_level_interval(y, se, rng, n_boot)
+                lo, hi = two_level_interval(y, se, rng, n_boot)
+                metrics[name + "_lo"], metrics[name + "_hi"] = (max(lo, 0.0), min(hi, 1.0)) if n else (lo, hi)
                 agg["seed_sd"][name] = seed_sd(y, se)
         agg["metrics"] = metrics
         agg["train_flops"] = sum(r["train_flops"] for r in members) / len(members)
