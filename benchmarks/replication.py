@@ -37,7 +37,7 @@ def main() -> None:
     args = ap.parse_args()
     studies = {name: cmp.load_study(path) for name, path in (("A", args.study_a), ("B", args.study_b))}
     best = {name: top_level_best(data) for name, data in studies.items()}
-    rows, agree = [], True
+    rows, agree = [], dict.fromkeys(METRICS, True)
     for metric in METRICS:
         for obj in studies["A"].objectives:
             ra, rb = best["A"][1][metric].get(obj), best["B"][1][metric].get(obj)
@@ -46,7 +46,7 @@ def main() -> None:
             va, vb = cmp.value(ra, metric), cmp.value(rb, metric)
             ia, ib = cmp.interval(ra, metric), cmp.interval(rb, metric)
             inside = bool(ia and ib and ia[0] <= vb <= ia[1] and ib[0] <= va <= ib[1])
-            agree &= inside
+            agree[metric] &= inside
             rows.append(
                 {
                     "metric": metric,
