@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import t as student_t
 
+from synthscale.study.compare import setting
+
 N_BOOT = 400
 Z95 = 1.959964
 MIN_SEEDS = 2  # seeds per compared cell before a verdict on a difference may be more than "inconclusive"
@@ -43,13 +45,6 @@ SUFFIXES = ("_lo", "_hi", "_std")
 def run_seeds(runs: list[dict[str, Any]]) -> dict[str, int]:
     """Run id → its seed (RunConfig.seed in the stored config; 0 where the config is not stored)."""
     return {r["run"]: int((r.get("config") or {}).get("seed", 0)) for r in runs}
-
-
-def _cfg_key(r: dict[str, Any]) -> float | str:
-    """A record's CFG as a setting: "chosen" where its scale was chosen on validation prompts, so the seeds of a
-    cell meet whatever scale each one's validation prompts chose (compare.setting names it the same way)."""
-    selection = (r.get("instruments") or {}).get("cfg_selection") or {}
-    return "chosen" if selection and "cfg_scale" in selection.get("applied", ["cfg_scale"]) else r["cfg_scale"]
 
 
 def _cell_of_run(run: dict[str, Any] | None, run_id: str) -> str:
@@ -153,7 +148,8 @@ def aggregate(
     seeds = run_seeds(runs)
     cells: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
-        key = (_cell_of_run(by_id.get(r["run"]), r["run"]), r["milestone"], r["weights"], r["steps"], _cfg_key(r))
+        # the setting names a CFG chosen on validation as the choosing: each seed's own scale still meets its cell
+        key = (_cell_of_run(by_id.get(r["run"]), r["run"]), r["milestone"], *setting(r))
         cells[key].append(r)
     rng = np.random.default_rng(seed)
     out = []

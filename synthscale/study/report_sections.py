@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from synthscale.study import calibration, controls
 from synthscale.study import report_tables as tb
 from synthscale.study.report_doc import Bullets, Details, Document, Figure, Gallery, Heading, Image, Para, Table
+from synthscale.study.tuning_tables import cfg_choice_table, lr_sweep_table
 
 if TYPE_CHECKING:
     from synthscale.study.report import Analysis
@@ -132,8 +133,6 @@ def _grid(a: Analysis, out_dir: Path) -> list:
 
 def _tuning_tables(d) -> list:
     """The tuned-on-validation tables that have rows: CFG/temperature per milestone, the LR sweep."""
-    from synthscale.study.tuning_tables import cfg_choice_table, lr_sweep_table
-
     tables = [("CFG/temperature chosen on validation", cfg_choice_table(d)), ("Learning-rate sweep", lr_sweep_table(d))]
     return [(title, t) for title, t in tables if t[1][1]]
 
