@@ -138,9 +138,19 @@ def _tick_text(v: float, _pos=None) -> str:
 
 
 def _log_ticks(axis, lo: float, hi: float) -> None:
-    """Labelled ticks at 1-2-5 (more within a short span, at most ~7), short labels, unlabelled minor ticks."""
+    """Labelled ticks at 1-2-5 (finer within a short span), short labels, unlabelled minor ticks."""
     span = np.log10(hi / lo) if lo > 0 and hi > lo else 0.0
-    subs = (1.0,) if span > 6 else (1.0, 2.0, 5.0) if span > 1.2 else (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
+    # about a decade: 1-2-3-5 (with 1.5, 4, 6 and 8 too, "5e11" and "6e11" ran together on narrow panels); the
+    # finer set only where the axis spans under half a decade and would otherwise show one label
+    subs = (
+        (1.0,)
+        if span > 6
+        else (1.0, 2.0, 5.0)
+        if span > 1.2
+        else (1.0, 2.0, 3.0, 5.0)
+        if span > 0.5
+        else (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
+    )
     axis.set_major_locator(LogLocator(base=10, subs=subs, numticks=8))
     axis.set_major_formatter(FuncFormatter(_tick_text))
     axis.set_minor_formatter(NullFormatter())
