@@ -91,6 +91,8 @@ STAGES_STUDY = [
     "autoencoder_overrides=[train.steps=15, train.batch_size=16]",
     "ablation_autoencoders=[]",
     "budgets=[3e9]",
+    "seeds=[0]",
+    "lr_sweep=null",
     "data.size=512",
     "data.val_size=128",
     "data.test_size=64",
@@ -106,7 +108,7 @@ STAGES_STUDY = [
     "executor=sequential",
 ]
 STAGES_RUNS = (
-    "flow:model.patch_size=2, train.batch_size=16, train.milestones_per_decade=2, train.first_milestone_flops=5e8, "
+    "flow:model.patch_size=1, train.batch_size=16, train.milestones_per_decade=2, train.first_milestone_flops=5e8, "
     "train.warmup_steps=2, train.checkpoint_every=5"
 )
 
