@@ -34,6 +34,7 @@ import gc
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -138,8 +139,16 @@ def device_stages(device: torch.device, out: Path) -> dict:
         "seconds_by_kind": seconds,
         "wall_s": time.perf_counter() - start,
         "record_devices": devices,
-        "ok": all(v == "done" for v in states) and devices == [str(device)],
+        # records name the device with its index (cuda:0), the study was given it without (cuda)
+        "ok": all(v == "done" for v in states) and [torch.device(d) for d in devices] == [_indexed(device)],
     }
+
+
+def _indexed(device: torch.device) -> torch.device:
+    """`cuda` as the index it resolves to (`cuda:0`), as a record names it; the CPU has no index."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 class Clock:
@@ -227,6 +236,9 @@ def train_step_time(objective, size: str, cfg: dict, device, compiled: bool) -> 
     with torch.device(device):  # initialised where it runs: seconds saved per L model
         model = objective.build_model(model_cfg, latent, text)
     if compiled:
+        # Dynamo's recompile limit (8) counts every model of the run, since the Blocks share one code object: the
+        # sixth (objective, size) pair would silently run eager. Each timed model starts from a clean cache.
+        torch._dynamo.reset()
         compile_blocks(model)
     loss_module = LossModule(objective, model).train()
     opt = build_optimizer(model, TrainConfig(lr=1e-4))
@@ -264,6 +276,7 @@ def sdpa_kernels(size: str, cfg: dict, device, causal: bool, queries: int | None
     q = torch.randn(B, s.heads, T - q_start, s.head_dim, device=device, dtype=torch.bfloat16)
     k = torch.randn(B, s.heads, T, s.head_dim, device=device, dtype=torch.bfloat16)
     ok = []
+    warnings.filterwarnings("ignore", message=".*(kernel not used|runtime disabled|does not support).*")
     for name, backend in (
         ("flash", SDPBackend.FLASH_ATTENTION),
         ("cudnn", SDPBackend.CUDNN_ATTENTION),
@@ -278,9 +291,9 @@ def sdpa_kernels(size: str, cfg: dict, device, causal: bool, queries: int | None
     return ",".join(ok) or "math only"
 
 
-def training_rows(cfg: dict, device, peak: float, compile_mode: str, clock: Clock) -> list[dict]:
+def training_rows(cfg: dict, device, peak: float, compile_mode: str, clock: Clock, objectives) -> list[dict]:
     rows = []
-    for name in OBJECTIVES:
+    for name in objectives:
         objective = get_objective(ObjectiveConfig.of(name))
         for size in reversed(cfg["sizes"]):  # largest first: the goal size is measured before any budget cut
             if clock.over(f"train {name} {size}"):
@@ -304,9 +317,9 @@ def training_rows(cfg: dict, device, peak: float, compile_mode: str, clock: Cloc
 # ---------------------------------------------------------------------------------------------- sampling
 
 
-def sampling_rows(cfg: dict, device, sizes: list[str], clock: Clock, compile_decode: bool) -> list[dict]:
+def sampling_rows(cfg: dict, device, sizes: list[str], clock: Clock, compile_decode: bool, objectives) -> list[dict]:
     rows = []
-    for name in OBJECTIVES:
+    for name in objectives:
         objective = get_objective(ObjectiveConfig.of(name))
         for size in reversed(sizes):
             latent, text, model_cfg = specs(cfg, objective)
@@ -390,6 +403,8 @@ def main(argv: list[str] | None = None) -> dict:
         default=None,
         help="also time the step with compiled Transformer blocks (default: regional on CUDA)",
     )
+    ap.add_argument("--objectives", default=None, help="comma-separated objectives (default: every registered one)")
+    ap.add_argument("--parts", default="train,sample", help="which tables to measure: train, sample or both")
     ap.add_argument("--sample-sizes", default=None, help="comma-separated sizes for sampling (default: all)")
     ap.add_argument("--budget-s", type=float, default=450.0, help="stop starting measurements after this long")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (--device cpu)")
@@ -402,6 +417,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--stages-dir", type=Path, default=None, help="the tiny study's folder (default: a temp dir)")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/gpu_DEVICE.json)")
     args = ap.parse_args(argv)
+    objectives = args.objectives.split(",") if args.objectives else OBJECTIVES
+    unknown = sorted(set(objectives) - set(OBJECTIVES))
+    if unknown:
+        sys.exit(f"--objectives: unknown {unknown}; choose from {', '.join(OBJECTIVES)}")
+    parts = set(args.parts.split(","))
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA device: run on a GPU machine, or use --quick --device cpu to check the mechanics")
@@ -415,13 +435,15 @@ def main(argv: list[str] | None = None) -> dict:
     peak, n = matmul_peak(device, cfg["peak_sizes"])
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"{gpu}, torch {torch.__version__}: bf16 matmul peak {peak / 1e12:.1f} TFLOP/s (n={n})")
-    train = training_rows(cfg, device, peak, compile_mode, clock)
+    train = training_rows(cfg, device, peak, compile_mode, clock, objectives) if "train" in parts else []
     print_table(
         filled(train),
         f"Training step (bf16 autocast, fused AdamW, clip, EMA), {cfg['side'] ** 2} image "
         f"+ {cfg['text']} caption tokens; MFU = analytic train_flops / time / measured bf16 peak",
     )
-    sample = sampling_rows(cfg, device, sample_sizes, clock, compile_decode=compile_mode != "none")
+    sample = (
+        sampling_rows(cfg, device, sample_sizes, clock, compile_mode != "none", objectives) if "sample" in parts else []
+    )
     print_table(
         filled(sample),
         f"Sampling (bf16 autocast, CFG {CFG}): latency at batch 1, throughput at batch {cfg['sample_batch']}",
