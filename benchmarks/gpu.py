@@ -17,12 +17,12 @@ Sizes run largest first, so a budget cut drops the small ones.
 
 TF32 is on for float32 matmuls on CUDA (`synthscale.train.distributed.enable_tf32`).
 
-**Not yet measured on a GPU**: this script was written in a session without one. The first session with a GPU
-runs it and records the printed table, the date and the GPU on a page under docs/results/ (format:
-docs/results/README.md). Its mechanics are tested on CPU with tiny sizes (`--quick --device cpu`,
-tests/test_gpu_path.py).
+Measured on one H200: docs/results/gpu-h200.md (a later GPU run adds its page the same way). On a short lease,
+`--objectives` and `--parts` measure part of the grid. Its mechanics are tested on CPU with tiny sizes
+(`--quick --device cpu`, tests/test_gpu_path.py).
 
 Usage: python benchmarks/gpu.py [--device cuda] [--compile regional|none] [--budget-s 450]
+       python benchmarks/gpu.py --objectives masked,autoregressive --parts sample
        python benchmarks/gpu.py --quick --device cpu
 """
 
