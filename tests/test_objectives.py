@@ -170,6 +170,15 @@ def test_kv_cache_sampling_equals_recomputation(cfg_scale, factorised):
     assert cached.unique().numel() > 4  # really sampled, not a constant
 
 
+def test_next_token_sampling_hands_back_an_ordinary_tensor():
+    """It runs under inference mode for speed; what it returns is still a tensor a caller may change in place."""
+    obj, model = build("autoregressive")
+    _, text = batch(obj, B=2)
+    out = obj.sample(model, text, 16, 2.0, gen(0))
+    assert not out.is_inference() and not torch.is_inference_mode_enabled()
+    out += 1  # an inference tensor would refuse this outside inference mode
+
+
 def test_autoregressive_prediction_is_causal():
     obj, model = build("autoregressive")
     x, text = batch(obj, B=1)

@@ -18,7 +18,7 @@ from synthscale.compute import flops as C
 from synthscale.config import ObjectiveConfig
 from synthscale.model.network import Network, attention_mask
 from synthscale.model.sizes import get_size
-from synthscale.objectives.base import Objective, cfg_copies, guide, text_encoder_flops
+from synthscale.objectives.base import Objective, cfg_copies, guide, inference, text_encoder_flops
 from synthscale.objectives.codes import TokenCodes, logits_width
 
 
@@ -121,7 +121,7 @@ class AutoregressiveObjective(Objective):
         logits = model.head(model(inputs, valid, prefix))  # [B, N, K]
         return model.codes.nll(logits.flatten(0, 1), tokens.flatten())
 
-    @torch.no_grad()
+    @inference
     def sample(
         self,
         model,
