@@ -147,7 +147,7 @@ class AutoregressiveObjective(Objective):
         rows, L = prefix.shape[0], prefix.shape[1]  # B, or 2B with CFG
         ids = torch.full((rows, N + 1), model.bos_id, dtype=torch.long, device=dev)  # [BOS, x_0, …, x_{N-1}]
         cache = model.backbone.new_cache(L + N, static=static) if kv_cache else None
-        key_bias = decode_key_bias(valid, N)
+        key_bias = decode_key_bias(valid, N) if kv_cache and not static else None
         if static:
             key_valid = torch.cat([valid, valid.new_ones(rows, N)], dim=1)  # [rows, L + N]
             step = compiled_decode_step(dev) if compiled else decode_step

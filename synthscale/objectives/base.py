@@ -273,6 +273,7 @@ def sample_logits(
         return logits.argmax(-1)
     scaled = logits if temperature == 1 else logits / temperature  # x / 1 is x
     noise = _log_exponential(logits.shape, generator, logits.device)
+    noise = noise.to(torch.promote_types(scaled.dtype, noise.dtype))  # float32 logits: a no-op
     # x − log E is x + Gumbel bit for bit (IEEE subtraction adds the exact negation); max's indices, like argmax,
     # are the first maximum's, at a third of argmax's time on CPU
     return torch.sub(scaled, noise, out=noise).max(-1).indices
