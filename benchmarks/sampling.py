@@ -6,12 +6,12 @@ with the KV cache and with full recomputation (same seed, same tokens); goal: �
 64 image tokens.
 
 `--versus-llamagen` instead times next-token sampling of 64 image tokens for a batch of 64 captions at CFG 1 and 2,
-side by side in one process (alternating repeats, medians): `llamagen_eager` below — a plain KV-cache decode loop
-shaped like LlamaGen's `generate` (gpt-fast style: a preallocated cache read at full length with a position
-tensor, a causal-mask buffer sliced per step, F.scaled_dot_product_attention over the whole cache, cond + uncond
-rows concatenated every step, softmax + multinomial), run eagerly on this repo's model weights — against this
-repo's sampler: eager with the growing cache, and the compiled static-cache step (its compile time reported
-apart, cold in a fresh inductor cache).
+side by side in one process (alternating repeats, medians of wall and of process CPU time): `llamagen_eager`
+below — a plain KV-cache decode loop shaped like LlamaGen's `generate` (gpt-fast style: a preallocated cache read
+at full length with a position tensor, a causal-mask buffer sliced per step, F.scaled_dot_product_attention over
+the whole cache, cond + uncond rows concatenated every step, softmax + multinomial), run eagerly on this repo's
+model weights — against this repo's sampler: eager with the growing cache, and the compiled static-cache step (its
+compile time reported apart, cold in a fresh inductor cache).
 
 Usage: python benchmarks/sampling.py [--threads 1] [--batch 16] [--repeats 3] [--size 4x128] [--device cpu]
        python benchmarks/sampling.py --versus-llamagen [--threads 1] [--batch 64] [--repeats 5] [--sizes 2x64 4x128]
@@ -115,14 +115,19 @@ def versus_llamagen(args) -> None:
             ways["ours_compiled"]()  # compiles (once per process, model and shape)
             first = time.perf_counter() - start
             times: dict[str, list[float]] = {k: [] for k in ways}
+            cpu_times: dict[str, list[float]] = {k: [] for k in ways}
             for fn in ways.values():
                 fn()  # warm-up
             for _ in range(args.repeats):
                 for k, fn in ways.items():
-                    start = time.perf_counter()
+                    start, cpu_start = time.perf_counter(), time.process_time()
                     fn()
                     times[k].append(time.perf_counter() - start)
+                    cpu_times[k].append(time.process_time() - cpu_start)
             t = {k: statistics.median(v) for k, v in times.items()}
+            # CPU seconds the process got: on a shared machine at one thread, the ratio that waiting for a core
+            # does not move (wall time counts the waits too)
+            c = {k: statistics.median(v) for k, v in cpu_times.items()}
             rows.append(
                 {
                     "size": size,
@@ -135,6 +140,9 @@ def versus_llamagen(args) -> None:
                     "compile_s": first - t["ours_compiled"],
                     "eager_vs_llamagen": t["ours_eager"] / t["llamagen_eager"],
                     "compiled_vs_llamagen": t["ours_compiled"] / t["llamagen_eager"],
+                    "llamagen_eager_cpu_s": c["llamagen_eager"],
+                    "ours_eager_cpu_s": c["ours_eager"],
+                    "eager_vs_llamagen_cpu": c["ours_eager"] / c["llamagen_eager"],
                 }
             )
             print_table(rows[-1:], f"{size} CFG {cfg}")
@@ -142,7 +150,7 @@ def versus_llamagen(args) -> None:
         rows,
         f"Next-token sampling, 64 image tokens, batch {args.batch}, {TEXT.max_length} caption tokens, codebook "
         f"{VOCAB}; medians of {args.repeats} alternating repeats, {args.threads} thread(s); *_vs_llamagen = time "
-        f"/ LlamaGen-shaped eager time (goal ≤ 0.5)",
+        f"/ LlamaGen-shaped eager time (goal ≤ 0.5); *_cpu: process CPU time",
     )
     write_json("ar_sampling_cpu", {"rows": rows, "threads": args.threads, "repeats": args.repeats})
 

@@ -60,6 +60,7 @@ def test_sampling_benchmark_versus_llamagen(tmp_path, monkeypatch):
     result = run_benchmark("sampling.py", argv, tmp_path, monkeypatch)
     assert [r["cfg"] for r in result["rows"]] == [1.0, 2.0]
     assert all(r["llamagen_eager_s"] > 0 and r["compiled_vs_llamagen"] > 0 for r in result["rows"])
+    assert all(r["llamagen_eager_cpu_s"] > 0 and r["eager_vs_llamagen_cpu"] > 0 for r in result["rows"])
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ import torch
 
 from synthscale.config import ConfigError, ModelConfig, ObjectiveConfig
 from synthscale.data.latents import LatentSpec, TextSpec
-from synthscale.objectives import OBJECTIVES, get_objective
+from synthscale.objectives import OBJECTIVES, base, get_objective
 from synthscale.objectives.base import sample_logits
 
 TEXT = TextSpec(vocab_size=30, max_length=6)
@@ -170,6 +170,15 @@ def test_kv_cache_sampling_equals_recomputation(cfg_scale, factorised):
     assert cached.unique().numel() > 4  # really sampled, not a constant
 
 
+def test_next_token_sampling_hands_back_an_ordinary_tensor():
+    """It runs under inference mode for speed; what it returns is still a tensor a caller may change in place."""
+    obj, model = build("autoregressive")
+    _, text = batch(obj, B=2)
+    out = obj.sample(model, text, 16, 2.0, gen(0))
+    assert not out.is_inference() and not torch.is_inference_mode_enabled()
+    out += 1  # an inference tensor would refuse this outside inference mode
+
+
 def test_autoregressive_prediction_is_causal():
     obj, model = build("autoregressive")
     x, text = batch(obj, B=1)
@@ -233,6 +242,63 @@ def test_sample_logits_matches_softmax_and_top_k():
     top2 = sample_logits(logits, gen(0), top_k=2)
     assert set(top2.unique().tolist()) == {1, 2}
     assert sample_logits(logits[:3], gen(0), temperature=0).tolist() == [2, 2, 2]
+
+
+def _textbook_gumbel_max(logits, generator, temperature):
+    """argmax(logits / T + G), G = −log(−log u) from torch.rand on the generator: the sampler's draw before it was
+    made faster, written out. A CPU run must keep drawing exactly these tokens for a given seed."""
+    u = torch.rand(logits.shape, generator=generator)
+    e = -torch.log(u.clamp_min(1e-20))
+    return (logits / temperature + -torch.log(e.clamp_min(1e-20))).argmax(-1)
+
+
+@pytest.mark.parametrize("temperature,top_k", [(1.0, 0), (0.7, 0), (1.3, 5)])
+def test_sample_logits_draws_the_textbook_gumbel_max_tokens_on_cpu(temperature, top_k):
+    logits = torch.randn(64, 3, 257, generator=gen(3)) * 3
+    logits[:, 0, :100] = 0.0  # exact ties in the logits: the noise alone decides, as before
+    ref_logits = logits
+    if top_k:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        ref_logits = logits.masked_fill(logits < kth, float("-inf"))
+    for seed in range(3):
+        g, ref_g = gen(seed), gen(seed)
+        drawn = sample_logits(logits, g, temperature, top_k)
+        assert torch.equal(drawn, _textbook_gumbel_max(ref_logits, ref_g, temperature))
+        assert torch.equal(torch.rand(4, generator=g), torch.rand(4, generator=ref_g))  # as many draws taken
+
+
+def test_gumbel_is_the_textbook_draw_on_cpu():
+    u = torch.rand(5, 300, generator=gen(8))
+    assert torch.equal(base.gumbel((5, 300), gen(8), "cpu"), -torch.log(-torch.log(u.clamp_min(1e-20))))
+
+
+def test_sampling_noise_uses_the_callers_generator_on_its_device_and_a_derived_one_elsewhere(monkeypatch):
+    g = gen(0)
+    assert base.sampling_generator(g, "cpu") is g  # a CPU run: today's stream, no extra draw
+    assert base.sampling_generator(g, torch.device("cpu")) is g
+    # derived: one int64 from the parent seeds it, so the same seed gives the same stream
+    a, b = gen(4), gen(4)
+    da, db = base.derived_generator(a, "cpu"), base.derived_generator(b, "cpu")
+    assert torch.equal(torch.rand(1000, generator=da), torch.rand(1000, generator=db))
+    twin = gen(4)
+    torch.randint(2**63 - 1, (), generator=twin)  # the parent moved on by exactly that one draw
+    assert torch.equal(torch.rand(8, generator=a), torch.rand(8, generator=twin))
+    d2 = base.derived_generator(a, "cpu")  # the next call, the next seed: fresh noise every step
+    assert not torch.equal(torch.rand(1000, generator=d2), torch.rand(1000, generator=gen(4)))
+    # another device than the generator's: the derived generator, made for that device
+    made = []
+    monkeypatch.setattr(base, "derived_generator", lambda parent, device: made.append((parent, device)) or parent)
+    base.sampling_generator(g, "cuda:0")
+    assert made == [(g, torch.device("cuda:0"))]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cpu_generator_drives_gpu_sampling_noise_drawn_on_the_gpu():
+    logits = torch.randn(64, 1024, generator=gen(0)).cuda()
+    a, b = sample_logits(logits, gen(1)), sample_logits(logits, gen(1))
+    assert a.is_cuda and torch.equal(a, b)
+    assert not torch.equal(a, sample_logits(logits, gen(2)))
+    assert base.gumbel((4, 8), gen(1), logits.device).is_cuda
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from synthscale.compute import flops as C
 from synthscale.config import ObjectiveConfig
 from synthscale.model.network import Network, attention_mask
 from synthscale.model.sizes import get_size
-from synthscale.objectives.base import Objective, cfg_copies, guide, text_encoder_flops
+from synthscale.objectives.base import Objective, cfg_copies, guide, inference, text_encoder_flops
 from synthscale.objectives.codes import TokenCodes, logits_width
 
 
@@ -44,11 +44,12 @@ class AutoregressiveNet(Network):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, ids, text_valid, prefix=None, cache=None, start: int = 0):
+    def forward(self, ids, text_valid, prefix=None, cache=None, start: int = 0, key_bias=None):
         """Hidden states [B, n, D] of image inputs ids [B, n] at image positions start … start + n − 1.
 
         With `prefix` [B, L, D] the caption is run too (training, the first decoding step, recomputation);
-        without it the keys of earlier positions come from `cache`."""
+        without it the keys of earlier positions come from `cache`. `key_bias` (decoding one position:
+        `decode_key_bias`) replaces the mask built here every step."""
         L = text_valid.shape[1]
         n = ids.shape[1]
         h = self.embed(ids) + self.pos.weight[start : start + n]  # [B, n, D]
@@ -63,8 +64,20 @@ class AutoregressiveNet(Network):
             if cache is None or cache.length != L + start:
                 raise ValueError(f"decoding image position {start} needs a KV cache holding {L + start} positions")
             seq = h
-            mask = attention_mask(text_valid, L + start + n, causal=True, q_start=L + start)
+            if key_bias is not None and n == 1:  # one query: its mask row is the key validity up to itself
+                mask = key_bias[..., : L + start + 1]
+            else:
+                mask = attention_mask(text_valid, L + start + n, causal=True, q_start=L + start)
         return self.backbone(seq, mask, cache=cache)[:, -n:]
+
+
+def decode_key_bias(text_valid: torch.Tensor, image_tokens: int) -> torch.Tensor:
+    """float [B, 1, 1, L + N]: 0 for the keys a decoding query may see, −inf for pad caption keys — the additive form
+    SDPA turns a bool mask into, built once per image instead of twice per layer and step (same attention bit for
+    bit). Decoding position j slices its first L + j + 1 keys: every earlier image key is real."""
+    keys = torch.cat([text_valid, text_valid.new_ones(text_valid.shape[0], image_tokens)], dim=1)  # [B, L + N]
+    bias = torch.zeros(keys.shape, device=keys.device).masked_fill_(~keys, float("-inf"))
+    return bias[:, None, None, :]
 
 
 def decode_step(model: AutoregressiveNet, cache, ids: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
@@ -108,7 +121,7 @@ class AutoregressiveObjective(Objective):
         logits = model.head(model(inputs, valid, prefix))  # [B, N, K]
         return model.codes.nll(logits.flatten(0, 1), tokens.flatten())
 
-    @torch.no_grad()
+    @inference
     def sample(
         self,
         model,
@@ -134,6 +147,7 @@ class AutoregressiveObjective(Objective):
         rows, L = prefix.shape[0], prefix.shape[1]  # B, or 2B with CFG
         ids = torch.full((rows, N + 1), model.bos_id, dtype=torch.long, device=dev)  # [BOS, x_0, …, x_{N-1}]
         cache = model.backbone.new_cache(L + N, static=static) if kv_cache else None
+        key_bias = decode_key_bias(valid, N) if kv_cache and not static else None
         if static:
             key_valid = torch.cat([valid, valid.new_ones(rows, N)], dim=1)  # [rows, L + N]
             step = compiled_decode_step(dev) if compiled else decode_step
@@ -145,7 +159,7 @@ class AutoregressiveObjective(Objective):
             elif static:
                 logits = step(model, cache, ids[:, j : j + 1].contiguous(), key_valid)
             else:
-                logits = model.head(model(ids[:, j : j + 1], valid, cache=cache, start=j)[:, -1])
+                logits = model.head(model(ids[:, j : j + 1], valid, cache=cache, start=j, key_bias=key_bias)[:, -1])
             logits = logits.float()  # [rows, V]
             logits = guide(logits, cfg_scale) if guided else logits
             nxt = model.codes.draw(logits, generator, self.cfg.temperature, self.cfg.top_k)  # [B]

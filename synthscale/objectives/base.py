@@ -5,6 +5,7 @@ docs/architecture.md for how to add an objective)."""
 from __future__ import annotations
 
 import abc
+import functools
 from typing import ClassVar, Literal
 
 import torch
@@ -196,6 +197,20 @@ def frozen_stand_in(model_cfg: ModelConfig, text: TextSpec) -> nn.Module | None:
     return nn.Identity() if text.frozen_width == width else nn.Linear(text.frozen_width, width)
 
 
+def inference(sample):
+    """Run a sampler under torch.inference_mode (no autograd bookkeeping on any tensor: next-token sampling at 2x64
+    ran 5–10 % faster on CPU than under no_grad, the same tokens) and hand back an ordinary tensor, so a caller may
+    still change it in place."""
+
+    @functools.wraps(sample)
+    def run(*args, **kwargs):
+        with torch.inference_mode():
+            out = sample(*args, **kwargs)
+        return out.clone()
+
+    return run
+
+
 def cfg_copies(cfg_scale: float) -> int:
     """Batched classifier-free guidance runs every caption twice (with and without it) unless s == 1."""
     return 1 if cfg_scale == 1 else 2
@@ -208,7 +223,9 @@ def guide(out: torch.Tensor, cfg_scale: float) -> torch.Tensor:
 
 
 # Random draws come from the caller's generator on its own device, then move to the model's device, so a CPU
-# generator drives a GPU model and the same seed gives the same draws everywhere.
+# generator drives a GPU model and the same seed gives the same draws everywhere. The large noise of sampling
+# (one Gumbel draw per logit) instead comes from `sampling_generator`: on a CPU run that is the caller's generator
+# itself (the same stream as these draws), on a GPU run a generator on the GPU (no CPU draw + host→device copy).
 def rand(shape, generator: torch.Generator, device) -> torch.Tensor:
     return torch.rand(shape, generator=generator, device=generator.device).to(device)
 
@@ -217,9 +234,31 @@ def randn(shape, generator: torch.Generator, device) -> torch.Tensor:
     return torch.randn(shape, generator=generator, device=generator.device).to(device)
 
 
+def sampling_generator(generator: torch.Generator, device) -> torch.Generator:
+    """The generator sampling noise for tensors on `device` is drawn from: `generator` itself when it lives there,
+    else `derived_generator` on `device`. Masked sampling at 256 tokens × 8192 codes draws 0.5 GB of uniforms a step:
+    on one CPU thread plus a host→device copy that ran at a tenth of the GPU's speed."""
+    device = torch.device(device)
+    return generator if generator.device == device else derived_generator(generator, device)
+
+
+def derived_generator(generator: torch.Generator, device) -> torch.Generator:
+    """A fresh generator on `device` seeded by one int64 drawn from `generator`: the same seed gives the same
+    stream, and each call moves `generator` on by exactly that one draw."""
+    seed = int(torch.randint(2**63 - 1, (), generator=generator, device=generator.device))
+    return torch.Generator(device).manual_seed(seed)
+
+
 def gumbel(shape, generator: torch.Generator, device) -> torch.Tensor:
-    e = -torch.log(rand(shape, generator, device).clamp_min(1e-20))  # Exp(1) draws, > 0
-    return -torch.log(e.clamp_min(1e-20))
+    """Gumbel(0, 1) draws −log(−log u) on `device`."""
+    return _log_exponential(shape, generator, device).neg_()
+
+
+def _log_exponential(shape, generator: torch.Generator, device) -> torch.Tensor:
+    """log E with E = −log u ~ Exp(1) (u uniform on [0, 1), clamped off 0): minus a Gumbel draw, in place on the
+    uniforms. E ≥ −log(1 − 2⁻²⁴) ≈ 6e-8 > 0, so E needs no clamp of its own."""
+    u = torch.rand(shape, generator=sampling_generator(generator, device), device=device)
+    return u.clamp_min_(1e-20).log_().neg_().log_()
 
 
 def sample_logits(
@@ -232,4 +271,9 @@ def sample_logits(
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if temperature == 0:
         return logits.argmax(-1)
-    return (logits / temperature + gumbel(logits.shape, generator, logits.device)).argmax(-1)
+    scaled = logits if temperature == 1 else logits / temperature  # x / 1 is x
+    noise = _log_exponential(logits.shape, generator, logits.device)
+    noise = noise.to(torch.promote_types(scaled.dtype, noise.dtype))  # float32 logits: a no-op
+    # x − log E is x + Gumbel bit for bit (IEEE subtraction adds the exact negation); max's indices, like argmax,
+    # are the first maximum's, at a third of argmax's time on CPU
+    return torch.sub(scaled, noise, out=noise).max(-1).indices
