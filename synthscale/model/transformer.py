@@ -82,7 +82,10 @@ class Attention(nn.Module):
         h = self.qkv(x).view(B, T, 3, self.heads, D // self.heads)
         # QK-norm before moving heads forward: rows of hd stay contiguous, so rms_norm takes its fused kernel
         # (sampling 4–9 % faster at 4x128 than normalising the permuted [B, H, T, hd] views)
-        q, k, v = _rms(self.q_norm, h[:, :, 0]), _rms(self.k_norm, h[:, :, 1]), h[:, :, 2]  # [B, T, H, hd]
+        # unbind, not three h[:, :, i]: its backward stacks the three gradients in one copy, where each select's
+        # backward zero-fills a whole [B, T, 3, H, hd] gradient and the three are summed
+        q, k, v = h.unbind(2)  # [B, T, H, hd]
+        q, k = _rms(self.q_norm, q), _rms(self.k_norm, k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, hd]
         if cache is not None:
             k, v = cache.update(layer, k, v)  # [B, H, T_cached + T, hd]
