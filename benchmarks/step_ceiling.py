@@ -3,9 +3,10 @@
 Two measurements of the trainer's whole step (loss, backward, clip, fused AdamW, EMA; `train_step.trainer_step`)
 at the default study's shapes (batch 32, 12 caption tokens, 16 and 64 image tokens):
 
-  A/B    the step as it was before commit <this change> (QKV split by three selects, whose backward zero-fills
-         the whole QKV gradient three times; the masked loss over gathered `logits[masked]`; autograd's
-         cross-entropy backward) against today's (`unbind`; `codes.token_cross_entropy` over all positions),
+  A/B    the step as it was before this branch (QKV split by three selects, whose backward zero-fills the whole
+         QKV gradient three times; QK-norm by ATen's composite rms_norm; the masked loss over gathered
+         `logits[masked]`; autograd's cross-entropy backward) against today's (`unbind`; the CPU rms-norm
+         backward of model/transformer.py; `codes.token_cross_entropy` over all positions),
          the two arms alternating step by step in one process, medians.
   ceiling  the step's Linear matmuls (every aten mm/addmm the profiler records in one step, same shapes,
          replayed alone on fresh contiguous tensors) and its attention kernels (SDPA forward + backward of the
@@ -38,10 +39,15 @@ def _attention_before(self, x, mask=None, cache=None, layer: int = 0):
     """transformer.Attention.forward before this change: q, k, v by three selects of the QKV output."""
     B, T, D = x.shape
     h = self.qkv(x).view(B, T, 3, self.heads, D // self.heads)
-    q, k, v = transformer._rms(self.q_norm, h[:, :, 0]), transformer._rms(self.k_norm, h[:, :, 1]), h[:, :, 2]
+    q, k, v = _rms_before(self.q_norm, h[:, :, 0]), _rms_before(self.k_norm, h[:, :, 1]), h[:, :, 2]
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return self.proj(y.transpose(1, 2).reshape(B, T, D))
+
+
+def _rms_before(norm, x):
+    """QK-norm before this change: ATen's rms_norm (on a CPU a composite autograd differentiates op by op)."""
+    return F.rms_norm(x, norm.normalized_shape, norm.weight.to(x.dtype), norm.eps)
 
 
 def _masked_loss_before(self, model, latents, text, generator, drop_captions=True):

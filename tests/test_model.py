@@ -146,3 +146,26 @@ def test_attention_splits_qkv_like_three_selects():
     for g, r in zip(torch.autograd.grad((out * w).sum(), params), torch.autograd.grad((ref * w).sum(), params)):
         assert torch.allclose(g, r, rtol=1e-5, atol=1e-7)
     assert torch.allclose(out, ref, rtol=1e-6, atol=1e-7)
+
+
+def test_cpu_rms_norm_backward_is_rms_norms():
+    """QK-norm's hand-written CPU backward gives F.rms_norm's output and gradients (input and weight), on the
+    strided q of a QKV view as the attention passes it."""
+    from synthscale.model.transformer import _rms
+
+    norm = torch.nn.RMSNorm(32)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    qkv = torch.randn(4, 9, 3, 2, 32, requires_grad=True)
+    g = torch.randn(4, 9, 2, 32)
+    out = _rms(norm, qkv.unbind(2)[0])
+    ref = torch.nn.functional.rms_norm(qkv.unbind(2)[0], (32,), norm.weight, None)
+    got = torch.autograd.grad((out * g).sum(), [qkv, norm.weight])
+    want = torch.autograd.grad((ref * g).sum(), [qkv, norm.weight])
+    assert torch.allclose(out, ref, rtol=1e-6, atol=1e-7)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # inference keeps ATen's kernel
+        assert torch.equal(
+            _rms(norm, qkv.unbind(2)[0]), torch.nn.functional.rms_norm(qkv.unbind(2)[0], (32,), norm.weight)
+        )

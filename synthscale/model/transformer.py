@@ -95,7 +95,33 @@ class Attention(nn.Module):
 
 def _rms(norm: nn.RMSNorm, x: torch.Tensor) -> torch.Tensor:
     # the weight in x's dtype: under bf16 autocast a float32 weight would force the slow unfused kernel
-    return F.rms_norm(x, norm.normalized_shape, norm.weight.to(x.dtype), norm.eps)
+    weight = norm.weight.to(x.dtype)
+    if x.device.type == "cpu" and x.dtype == torch.float32 and torch.is_grad_enabled():
+        eps = torch.finfo(x.dtype).eps if norm.eps is None else norm.eps  # F.rms_norm's default
+        return _RMSNormCPU.apply(x, weight, eps)
+    return F.rms_norm(x, norm.normalized_shape, weight, norm.eps)
+
+
+class _RMSNormCPU(torch.autograd.Function):
+    """F.rms_norm over the last dim with a hand-written backward, for float32 training on a CPU. There ATen's
+    rms_norm is a composite (pow, mean, rsqrt, mul) that autograd differentiates op by op: about twice the time of
+    this backward's few passes at the default study's QK-norm shapes (measured; benchmarks/step_ceiling.py)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps: float):
+        rstd = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)  # [..., 1], as F.rms_norm computes it
+        xhat = x * rstd
+        ctx.save_for_backward(xhat, rstd, weight)
+        return xhat * weight
+
+    @staticmethod
+    def backward(ctx, grad):
+        xhat, rstd, weight = ctx.saved_tensors
+        gw = grad * weight
+        # d/dx of x·rstd·w: rstd · (gw − x̂ · mean(gw · x̂))
+        dx = torch.addcmul(gw, xhat, (gw * xhat).mean(-1, keepdim=True), value=-1).mul_(rstd)
+        dweight = (grad * xhat).reshape(-1, xhat.shape[-1]).sum(0)
+        return dx, dweight, None
 
 
 class MLP(nn.Module):
