@@ -5,13 +5,15 @@ at the default study's shapes (batch 32, 12 caption tokens, 16 and 64 image toke
 
   A/B    the step as it was before this branch (QKV split by three selects, whose backward zero-fills the whole
          QKV gradient three times; QK-norm by ATen's composite rms_norm; the masked loss over gathered
-         `logits[masked]`; autograd's cross-entropy backward) against today's (`unbind`; the CPU rms-norm
-         backward of model/transformer.py; `codes.token_cross_entropy` over all positions),
-         the two arms alternating step by step in one process, medians.
+         `logits[masked]`; autograd's cross-entropy backward; torch's per-tensor clip loop on CPU; the EMA over
+         detached views) against today's (`unbind`; the CPU rms-norm backward of model/transformer.py;
+         `codes.token_cross_entropy` over all positions; the clip with foreach on CPU; the EMA lerping the
+         parameters themselves), the two arms alternating step by step in one process, medians.
   ceiling  the step's Linear matmuls (every aten mm/addmm the profiler records in one step, same shapes,
          replayed alone on fresh contiguous tensors) and its attention kernels (SDPA forward + backward of the
          same shapes and mask), against the whole step: matmul+attention time / step time is the most any
-         removal of the other (elementwise, norm, loss, optimizer, host) work could speed the step up by.
+         removal of the other (elementwise, norm, loss, optimizer, host) work could speed the step up by; the
+         matmuls' own GFLOP/s (their 2·m·k·n over their time alone) against a square float32 matmul's peak.
 
 Usage: python benchmarks/step_ceiling.py [--threads 1] [--repeats 15] [--sizes 2x64 1x64]
        [--objectives flow masked autoregressive]
@@ -20,19 +22,22 @@ Usage: python benchmarks/step_ceiling.py [--threads 1] [--repeats 15] [--sizes 2
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
+import train_step
 from common import print_table, write_json
 from torch.profiler import ProfilerActivity, profile
-from train_step import STUDY_TEXT, heap_kept, study_case, trainer_step
+from train_step import STUDY_TEXT, heap_kept, matmul_peak, study_case, trainer_step
 
 from synthscale.config import ObjectiveConfig
 from synthscale.model import transformer
 from synthscale.objectives import codes, masked
+from synthscale.train.ema import EMA
 
 
 def _attention_before(self, x, mask=None, cache=None, layer: int = 0):
@@ -70,17 +75,44 @@ def _cross_entropy_before(logits, ids, scored=None):
     return F.cross_entropy(logits, ids)
 
 
+def _clip_before(params, max_norm):
+    """train.loop._clip before this change: torch's default (a per-tensor loop on CPU)."""
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf")))
+
+
+@torch.no_grad()
+def _ema_update_before(self, model):
+    """EMA.update before this change: a detached float copy-view of every parameter."""
+    weight = 1.0 - self.decay_at(self.updates)
+    named = dict(model.named_parameters())
+    current = [named[n].detach().float() for n in self._names]
+    torch._foreach_lerp_([self.params[n] for n in self._names], current, weight)
+    for n, b in model.named_buffers():
+        if n in self.buffers:
+            self.buffers[n].copy_(b)
+    self.updates += 1
+
+
+PATCHES = [
+    (transformer.Attention, "forward", _attention_before),
+    (masked.MaskedObjective, "loss", _masked_loss_before),
+    (codes, "token_cross_entropy", _cross_entropy_before),
+    (train_step, "_clip", _clip_before),  # the name trainer_step calls
+    (EMA, "update", _ema_update_before),
+]
+
+
 @contextmanager
 def before():
     """The step's code as it was, patched in for the duration."""
-    saved = transformer.Attention.forward, masked.MaskedObjective.loss, codes.token_cross_entropy
-    transformer.Attention.forward = _attention_before
-    masked.MaskedObjective.loss = _masked_loss_before
-    codes.token_cross_entropy = _cross_entropy_before
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in PATCHES]
+    for owner, name, old in PATCHES:
+        setattr(owner, name, old)
     try:
         yield
     finally:
-        transformer.Attention.forward, masked.MaskedObjective.loss, codes.token_cross_entropy = saved
+        for owner, name, now in saved:
+            setattr(owner, name, now)
 
 
 def _median(fn, repeats: int) -> float:
@@ -143,6 +175,7 @@ def rows_for(args) -> list[dict]:
                 now = trainer_step(obj, model_cfg, spec, x, text, "cpu", False)
                 old = trainer_step(obj, model_cfg, spec, x, text, "cpu", False)
                 mms, sdpa = step_kernels(now)
+                mm_flops = sum(2 * math.prod(shapes[-2]) * shapes[-1][-1] for _, shapes in mms)  # 2·m·k·n each
                 mm_only = kernels_alone(mms, [])[0]
                 kernels = kernels_alone(mms, sdpa)[0]
                 arms = {"before": old, "now": now, "matmuls": mm_only, "matmuls_attention": kernels}
@@ -170,6 +203,7 @@ def rows_for(args) -> list[dict]:
                         "matmuls_ms": 1e3 * t["matmuls"],
                         "attention_ms": 1e3 * (t["matmuls_attention"] - t["matmuls"]),
                         "n_matmuls": len(mms),
+                        "matmul_GFLOPs": mm_flops / t["matmuls"] / 1e9,
                         "matmul_share": t["matmuls"] / t["now"],
                         "matmul_attention_share": t["matmuls_attention"] / t["now"],
                         "max_speedup_left": t["now"] / t["matmuls_attention"],
@@ -191,13 +225,21 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     heap_kept(True)  # as the trainer sets glibc's malloc on CPU
+    peak = matmul_peak(torch.float32, "cpu", args.repeats)[0]
     rows = rows_for(args)
+    peak = max(peak, matmul_peak(torch.float32, "cpu", args.repeats)[0])  # the better of two: a shared machine
+    for r in rows:
+        r["now_of_peak"] = r["now_GFLOPs"] * 1e9 / peak
+        r["matmuls_of_peak"] = r["matmul_GFLOPs"] * 1e9 / peak
+    print(f"float32 matmul peak (square, best of 512/1024/2048): {peak / 1e9:.1f} GFLOP/s")
     print_table(
         rows,
         f"The trainer's step before vs after this change (alternating, medians of {args.repeats}), and its "
         f"matmuls / attention kernels alone; {args.threads} thread(s)",
     )
-    write_json("step_ceiling_cpu", {"rows": rows, "threads": args.threads, "batch": args.batch})
+    write_json(
+        "step_ceiling_cpu", {"rows": rows, "peak_fp32_flops": peak, "threads": args.threads, "batch": args.batch}
+    )
 
 
 if __name__ == "__main__":
