@@ -202,6 +202,8 @@ def rows_for(args) -> list[dict]:
                         "speedup": t["before"] / t["now"],
                         # the fastest step of each arm: on a shared machine the least disturbed one
                         "speedup_of_fastest": min(times["before"]) / min(times["now"]),
+                        # the median of each round's before/now: a load that drifts over the run cancels
+                        "speedup_paired": statistics.median(b / n for b, n in zip(times["before"], times["now"])),
                         "matmuls_ms": 1e3 * t["matmuls"],
                         "attention_ms": 1e3 * (t["matmuls_attention"] - t["matmuls"]),
                         "n_matmuls": len(mms),
