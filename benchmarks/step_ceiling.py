@@ -16,7 +16,8 @@ at the default study's shapes (batch 32, 12 caption tokens, 16 and 64 image toke
          matmuls' own GFLOP/s (their 2·m·k·n over their time alone) against a square float32 matmul's peak.
 
 Usage: python benchmarks/step_ceiling.py [--threads 1] [--repeats 15] [--sizes 2x64 1x64]
-       [--objectives flow masked autoregressive]
+       [--objectives flow masked autoregressive] [--revert unbind rms_norm token_loss clip ema]
+(--revert: the before arm undoes only the named changes, to see what each one gained.)
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def _attention_before(self, x, mask=None, cache=None, layer: int = 0):
     """transformer.Attention.forward before this change: q, k, v by three selects of the QKV output."""
     B, T, D = x.shape
     h = self.qkv(x).view(B, T, 3, self.heads, D // self.heads)
-    q, k, v = _rms_before(self.q_norm, h[:, :, 0]), _rms_before(self.k_norm, h[:, :, 1]), h[:, :, 2]
+    q, k, v = transformer._rms(self.q_norm, h[:, :, 0]), transformer._rms(self.k_norm, h[:, :, 1]), h[:, :, 2]
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return self.proj(y.transpose(1, 2).reshape(B, T, D))
@@ -93,20 +94,25 @@ def _ema_update_before(self, model):
     self.updates += 1
 
 
-PATCHES = [
-    (transformer.Attention, "forward", _attention_before),
-    (masked.MaskedObjective, "loss", _masked_loss_before),
-    (codes, "token_cross_entropy", _cross_entropy_before),
-    (train_step, "_clip", _clip_before),  # the name trainer_step calls
-    (EMA, "update", _ema_update_before),
-]
+PATCHES = {  # change → what it replaced
+    "unbind": [(transformer.Attention, "forward", _attention_before)],
+    "rms_norm": [(transformer, "_rms", _rms_before)],
+    "token_loss": [
+        (masked.MaskedObjective, "loss", _masked_loss_before),
+        (codes, "token_cross_entropy", _cross_entropy_before),
+    ],
+    "clip": [(train_step, "_clip", _clip_before)],  # the name trainer_step calls
+    "ema": [(EMA, "update", _ema_update_before)],
+}
+REVERTED = list(PATCHES)  # --revert: the changes the "before" arm undoes
 
 
 @contextmanager
 def before():
-    """The step's code as it was, patched in for the duration."""
-    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in PATCHES]
-    for owner, name, old in PATCHES:
+    """The step's code as it was (the REVERTED changes undone), patched in for the duration."""
+    patches = [patch for change in REVERTED for patch in PATCHES[change]]
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    for owner, name, old in patches:
         setattr(owner, name, old)
     try:
         yield
@@ -165,6 +171,18 @@ def kernels_alone(mms, sdpa):
     return run, len(ops)
 
 
+def alternate(arms: dict, repeats: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Wall times of each arm over `repeats` rounds after `warmup`, the arms' order reversed every round."""
+    times: dict[str, list[float]] = {k: [] for k in arms}
+    for i in range(warmup + repeats):
+        for key in list(arms) if i % 2 == 0 else list(arms)[::-1]:
+            start = time.perf_counter()
+            arms[key]()
+            if i >= warmup:
+                times[key].append(time.perf_counter() - start)
+    return times
+
+
 def rows_for(args) -> list[dict]:
     rows = []
     for size in args.sizes:
@@ -178,18 +196,15 @@ def rows_for(args) -> list[dict]:
                 mm_flops = sum(2 * math.prod(shapes[-2]) * shapes[-1][-1] for _, shapes in mms)  # 2·m·k·n each
                 mm_only = kernels_alone(mms, [])[0]
                 kernels = kernels_alone(mms, sdpa)[0]
-                arms = {"before": old, "now": now, "matmuls": mm_only, "matmuls_attention": kernels}
-                times: dict[str, list[float]] = {k: [] for k in arms}
-                for i in range(2 + args.repeats):  # 2 warm-up rounds, then alternating arms
-                    for key, fn in arms.items():
-                        start = time.perf_counter()
-                        if key == "before":
-                            with before():
-                                fn()
-                        else:
-                            fn()
-                        if i >= 2:
-                            times[key].append(time.perf_counter() - start)
+
+                def old_step():
+                    with before():
+                        old()
+
+                # two phases, each alternating its arms and reversing their order every round (an arm that
+                # always ran after another would inherit its cache and heap state)
+                times = alternate({"before": old_step, "now": now}, args.repeats)
+                times |= alternate({"step": now, "matmuls": mm_only, "matmuls_attention": kernels}, args.repeats)
                 t = {k: statistics.median(v) for k, v in times.items()}
                 rows.append(
                     {
@@ -204,13 +219,14 @@ def rows_for(args) -> list[dict]:
                         "speedup_of_fastest": min(times["before"]) / min(times["now"]),
                         # the median of each round's before/now: a load that drifts over the run cancels
                         "speedup_paired": statistics.median(b / n for b, n in zip(times["before"], times["now"])),
+                        "step_ms": 1e3 * t["step"],  # the ceiling phase's own step time
                         "matmuls_ms": 1e3 * t["matmuls"],
                         "attention_ms": 1e3 * (t["matmuls_attention"] - t["matmuls"]),
                         "n_matmuls": len(mms),
                         "matmul_GFLOPs": mm_flops / t["matmuls"] / 1e9,
-                        "matmul_share": t["matmuls"] / t["now"],
-                        "matmul_attention_share": t["matmuls_attention"] / t["now"],
-                        "max_speedup_left": t["now"] / t["matmuls_attention"],
+                        "matmul_share": t["matmuls"] / t["step"],
+                        "matmul_attention_share": t["matmuls_attention"] / t["step"],
+                        "max_speedup_left": t["step"] / t["matmuls_attention"],
                         "now_GFLOPs": flops / t["now"] / 1e9,
                     }
                 )
@@ -226,7 +242,9 @@ def main() -> None:
     names = ObjectiveConfig.names()
     ap.add_argument("--objectives", nargs="+", default=names, choices=names)
     ap.add_argument("--sizes", nargs="+", default=["2x64", "1x64"])
+    ap.add_argument("--revert", nargs="*", default=list(PATCHES), choices=list(PATCHES), help="undo only these")
     args = ap.parse_args()
+    REVERTED[:] = args.revert
     torch.set_num_threads(args.threads)
     heap_kept(True)  # as the trainer sets glibc's malloc on CPU
     peak = matmul_peak(torch.float32, "cpu", args.repeats)[0]
@@ -242,7 +260,8 @@ def main() -> None:
         f"matmuls / attention kernels alone; {args.threads} thread(s)",
     )
     write_json(
-        "step_ceiling_cpu", {"rows": rows, "peak_fp32_flops": peak, "threads": args.threads, "batch": args.batch}
+        "step_ceiling_cpu",
+        {"rows": rows, "peak_fp32_flops": peak, "threads": args.threads, "batch": args.batch, "reverted": REVERTED},
     )
 
 
