@@ -5,10 +5,9 @@ at the default study's shapes (batch 32, 12 caption tokens, 16 and 64 image toke
 
   A/B    the step as it was before this branch (QKV split by three selects, whose backward zero-fills the whole
          QKV gradient three times; QK-norm by ATen's composite rms_norm; the masked loss over gathered
-         `logits[masked]`; autograd's cross-entropy backward; torch's per-tensor clip loop on CPU; the EMA over
-         detached views) against today's (`unbind`; the CPU rms-norm backward of model/transformer.py;
-         `codes.token_cross_entropy` over all positions; the clip with foreach on CPU; the EMA lerping the
-         parameters themselves), the two arms alternating step by step in one process, medians.
+         `logits[masked]`; autograd's cross-entropy backward) against today's (`unbind`; the CPU rms-norm
+         backward of model/transformer.py; `codes.token_cross_entropy` over all positions), the two arms
+         alternating step by step in one process, medians.
   ceiling  the step's Linear matmuls (every aten mm/addmm the profiler records in one step, same shapes,
          replayed alone on fresh contiguous tensors) and its attention kernels (SDPA forward + backward of the
          same shapes and mask), against the whole step: matmul+attention time / step time is the most any
@@ -16,7 +15,7 @@ at the default study's shapes (batch 32, 12 caption tokens, 16 and 64 image toke
          matmuls' own GFLOP/s (their 2·m·k·n over their time alone) against a square float32 matmul's peak.
 
 Usage: python benchmarks/step_ceiling.py [--threads 1] [--repeats 15] [--sizes 2x64 1x64]
-       [--objectives flow masked autoregressive] [--revert unbind rms_norm token_loss clip ema]
+       [--objectives flow masked autoregressive] [--revert unbind rms_norm token_loss]
 (--revert: the before arm undoes only the named changes, to see what each one gained.)
 """
 
@@ -30,7 +29,6 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
-import train_step
 from common import print_table, write_json
 from torch.profiler import ProfilerActivity, profile
 from train_step import STUDY_TEXT, heap_kept, matmul_peak, study_case, trainer_step
@@ -38,7 +36,6 @@ from train_step import STUDY_TEXT, heap_kept, matmul_peak, study_case, trainer_s
 from synthscale.config import ObjectiveConfig
 from synthscale.model import transformer
 from synthscale.objectives import codes, masked
-from synthscale.train.ema import EMA
 
 
 def _attention_before(self, x, mask=None, cache=None, layer: int = 0):
@@ -76,24 +73,6 @@ def _cross_entropy_before(logits, ids, scored=None):
     return F.cross_entropy(logits, ids)
 
 
-def _clip_before(params, max_norm):
-    """train.loop._clip before this change: torch's default (a per-tensor loop on CPU)."""
-    return float(torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf")))
-
-
-@torch.no_grad()
-def _ema_update_before(self, model):
-    """EMA.update before this change: a detached float copy-view of every parameter."""
-    weight = 1.0 - self.decay_at(self.updates)
-    named = dict(model.named_parameters())
-    current = [named[n].detach().float() for n in self._names]
-    torch._foreach_lerp_([self.params[n] for n in self._names], current, weight)
-    for n, b in model.named_buffers():
-        if n in self.buffers:
-            self.buffers[n].copy_(b)
-    self.updates += 1
-
-
 PATCHES = {  # change → what it replaced
     "unbind": [(transformer.Attention, "forward", _attention_before)],
     "rms_norm": [(transformer, "_rms", _rms_before)],
@@ -101,8 +80,6 @@ PATCHES = {  # change → what it replaced
         (masked.MaskedObjective, "loss", _masked_loss_before),
         (codes, "token_cross_entropy", _cross_entropy_before),
     ],
-    "clip": [(train_step, "_clip", _clip_before)],  # the name trainer_step calls
-    "ema": [(EMA, "update", _ema_update_before)],
 }
 REVERTED = list(PATCHES)  # --revert: the changes the "before" arm undoes
 

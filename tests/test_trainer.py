@@ -430,22 +430,3 @@ def test_disk_full_mid_run_keeps_earlier_checkpoints_and_resumes_exactly(tmp_pat
     assert same_tensors(final_tensors(run), final_tensors(tmp_path / "whole")) and losses(run) == losses(
         tmp_path / "whole"
     )
-
-
-@pytest.mark.parametrize("max_norm", [0.5, 0.0])
-def test_clip_on_cpu_matches_torchs_per_tensor_clip(max_norm):
-    """The trainer's clip (foreach on CPU) returns torch's default norm and scales the gradients alike; 0 only
-    measures."""
-    from synthscale.train.loop import _clip
-
-    g = torch.Generator().manual_seed(0)
-    ours = [torch.nn.Parameter(torch.zeros(s)) for s in ((64, 3), (7,), (5, 5, 2))]
-    ref = [torch.nn.Parameter(torch.zeros(s)) for s in ((64, 3), (7,), (5, 5, 2))]
-    for a, b in zip(ours, ref):
-        a.grad = torch.randn(a.shape, generator=g)
-        b.grad = a.grad.clone()
-    norm = _clip(ours, max_norm)
-    want = torch.nn.utils.clip_grad_norm_(ref, max_norm or float("inf"), foreach=False)
-    assert norm == float(want) and norm > 1
-    for a, b in zip(ours, ref):
-        assert torch.equal(a.grad, b.grad)

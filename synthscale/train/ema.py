@@ -34,9 +34,7 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         weight = 1.0 - self.decay_at(self.updates)
         named = dict(model.named_parameters())
-        # no_grad: the parameters themselves, no detached views (a float32 one's .float() is itself): on a small
-        # model this host work is a noticeable part of the update
-        current = [p if p.dtype == torch.float32 else p.float() for p in (named[n] for n in self._names)]
+        current = [named[n].detach().float() for n in self._names]
         torch._foreach_lerp_([self.params[n] for n in self._names], current, weight)
         for n, b in model.named_buffers():
             if n in self.buffers:

@@ -608,10 +608,7 @@ class _Session:
 
 def _clip(params: list[torch.Tensor], max_norm: float) -> float:
     """Clip the global gradient norm (0: only measure it); returns the norm before clipping."""
-    # foreach on plain CPU tensors too: torch picks it only for GPUs, and the per-tensor loop costs more host time
-    # than the norms themselves on a small model (same norms, same scaling)
-    cpu = bool(params) and params[0].device.type == "cpu" and not any(hasattr(p, "full_tensor") for p in params)
-    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"), foreach=cpu or None)
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
     if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor
         norm = norm.full_tensor()
     return float(norm)
