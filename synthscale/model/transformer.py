@@ -104,8 +104,8 @@ def _rms(norm: nn.RMSNorm, x: torch.Tensor) -> torch.Tensor:
 
 class _RMSNormCPU(torch.autograd.Function):
     """F.rms_norm over the last dim with a hand-written backward, for float32 training on a CPU. There ATen's
-    rms_norm is a composite (pow, mean, rsqrt, mul) that autograd differentiates op by op: about twice the time of
-    this backward's few passes at the default study's QK-norm shapes (measured; benchmarks/step_ceiling.py)."""
+    rms_norm is a composite (pow, mean, rsqrt, mul) that autograd differentiates op by op; these few passes made a
+    2x64 step 1.5–2.7 % faster (`benchmarks/step_ceiling.py --revert rms_norm`, docs/results/train-step-small.md)."""
 
     @staticmethod
     def forward(ctx, x, weight, eps: float):
