@@ -44,6 +44,14 @@ def test_sampling_benchmark(tmp_path, monkeypatch):
     assert isinstance(result["goal_met"], bool)
 
 
+def test_step_ceiling_benchmark_times_before_now_and_the_kernels_alone(tmp_path, monkeypatch):
+    argv = ["--sizes", "1x64", "--objectives", "masked", "--batch", "2", "--repeats", "1"]
+    result = run_benchmark("step_ceiling.py", argv, tmp_path, monkeypatch)
+    assert [r["img_tokens"] for r in result["rows"]] == [16, 64]
+    for r in result["rows"]:
+        assert r["n_matmuls"] > 0 and all(r[k] > 0 for k in ("before_ms", "now_ms", "matmuls_ms", "speedup"))
+
+
 @pytest.mark.slow
 def test_train_step_study_benchmark_compares_eager_and_the_trainers_path(tmp_path, monkeypatch):
     argv = ["--study", "--sizes", "1x64", "--objectives", "flow", "--batch", "2", "--repeats", "1"]

@@ -119,3 +119,53 @@ def test_network_takes_a_caption_encoder_of_the_same_call():
     assert model.text_encoder is own and len(own.transformer.blocks) == 1
     tokens = torch.tensor([[3, 4, 0, 0]])
     torch.testing.assert_close(model.encode_text(tokens)[0], own(tokens)[0])
+
+
+def test_attention_splits_qkv_like_three_selects():
+    """q, k, v by unbind (one stacked gradient) compute what the three selects of the QKV output did."""
+    import torch.nn.functional as F
+
+    from synthscale.model.transformer import Attention, _rms
+
+    torch.manual_seed(0)
+    attn = Attention(64, 2)
+    x = torch.randn(3, 7, 64, requires_grad=True)
+    mask = torch.rand(3, 1, 7, 7, generator=torch.Generator().manual_seed(1)) < 0.8
+    mask[..., 0] = True  # every query sees a key
+
+    def selects(x):
+        B, T, D = x.shape
+        h = attn.qkv(x).view(B, T, 3, 2, D // 2)
+        q, k, v = _rms(attn.q_norm, h[:, :, 0]), _rms(attn.k_norm, h[:, :, 1]), h[:, :, 2]
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+        return attn.proj(y.transpose(1, 2).reshape(B, T, D))
+
+    params = [x, *attn.parameters()]
+    out, ref = attn(x, mask), selects(x)
+    w = torch.randn_like(out)
+    for g, r in zip(torch.autograd.grad((out * w).sum(), params), torch.autograd.grad((ref * w).sum(), params)):
+        assert torch.allclose(g, r, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(out, ref, rtol=1e-6, atol=1e-7)
+
+
+def test_cpu_rms_norm_backward_is_rms_norms():
+    """QK-norm's hand-written CPU backward gives F.rms_norm's output and gradients (input and weight), on the
+    strided q of a QKV view as the attention passes it."""
+    from synthscale.model.transformer import _rms
+
+    norm = torch.nn.RMSNorm(32)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    qkv = torch.randn(4, 9, 3, 2, 32, requires_grad=True)
+    g = torch.randn(4, 9, 2, 32)
+    out = _rms(norm, qkv.unbind(2)[0])
+    ref = torch.nn.functional.rms_norm(qkv.unbind(2)[0], (32,), norm.weight, None)
+    got = torch.autograd.grad((out * g).sum(), [qkv, norm.weight])
+    want = torch.autograd.grad((ref * g).sum(), [qkv, norm.weight])
+    assert torch.allclose(out, ref, rtol=1e-6, atol=1e-7)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # inference keeps ATen's kernel
+        assert torch.equal(
+            _rms(norm, qkv.unbind(2)[0]), torch.nn.functional.rms_norm(qkv.unbind(2)[0], (32,), norm.weight)
+        )

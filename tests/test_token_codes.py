@@ -128,3 +128,60 @@ def test_factorised_head_has_sum_of_levels_outputs():
             ModelConfig(size="2x64"), SPEC, TextSpec(30, 6)
         )
         assert model.head.out_features == sum(LEVELS) and model.embed.table.num_embeddings == sum(LEVELS) + 1
+
+
+@pytest.mark.parametrize("scored_rows", [False, True])
+def test_token_cross_entropy_is_cross_entropy_with_its_gradient(scored_rows):
+    """The hand-written backward (softmax − one-hot, weighted) against autograd's, on the gathered rows."""
+    from synthscale.objectives.codes import token_cross_entropy
+
+    logits = (torch.randn(300, 1000, generator=gen(0)) * 3).requires_grad_()
+    ids = torch.randint(0, 1000, (300,), generator=gen(1))
+    scored = torch.rand(300, generator=gen(2)) < 0.6 if scored_rows else None
+    rows = scored if scored_rows else slice(None)
+    ref_logits = logits.detach().clone().requires_grad_()
+    ref = F.cross_entropy(ref_logits[rows], ids[rows])
+    (ref * 1.7).backward()
+    got = token_cross_entropy(logits, ids, scored)
+    (got * 1.7).backward()
+    assert torch.allclose(got, ref, rtol=1e-6, atol=0)
+    assert torch.allclose(logits.grad, ref_logits.grad, rtol=1e-5, atol=1e-9)
+    if scored_rows:
+        assert logits.grad[~scored].abs().max() == 0  # unscored rows get no gradient
+    with torch.no_grad():  # evaluation takes F.cross_entropy itself
+        assert torch.allclose(token_cross_entropy(logits, ids, scored), ref, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("factorised", [False, True])
+def test_masked_loss_is_the_nll_of_the_masked_tokens_with_its_gradient(factorised):
+    """The masked objective scores every position with the unmasked ones weighted 0: the same loss and
+    gradients as the NLL of the gathered masked logits (its formula before)."""
+    spec = LatentSpec("discrete", 3, 4, 4, vocab_size=24, levels=LEVELS)
+    text = TextSpec(vocab_size=16, max_length=6)
+    obj = get_objective(ObjectiveConfig.of("masked", factorised=factorised))
+    torch.manual_seed(0)
+    model = obj.build_model(ModelConfig(size="1x64"), spec, text)
+    for p in model.parameters():  # the head starts at zero: give the loss real logits
+        torch.nn.init.normal_(p, std=0.3) if p.dim() > 1 else None
+    latents = torch.randint(0, 24, (5, 4, 4), generator=gen(3))
+    captions = torch.randint(3, 16, (5, 6), generator=gen(4))
+    seen = {}
+    forward = model.forward
+
+    def capture(ids, prefix, valid):
+        seen["ids"], seen["logits"] = ids, forward(ids, prefix, valid)
+        return seen["logits"]
+
+    model.forward = capture
+    loss = obj.loss(model, latents, captions, gen(5))
+    hidden = seen["ids"] == model.mask_id
+    assert 0 < hidden.sum() < hidden.numel()
+    ref = model.codes.nll(seen["logits"][hidden], latents.reshape(5, -1)[hidden])
+    params = [p for p in model.parameters() if p.requires_grad]
+    got_grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    ref_grads = torch.autograd.grad(ref, params, allow_unused=True)
+    assert torch.allclose(loss, ref, rtol=1e-6, atol=0)
+    for g, r in zip(got_grads, ref_grads):
+        assert (g is None) == (r is None)
+        if g is not None:
+            assert torch.allclose(g, r, rtol=1e-4, atol=1e-7)

@@ -82,7 +82,10 @@ class Attention(nn.Module):
         h = self.qkv(x).view(B, T, 3, self.heads, D // self.heads)
         # QK-norm before moving heads forward: rows of hd stay contiguous, so rms_norm takes its fused kernel
         # (sampling 4–9 % faster at 4x128 than normalising the permuted [B, H, T, hd] views)
-        q, k, v = _rms(self.q_norm, h[:, :, 0]), _rms(self.k_norm, h[:, :, 1]), h[:, :, 2]  # [B, T, H, hd]
+        # unbind, not three h[:, :, i]: its backward stacks the three gradients in one copy, where each select's
+        # backward zero-fills a whole [B, T, 3, H, hd] gradient and the three are summed
+        q, k, v = h.unbind(2)  # [B, T, H, hd]
+        q, k = _rms(self.q_norm, q), _rms(self.k_norm, k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, hd]
         if cache is not None:
             k, v = cache.update(layer, k, v)  # [B, H, T_cached + T, hd]
@@ -92,7 +95,33 @@ class Attention(nn.Module):
 
 def _rms(norm: nn.RMSNorm, x: torch.Tensor) -> torch.Tensor:
     # the weight in x's dtype: under bf16 autocast a float32 weight would force the slow unfused kernel
-    return F.rms_norm(x, norm.normalized_shape, norm.weight.to(x.dtype), norm.eps)
+    weight = norm.weight.to(x.dtype)
+    if x.device.type == "cpu" and x.dtype == torch.float32 and torch.is_grad_enabled():
+        eps = torch.finfo(x.dtype).eps if norm.eps is None else norm.eps  # F.rms_norm's default
+        return _RMSNormCPU.apply(x, weight, eps)
+    return F.rms_norm(x, norm.normalized_shape, weight, norm.eps)
+
+
+class _RMSNormCPU(torch.autograd.Function):
+    """F.rms_norm over the last dim with a hand-written backward, for float32 training on a CPU. There ATen's
+    rms_norm is a composite (pow, mean, rsqrt, mul) that autograd differentiates op by op; these few passes made a
+    2x64 step 1.5–2.7 % faster (`benchmarks/step_ceiling.py --revert rms_norm`, docs/results/train-step-small.md)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps: float):
+        rstd = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)  # [..., 1], as F.rms_norm computes it
+        xhat = x * rstd
+        ctx.save_for_backward(xhat, rstd, weight)
+        return xhat * weight
+
+    @staticmethod
+    def backward(ctx, grad):
+        xhat, rstd, weight = ctx.saved_tensors
+        gw = grad * weight
+        # d/dx of x·rstd·w: rstd · (gw − x̂ · mean(gw · x̂))
+        dx = torch.addcmul(gw, xhat, (gw * xhat).mean(-1, keepdim=True), value=-1).mul_(rstd)
+        dweight = (grad * xhat).reshape(-1, xhat.shape[-1]).sum(0)
+        return dx, dweight, None
 
 
 class MLP(nn.Module):

@@ -111,11 +111,14 @@ class TokenCodes(nn.Module):
     def digits(self, ids: torch.Tensor) -> torch.Tensor:
         return (ids[..., None] // self.basis) % self.radix  # [..., d]
 
-    def nll(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """Mean negative log-likelihood (nats per code) of ids [M] under logits [M, K]."""
+    def nll(self, logits: torch.Tensor, ids: torch.Tensor, scored: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean negative log-likelihood (nats per code) of ids [M] under logits [M, K]; with `scored` bool [M],
+        the mean over the scored rows only (what `nll(logits[scored], ids[scored])` computes)."""
         logits = logits.float()
         if self.levels is None:
-            return F.cross_entropy(logits, ids)
+            return token_cross_entropy(logits, ids, scored)
+        if scored is not None:
+            return self.nll(logits[scored], ids[scored])
         per = self.per_channel(logits)  # [M, d, max L]
         ce = F.cross_entropy(per.flatten(0, 1), self.digits(ids).flatten(), reduction="none")  # [M·d]
         return ce.view(per.shape[:2]).sum(-1).mean()
@@ -133,3 +136,44 @@ class TokenCodes(nn.Module):
             return logits.log_softmax(-1).gather(-1, ids[..., None])[..., 0]
         logp = self.per_channel(logits).log_softmax(-1)  # [..., d, max L]
         return logp.gather(-1, self.digits(ids)[..., None])[..., 0].sum(-1)
+
+
+class _TokenCrossEntropy(torch.autograd.Function):
+    """F.cross_entropy's mean over the scored rows, with a backward that writes the logits' gradient
+    (softmax − one-hot) · weight in one fresh tensor. On a CPU autograd's own backward (nll_loss's, and an
+    index's when the rows were gathered first) zero-fills a [M, V] gradient and scatters into it: at the default
+    study's shapes (64→1024 head, batch 32) that zero-fill and gather cost about as much as the log-softmax."""
+
+    @staticmethod
+    def forward(ctx, logits, ids, scored):
+        logp = torch.log_softmax(logits, -1)  # [M, V]
+        picked = logp.gather(1, ids[:, None])[:, 0]  # [M]
+        if scored is None:
+            weight, count = None, ids.numel()
+            total = picked.sum()
+        else:
+            weight = scored.to(logp.dtype)
+            count = weight.sum()
+            total = (picked * weight).sum()
+        ctx.save_for_backward(logp, ids, weight)
+        ctx.count = count
+        return -total / count
+
+    @staticmethod
+    def backward(ctx, grad):
+        logp, ids, weight = ctx.saved_tensors
+        out = logp.exp()  # softmax [M, V]
+        out.scatter_add_(1, ids[:, None], out.new_full((ids.numel(), 1), -1.0))  # − one-hot
+        scale = grad / ctx.count
+        out.mul_(scale if weight is None else (weight * scale)[:, None])
+        return out, None, None
+
+
+def token_cross_entropy(logits: torch.Tensor, ids: torch.Tensor, scored: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy (nats) of ids [M] under logits [M, V]; with `scored` bool [M], over those rows only
+    (F.cross_entropy's value up to rounding; unscored rows get a zero gradient)."""
+    if logits.device.type == "cpu" and torch.is_grad_enabled() and logits.requires_grad:
+        return _TokenCrossEntropy.apply(logits, ids, scored)
+    if scored is None:  # no gradient, or a GPU: its fused kernels
+        return F.cross_entropy(logits, ids)
+    return F.cross_entropy(logits, ids.masked_fill(~scored, -100))  # ignore_index: the mean over scored rows

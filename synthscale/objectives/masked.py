@@ -78,7 +78,9 @@ class MaskedObjective(Objective):
         drop = self.caption_drop(B, generator, drop_captions, dev)
         prefix, valid = model.encode_text(text, drop)
         logits = model(tokens.masked_fill(masked, model.mask_id), prefix, valid)
-        return model.codes.nll(logits[masked], tokens[masked])  # mean over masked tokens
+        # the mean over masked tokens, scored in place: gathering logits[masked] costs a gather and a zero-filled
+        # scatter of the whole logits' gradient in backward
+        return model.codes.nll(logits.flatten(0, 1), tokens.flatten(), masked.flatten())
 
     @torch.no_grad()
     def sample(self, model, text, steps, cfg_scale, generator):
