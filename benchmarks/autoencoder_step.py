@@ -1,0 +1,202 @@
+"""One optimizer step of the default study's two autoencoders (kl-f4c4, fsq-f4), before and after the trainer's
+speed-ups, with the losses each way compared.
+
+The study's exact autoencoder configs (configs/studies/default.yaml: 32 px shapes images, batch 32, widths
+[16, 32, 64]) train on rendered images; every variant starts from the same seed-0 weights and takes the same
+batches and noise, as the trainer does (`autoencoders.train.train_step`, with the batch's pixel conversion inside
+the timed step). Variants alternate step by step in one process and the medians are compared, so machine load
+shifts all of them alike:
+
+  before            the previous trainer: nearest ×2 + 3×3 convolution in the decoder, unfused AdamW
+  fused_adamw       before, with AdamW fused (one kernel per step)
+  folded_upsample   before, with the decoder's upsampling as a transposed convolution (conv.Upsample, training)
+  after             both: what `synthscale autoencoder train` and the study run now
+  nchw              before, with the batch made NCHW-contiguous (the pixel conversion yields channels_last, which
+                    oneDNN's convolutions then keep: this shows what that already buys)
+  channels_last_w   before, with the weights in channels_last too
+  compiled          after, with torch.compile on the encoder and decoder (--compile; its cold compile is timed in
+                    a fresh inductor cache)
+
+Each row also says how far its per-step losses drift from `before`'s (max relative difference over the timed
+steps): float rounding only. `--profile` prints torch.profiler's top operators of the `after` step.
+
+Usage: python benchmarks/autoencoder_step.py [--threads 1] [--repeats 30] [--compile] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from common import print_markdown_table, print_table, write_json
+
+from synthscale.autoencoders import build_autoencoder
+from synthscale.autoencoders.conv import Upsample
+from synthscale.autoencoders.train import build_optimizer, foreground_weights, render_split, train_step
+from synthscale.data.pixels import to_tensor
+from synthscale.study.plan import plan_study
+from synthscale.study.run import load_study_config
+
+SPEC = Path(__file__).parents[1] / "configs" / "studies" / "default.yaml"
+VARIANTS = ["before", "fused_adamw", "folded_upsample", "after", "nchw", "channels_last_w"]
+
+
+class Variant:
+    """A model and optimizer from the seed-0 weights, stepping through the same batches as every other variant."""
+
+    def __init__(self, name: str, cfg, images: torch.Tensor):
+        self.name, self.cfg, self.images = name, cfg, images
+        torch.manual_seed(cfg.train.seed)
+        self.model = build_autoencoder(cfg).train()
+        plain_upsample = name in ("before", "fused_adamw", "nchw", "channels_last_w")
+        for m in self.model.modules():
+            if isinstance(m, Upsample) and plain_upsample:
+                m.train(False)  # the plain nearest ×2 + 3×3 convolution (Upsample's evaluation form)
+        if name == "channels_last_w":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        t = cfg.train
+        if name in ("fused_adamw", "after", "compiled"):
+            self.opt = build_optimizer(self.model, t, torch.device("cpu"))
+        else:  # the previous trainer's optimizer
+            self.opt = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=(0.9, 0.99), weight_decay=0.0)
+        self.gen = torch.Generator().manual_seed(t.seed)
+        self.step_no, self.losses, self.times = 0, [], []
+        self.compile_s = None
+        if name == "compiled":
+            self.model.encoder = torch.compile(self.model.encoder)
+            self.model.decoder = torch.compile(self.model.decoder)
+
+    def step(self) -> None:
+        start = time.perf_counter()
+        idx = torch.randint(0, len(self.images), (self.cfg.train.batch_size,), generator=self.gen)
+        x = to_tensor(self.images[idx])  # [B, 3, H, W] in [-1, 1], channels_last
+        if self.name == "nchw":
+            x = x.contiguous()
+        loss, _ = train_step(self.model, self.opt, x, self.step_no, self.cfg.train, self.gen)
+        self.times.append(time.perf_counter() - start)
+        self.losses.append(loss)
+        self.step_no += 1
+
+
+def data_path_ms(cfg, images: torch.Tensor, repeats: int) -> float:
+    """Median ms of the step's data work: gather a batch, convert it, and its foreground loss weights."""
+    gen = torch.Generator().manual_seed(0)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        x = to_tensor(images[torch.randint(0, len(images), (cfg.train.batch_size,), generator=gen)])
+        foreground_weights(x, cfg.train.foreground_weight)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def profile_after(cfg, images: torch.Tensor, steps: int = 10) -> None:
+    from torch.profiler import profile
+
+    v = Variant("after", cfg, images)
+    for _ in range(3):
+        v.step()
+    with profile() as prof:
+        for _ in range(steps):
+            v.step()
+    print(f"\n{cfg.name}, `after` step: top operators by self CPU time")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=30, help="timed steps per variant (after 3 warm-up steps)")
+    ap.add_argument("--images", type=int, default=2048, help="training images rendered for the batches")
+    ap.add_argument("--compile", action="store_true", help="add the torch.compiled variant (cold compile timed)")
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.compile:  # a fresh inductor cache: the compile measured is the cold one a fresh clone pays
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")
+    plan = plan_study(load_study_config(SPEC), tempfile.mkdtemp(), SPEC.parent)
+    cfgs = [cfg for cfg, _ in plan.autoencoders.values()]
+    start = time.perf_counter()
+    images = torch.from_numpy(render_split(cfgs[0].data, "train", args.images, progress=False))
+    render_ms = 1e3 * (time.perf_counter() - start) / len(images)
+    names = VARIANTS + (["compiled"] if args.compile else [])
+    warmup, rows = 3, []
+    for cfg in cfgs:
+        variants = [Variant(n, cfg, images) for n in names]
+        for v in variants:
+            if v.name == "compiled":  # first call compiles forward and backward
+                cpu0, wall0 = time.process_time(), time.perf_counter()
+                v.step()
+                v.compile_s = time.perf_counter() - wall0
+                v.compile_cpu_s = time.process_time() - cpu0
+                v.step_no, v.times, v.losses, v.gen = 0, [], [], torch.Generator().manual_seed(cfg.train.seed)
+                print(f"{cfg.name}: cold compile (first step) {v.compile_s:.1f} s", file=sys.stderr)
+        for _ in range(warmup + args.repeats):
+            for v in variants:
+                v.step()
+        base = variants[0]
+        base_ms = 1e3 * statistics.median(base.times[warmup:])
+        for v in variants:
+            ms = 1e3 * statistics.median(v.times[warmup:])
+            drift = max(abs(a - b) / abs(b) for a, b in zip(v.losses, base.losses))
+            row = {
+                "autoencoder": cfg.name,
+                "variant": v.name,
+                "steps": cfg.train.steps,
+                "step_ms": ms,
+                "speedup": base_ms / ms,
+                "max_rel_loss_diff": drift,
+                "saved_s_per_run": cfg.train.steps * (base_ms - ms) / 1e3,
+            }
+            if v.compile_s is not None:
+                row["compile_s"], row["compile_cpu_s"] = v.compile_s, v.compile_cpu_s
+            rows.append(row)
+        rows.append({"autoencoder": cfg.name, "variant": "data_path_only", "step_ms": data_path_ms(cfg, images, 50)})
+    print_table([r for r in rows if "speedup" in r], f"autoencoder step, {args.threads} thread(s), median ms")
+    head = ["autoencoder", "variant", "step ms", "speed-up", "max rel. loss diff", "saved s / run"]
+    print()
+    print_markdown_table(
+        head,
+        [
+            [
+                r["autoencoder"],
+                r["variant"],
+                f"{r['step_ms']:.1f}",
+                f"{r['speedup']:.3f}×",
+                f"{r['max_rel_loss_diff']:.1e}",
+                f"{r['saved_s_per_run']:.0f}",
+            ]
+            for r in rows
+            if "speedup" in r
+        ],
+    )
+    after = [r for r in rows if r.get("variant") == "after"]
+    total = sum(r["saved_s_per_run"] for r in after)
+    print(f"\nestimated saving on the study's autoencoder stage (steps × saved step time): {total:.0f} s")
+    for r in rows:
+        if r["variant"] == "data_path_only":
+            print(f"{r['autoencoder']}: data path {r['step_ms']:.2f} ms of a step; rendering {render_ms:.3f} ms/image")
+    write_json(
+        "autoencoder_step",
+        {
+            "threads": args.threads,
+            "repeats": args.repeats,
+            "torch": torch.__version__,
+            "render_ms_per_image": render_ms,
+            "estimated_saving_s": total,
+            "rows": rows,
+        },
+    )
+    if args.profile:
+        for cfg in cfgs:
+            profile_after(cfg, images)
+
+
+if __name__ == "__main__":
+    main()
