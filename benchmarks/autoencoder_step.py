@@ -7,13 +7,15 @@ batches and noise, as the trainer does (`autoencoders.train.train_step`, with th
 the timed step). Variants alternate step by step in one process and the medians are compared, so machine load
 shifts all of them alike:
 
-  before            the previous trainer: nearest ×2 + 3×3 convolution in the decoder, unfused AdamW
+  before            the previous trainer: nearest ×2 + 3×3 convolution in the decoder, a fresh tensor for each
+                    residual sum, unfused AdamW
   fused_adamw       before, with AdamW fused (one kernel per step)
   folded_upsample   before, with the decoder's upsampling as a transposed convolution (conv.Upsample, training)
-  after             both: what `synthscale autoencoder train` and the study run now
+  inplace_residual  before, with each residual block's sum added in place (conv.ResBlock)
+  after             all three: what `synthscale autoencoder train` and the study run now
   nchw              before, with the batch made NCHW-contiguous (the pixel conversion yields channels_last, which
                     oneDNN's convolutions then keep: this shows what that already buys)
-  channels_last_w   before, with the weights in channels_last too
+  channels_last_w   after, with the weights in channels_last too
   compiled          after, with torch.compile on the encoder and decoder (--compile; its cold compile is timed in
                     a fresh inductor cache)
 
@@ -34,17 +36,33 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from common import print_markdown_table, print_table, write_json
 
 from synthscale.autoencoders import build_autoencoder
-from synthscale.autoencoders.conv import Upsample
+from synthscale.autoencoders.conv import ResBlock, Upsample
 from synthscale.autoencoders.train import build_optimizer, foreground_weights, render_split, train_step
 from synthscale.data.pixels import to_tensor
 from synthscale.study.plan import plan_study
 from synthscale.study.run import load_study_config
 
 SPEC = Path(__file__).parents[1] / "configs" / "studies" / "default.yaml"
-VARIANTS = ["before", "fused_adamw", "folded_upsample", "after", "nchw", "channels_last_w"]
+VARIANTS = ["before", "fused_adamw", "folded_upsample", "inplace_residual", "after", "nchw", "channels_last_w"]
+FAST = {  # variant → the speed-ups it has (fused AdamW, folded upsampling, in-place residual sums)
+    "before": set(),
+    "fused_adamw": {"fused"},
+    "folded_upsample": {"folded"},
+    "inplace_residual": {"inplace"},
+    "nchw": set(),
+}
+CURRENT_RESBLOCK = ResBlock.forward
+
+
+def previous_resblock_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """ResBlock.forward before the in-place sum: the same numbers, one more activation-sized tensor."""
+    h = self.conv1(F.silu(self.norm1(x)))
+    h = self.conv2(F.silu(self.norm2(h)))
+    return self.skip(x) + h
 
 
 class Variant:
@@ -54,14 +72,14 @@ class Variant:
         self.name, self.cfg, self.images = name, cfg, images
         torch.manual_seed(cfg.train.seed)
         self.model = build_autoencoder(cfg).train()
-        plain_upsample = name in ("before", "fused_adamw", "nchw", "channels_last_w")
+        self.fast = FAST.get(name, {"fused", "folded", "inplace"})
         for m in self.model.modules():
-            if isinstance(m, Upsample) and plain_upsample:
+            if isinstance(m, Upsample) and "folded" not in self.fast:
                 m.train(False)  # the plain nearest ×2 + 3×3 convolution (Upsample's evaluation form)
         if name == "channels_last_w":
             self.model = self.model.to(memory_format=torch.channels_last)
         t = cfg.train
-        if name in ("fused_adamw", "after", "compiled"):
+        if "fused" in self.fast:
             self.opt = build_optimizer(self.model, t, torch.device("cpu"))
         else:  # the previous trainer's optimizer
             self.opt = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=(0.9, 0.99), weight_decay=0.0)
@@ -73,6 +91,7 @@ class Variant:
             self.model.decoder = torch.compile(self.model.decoder)
 
     def step(self) -> None:
+        ResBlock.forward = CURRENT_RESBLOCK if "inplace" in self.fast else previous_resblock_forward
         start = time.perf_counter()
         idx = torch.randint(0, len(self.images), (self.cfg.train.batch_size,), generator=self.gen)
         x = to_tensor(self.images[idx])  # [B, 3, H, W] in [-1, 1], channels_last

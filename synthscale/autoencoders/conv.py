@@ -31,7 +31,7 @@ class ResBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
         h = self.conv2(F.silu(self.norm2(h)))
-        return self.skip(x) + h
+        return h.add_(self.skip(x))  # in place: a convolution's backward never reads its output (the same sum)
 
 
 class Encoder(nn.Module):
