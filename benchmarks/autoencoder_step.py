@@ -4,8 +4,9 @@ speed-ups, with the losses each way compared.
 The study's exact autoencoder configs (configs/studies/default.yaml: 32 px shapes images, batch 32, widths
 [16, 32, 64]) train on rendered images; every variant starts from the same seed-0 weights and takes the same
 batches and noise, as the trainer does (`autoencoders.train.train_step`, with the batch's pixel conversion inside
-the timed step). Variants alternate step by step in one process and the medians are compared, so machine load
-shifts all of them alike:
+the timed step). Variants alternate step by step in one process and their median CPU times per step are compared
+(this process's CPU time: on a shared machine a step's wall time also holds the time other processes had the
+core; the wall medians are reported beside them), so machine load shifts all of them alike:
 
   before            the previous trainer: nearest ×2 + 3×3 convolution in the decoder, a fresh tensor for each
                     residual sum, unfused AdamW
@@ -92,35 +93,54 @@ class Variant:
             self.opt = build_optimizer(self.model, t, torch.device("cpu"))
         else:  # the previous trainer's optimizer
             self.opt = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=(0.9, 0.99), weight_decay=0.0)
-        self.gen = torch.Generator().manual_seed(t.seed)
-        self.step_no, self.losses, self.times = 0, [], []
-        self.compile_s = None
+        self.compile_s = self.compile_cpu_s = None
         if name == "compiled":
             self.model.encoder = torch.compile(self.model.encoder)
             self.model.decoder = torch.compile(self.model.decoder)
+        self.restart()
+
+    def restart(self) -> None:
+        self.gen = torch.Generator().manual_seed(self.cfg.train.seed)
+        self.step_no, self.losses, self.wall, self.cpu = 0, [], [], []
 
     def step(self) -> None:
         ResBlock.forward = CURRENT_RESBLOCK if "inplace" in self.fast else previous_resblock_forward
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         idx = torch.randint(0, len(self.images), (self.cfg.train.batch_size,), generator=self.gen)
         x = to_tensor(self.images[idx])  # [B, 3, H, W] in [-1, 1], channels_last
         if self.name == "nchw":
             x = x.contiguous()
         loss, _ = train_step(self.model, self.opt, x, self.step_no, self.cfg.train, self.gen)
-        self.times.append(time.perf_counter() - start)
+        self.cpu.append(time.process_time() - cpu)
+        self.wall.append(time.perf_counter() - wall)
         self.losses.append(loss)
         self.step_no += 1
 
+    def compile_step(self) -> None:
+        """Compile forward and backward on a first step in a cold inductor cache, then go back to the start."""
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")
+        torch._dynamo.reset()
+        initial = [p.detach().clone() for p in self.model.parameters()]
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.step()
+        self.compile_s = time.perf_counter() - wall
+        self.compile_cpu_s = time.process_time() - cpu  # inductor's compile workers are other processes
+        with torch.no_grad():
+            for p, p0 in zip(self.model.parameters(), initial):
+                p.copy_(p0)
+        self.opt.state.clear()
+        self.restart()
+
 
 def data_path_ms(cfg, images: torch.Tensor, repeats: int) -> float:
-    """Median ms of the step's data work: gather a batch, convert it, and its foreground loss weights."""
+    """Median CPU ms of the step's data work: gather a batch, convert it, and its foreground loss weights."""
     gen = torch.Generator().manual_seed(0)
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         x = to_tensor(images[torch.randint(0, len(images), (cfg.train.batch_size,), generator=gen)])
         foreground_weights(x, cfg.train.foreground_weight)
-        times.append(time.perf_counter() - start)
+        times.append(time.process_time() - start)
     return 1e3 * statistics.median(times)
 
 
@@ -137,6 +157,39 @@ def profile_after(cfg, images: torch.Tensor, steps: int = 10) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
+def measure(cfg, images: torch.Tensor, names: list[str], repeats: int, warmup: int = 3) -> list[dict]:
+    variants = [Variant(n, cfg, images) for n in names]
+    for v in variants:
+        if v.name == "compiled":
+            v.compile_step()
+            print(f"{cfg.name}: cold compile (first step) {v.compile_s:.1f} s wall", file=sys.stderr)
+    for _ in range(warmup + repeats):
+        for v in variants:
+            v.step()
+    base = variants[0]
+    base_cpu, base_wall = (statistics.median(t[warmup:]) for t in (base.cpu, base.wall))
+    rows = []
+    for v in variants:
+        cpu, wall = (statistics.median(t[warmup:]) for t in (v.cpu, v.wall))
+        drift = [abs(a - b) / abs(b) for a, b in zip(v.losses, base.losses)]
+        row = {
+            "autoencoder": cfg.name,
+            "variant": v.name,
+            "steps": cfg.train.steps,
+            "step_cpu_ms": 1e3 * cpu,
+            "speedup": base_cpu / cpu,
+            "step_wall_ms": 1e3 * wall,
+            "wall_speedup": base_wall / wall,
+            "max_rel_loss_diff_10": max(drift[:10]),  # the first 10 steps
+            "max_rel_loss_diff": max(drift),  # every step (a flipped FSQ code moves a later loss visibly)
+            "saved_cpu_s_per_run": cfg.train.steps * (base_cpu - cpu),
+        }
+        if v.compile_s is not None:
+            row["compile_s"], row["compile_cpu_s"] = v.compile_s, v.compile_cpu_s
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=1)
@@ -148,83 +201,46 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     plan = plan_study(load_study_config(SPEC), tempfile.mkdtemp(), SPEC.parent)
     cfgs = [cfg for cfg, _ in plan.autoencoders.values()]
-    start = time.perf_counter()
+    start = time.process_time()
     images = torch.from_numpy(render_split(cfgs[0].data, "train", args.images, progress=False))
-    render_ms = 1e3 * (time.perf_counter() - start) / len(images)
+    render_ms = 1e3 * (time.process_time() - start) / len(images)
     names = VARIANTS + (["compiled"] if args.compile else [])
-    warmup, rows = 3, []
-    for cfg in cfgs:
-        variants = [Variant(n, cfg, images) for n in names]
-        for v in variants:
-            if v.name == "compiled":  # the first step compiles forward and backward; then back to the start
-                os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")  # cold for each
-                torch._dynamo.reset()
-                initial = [p.detach().clone() for p in v.model.parameters()]
-                cpu0, wall0 = time.process_time(), time.perf_counter()
-                v.step()
-                v.compile_s = time.perf_counter() - wall0  # compile workers' CPU is not this process's
-                v.compile_cpu_s = time.process_time() - cpu0
-                with torch.no_grad():
-                    for p, p0 in zip(v.model.parameters(), initial):
-                        p.copy_(p0)
-                v.opt.state.clear()
-                v.step_no, v.times, v.losses, v.gen = 0, [], [], torch.Generator().manual_seed(cfg.train.seed)
-                print(f"{cfg.name}: cold compile (first step) {v.compile_s:.1f} s", file=sys.stderr)
-        for _ in range(warmup + args.repeats):
-            for v in variants:
-                v.step()
-        base = variants[0]
-        base_ms = 1e3 * statistics.median(base.times[warmup:])
-        for v in variants:
-            ms = 1e3 * statistics.median(v.times[warmup:])
-            drift = [abs(a - b) / abs(b) for a, b in zip(v.losses, base.losses)]
-            row = {
-                "autoencoder": cfg.name,
-                "variant": v.name,
-                "steps": cfg.train.steps,
-                "step_ms": ms,
-                "speedup": base_ms / ms,
-                "max_rel_loss_diff_10": max(drift[:10]),  # the first 10 steps
-                "max_rel_loss_diff": max(drift),  # every step (a flipped FSQ code moves a loss visibly)
-                "saved_s_per_run": cfg.train.steps * (base_ms - ms) / 1e3,
-            }
-            if v.compile_s is not None:
-                row["compile_s"], row["compile_cpu_s"] = v.compile_s, v.compile_cpu_s
-            rows.append(row)
-        rows.append({"autoencoder": cfg.name, "variant": "data_path_only", "step_ms": data_path_ms(cfg, images, 50)})
-    print_table([r for r in rows if "speedup" in r], f"autoencoder step, {args.threads} thread(s), median ms")
-    head = ["autoencoder", "variant", "step ms", "speed-up", "loss diff, 10 steps", "all steps", "saved s / run"]
+    rows = [r for cfg in cfgs for r in measure(cfg, images, names, args.repeats)]
+    data_ms = {cfg.name: data_path_ms(cfg, images, 50) for cfg in cfgs}
+    print_table(rows, f"autoencoder step, {args.threads} thread(s), medians")
     print()
+    head = ["autoencoder", "variant", "step CPU ms", "speed-up", "wall ms", "wall speed-up"]
+    head += ["loss diff, 10 steps", "all steps", "saved CPU-s / run"]
     print_markdown_table(
         head,
         [
             [
                 r["autoencoder"],
                 r["variant"],
-                f"{r['step_ms']:.1f}",
+                f"{r['step_cpu_ms']:.1f}",
                 f"{r['speedup']:.3f}×",
+                f"{r['step_wall_ms']:.1f}",
+                f"{r['wall_speedup']:.3f}×",
                 f"{r['max_rel_loss_diff_10']:.1e}",
                 f"{r['max_rel_loss_diff']:.1e}",
-                f"{r['saved_s_per_run']:.0f}",
+                f"{r['saved_cpu_s_per_run']:.0f}",
             ]
             for r in rows
-            if "speedup" in r
         ],
     )
-    after = [r for r in rows if r.get("variant") == "after"]
-    total = sum(r["saved_s_per_run"] for r in after)
-    print(f"\nestimated saving on the study's autoencoder stage (steps × saved step time): {total:.0f} s")
-    for r in rows:
-        if r["variant"] == "data_path_only":
-            print(f"{r['autoencoder']}: data path {r['step_ms']:.2f} ms of a step; rendering {render_ms:.3f} ms/image")
+    total = sum(r["saved_cpu_s_per_run"] for r in rows if r["variant"] == "after")
+    print(f"\nestimated saving on the study's autoencoder stage (steps × saved CPU time per step): {total:.0f} CPU-s")
+    for name, ms in data_ms.items():
+        print(f"{name}: data path {ms:.2f} CPU ms of a step; rendering {render_ms:.3f} CPU ms/image (once per run)")
     write_json(
         "autoencoder_step",
         {
             "threads": args.threads,
             "repeats": args.repeats,
             "torch": torch.__version__,
-            "render_ms_per_image": render_ms,
-            "estimated_saving_s": total,
+            "render_cpu_ms_per_image": render_ms,
+            "data_path_cpu_ms": data_ms,
+            "estimated_saving_cpu_s": total,
             "rows": rows,
         },
     )
