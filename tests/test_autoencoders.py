@@ -347,10 +347,10 @@ def test_upsample_training_form_skips_the_upsampled_tensor():
 
 @pytest.mark.parametrize("kind", ["kl", "fsq"])
 def test_trainer_steps_compute_the_previous_trainers_losses(kind):
-    """The trainer's fast path (folded upsampling, fused AdamW, in-place residual sums, channels_last weights) takes
-    the same steps as the plain one (evaluation-form upsampling, unfused AdamW, NCHW weights) up to float rounding."""
+    """The trainer's fast path (folded upsampling, fused AdamW, in-place residual sums) takes the same steps as the
+    plain one (evaluation-form upsampling, unfused AdamW) up to float rounding."""
     from synthscale.autoencoders.conv import Upsample
-    from synthscale.autoencoders.train import build_optimizer, train_step, training_layout
+    from synthscale.autoencoders.train import build_optimizer, train_step
 
     cfg = tiny_cfg(kind, 4, lr=3e-3, foreground_weight=30.0, fsq_commit_weight=0.1)
     losses = {}
@@ -358,7 +358,6 @@ def test_trainer_steps_compute_the_previous_trainers_losses(kind):
         torch.manual_seed(0)
         model = build_autoencoder(cfg).train()
         if path == "fast":
-            model = training_layout(model, torch.device("cpu"))
             opt = build_optimizer(model, cfg.train, torch.device("cpu"))
         else:
             opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=(0.9, 0.99), weight_decay=0.0)

@@ -67,7 +67,7 @@ class Upsample(nn.Module):
 
     Training computes the same function as one stride-2 transposed convolution with the 3×3 kernel folded to 4×4
     (4·4 instead of 9·4 multiply-adds per input pixel, no upsampled tensor; the same result up to float rounding,
-    and the gradient reaches the same 3×3 weights): a 2.3× faster layer forward and backward on a CPU
+    and the gradient reaches the same 3×3 weights): the largest of the autoencoder trainer's CPU speed-ups
     (docs/results/autoencoder-step.md). Evaluation keeps the plain form, so decoding and its counted FLOPs
     (`compute.flops.decode_flops`) are those of the architecture as described."""
 

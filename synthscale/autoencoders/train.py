@@ -94,16 +94,9 @@ def train_step(
     return loss.item(), parts
 
 
-def training_layout(model: Autoencoder, device: torch.device) -> Autoencoder:
-    """The model with its weights laid out for training on `device`: on a CPU channels_last, like the batches
-    (`pixels.to_tensor` yields that layout, which oneDNN's convolutions keep through the network); the same numbers,
-    slightly faster steps (docs/results/autoencoder-step.md). Call it before the optimizer is built."""
-    return model.to(memory_format=torch.channels_last) if device.type == "cpu" else model
-
-
 def build_optimizer(model: Autoencoder, t, device: torch.device) -> torch.optim.AdamW:
     """AdamW, fused into one kernel per step on a CPU or CUDA device (the same update up to float rounding; on a
-    CPU 2–3 % of an autoencoder step, docs/results/autoencoder-step.md)."""
+    CPU about 1 % of an autoencoder step, docs/results/autoencoder-step.md)."""
     fused = device.type in ("cpu", "cuda")
     return torch.optim.AdamW(
         model.parameters(), lr=t.lr, betas=(0.9, 0.99), weight_decay=t.weight_decay, fused=fused or None
@@ -125,7 +118,6 @@ def train_autoencoder(cfg: AutoencoderConfig, out: str | Path, progress: bool = 
     render_s = time.perf_counter() - start
     gen = torch.Generator().manual_seed(t.seed)  # the data order (and on a CPU every draw)
     noise = gen if device.type == "cpu" else torch.Generator(device).manual_seed(t.seed)  # draws on the device
-    model = training_layout(model, device)
     opt = build_optimizer(model, t, device)
     model.train()
     order, pos = torch.randperm(len(images), generator=gen), 0
