@@ -24,7 +24,10 @@ Each row also says how far its per-step losses drift from `before`'s (max relati
 and over all steps): float rounding only, which in FSQ can flip a code near a rounding boundary and so move a
 later loss visibly. `--profile` prints torch.profiler's top operators of the `after` step.
 
-Usage: python benchmarks/autoencoder_step.py [--threads 1] [--repeats 30] [--compile] [--profile]
+`--drift N` also trains `before` and `after` side by side for N steps (the run's learning-rate schedule) and
+reports how far their losses part and their mean losses over the last tenth.
+
+Usage: python benchmarks/autoencoder_step.py [--threads 1] [--repeats 30] [--compile] [--profile] [--drift 400]
 """
 
 from __future__ import annotations
@@ -189,6 +192,24 @@ def measure(cfg, images: torch.Tensor, names: list[str], repeats: int, warmup: i
     return rows
 
 
+def drift(cfg, images: torch.Tensor, steps: int) -> dict:
+    """`before` and `after` trained side by side for `steps` steps on the same batches: how far the losses part."""
+    a, b = Variant("before", cfg, images), Variant("after", cfg, images)
+    for _ in range(steps):
+        a.step()
+        b.step()
+    rel = [abs(x - y) / abs(x) for x, y in zip(a.losses, b.losses)]
+    tail = max(steps // 10, 1)
+    return {
+        "autoencoder": cfg.name,
+        "steps": steps,
+        "max_rel_loss_diff": max(rel),
+        "first_step_over_1e-5": next((i for i, r in enumerate(rel) if r > 1e-5), None),
+        f"before_mean_loss_last_{tail}": statistics.fmean(a.losses[-tail:]),
+        f"after_mean_loss_last_{tail}": statistics.fmean(b.losses[-tail:]),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=1)
@@ -196,6 +217,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=2048, help="training images rendered for the batches")
     ap.add_argument("--compile", action="store_true", help="add the torch.compiled variant (cold compile timed)")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--drift", type=int, default=0, help="also train before and after this many steps side by side")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     plan = plan_study(load_study_config(SPEC), tempfile.mkdtemp(), SPEC.parent)
@@ -231,9 +253,12 @@ def main() -> None:
     print(f"\nestimated saving on the study's autoencoder stage (steps × saved CPU time per step): {total:.0f} CPU-s")
     for name, ms in data_ms.items():
         print(f"{name}: data path {ms:.2f} CPU ms of a step; rendering {render_ms:.3f} CPU ms/image (once per run)")
+    drifts = [drift(cfg, images, args.drift) for cfg in cfgs] if args.drift else []
+    print_table(drifts, f"before vs after over {args.drift} steps")
     write_json(
         "autoencoder_step",
         {
+            "drift": drifts,
             "threads": args.threads,
             "repeats": args.repeats,
             "torch": torch.__version__,
