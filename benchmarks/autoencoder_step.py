@@ -24,8 +24,9 @@ Each row also says how far its per-step losses drift from `before`'s (max relati
 and over all steps): float rounding only, which in FSQ can flip a code near a rounding boundary and so move a
 later loss visibly. `--profile` prints torch.profiler's top operators of the `after` step.
 
-`--drift N` also trains `before` and `after` side by side for N steps (the run's learning-rate schedule) and
-reports how far their losses part and their mean losses over the last tenth.
+`--drift N` also trains `before`, `after` and `nchw` side by side for N steps (the run's learning-rate schedule)
+and reports how far the latter two's losses part from `before`'s and their mean losses over the last tenth: `nchw`
+differs from `before` by float rounding alone, so it shows how fast rounding alone parts two runs.
 
 Usage: python benchmarks/autoencoder_step.py [--threads 1] [--repeats 30] [--compile] [--profile] [--drift 400]
 """
@@ -192,22 +193,29 @@ def measure(cfg, images: torch.Tensor, names: list[str], repeats: int, warmup: i
     return rows
 
 
-def drift(cfg, images: torch.Tensor, steps: int) -> dict:
-    """`before` and `after` trained side by side for `steps` steps on the same batches: how far the losses part."""
-    a, b = Variant("before", cfg, images), Variant("after", cfg, images)
+def drift(cfg, images: torch.Tensor, steps: int) -> list[dict]:
+    """`before`, `after` and `nchw` (a layout change only: the rounding reference) trained side by side for `steps`
+    steps on the same batches: how far each one's losses part from `before`'s."""
+    base, *others = [Variant(n, cfg, images) for n in ("before", "after", "nchw")]
     for _ in range(steps):
-        a.step()
-        b.step()
-    rel = [abs(x - y) / abs(x) for x, y in zip(a.losses, b.losses)]
-    tail = max(steps // 10, 1)
-    return {
-        "autoencoder": cfg.name,
-        "steps": steps,
-        "max_rel_loss_diff": max(rel),
-        "first_step_over_1e-5": next((i for i, r in enumerate(rel) if r > 1e-5), None),
-        f"before_mean_loss_last_{tail}": statistics.fmean(a.losses[-tail:]),
-        f"after_mean_loss_last_{tail}": statistics.fmean(b.losses[-tail:]),
-    }
+        for v in (base, *others):
+            v.step()
+    tail, rows = max(steps // 10, 1), []
+    for v in others:
+        rel = [abs(x - y) / abs(x) for x, y in zip(base.losses, v.losses)]
+        rows.append(
+            {
+                "autoencoder": cfg.name,
+                "variant": v.name,
+                "steps": steps,
+                "first_step_over_1e-5": next((i for i, r in enumerate(rel) if r > 1e-5), None),
+                "first_step_over_1e-3": next((i for i, r in enumerate(rel) if r > 1e-3), None),
+                "max_rel_loss_diff": max(rel),
+                "mean_loss_last_tenth": statistics.fmean(v.losses[-tail:]),
+                "before_mean_loss_last_tenth": statistics.fmean(base.losses[-tail:]),
+            }
+        )
+    return rows
 
 
 def main() -> None:
@@ -253,7 +261,7 @@ def main() -> None:
     print(f"\nestimated saving on the study's autoencoder stage (steps × saved CPU time per step): {total:.0f} CPU-s")
     for name, ms in data_ms.items():
         print(f"{name}: data path {ms:.2f} CPU ms of a step; rendering {render_ms:.3f} CPU ms/image (once per run)")
-    drifts = [drift(cfg, images, args.drift) for cfg in cfgs] if args.drift else []
+    drifts = [r for cfg in cfgs for r in drift(cfg, images, args.drift)] if args.drift else []
     print_table(drifts, f"before vs after over {args.drift} steps")
     write_json(
         "autoencoder_step",
