@@ -96,3 +96,16 @@ def test_study_stages_are_weighed_by_their_flops_and_images(tmp_path):
     assert evals[large] > 3 * evals[small]  # counted as stages, they weighed the same
     aes = {cfg.name: stage.cost for cfg, stage in plan.autoencoders.values()}
     assert aes["fsq-f4"] / aes["kl-f4c4"] == pytest.approx(1600 / 1200)  # steps × batch: 1600 vs 1200 steps of 32
+
+
+def test_study_eta_starts_from_the_pace_of_stages_finished_before(tmp_path):
+    """A phase that follows another (the grid after the LR sweep) or a resumed study takes its pace from the stages
+    already done, instead of trusting the estimates until a stage of its own finishes."""
+    from synthscale.study.grid import Stage, StudyProgress
+
+    stages = {s.id: s for s in (Stage(k, k, "0", "m:f", cost=c) for k, c in (("sweep", 100), ("train", 600)))}
+    sweep, train = stages
+    states = {sweep: "done", train: "pending"}
+    view = StudyProgress(stages, states, enabled=False, seconds_done={sweep: 300.0})
+    assert view.eta_seconds() == 1800  # 3 × the estimate: the sweep ran at a third of the estimated pace
+    assert StudyProgress(stages, dict(states), enabled=False).eta_seconds() == 600  # no pace known: the estimate

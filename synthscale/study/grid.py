@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import importlib
+import json
 import multiprocessing
 import time
 import traceback
@@ -52,6 +53,15 @@ def status_of(root: Path, stage: Stage) -> str:
     if (folder / FAILED).is_file():
         return "failed"
     return "pending"
+
+
+def _seconds(root: Path, stage: Stage) -> float | None:
+    """The seconds a finished stage's summary records, or None (an older or unreadable done.json)."""
+    try:
+        seconds = json.loads((stage_dir(root, stage) / DONE).read_text()).get("seconds")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(seconds) if isinstance(seconds, (int, float)) else None
 
 
 def _resolve(dotted: str) -> Callable:
@@ -108,13 +118,26 @@ class StudyProgress:
     `plan.weigh_stages`), scaled by how long this machine's finished stages took against their estimates, less what
     the running ones have already run, shared among the `workers` stages that run at once."""
 
-    def __init__(self, stages: dict[str, Stage], states: dict[str, str], enabled: bool = True, workers: int = 1):
+    def __init__(
+        self,
+        stages: dict[str, Stage],
+        states: dict[str, str],
+        enabled: bool = True,
+        workers: int = 1,
+        desc: str = "study",
+        seconds_done: dict[str, float] | None = None,
+    ):
         self.stages, self.states = stages, states
         self.workers = max(1, workers)
-        self.spent = self.estimated = 0.0  # finished stages: measured seconds, and their estimated cost
+        # finished stages: measured seconds, and their estimated cost. `seconds_done` (stages finished before this
+        # call: an earlier phase such as the LR sweep, or an interrupted session) sets the pace from the start
+        done_before = {i: t for i, t in (seconds_done or {}).items() if i in stages}
+        self.spent = sum(done_before.values())
+        self.estimated = sum(stages[i].cost for i in done_before)
         self.started_at: dict[str, float] = {}  # running stage → when it was first seen running
-        self.bar = progress_bar(total=len(stages), desc="study", unit="stage", enabled=enabled)
-        self.bar.update(sum(1 for v in states.values() if v == "done"))
+        # stages done before this session count as `initial`: the pace shown is this session's
+        done = sum(1 for v in states.values() if v == "done")
+        self.bar = progress_bar(total=len(stages), desc=desc, unit="stage", enabled=enabled, initial=done)
         self.refresh()
 
     def eta_seconds(self, now: float | None = None) -> float:
@@ -163,13 +186,17 @@ def execute(
     threads: int | None = 1,
     progress: bool = True,
     cluster=None,
+    desc: str = "study",
 ) -> dict[str, str]:
     """Run every stage not yet done, respecting dependencies. Returns {stage id: done|failed|blocked}.
-    `cluster` (a ClusterConfig) configures the slurm and ray executors (study/executors.py)."""
+    `cluster` (a ClusterConfig) configures the slurm and ray executors (study/executors.py); `desc` names the
+    progress bar (its ETA covers these stages only)."""
     root = Path(root)
     by_id = _check_graph(stages)
     states = {i: ("done" if status_of(root, s) == "done" else "pending") for i, s in by_id.items()}
-    view = StudyProgress(by_id, states, enabled=progress, workers=1 if executor == "sequential" else workers)
+    seconds_done = {i: _seconds(root, by_id[i]) for i, v in states.items() if v == "done"}
+    seconds_done = {i: t for i, t in seconds_done.items() if t is not None}
+    view = StudyProgress(by_id, states, progress, 1 if executor == "sequential" else workers, desc, seconds_done)
 
     def ready() -> list[str]:
         out = []

@@ -202,7 +202,8 @@ def run_study(
         cluster=study.cluster,
     )
     if tuning.awaiting(plan):  # the LR sweeps first: the grid's runs are planned at the LRs they choose
-        execute(root, tuning.sweep_stages(plan), **how)
+        # its ETA covers the sweep and what it needs; the grid's stages get their own bar once planned
+        execute(root, tuning.sweep_stages(plan), **how, desc="LR sweep")
         plan = plan_study(study, out, spec_dir=Path(spec).resolve().parent)
     states = execute(root, plan.stages, **how)
     ingest(plan)
