@@ -98,15 +98,6 @@ def before():
             setattr(owner, name, now)
 
 
-def _median(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def step_kernels(step) -> tuple[list[tuple], list[tuple]]:
     """(mm/addmm input shapes, SDPA forward input shapes + mask) of one step, from the profiler."""
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
