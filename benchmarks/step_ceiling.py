@@ -13,9 +13,13 @@ at the default study's shapes (batch 32, 12 caption tokens, 16 and 64 image toke
          same shapes and mask), against the whole step: matmul+attention time / step time is the most any
          removal of the other (elementwise, norm, loss, optimizer, host) work could speed the step up by; the
          matmuls' own GFLOP/s (their 2·m·k·n over their time alone) against a square float32 matmul's peak.
+  stacked  the same step at K× the batch, per K examples-batches, against the step: the most that training K
+         replicates (seeds, learning rates) as one stacked model could gain per replicate. An upper bound: K
+         stacked models run the same elementwise work and matmuls of the same shapes (batched, not wider), and
+         K optimizer updates, where this arm shares one set of weights and one update.
 
 Usage: python benchmarks/step_ceiling.py [--threads 1] [--repeats 15] [--sizes 2x64 1x64]
-       [--objectives flow masked autoregressive] [--revert unbind rms_norm token_loss]
+       [--objectives flow masked autoregressive] [--revert unbind rms_norm token_loss] [--stacked 2 4]
 (--revert: the before arm undoes only the named changes, to see what each one gained.)
 """
 
@@ -163,6 +167,10 @@ def rows_for(args) -> list[dict]:
                 mms, sdpa = step_kernels(now)
                 mm_flops = sum(2 * math.prod(shapes[-2]) * shapes[-1][-1] for _, shapes in mms)  # 2·m·k·n each
                 mm_only = kernels_alone(mms, [])[0]
+                wider = {}
+                for k in args.stacked:
+                    obj_k, cfg_k, spec_k, x_k, text_k = study_case(name, size, tokens, k * args.batch, "cpu")
+                    wider[f"batch_x{k}"] = trainer_step(obj_k, cfg_k, spec_k, x_k, text_k, "cpu", False)
                 kernels = kernels_alone(mms, sdpa)[0]
 
                 def old_step():
@@ -172,8 +180,11 @@ def rows_for(args) -> list[dict]:
                 # two phases, each alternating its arms and reversing their order every round (an arm that
                 # always ran after another would inherit its cache and heap state)
                 times = alternate({"before": old_step, "now": now}, args.repeats)
-                times |= alternate({"step": now, "matmuls": mm_only, "matmuls_attention": kernels}, args.repeats)
+                times |= alternate(
+                    {"step": now, "matmuls": mm_only, "matmuls_attention": kernels} | wider, args.repeats
+                )
                 t = {k: statistics.median(v) for k, v in times.items()}
+                stacked = {f"stacked_x{k}_max_gain": k * t["step"] / t[f"batch_x{k}"] for k in args.stacked}
                 rows.append(
                     {
                         "objective": name,
@@ -197,6 +208,7 @@ def rows_for(args) -> list[dict]:
                         "max_speedup_left": t["step"] / t["matmuls_attention"],
                         "now_GFLOPs": flops / t["now"] / 1e9,
                     }
+                    | stacked
                 )
                 print_table(rows[-1:], f"{name} {size} {tokens} tokens")
     return rows
@@ -210,6 +222,7 @@ def main() -> None:
     names = ObjectiveConfig.names()
     ap.add_argument("--objectives", nargs="+", default=names, choices=names)
     ap.add_argument("--sizes", nargs="+", default=["2x64", "1x64"])
+    ap.add_argument("--stacked", nargs="*", type=int, default=[2, 4], help="replicates per stacked step (bound)")
     ap.add_argument("--revert", nargs="*", default=list(PATCHES), choices=list(PATCHES), help="undo only these")
     args = ap.parse_args()
     REVERTED[:] = args.revert
@@ -229,7 +242,14 @@ def main() -> None:
     )
     write_json(
         "step_ceiling_cpu",
-        {"rows": rows, "peak_fp32_flops": peak, "threads": args.threads, "batch": args.batch, "reverted": REVERTED},
+        {
+            "rows": rows,
+            "peak_fp32_flops": peak,
+            "threads": args.threads,
+            "batch": args.batch,
+            "reverted": REVERTED,
+            "stacked": args.stacked,
+        },
     )
 
 

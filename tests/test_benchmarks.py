@@ -45,11 +45,12 @@ def test_sampling_benchmark(tmp_path, monkeypatch):
 
 
 def test_step_ceiling_benchmark_times_before_now_and_the_kernels_alone(tmp_path, monkeypatch):
-    argv = ["--sizes", "1x64", "--objectives", "masked", "--batch", "2", "--repeats", "1"]
+    argv = ["--sizes", "1x64", "--objectives", "masked", "--batch", "2", "--repeats", "1", "--stacked", "2"]
     result = run_benchmark("step_ceiling.py", argv, tmp_path, monkeypatch)
     assert [r["img_tokens"] for r in result["rows"]] == [16, 64]
     for r in result["rows"]:
         assert r["n_matmuls"] > 0 and all(r[k] > 0 for k in ("before_ms", "now_ms", "matmuls_ms", "speedup"))
+        assert r["stacked_x2_max_gain"] > 0 and "stacked_x4_max_gain" not in r
 
 
 @pytest.mark.slow
