@@ -17,6 +17,7 @@ trainer picks (train/fastpath.py) for a run of `--budget` FLOPs with those measu
 Usage: python benchmarks/train_step.py [--threads 1] [--batch 32] [--repeats 5] [--device cpu|cuda] [--compile]
        [--objectives flow masked autoregressive] [--sizes 4x128 6x192]
        python benchmarks/train_step.py --study [--threads 1] [--repeats 15] [--budget 5e12] [--sizes 1x64 2x64]
+       [--inductor cpp_wrapper=True ...]  (torch._inductor.config settings for the compiled arm)
 """
 
 from __future__ import annotations
@@ -243,9 +244,29 @@ def study_rows(args, peak32: float) -> list[dict]:
     return rows
 
 
+def inductor_settings(pairs: list[str]) -> dict:
+    """Apply `KEY=VALUE` settings (Python literals) to torch._inductor.config; returns them as a dict."""
+    import ast
+
+    import torch._inductor.config as inductor
+
+    settings = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not hasattr(inductor, key):
+            raise SystemExit(f"--inductor {pair!r}: expected KEY=VALUE with KEY a torch._inductor.config setting")
+        try:
+            settings[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            settings[key] = value  # a bare string, e.g. max_autotune_gemm_backends=CPP,ATEN
+        setattr(inductor, key, settings[key])
+    return settings
+
+
 def study_main(args) -> None:
     # a fresh inductor cache: the first compile of each graph is cold, as on a fresh clone
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="synthscale-inductor-")
+    inductor = inductor_settings(args.inductor)
     if args.sizes == ["4x128", "6x192"]:
         args.sizes = ["1x64", "2x64"]
     peak32, n32 = matmul_peak(torch.float32, args.device, args.repeats)
@@ -264,7 +285,14 @@ def study_main(args) -> None:
     )
     write_json(
         f"train_step_study_{args.device}",
-        {"rows": rows, "peak_fp32_flops": peak32, "threads": args.threads, "budget": args.budget, "batch": args.batch},
+        {
+            "rows": rows,
+            "peak_fp32_flops": peak32,
+            "threads": args.threads,
+            "budget": args.budget,
+            "batch": args.batch,
+            "inductor": inductor,
+        },
     )
 
 
@@ -281,6 +309,7 @@ def main() -> None:
     ap.add_argument("--study", action="store_true", help="the default study's shapes, eager vs the trainer's path")
     ap.add_argument("--no-compile", action="store_true", help="--study: eager only (no compile columns)")
     ap.add_argument("--budget", type=float, default=5e12, help="--study: FLOPs of the run the path is picked for")
+    ap.add_argument("--inductor", nargs="*", default=[], metavar="KEY=VALUE", help="--study: inductor settings")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dev = args.device
