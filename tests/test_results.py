@@ -112,6 +112,26 @@ def test_runs_autoencoders_status_and_errors(tmp_path):
         store.add_autoencoder("x", "vector")
 
 
+def test_keep_only_forgets_what_the_spec_no_longer_plans(tmp_path):
+    store = ResultsStore(tmp_path / "r.sqlite")
+    png = tmp_path / "grid.png"
+    png.write_bytes(b"png")
+    for run in ("kept", "stale"):
+        store.add_run(run, "flow", "2x64", 256, "kl-f4c4", status="done")
+        store.add_records([_record(run=run, milestone=m) for m in range(2)])
+        store.add_artifact(run, "samples", png, milestone=0)
+    for ae in ("kl-f4c4", "kl-f4c8"):
+        store.add_autoencoder(ae, "continuous", {"psnr": 30.0})
+        store.add_artifact(ae, "reconstructions", png)
+    gone = store.keep_only(["kept"], ["kl-f4c4"])
+    assert gone == {"records": 2, "runs": 1, "autoencoders": 1, "artifacts": 2}
+    assert [r["run"] for r in store.runs()] == ["kept"]
+    assert {r["run"] for r in store.records()} == {"kept"} and len(store.records()) == 2
+    assert [a["name"] for a in store.autoencoders()] == ["kl-f4c4"]
+    assert sorted(a["run"] for a in store.artifacts()) == ["kept", "kl-f4c4"]
+    assert store.keep_only(["kept"], ["kl-f4c4"]) == {"records": 0, "runs": 0, "autoencoders": 0, "artifacts": 0}
+
+
 def test_artifacts_are_stored_relative_and_survive_a_move(tmp_path):
     study = tmp_path / "study"
     (study / "samples").mkdir(parents=True)

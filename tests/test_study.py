@@ -203,7 +203,19 @@ def test_tiny_study_end_to_end_and_rerun_skips(tmp_path):
     again = run_study(SPEC, tmp_path / "s", TINY, progress=False)
     assert set(again["states"].values()) == {"done"}
     assert {p: p.stat().st_mtime_ns for p in done_files} == done_files  # nothing re-ran
+    _check_a_narrowed_spec_leaves_the_report(tmp_path / "s")
     _check_moved_study_resumes(tmp_path / "s", tmp_path / "moved", records)
+
+
+def _check_a_narrowed_spec_leaves_the_report(root: Path):
+    """Re-run with fewer objectives: the runs the spec no longer plans stay on disk but leave the results store
+    (and so the report)."""
+    from synthscale.study.results import ResultsStore, store_path
+
+    run_study(SPEC, root, [*TINY, "objectives=[flow]"], progress=False)
+    with ResultsStore(store_path(root)) as store:
+        assert {r["objective"] for r in store.runs()} == {r["objective"] for r in store.records()} == {"flow"}
+    assert any(root.glob("train/autoregressive-*/done.json"))
 
 
 def _check_ceilings(root: Path, markdown: Path):

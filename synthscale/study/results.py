@@ -43,7 +43,7 @@ import numbers
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -421,6 +421,23 @@ class ResultsStore:
             d["path"] = str(self.path.parent / d["path"])  # an absolute stored path stays as it is
             out.append(d)
         return out
+
+    def keep_only(self, runs: Iterable[str], autoencoders: Iterable[str]) -> dict[str, int]:
+        """Forget every run, record, autoencoder and artifact outside `runs` and `autoencoders` (one transaction):
+        what a study's spec no longer plans — a changed LR sweep, seed list or grid — must not reach its report.
+        Returns how many rows of each table went."""
+        keep_runs, keep_aes = json.dumps(sorted(runs)), json.dumps(sorted(autoencoders))
+        outside = "NOT IN (SELECT value FROM json_each(?))"
+        gone = {}
+        with self._transaction() as c:
+            for table, where, args in (
+                ("records", f"run {outside}", (keep_runs,)),
+                ("runs", f"run {outside}", (keep_runs,)),
+                ("autoencoders", f"name {outside}", (keep_aes,)),
+                ("artifacts", f"run {outside} AND run {outside}", (keep_runs, keep_aes)),
+            ):
+                gone[table] = c.execute(f"DELETE FROM {table} WHERE {where}", args).rowcount
+        return gone
 
     # ------------------------------------------------------------------------------------------ export
 

@@ -126,6 +126,9 @@ def ingest(plan: StudyPlan) -> Path:
                         caption=f"{rec['objective']} {rec['size']} at {rec['train_flops']:.2g} FLOPs, "
                         f"{rec['weights']}, {rec['steps']} steps, CFG {rec['cfg_scale']:g}",
                     )
+        # a re-run under a changed spec: runs it no longer plans stay on disk (reused if it changes back) but
+        # leave the report
+        store.keep_only({r.train.id.split("/", 1)[1] for r in plan.runs}, plan.autoencoders)
         return store.path
 
 
