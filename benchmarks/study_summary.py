@@ -2,7 +2,8 @@
 
 Per matched training-compute level and paradigm, the best model by the findings' rule (`findings.best_models`)
 for whole-prompt accuracy and fd-probe: the mean over seeds, its 95 % interval (two-level bootstrap with replicate
-seeds), each seed's value; each main autoencoder's ceiling; the learning rate each paradigm trained at; the six
+seeds), each seed's value; each main autoencoder's ceiling; the learning rate each paradigm trained at, and the LR
+sweep's candidates with their validation losses; each run's validation loss at its last milestone; the six
 findings' verdicts. Writes benchmarks/results/study_summary-<name>.json.
 
 Usage: python benchmarks/study_summary.py STUDY_DIR [--name NAME]
@@ -49,6 +50,11 @@ def main() -> None:
         o: sorted({(r.get("config") or {}).get("train", {}).get("lr") for r in data.runs if r["objective"] == o})
         for o in data.objectives
     }
+    final_loss = {}  # run → (train FLOPs, validation loss) of its last evaluated milestone
+    for r in data.seed_records or data.records:
+        loss = (r.get("metrics") or {}).get("loss")
+        if loss is not None and r["train_flops"] >= final_loss.get(r["run"], (0.0, None))[0]:
+            final_loss[r["run"]] = (r["train_flops"], loss)
     findings = {f.number: f.verdict for f in analyse(args.study_dir, n_boot=50).findings}
     print_table(rows, f"{data.name}: best model per level and paradigm (mean over seeds)")
     print("\nfindings:", json.dumps(findings))
@@ -59,6 +65,8 @@ def main() -> None:
             "levels": levels,
             "ceilings": {o: (c or {}).get("metrics") for o, c in ceilings.items()},
             "lr": lr,
+            "lr_sweep": json.loads(data.meta.get("lr_sweep", "null")),
+            "final_loss": {run: loss for run, (_, loss) in sorted(final_loss.items())},
             "findings": findings,
         },
     )
