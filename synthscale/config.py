@@ -317,6 +317,8 @@ class StudyConfig:
     A spec that sets nothing is configs/studies/default.yaml at one seed without its LR sweep: replicate seeds
     and the sweep multiply the cost, so a spec asks for them."""
 
+    added_fields: ClassVar[dict[str, Any]] = {"lr_sweep_seeds": 1}  # one seed: the sweep as it always ran
+
     name: str = "study"
     # left out: the default study's shapes scenes (a `data` section is read from DataConfig's own defaults)
     data: DataConfig = field(default_factory=lambda: DataConfig(objects=[1], max_caption_tokens=12))
@@ -339,6 +341,10 @@ class StudyConfig:
     # trained at every candidate at the grid's smallest size and budget, and its runs then train at the one with
     # the lowest validation loss (study/tuning.py). None: every run trains at its configured train.lr
     lr_sweep: list[float] | dict[str, list[float]] | None = None
+    # how many of `seeds` (the first ones) train every LR candidate: the choice is the lowest validation loss
+    # averaged over them, and the chosen candidate's runs are those seeds' grid cells. 1: the first seed alone
+    # decides, which picks one seed's luck where training is bimodal (docs/results/lr-sweep-width.md)
+    lr_sweep_seeds: int = 1
     probe_overrides: list[str] = field(default_factory=list)
     encoder_overrides: list[str] = field(default_factory=list)  # --set style keys of EncoderConfig
     # left out: the default study's evaluation (CFG chosen per milestone on validation prompts, from 1 and 3)
@@ -372,6 +378,11 @@ class StudyConfig:
             raise ValueError(f"precision must be fp32, bf16 or auto (or left out), got {self.precision!r}")
         if self.lr_sweep is not None:
             check_candidates("lr_sweep", self.lr_sweep, low=0.0, strict=True)
+        if not 1 <= self.lr_sweep_seeds <= len(self.seeds):
+            raise ValueError(
+                f"lr_sweep_seeds must be between 1 and the number of seeds ({len(self.seeds)}), got "
+                f"{self.lr_sweep_seeds}: list more seeds in `seeds:` or sweep over fewer"
+            )
 
 
 @dataclass

@@ -239,6 +239,55 @@ def test_lr_sweep_runs_first_and_the_grid_trains_at_its_choice(tmp_path):
     ]
 
 
+def test_lr_sweep_over_seeds_trains_every_candidate_at_each_and_its_runs_are_the_grid_cells(tmp_path):
+    over = ["lr_sweep={flow: [1e-3, 3e-3]}", "seeds=[0, 1, 2]", "lr_sweep_seeds=2", "objectives=[flow]"]
+    study = load(StudyConfig, SPEC, over)
+    s = plan_study(study, tmp_path, SPEC.parent).lr_sweeps["flow"]
+    assert s.seeds == [0, 1]
+    trained = [(t.kwargs["run_config"]["train"]["lr"], t.kwargs["run_config"]["seed"]) for t in s.trains]
+    assert trained == [(1e-3, 0), (1e-3, 1), (3e-3, 0), (3e-3, 1)]
+    assert [(c["lr"], c["seed"]) for c in s.pick.kwargs["candidates"]] == trained
+    one_seed = plan_study(load(StudyConfig, SPEC, [*over[:-2], "objectives=[flow]"]), tmp_path, SPEC.parent)
+    assert one_seed.lr_sweeps["flow"].pick.key != s.pick.key  # another sweep, another pick
+    assert "seeds 0, 1 (mean loss)" in dry_run(plan_study(study, tmp_path, SPEC.parent))
+
+    pick = stage_dir(tmp_path, s.pick)
+    pick.mkdir(parents=True)
+    (pick / DONE).write_text(json.dumps({"chosen_lr": 3e-3}))
+    after = plan_study(study, tmp_path, SPEC.parent)
+    by_seed = {r.run_cfg.seed: r.train for r in after.runs}
+    assert by_seed[0] is after.lr_sweeps["flow"].trains[2] and by_seed[1] is after.lr_sweeps["flow"].trains[3]
+    assert by_seed[2] not in after.lr_sweeps["flow"].trains and by_seed[2].fn.endswith("stages:train_stage")
+    budget = min(study.budgets)
+    assert estimate_flops(after)["train_flops"] == 3 * budget + 2 * budget  # the grid + the other LR at two seeds
+    with pytest.raises(ValueError, match=r"lr_sweep_seeds must be between 1 and the number of seeds \(3\), got 4"):
+        load(StudyConfig, SPEC, [*over[:-2], "lr_sweep_seeds=4"])
+
+
+def test_lr_sweep_stage_averages_a_candidates_seeds_and_a_diverged_seed_loses_it(tmp_path, monkeypatch):
+    losses = {(1e-3, 0): 0.50, (1e-3, 1): 0.48, (3e-3, 0): 0.36, (3e-3, 1): 0.70, (1e-2, 0): 0.30, (1e-2, 1): None}
+    candidates = []
+    for (lr, seed), loss in losses.items():
+        run = tmp_path / f"run-{lr:g}-{seed}"
+        run.mkdir()
+        (run / DONE).write_text(json.dumps({"diverged": "loss became NaN"} if loss is None else {"train_s": 1.0}))
+        candidates.append({"lr": lr, "seed": seed, "run_dir": str(run), "run_config": {}})
+    monkeypatch.setattr(tuning, "candidate_loss", lambda run_dir, *a: losses[_lr_seed(run_dir)])
+
+    out = tuning.lr_sweep_stage(tmp_path / "pick", "flow", candidates, "ema", 16, 0)
+    assert out["chosen_lr"] == 1e-3  # 0.49 on average; 3e-3's best seed (0.36) does not carry it
+    rows = {c["lr"]: c for c in out["candidates"]}
+    assert rows[1e-3]["val_loss"] == pytest.approx(0.49) and rows[3e-3]["val_loss"] == pytest.approx(0.53)
+    assert rows[3e-3]["per_seed"] == [0.36, 0.70] and rows[3e-3]["seeds"] == [0, 1]
+    assert rows[1e-2]["val_loss"] is None and rows[1e-2]["diverged"]  # one seed diverged: the LR loses
+    assert out["by"].endswith("mean over seeds 0, 1")
+
+
+def _lr_seed(run_dir) -> tuple[float, int]:
+    _, lr, seed = Path(run_dir).name.split("-")
+    return float(lr), int(seed)
+
+
 def test_lr_sweep_stage_picks_the_lowest_validation_loss(tmp_path, monkeypatch):
     losses = {3e-4: 0.52, 1e-3: 0.31, 3e-3: 0.47}
     candidates = []
@@ -264,9 +313,9 @@ def test_lr_sweep_stage_picks_the_lowest_validation_loss(tmp_path, monkeypatch):
 
 
 def test_tiny_study_with_lr_sweep_and_cfg_best(tmp_path):
-    """A real tiny study: the sweep trains each candidate, its pick stage chooses the lowest validation loss, the
-    grid's runs train at that LR, every milestone is sampled at a scale chosen on validation prompts, and the report
-    shows both choices."""
+    """A real tiny study: the sweep trains each candidate at both seeds, its pick stage chooses the lowest mean
+    validation loss, the grid's runs are the sweep's at that LR, every milestone is sampled at a scale chosen on
+    validation prompts, and the report shows both choices."""
     from synthscale.study.run import run_study
     from tests.test_study import TINY
 
@@ -274,6 +323,8 @@ def test_tiny_study_with_lr_sweep_and_cfg_best(tmp_path):
         *TINY,
         "objectives=[flow]",
         "lr_sweep=[1e-3, 3e-3]",
+        "seeds=[0, 1]",
+        "lr_sweep_seeds=2",
         "evaluation.cfg_scale=best",
         "evaluation.cfg_candidates=[1, 3]",
         "evaluation.val_n=8",
@@ -286,15 +337,19 @@ def test_tiny_study_with_lr_sweep_and_cfg_best(tmp_path):
     picked = json.loads(next((tmp_path / "s").glob("lr-sweep/flow-pick-*/lr_sweep.json")).read_text())
     losses = {c["lr"]: c["val_loss"] for c in picked["candidates"]}
     assert set(losses) == {1e-3, 3e-3} and picked["chosen_lr"] == min(losses, key=losses.get)
-    # the grid's one run is the sweep's cell: its run at the chosen LR is evaluated, not trained again
-    assert len(list((tmp_path / "s").glob("train/*"))) == 2
-    run = Path(json.loads(next((tmp_path / "s").glob("evaluate/flow-*/done.json")).read_text())["run_dir"])
+    assert all(c["val_loss"] == pytest.approx(sum(c["per_seed"]) / 2) for c in picked["candidates"])
+    # the grid's two runs (seeds 0 and 1) are the sweep's at the chosen LR: evaluated, not trained again
+    assert len(list((tmp_path / "s").glob("train/*"))) == 4
+    evaluated = sorted((tmp_path / "s").glob("evaluate/flow-*/done.json"))
+    assert len(evaluated) == 2
+    run = Path(json.loads(evaluated[0].read_text())["run_dir"])
     assert run.parent.name == "train"
     assert json.loads((run / "config.json").read_text())["train"]["lr"] == picked["chosen_lr"]
     records = [json.loads(x) for x in (run / "eval" / "records.jsonl").read_text().splitlines()]
     assert records and all(r["instruments"]["cfg_selection"]["split"] == "val" for r in records)
     summary = Path(result["report"]["markdown"]).read_text()
     assert "### Learning-rate sweep" in summary and "### CFG/temperature chosen on validation" in summary
+    assert "(mean; seed 0: " in summary and "mean over seeds 0, 1" in summary
     assert "CFG chosen on validation" in summary  # the primary setting names the choosing, not one scale
 
 

@@ -401,7 +401,8 @@ def estimate_flops(plan: StudyPlan) -> dict[str, Any]:
         text = TextSpec(s.data.caption_vocab, s.data.max_caption_tokens, 0)
         notes.append(f"caption tokenizer assumed from data.caption_vocab/max_caption_tokens ({e})")
     train_total = sum(r.run_cfg.train.budget_flops for r in plan.runs)
-    train_total += sum(sw.point[2] * (len(sw.candidates) - 1) for sw in plan.lr_sweeps.values())  # tuning.py
+    # the sweeps' runs beyond the grid cells the chosen candidate's runs are (study/tuning.py)
+    train_total += sum(sw.point[2] * (len(sw.candidates) - 1) * len(sw.seeds) for sw in plan.lr_sweeps.values())
     sample_total, per_run, ev = 0.0, [], s.evaluation
     for r in plan.runs:
         latent = _latent_shape(plan.autoencoders[r.autoencoder][0], notes)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,9 +32,10 @@ class LrSweep:
     objective: str
     candidates: list[float]
     point: tuple[str, int, float]  # (size, data size, budget) the candidates train at
-    trains: list[Stage]
+    trains: list[Stage]  # a run per candidate and sweep seed, candidate-major
     pick: Stage
     chosen: float | None  # None: the pick stage has not finished
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0])  # the seeds every candidate trains
 
 
 def candidates_of(study: StudyConfig, objective: str) -> list[float] | None:
@@ -66,16 +68,19 @@ def plan_lr_sweeps(study: StudyConfig, root: Path, main: dict, caches: dict, sta
         candidates = candidates_of(study, objective)
         if candidates is None:
             continue
-        trains = []
+        trains, entries = [], []
+        seeds = study.seeds[: study.lr_sweep_seeds]  # the first replicate seeds, as the grid names them
         for lr in candidates:
             at_lr = dataclasses.replace(study, run_overrides=[*study.run_overrides, f"{objective}:train.lr={lr!r}"])
-            scratch: list[Stage] = []
-            point_seed = (objective, *point, study.seeds[0])  # the first replicate seed, as the grid names it
-            run = _plan_run(at_lr, root, point_seed, main[latent_kind(objective)], False, [], caches, scratch)
-            stages += [s for s in scratch if s.kind == "cache"]
-            # a train stage like the grid's (folder train/<name>-<key>), so the candidate at the chosen LR is
-            # the grid cell's run; only a diverged loss is a result here rather than a failure
-            trains.append(dataclasses.replace(run.train, fn=f"{__name__}:sweep_train_stage"))
+            for seed in seeds:
+                scratch: list[Stage] = []
+                point_seed = (objective, *point, seed)
+                run = _plan_run(at_lr, root, point_seed, main[latent_kind(objective)], False, [], caches, scratch)
+                stages += [s for s in scratch if s.kind == "cache" and s not in stages]
+                # a train stage like the grid's (folder train/<name>-<key>), so the candidate at the chosen LR is
+                # the grid cell's run; only a diverged loss is a result here rather than a failure
+                trains.append(dataclasses.replace(run.train, fn=f"{__name__}:sweep_train_stage"))
+                entries.append({"lr": lr, "seed": seed})
         stages += trains
         weights = "ema" if "ema" in study.evaluation.weights else study.evaluation.weights[0]
         ev = study.evaluation
@@ -85,8 +90,8 @@ def plan_lr_sweeps(study: StudyConfig, root: Path, main: dict, caches: dict, sta
         kwargs = {
             "objective": objective,
             "candidates": [
-                {"lr": lr, "run_dir": str(root / t.id), "run_config": t.kwargs["run_config"]}
-                for lr, t in zip(candidates, trains)
+                {**e, "run_dir": str(root / t.id), "run_config": t.kwargs["run_config"]}
+                for e, t in zip(entries, trains)
             ],
             "weights": weights,
             "batch_size": ev.batch_size,
@@ -98,7 +103,7 @@ def plan_lr_sweeps(study: StudyConfig, root: Path, main: dict, caches: dict, sta
         chosen = None
         if status_of(root, pick) == "done":
             chosen = json.loads((stage_dir(root, pick) / DONE).read_text())["chosen_lr"]
-        sweeps[objective] = LrSweep(objective, candidates, point, trains, pick, chosen)
+        sweeps[objective] = LrSweep(objective, candidates, point, trains, pick, chosen, list(seeds))
     return sweeps
 
 
@@ -169,7 +174,8 @@ def describe(plan) -> list[str]:
         size, data, budget = s.point
         chosen = f"chose {s.chosen:g}" if s.chosen is not None else "not run yet: the runs' LR is chosen by the sweep"
         lrs = ", ".join(f"{lr:g}" for lr in s.candidates)
-        out.append(f"  LR sweep {o}: {lrs} at {size}, d{data}, {budget:.3g} FLOPs; {chosen}")
+        seeds = f", seeds {', '.join(map(str, s.seeds))} (mean loss)" if len(s.seeds) > 1 else ""
+        out.append(f"  LR sweep {o}: {lrs} at {size}, d{data}, {budget:.3g} FLOPs{seeds}; {chosen}")
     return out
 
 
@@ -179,6 +185,7 @@ def results(plan) -> dict[str, Any]:
     for o, s in plan.lr_sweeps.items():
         done = stage_dir(plan.root, s.pick) / DONE
         base = {"candidates": s.candidates, "size": s.point[0], "data_size": s.point[1], "budget_flops": s.point[2]}
+        base |= {"seeds": s.seeds} if len(s.seeds) > 1 else {}
         out[o] = {**base, **json.loads(done.read_text())} if done.is_file() else {**base, "chosen_lr": None}
     return out
 
@@ -229,16 +236,26 @@ def lr_sweep_stage(
     seed: int,
     device: str = "auto",
 ) -> dict[str, Any]:
-    """Compare the candidates' validation losses and choose the lowest (ties: the smaller LR). Writes
-    lr_sweep.json; its summary (`chosen_lr`) is what `plan_study` reads."""
+    """Compare the candidates' validation losses and choose the lowest (ties: the smaller LR). A candidate LR
+    trained at several seeds (`candidates` entries with a `seed`) scores the mean of their losses, and loses if
+    any of them diverged. Writes lr_sweep.json; its summary (`chosen_lr`) is what `plan_study` reads."""
     from synthscale import atomic
 
-    rows = []
+    by_lr: dict[float, list[tuple[int, float, str | None]]] = {}
     for c in candidates:
         run_dir = Path(c["run_dir"])
         diverged = json.loads((run_dir / DONE).read_text()).get("diverged") if (run_dir / DONE).is_file() else None
         loss = math.inf if diverged else candidate_loss(run_dir, c["run_config"], weights, batch_size, seed, device)
-        rows.append({"lr": c["lr"], "val_loss": loss if math.isfinite(loss) else None, "diverged": diverged})
+        by_lr.setdefault(c["lr"], []).append((c.get("seed", 0), loss, diverged))
+    rows = []
+    for lr, runs in by_lr.items():
+        mean = statistics.fmean(loss for _, loss, _ in runs)
+        row = {"lr": lr, "val_loss": mean if math.isfinite(mean) else None}
+        row["diverged"] = next((d for _, _, d in runs if d), None)
+        if len(runs) > 1:
+            row["seeds"] = [s for s, _, _ in runs]
+            row["per_seed"] = [loss if math.isfinite(loss) else None for _, loss, _ in runs]
+        rows.append(row)
     finite = [r for r in rows if r["val_loss"] is not None]
     if not finite:
         lrs = ", ".join(f"{r['lr']:g}" for r in rows)
@@ -250,7 +267,7 @@ def lr_sweep_stage(
     summary = {
         "objective": objective,
         "chosen_lr": best["lr"],
-        "by": RULE,
+        "by": RULE + (f", mean over seeds {', '.join(map(str, rows[0]['seeds']))}" if "seeds" in rows[0] else ""),
         "weights": weights,
         "candidates": rows,
         "edge": best["lr"] in (min(r["lr"] for r in rows), max(r["lr"] for r in rows)) and len(rows) > 1,

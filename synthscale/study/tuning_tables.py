@@ -66,6 +66,9 @@ def lr_sweep_table(data: cmp.StudyData) -> tuple[str, Table]:
             continue
         for c in s["candidates"]:
             loss = "diverged" if c.get("diverged") else _num(c["val_loss"], ".4f")
+            if c.get("per_seed"):  # a sweep over seeds: the mean, then each seed's
+                seeds = ", ".join(f"{s}: {_num(v, '.4f')}" for s, v in zip(c["seeds"], c["per_seed"]))
+                loss += f" (mean; seed {seeds})"
             mark = (
                 "✓ chosen" + (" (at the edge of the candidates)" if s.get("edge") else "")
                 if c["lr"] == s["chosen_lr"]
