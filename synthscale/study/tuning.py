@@ -1,5 +1,6 @@
 """The learning-rate sweep that runs before a study's grid: per objective, one short run per candidate LR at the
-grid's smallest size and budget; the objective's runs then train at the candidate with the lowest validation loss.
+grid's smallest size and budget (at each of the first `lr_sweep_seeds` seeds); the objective's runs then train at
+the candidate with the lowest validation loss (averaged over those seeds).
 
 The grid's runs are keyed by their config, LR included, so they cannot be planned before the sweep has chosen:
 `plan_study` plans the sweep's stages, reads each objective's choice from its finished pick stage, and plans that
@@ -76,7 +77,7 @@ def plan_lr_sweeps(study: StudyConfig, root: Path, main: dict, caches: dict, sta
                 scratch: list[Stage] = []
                 point_seed = (objective, *point, seed)
                 run = _plan_run(at_lr, root, point_seed, main[latent_kind(objective)], False, [], caches, scratch)
-                stages += [s for s in scratch if s.kind == "cache" and s not in stages]
+                stages += [s for s in scratch if s.kind == "cache"]
                 # a train stage like the grid's (folder train/<name>-<key>), so the candidate at the chosen LR is
                 # the grid cell's run; only a diverged loss is a result here rather than a failure
                 trains.append(dataclasses.replace(run.train, fn=f"{__name__}:sweep_train_stage"))
