@@ -57,6 +57,14 @@ class KVCache:
         self.v[layer, :, :, self.length : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    def select_rows(self, index: torch.Tensor) -> None:
+        """Keep batch rows `index` (int64 [B']) of every layer, repeats allowed: rows whose filled positions are
+        the same (CFG's null-caption rows after their shared prefix) are computed once and copied."""
+        self.k, self.v = self.k.index_select(1, index), self.v.index_select(1, index)
+        if self.static and self.k.is_cuda and hasattr(torch, "_dynamo"):  # new buffers: fixed addresses again
+            for t in (self.k, self.v):
+                torch._dynamo.mark_static_address(t)
+
     def advance(self, n: int) -> None:
         """n positions were written by every layer."""
         if self.static:

@@ -80,17 +80,32 @@ def decode_key_bias(text_valid: torch.Tensor, image_tokens: int) -> torch.Tensor
     return bias[:, None, None, :]
 
 
-def decode_step(model: AutoregressiveNet, cache, ids: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
+def next_logits(model: AutoregressiveNet, hidden: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+    """Float logits [B, K] of the next token from the newest position's final hidden states [R, D] (R = 2B with
+    CFG: cond rows, then uncond). The head is one Linear after the final norm, so guiding the hidden states and
+    applying the head once is guiding the logits, uncond + s·(cond − uncond), up to rounding — at half the head's
+    rows (at 1x64 the head [D → V = 1024] costs more than a block). Any other head guides its logits."""
+    if cfg_scale == 1:
+        return model.head(hidden).float()
+    if isinstance(model.head, nn.Linear):
+        return model.head(guide(hidden.float(), cfg_scale)).float()
+    return guide(model.head(hidden).float(), cfg_scale)
+
+
+def decode_step(
+    model: AutoregressiveNet, cache, ids: torch.Tensor, key_valid: torch.Tensor, cfg_scale: float = 1.0
+) -> torch.Tensor:
     """One decoding step on a static KV cache: the image input ids [R, 1] at the cache's position →
-    logits [R, V] of the next token. key_valid bool [R, K] (K = cache.max_len) marks real keys (pad caption keys
-    False). Every shape is the same at every position, so one compilation serves the whole image."""
+    guided logits [B, V] of the next token (`next_logits`). key_valid bool [R, K] (K = cache.max_len) marks real
+    keys (pad caption keys False). Every shape is the same at every position, so one compilation serves the whole
+    image."""
     K = key_valid.shape[1]
     L = K - model.image_tokens
     here = cache.pos  # int64 [1]: this input's place in the sequence
     h = model.embed(ids) + F.embedding(here - L, model.pos.weight)  # [R, 1, D]
     mask = key_valid & (torch.arange(K, device=ids.device) <= here)  # [R, K]: this position and before
     hidden = model.backbone(h, mask[:, None, None, :], cache=cache)  # writes position `here`, advances
-    return model.head(hidden[:, -1]).float()
+    return next_logits(model, hidden[:, -1], cfg_scale)
 
 
 _COMPILED: dict[str, object] = {}
@@ -152,16 +167,21 @@ class AutoregressiveObjective(Objective):
             key_valid = torch.cat([valid, valid.new_ones(rows, N)], dim=1)  # [rows, L + N]
             step = compiled_decode_step(dev) if compiled else decode_step
         for j in range(N):
-            if not kv_cache:
-                logits = model.head(model(ids[:, : j + 1], valid, prefix)[:, -1])
-            elif j == 0:  # caption + BOS fill the cache
-                logits = model.head(model(ids[:, :1], valid, prefix, cache=cache)[:, -1])
-            elif static:
-                logits = step(model, cache, ids[:, j : j + 1].contiguous(), key_valid)
+            if static and j > 0:
+                logits = step(model, cache, ids[:, j : j + 1].contiguous(), key_valid, cfg_scale)
             else:
-                logits = model.head(model(ids[:, j : j + 1], valid, cache=cache, start=j, key_bias=key_bias)[:, -1])
-            logits = logits.float()  # [rows, V]
-            logits = guide(logits, cfg_scale) if guided else logits
+                if not kv_cache:
+                    hidden = model(ids[:, : j + 1], valid, prefix)
+                elif j == 0 and guided:  # the B null-caption rows are one row until their first token: run it once
+                    hidden = model(ids[: B + 1, :1], valid[: B + 1], prefix[: B + 1], cache=cache)
+                    rows_of = torch.cat([torch.arange(B + 1, device=dev), torch.full((B - 1,), B, device=dev)])
+                    cache.select_rows(rows_of)  # [cond 0..B−1, null × B]
+                    hidden = hidden[rows_of]
+                elif j == 0:  # caption + BOS fill the cache
+                    hidden = model(ids[:, :1], valid, prefix, cache=cache)
+                else:
+                    hidden = model(ids[:, j : j + 1], valid, cache=cache, start=j, key_bias=key_bias)
+                logits = next_logits(model, hidden[:, -1], cfg_scale)  # [B, V], guided
             nxt = model.codes.draw(logits, generator, self.cfg.temperature, self.cfg.top_k)  # [B]
             ids[:, j + 1] = torch.cat([nxt, nxt]) if guided else nxt
         return ids[:B, 1:].reshape(B, *model.grid)
