@@ -57,13 +57,22 @@ class KVCache:
         self.v[layer, :, :, self.length : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
-    def select_rows(self, index: torch.Tensor) -> None:
-        """Keep batch rows `index` (int64 [B']) of every layer, repeats allowed: rows whose filled positions are
-        the same (CFG's null-caption rows after their shared prefix) are computed once and copied."""
-        self.k, self.v = self.k.index_select(1, index), self.v.index_select(1, index)
-        if self.static and self.k.is_cuda and hasattr(torch, "_dynamo"):  # new buffers: fixed addresses again
-            for t in (self.k, self.v):
-                torch._dynamo.mark_static_address(t)
+    def place(self, rows: slice, at: int, other: KVCache, start: int, count: int, batch: int) -> None:
+        """Copy `other`'s positions [start, start + count) of every layer into rows `rows` at positions
+        [at, at + count), allocating for `batch` rows at the first call; a one-row `other` fills every row of
+        `rows`. Prefills of different lengths (CFG's captions and its one null caption) assemble one cache;
+        `filled` then says how many positions it holds."""
+        if self.k is None:
+            self._allocate(other.k[0, :1, :, :1].expand(batch, -1, -1, -1))
+        self.k[:, rows, :, at : at + count] = other.k[:, :, :, start : start + count]
+        self.v[:, rows, :, at : at + count] = other.v[:, :, :, start : start + count]
+
+    def filled(self, n: int) -> None:
+        """Positions [0, n) of every row hold keys and values (real ones or, where the mask hides them, zeros)."""
+        if self.static:
+            self.pos.fill_(n)
+        else:
+            self.length = n
 
     def advance(self, n: int) -> None:
         """n positions were written by every layer."""

@@ -108,6 +108,30 @@ def decode_step(
     return next_logits(model, hidden[:, -1], cfg_scale)
 
 
+def caption_columns(valid: torch.Tensor) -> int:
+    """The caption columns [0, n) up to the last real token of any row of valid bool [B, L]: past them every key is
+    padding, which no query attends to (prefix-LM), so a sequence without them computes the same tokens."""
+    return int(valid.any(0).nonzero().max()) + 1
+
+
+def guided_prefill(model: AutoregressiveNet, cache, prefix, valid, bos: torch.Tensor) -> torch.Tensor:
+    """Caption + BOS of CFG's rows [cond B; null B] into `cache` (L + N positions, L = the caption length) →
+    hidden states [2B, 1, D] of BOS. The B null rows are one row until their first token, so it runs once and is
+    copied; the captions run without the columns that are padding in all of them (`caption_columns`), their BOS
+    key placed at position L like the null rows', the columns between left zero (padding: masked)."""
+    B, L = prefix.shape[0] // 2, prefix.shape[1]
+    n = caption_columns(valid[:B])
+    hidden = []
+    for rows, m in ((slice(0, B), n), (slice(B, B + 1), L)):  # the captions, then one null caption
+        part = model.backbone.new_cache(m + 1)
+        hidden.append(model(bos[rows], valid[rows, :m], prefix[rows, :m], cache=part)[:, -1:])
+        dest = slice(rows.start, rows.start + B)
+        cache.place(dest, 0, part, 0, m, batch=2 * B)
+        cache.place(dest, L, part, m, 1, batch=2 * B)
+    cache.filled(L + 1)
+    return torch.cat([hidden[0], hidden[1].expand(B, -1, -1)])  # [2B, 1, D]
+
+
 _COMPILED: dict[str, object] = {}
 
 
@@ -159,6 +183,8 @@ class AutoregressiveObjective(Objective):
         guided = cfg_scale != 1
         static = kv_cache and (static_cache or compiled)
         prefix, valid = model.guided_prefix(text.to(dev), guided)
+        if not guided:  # caption columns that are padding in every row are no keys anywhere: drop them
+            prefix, valid = prefix[:, : caption_columns(valid)], valid[:, : caption_columns(valid)]
         rows, L = prefix.shape[0], prefix.shape[1]  # B, or 2B with CFG
         ids = torch.full((rows, N + 1), model.bos_id, dtype=torch.long, device=dev)  # [BOS, x_0, …, x_{N-1}]
         cache = model.backbone.new_cache(L + N, static=static) if kv_cache else None
@@ -172,11 +198,8 @@ class AutoregressiveObjective(Objective):
             else:
                 if not kv_cache:
                     hidden = model(ids[:, : j + 1], valid, prefix)
-                elif j == 0 and guided:  # the B null-caption rows are one row until their first token: run it once
-                    hidden = model(ids[: B + 1, :1], valid[: B + 1], prefix[: B + 1], cache=cache)
-                    rows_of = torch.cat([torch.arange(B + 1, device=dev), torch.full((B - 1,), B, device=dev)])
-                    cache.select_rows(rows_of)  # [cond 0..B−1, null × B]
-                    hidden = hidden[rows_of]
+                elif j == 0 and guided:
+                    hidden = guided_prefill(model, cache, prefix, valid, ids[:, :1])
                 elif j == 0:  # caption + BOS fill the cache
                     hidden = model(ids[:, :1], valid, prefix, cache=cache)
                 else:
