@@ -109,9 +109,29 @@ def decode_step(
 
 
 def caption_columns(valid: torch.Tensor) -> int:
-    """The caption columns [0, n) up to the last real token of any row of valid bool [B, L]: past them every key is
-    padding, which no query attends to (prefix-LM), so a sequence without them computes the same tokens."""
-    return int(valid.any(0).nonzero().max()) + 1
+    """The caption columns [0, n) up to the last real token of any row of valid bool [B, L] (at least one): past
+    them every key is padding, which no query attends to (prefix-LM), so a sequence without them computes the same
+    tokens up to rounding."""
+    real = valid.any(0).nonzero()
+    return int(real.max()) + 1 if len(real) else 1
+
+
+def sampling_prefix(model: AutoregressiveNet, text: torch.Tensor, guided: bool):
+    """(prefix [R, L, D], key_valid bool [R, L]) of `model.guided_prefix`, with the caption encoded without the
+    columns that are padding in every caption (dynamic padding: an encoder with a `pad_id` only). Unguided, L is
+    that shorter length; with CFG the null caption keeps its full length, the captions are padded to it with zero
+    features (masked keys)."""
+    pad_id = getattr(model.text_encoder, "pad_id", None)
+    if pad_id is not None:
+        text = text[:, : caption_columns(text != pad_id)]
+    prefix, valid = model.encode_text(text)  # [B, n, D]
+    if not guided:
+        return prefix, valid
+    B, n = valid.shape
+    null_h, null_valid = model.null_text(B)  # [B, L, D]
+    L = null_valid.shape[1]
+    prefix = torch.cat([F.pad(prefix, (0, 0, 0, L - n)), null_h.to(prefix.dtype)])
+    return prefix, torch.cat([F.pad(valid, (0, L - n), value=False), null_valid])
 
 
 def guided_prefill(model: AutoregressiveNet, cache, prefix, valid, bos: torch.Tensor) -> torch.Tensor:
@@ -182,9 +202,7 @@ class AutoregressiveObjective(Objective):
         dev, B = model.device, text.shape[0]
         guided = cfg_scale != 1
         static = kv_cache and (static_cache or compiled)
-        prefix, valid = model.guided_prefix(text.to(dev), guided)
-        if not guided:  # caption columns that are padding in every row are no keys anywhere: drop them
-            prefix, valid = prefix[:, : caption_columns(valid)], valid[:, : caption_columns(valid)]
+        prefix, valid = sampling_prefix(model, text.to(dev), guided)
         rows, L = prefix.shape[0], prefix.shape[1]  # B, or 2B with CFG
         ids = torch.full((rows, N + 1), model.bos_id, dtype=torch.long, device=dev)  # [BOS, x_0, …, x_{N-1}]
         cache = model.backbone.new_cache(L + N, static=static) if kv_cache else None
