@@ -117,10 +117,12 @@ def _one_query_attention(q, k, v, bias=None):
     """SDPA's result for one query a row, q [B, H, 1, hd] over k, v [B, H, K, hd] with an additive mask, as two
     batched matmuls and a softmax: equal up to rounding, and 5–25 % faster on a CPU at decoding's shapes (SDPA's
     fused kernel pays per batch × head for blocking a single query)."""
-    scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))  # [B, H, 1, K]
-    if bias is not None:
-        scores += bias
-    return torch.matmul(scores.softmax(-1), v)
+    B, H, _, hd = q.shape
+    K = k.shape[2]
+    bias = q.new_zeros(()) if bias is None else bias.expand(B, H, 1, K).reshape(B * H, 1, K)
+    kt = k.reshape(B * H, K, hd).transpose(1, 2)  # a view: the cache's rows are (B, H)-major
+    scores = torch.baddbmm(bias, q.reshape(B * H, 1, hd), kt, alpha=hd**-0.5)  # [B·H, 1, K]
+    return torch.bmm(scores.softmax(-1), v.reshape(B * H, K, hd)).view(B, H, 1, hd)
 
 
 def _rms(norm: nn.RMSNorm, x: torch.Tensor) -> torch.Tensor:
