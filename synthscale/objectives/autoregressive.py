@@ -95,7 +95,7 @@ def next_logits(model: AutoregressiveNet, hidden: torch.Tensor, cfg_scale: float
 def next_token(model: AutoregressiveNet, hidden, cfg_scale: float, generator, temperature: float, top_k: int):
     """ids [B] of the next token drawn from the newest position's final hidden states [R, D] (`next_logits`, then
     `codes.draw`). At the defaults (full softmax, temperature 1, no top-k, a float32 Linear head) the head runs
-    into the Gumbel noise instead: b − log E, then += h·Wᵀ in place (one GEMM into the noise buffer; no copy of the
+    into the Gumbel noise instead: b − log E, then + h·Wᵀ into the same buffer (one GEMM; no copy of the
     bias into fresh logits, no separate subtraction). The same uniforms, the sum in another order: the same draw
     up to rounding, 2–4 % faster per image at 1x64–2x64."""
     head = model.head
@@ -110,7 +110,8 @@ def next_token(model: AutoregressiveNet, hidden, cfg_scale: float, generator, te
         return model.codes.draw(next_logits(model, hidden, cfg_scale), generator, temperature, top_k)
     h = hidden.float() if cfg_scale == 1 else guide(hidden.float(), cfg_scale)  # [B, D]
     scores = _log_exponential((h.shape[0], head.out_features), generator, h.device).neg_().add_(head.bias)
-    return scores.addmm_(h, head.weight.t()).max(-1).indices  # argmax of logits + Gumbel noise
+    # addmm into its own input (out=, not addmm_: FLOP counters register addmm's overloads, not the in-place op)
+    return torch.addmm(scores, h, head.weight.t(), out=scores).max(-1).indices  # argmax of logits + Gumbel noise
 
 
 def decode_step(model: AutoregressiveNet, cache, ids: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
@@ -263,21 +264,29 @@ class AutoregressiveObjective(Objective):
         generator = C.transformer(T, T, size.width, size.depth) + C.linear(N, size.width, head)
         return C.Flops(generator, text_encoder_flops(model_cfg, text))
 
-    def sample_flops_split(self, model_cfg, latent, text, steps, cfg_scale, kv_cache: bool = True):
-        """Per image: with the cache, caption + BOS once, then one position a step attending to all before it;
-        without it, the whole sequence so far every step. The head runs on the newest position only."""
+    def sample_flops_split(self, model_cfg, latent, text, steps, cfg_scale, kv_cache: bool = True, batch: int = 1):
+        """Per image of a batch of `batch` full-length captions: with the cache, caption + BOS once, then one
+        position a step attending to all before it; without it, the whole sequence so far every step. CFG runs the
+        backbone twice but the head once (guided before it, `next_logits`), and with the cache the null caption's
+        prefill once for the whole batch (`guided_prefill`). Captions padded in every row cost less than counted
+        here (`caption_columns`)."""
         N = latent.tokens
         self.check_steps(steps, N)
         size = get_size(model_cfg.size)
         D, depth, L = size.width, size.depth, text.max_length
-        flops = 0
+        backbone, prefill = 0, 0
         for j in range(N):
             if kv_cache and j > 0:
-                flops += C.transformer(1, L + j + 1, D, depth)
+                backbone += C.transformer(1, L + j + 1, D, depth)
+            elif kv_cache:
+                prefill = C.transformer(L + 1, L + 1, D, depth)
             else:
-                flops += C.transformer(L + j + 1, L + j + 1, D, depth)
-            flops += C.linear(1, D, logits_width(latent, self.cfg.factorised))
-        return C.Flops(flops * cfg_copies(cfg_scale), text_encoder_flops(model_cfg, text))
+                backbone += C.transformer(L + j + 1, L + j + 1, D, depth)
+        head = N * C.linear(1, D, logits_width(latent, self.cfg.factorised))
+        copies = cfg_copies(cfg_scale)
+        null_prefill = round((copies - 1) * prefill / batch)  # one null row's prefill serves the batch
+        generator = copies * backbone + prefill + null_prefill + head
+        return C.Flops(generator, text_encoder_flops(model_cfg, text))
 
-    def sample_flops(self, model_cfg, latent, text, steps, cfg_scale, kv_cache: bool = True):
-        return self.sample_flops_split(model_cfg, latent, text, steps, cfg_scale, kv_cache).total
+    def sample_flops(self, model_cfg, latent, text, steps, cfg_scale, kv_cache: bool = True, batch: int = 1):
+        return self.sample_flops_split(model_cfg, latent, text, steps, cfg_scale, kv_cache, batch).total
