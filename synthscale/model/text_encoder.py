@@ -30,11 +30,11 @@ class TextEncoder(nn.Module):
         nn.init.normal_(self.pos.weight, std=0.02)
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens int64 [B, L] → (features [B, L, D], key_valid bool [B, L])."""
+        """tokens int64 [B, L ≤ max_length] → (features [B, L, D], key_valid bool [B, L])."""
         B, L = tokens.shape
-        if L != self.max_length:
+        if L > self.max_length:
             raise ValueError(f"caption tokens have length {L}, the text encoder was built for {self.max_length}")
         valid = key_valid(tokens, self.pad_id)
-        x = self.tok(tokens) + self.pos.weight  # [B, L, D]
+        x = self.tok(tokens) + self.pos.weight[:L]  # [B, L, D]; a shorter caption reads as if right-padded
         mask = valid[:, None, None, :]  # [B, 1, 1, L]: every query sees the real tokens
         return self.transformer(x, mask), valid

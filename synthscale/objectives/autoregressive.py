@@ -18,7 +18,7 @@ from synthscale.compute import flops as C
 from synthscale.config import ObjectiveConfig
 from synthscale.model.network import Network, attention_mask
 from synthscale.model.sizes import get_size
-from synthscale.objectives.base import Objective, cfg_copies, guide, inference, text_encoder_flops
+from synthscale.objectives.base import Objective, _log_exponential, cfg_copies, guide, inference, text_encoder_flops
 from synthscale.objectives.codes import TokenCodes, logits_width
 
 
@@ -80,17 +80,95 @@ def decode_key_bias(text_valid: torch.Tensor, image_tokens: int) -> torch.Tensor
     return bias[:, None, None, :]
 
 
+def next_logits(model: AutoregressiveNet, hidden: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+    """Float logits [B, K] of the next token from the newest position's final hidden states [R, D] (R = 2B with
+    CFG: cond rows, then uncond). The head is one Linear after the final norm, so guiding the hidden states and
+    applying the head once is guiding the logits, uncond + s·(cond − uncond), up to rounding — at half the head's
+    rows (at 1x64 the head [D → V = 1024] costs more than a block). Any other head guides its logits."""
+    if cfg_scale == 1:
+        return model.head(hidden).float()
+    if isinstance(model.head, nn.Linear):
+        return model.head(guide(hidden.float(), cfg_scale)).float()
+    return guide(model.head(hidden).float(), cfg_scale)
+
+
+def next_token(model: AutoregressiveNet, hidden, cfg_scale: float, generator, temperature: float, top_k: int):
+    """ids [B] of the next token drawn from the newest position's final hidden states [R, D] (`next_logits`, then
+    `codes.draw`). At the defaults (full softmax, temperature 1, no top-k, a float32 Linear head) the head runs
+    into the Gumbel noise instead: b − log E, then + h·Wᵀ into the same buffer (one GEMM; no copy of the
+    bias into fresh logits, no separate subtraction). The same uniforms, the sum in another order: the same draw
+    up to rounding, 2–4 % faster per image at 1x64–2x64."""
+    head = model.head
+    if not (
+        isinstance(head, nn.Linear)
+        and head.bias is not None
+        and head.weight.dtype == torch.float32
+        and not model.codes.factorised
+        and temperature == 1
+        and not top_k
+    ):
+        return model.codes.draw(next_logits(model, hidden, cfg_scale), generator, temperature, top_k)
+    h = hidden.float() if cfg_scale == 1 else guide(hidden.float(), cfg_scale)  # [B, D]
+    scores = _log_exponential((h.shape[0], head.out_features), generator, h.device).neg_().add_(head.bias)
+    # addmm into its own input (out=, not addmm_: FLOP counters register addmm's overloads, not the in-place op)
+    return torch.addmm(scores, h, head.weight.t(), out=scores).max(-1).indices  # argmax of logits + Gumbel noise
+
+
 def decode_step(model: AutoregressiveNet, cache, ids: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
-    """One decoding step on a static KV cache: the image input ids [R, 1] at the cache's position →
-    logits [R, V] of the next token. key_valid bool [R, K] (K = cache.max_len) marks real keys (pad caption keys
-    False). Every shape is the same at every position, so one compilation serves the whole image."""
+    """One decoding step on a static KV cache: the image input ids [R, 1] at the cache's position → final hidden
+    states [R, D] of that position (`next_token` applies the head and draws). key_valid bool [R, K]
+    (K = cache.max_len) marks real keys (pad caption keys False). Every shape is the same at every position, so
+    one compilation serves the whole image."""
     K = key_valid.shape[1]
     L = K - model.image_tokens
     here = cache.pos  # int64 [1]: this input's place in the sequence
     h = model.embed(ids) + F.embedding(here - L, model.pos.weight)  # [R, 1, D]
     mask = key_valid & (torch.arange(K, device=ids.device) <= here)  # [R, K]: this position and before
-    hidden = model.backbone(h, mask[:, None, None, :], cache=cache)  # writes position `here`, advances
-    return model.head(hidden[:, -1]).float()
+    return model.backbone(h, mask[:, None, None, :], cache=cache)[:, -1]  # writes position `here`, advances
+
+
+def caption_columns(valid: torch.Tensor) -> int:
+    """The caption columns [0, n) up to the last real token of any row of valid bool [B, L] (at least one): past
+    them every key is padding, which no query attends to (prefix-LM), so a sequence without them computes the same
+    tokens up to rounding."""
+    real = valid.any(0).nonzero()
+    return int(real.max()) + 1 if len(real) else 1
+
+
+def sampling_prefix(model: AutoregressiveNet, text: torch.Tensor, guided: bool):
+    """(prefix [R, L, D], key_valid bool [R, L]) of `model.guided_prefix`, with the caption encoded without the
+    columns that are padding in every caption (dynamic padding: an encoder with a `pad_id` only). Unguided, L is
+    that shorter length; with CFG the null caption keeps its full length, the captions are padded to it with zero
+    features (masked keys)."""
+    pad_id = getattr(model.text_encoder, "pad_id", None)
+    if pad_id is not None:
+        text = text[:, : caption_columns(text != pad_id)]
+    prefix, valid = model.encode_text(text)  # [B, n, D]
+    if not guided:
+        return prefix, valid
+    B, n = valid.shape
+    null_h, null_valid = model.null_text(B)  # [B, L, D]
+    L = null_valid.shape[1]
+    prefix = torch.cat([F.pad(prefix, (0, 0, 0, L - n)), null_h.to(prefix.dtype)])
+    return prefix, torch.cat([F.pad(valid, (0, L - n), value=False), null_valid])
+
+
+def guided_prefill(model: AutoregressiveNet, cache, prefix, valid, bos: torch.Tensor) -> torch.Tensor:
+    """Caption + BOS of CFG's rows [cond B; null B] into `cache` (L + N positions, L = the caption length) →
+    hidden states [2B, 1, D] of BOS. The B null rows are one row until their first token, so it runs once and is
+    copied; the captions run without the columns that are padding in all of them (`caption_columns`), their BOS
+    key placed at position L like the null rows', the columns between left zero (padding: masked)."""
+    B, L = prefix.shape[0] // 2, prefix.shape[1]
+    n = caption_columns(valid[:B])
+    hidden = []
+    for rows, m in ((slice(0, B), n), (slice(B, B + 1), L)):  # the captions, then one null caption
+        part = model.backbone.new_cache(m + 1)
+        hidden.append(model(bos[rows], valid[rows, :m], prefix[rows, :m], cache=part)[:, -1:])
+        dest = slice(rows.start, rows.start + B)
+        cache.place(dest, 0, part, 0, m, batch=2 * B)
+        cache.place(dest, L, part, m, 1, batch=2 * B)
+    cache.filled(L + 1)
+    return torch.cat([hidden[0], hidden[1].expand(B, -1, -1)])  # [2B, 1, D]
 
 
 _COMPILED: dict[str, object] = {}
@@ -143,7 +221,7 @@ class AutoregressiveObjective(Objective):
         dev, B = model.device, text.shape[0]
         guided = cfg_scale != 1
         static = kv_cache and (static_cache or compiled)
-        prefix, valid = model.guided_prefix(text.to(dev), guided)
+        prefix, valid = sampling_prefix(model, text.to(dev), guided)
         rows, L = prefix.shape[0], prefix.shape[1]  # B, or 2B with CFG
         ids = torch.full((rows, N + 1), model.bos_id, dtype=torch.long, device=dev)  # [BOS, x_0, …, x_{N-1}]
         cache = model.backbone.new_cache(L + N, static=static) if kv_cache else None
@@ -152,17 +230,17 @@ class AutoregressiveObjective(Objective):
             key_valid = torch.cat([valid, valid.new_ones(rows, N)], dim=1)  # [rows, L + N]
             step = compiled_decode_step(dev) if compiled else decode_step
         for j in range(N):
-            if not kv_cache:
-                logits = model.head(model(ids[:, : j + 1], valid, prefix)[:, -1])
+            if static and j > 0:
+                hidden = step(model, cache, ids[:, j : j + 1].contiguous(), key_valid)
+            elif not kv_cache:
+                hidden = model(ids[:, : j + 1], valid, prefix)[:, -1]
+            elif j == 0 and guided:
+                hidden = guided_prefill(model, cache, prefix, valid, ids[:, :1])[:, -1]
             elif j == 0:  # caption + BOS fill the cache
-                logits = model.head(model(ids[:, :1], valid, prefix, cache=cache)[:, -1])
-            elif static:
-                logits = step(model, cache, ids[:, j : j + 1].contiguous(), key_valid)
+                hidden = model(ids[:, :1], valid, prefix, cache=cache)[:, -1]
             else:
-                logits = model.head(model(ids[:, j : j + 1], valid, cache=cache, start=j, key_bias=key_bias)[:, -1])
-            logits = logits.float()  # [rows, V]
-            logits = guide(logits, cfg_scale) if guided else logits
-            nxt = model.codes.draw(logits, generator, self.cfg.temperature, self.cfg.top_k)  # [B]
+                hidden = model(ids[:, j : j + 1], valid, cache=cache, start=j, key_bias=key_bias)[:, -1]
+            nxt = next_token(model, hidden, cfg_scale, generator, self.cfg.temperature, self.cfg.top_k)  # [B]
             ids[:, j + 1] = torch.cat([nxt, nxt]) if guided else nxt
         return ids[:B, 1:].reshape(B, *model.grid)
 
@@ -186,21 +264,29 @@ class AutoregressiveObjective(Objective):
         generator = C.transformer(T, T, size.width, size.depth) + C.linear(N, size.width, head)
         return C.Flops(generator, text_encoder_flops(model_cfg, text))
 
-    def sample_flops_split(self, model_cfg, latent, text, steps, cfg_scale, kv_cache: bool = True):
-        """Per image: with the cache, caption + BOS once, then one position a step attending to all before it;
-        without it, the whole sequence so far every step. The head runs on the newest position only."""
+    def sample_flops_split(self, model_cfg, latent, text, steps, cfg_scale, kv_cache: bool = True, batch: int = 1):
+        """Per image of a batch of `batch` full-length captions: with the cache, caption + BOS once, then one
+        position a step attending to all before it; without it, the whole sequence so far every step. CFG runs the
+        backbone twice but the head once (guided before it, `next_logits`), and with the cache the null caption's
+        prefill once for the whole batch (`guided_prefill`). Captions padded in every row cost less than counted
+        here (`caption_columns`)."""
         N = latent.tokens
         self.check_steps(steps, N)
         size = get_size(model_cfg.size)
         D, depth, L = size.width, size.depth, text.max_length
-        flops = 0
+        backbone, prefill = 0, 0
         for j in range(N):
             if kv_cache and j > 0:
-                flops += C.transformer(1, L + j + 1, D, depth)
+                backbone += C.transformer(1, L + j + 1, D, depth)
+            elif kv_cache:
+                prefill = C.transformer(L + 1, L + 1, D, depth)
             else:
-                flops += C.transformer(L + j + 1, L + j + 1, D, depth)
-            flops += C.linear(1, D, logits_width(latent, self.cfg.factorised))
-        return C.Flops(flops * cfg_copies(cfg_scale), text_encoder_flops(model_cfg, text))
+                backbone += C.transformer(L + j + 1, L + j + 1, D, depth)
+        head = N * C.linear(1, D, logits_width(latent, self.cfg.factorised))
+        copies = cfg_copies(cfg_scale)
+        null_prefill = round((copies - 1) * prefill / batch)  # one null row's prefill serves the batch
+        generator = copies * backbone + prefill + null_prefill + head
+        return C.Flops(generator, text_encoder_flops(model_cfg, text))
 
-    def sample_flops(self, model_cfg, latent, text, steps, cfg_scale, kv_cache: bool = True):
-        return self.sample_flops_split(model_cfg, latent, text, steps, cfg_scale, kv_cache).total
+    def sample_flops(self, model_cfg, latent, text, steps, cfg_scale, kv_cache: bool = True, batch: int = 1):
+        return self.sample_flops_split(model_cfg, latent, text, steps, cfg_scale, kv_cache, batch).total
