@@ -312,18 +312,18 @@ def test_sample_logits_matches_softmax_and_top_k():
     assert sample_logits(logits[:3], gen(0), temperature=0).tolist() == [2, 2, 2]
 
 
-def _textbook_gumbel_max(logits, generator, temperature):
-    """argmax(logits / T + G), G = −log(−log u) from torch.rand on the generator: the sampler's draw before it was
-    made faster, written out. A CPU run must keep drawing exactly these tokens for a given seed."""
-    u = torch.rand(logits.shape, generator=generator)
-    e = -torch.log(u.clamp_min(1e-20))
-    return (logits / temperature + -torch.log(e.clamp_min(1e-20))).argmax(-1)
+def _textbook_inverse_cdf(logits, generator, temperature):
+    """The first id whose cumulative softmax probability (float64) exceeds one uniform a row from torch.rand on the
+    generator: inverse-CDF sampling written out. A CPU run must keep drawing these tokens for a given seed."""
+    u = torch.rand(logits.shape[:-1] + (1,), generator=generator).double()
+    cdf = (logits.double() / temperature).softmax(-1).cumsum(-1)
+    return (cdf <= u).sum(-1).clamp(max=logits.shape[-1] - 1)
 
 
 @pytest.mark.parametrize("temperature,top_k", [(1.0, 0), (0.7, 0), (1.3, 5)])
-def test_sample_logits_draws_the_textbook_gumbel_max_tokens_on_cpu(temperature, top_k):
+def test_sample_logits_draws_the_textbook_inverse_cdf_tokens_on_cpu(temperature, top_k):
     logits = torch.randn(64, 3, 257, generator=gen(3)) * 3
-    logits[:, 0, :100] = 0.0  # exact ties in the logits: the noise alone decides, as before
+    logits[:, 0, :100] = 0.0  # exact ties
     ref_logits = logits
     if top_k:
         kth = logits.topk(top_k, dim=-1).values[..., -1:]
@@ -331,8 +331,19 @@ def test_sample_logits_draws_the_textbook_gumbel_max_tokens_on_cpu(temperature, 
     for seed in range(3):
         g, ref_g = gen(seed), gen(seed)
         drawn = sample_logits(logits, g, temperature, top_k)
-        assert torch.equal(drawn, _textbook_gumbel_max(ref_logits, ref_g, temperature))
-        assert torch.equal(torch.rand(4, generator=g), torch.rand(4, generator=ref_g))  # as many draws taken
+        assert torch.equal(drawn, _textbook_inverse_cdf(ref_logits, ref_g, temperature))
+        assert torch.equal(torch.rand(4, generator=g), torch.rand(4, generator=ref_g))  # one draw a row taken
+
+
+@pytest.mark.parametrize("u", [0.0, 1.0 - 2**-24, 1.0])
+def test_sample_logits_never_draws_a_token_of_zero_mass_at_the_uniforms_ends(monkeypatch, u):
+    """u = 0 lands on the CDF's flat start, u = 1 (a generator on (0, 1]) on its total: neither may pick an id that
+    top-k or a −inf logit removed, or one past the last."""
+    inf = float("-inf")
+    logits = torch.tensor([[inf, 0.0, inf, 3.0, inf, inf], [inf, inf, 1e-3, 0.0, 50.0, inf]])
+    monkeypatch.setattr(torch, "rand", lambda shape, **kw: torch.full(shape, u))
+    drawn = sample_logits(logits, gen(0))
+    assert drawn.tolist() == ([1, 2] if u == 0 else [3, 4])
 
 
 def test_gumbel_is_the_textbook_draw_on_cpu():

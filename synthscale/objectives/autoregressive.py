@@ -18,7 +18,7 @@ from synthscale.compute import flops as C
 from synthscale.config import ObjectiveConfig
 from synthscale.model.network import Network, attention_mask
 from synthscale.model.sizes import get_size
-from synthscale.objectives.base import Objective, _log_exponential, cfg_copies, guide, inference, text_encoder_flops
+from synthscale.objectives.base import Objective, cfg_copies, guide, inference, text_encoder_flops
 from synthscale.objectives.codes import TokenCodes, logits_width
 
 
@@ -93,25 +93,8 @@ def next_logits(model: AutoregressiveNet, hidden: torch.Tensor, cfg_scale: float
 
 
 def next_token(model: AutoregressiveNet, hidden, cfg_scale: float, generator, temperature: float, top_k: int):
-    """ids [B] of the next token drawn from the newest position's final hidden states [R, D] (`next_logits`, then
-    `codes.draw`). At the defaults (full softmax, temperature 1, no top-k, a float32 Linear head) the head runs
-    into the Gumbel noise instead: b − log E, then + h·Wᵀ into the same buffer (one GEMM; no copy of the
-    bias into fresh logits, no separate subtraction). The same uniforms, the sum in another order: the same draw
-    up to rounding, 2–4 % faster per image at 1x64–2x64."""
-    head = model.head
-    if not (
-        isinstance(head, nn.Linear)
-        and head.bias is not None
-        and head.weight.dtype == torch.float32
-        and not model.codes.factorised
-        and temperature == 1
-        and not top_k
-    ):
-        return model.codes.draw(next_logits(model, hidden, cfg_scale), generator, temperature, top_k)
-    h = hidden.float() if cfg_scale == 1 else guide(hidden.float(), cfg_scale)  # [B, D]
-    scores = _log_exponential((h.shape[0], head.out_features), generator, h.device).neg_().add_(head.bias)
-    # addmm into its own input (out=, not addmm_: FLOP counters register addmm's overloads, not the in-place op)
-    return torch.addmm(scores, h, head.weight.t(), out=scores).max(-1).indices  # argmax of logits + Gumbel noise
+    """ids [B] of the next token drawn from the newest position's final hidden states [R, D]."""
+    return model.codes.draw(next_logits(model, hidden, cfg_scale), generator, temperature, top_k)
 
 
 def decode_step(model: AutoregressiveNet, cache, ids: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
