@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import synthscale.objectives  # noqa: F401  the registry, which configs read objective names from
 from synthscale.config import ClusterConfig, ConfigError, RunConfig, StudyConfig, load, to_dict
 from synthscale.study import executors as X
 from synthscale.study.grid import Stage, execute, status_of
@@ -297,3 +298,27 @@ def test_a_two_node_run_meets_through_the_c10d_rendezvous(tmp_path, monkeypatch)
     assert results[0]["world_size"] == results[1]["world_size"] == 2
     assert f"--rdzv_endpoint=127.0.0.1:{free}" in (out / "torchrun.log").read_text()
     assert (out / "torchrun.node1.log").is_file()
+
+
+def test_a_failed_torchrun_reports_the_workers_error_of_this_attempt_only(tmp_path):
+    """The end of torchrun's log says only which rank died; the message must carry the worker's own error,
+    and not a stale one from an earlier attempt appended to the same log."""
+    (tmp_path / "torchrun.log").write_text("OldError: an earlier attempt's failure\n")
+    bad = to_dict(load(RunConfig, ROOT / "configs/train/smoke.yaml", ["model.size=3x33"]))
+    with pytest.raises(RuntimeError, match="torchrun exited with status 1") as err:
+        X.torchrun_stage(tmp_path, bad, procs_per_node=2, threads=1)  # a log longer than an excerpt
+    assert "3x33" in str(err.value) and "OldError" not in str(err.value)
+    assert "OldError" in (tmp_path / "torchrun.log").read_text()  # the log itself keeps every attempt
+
+
+def test_failure_excerpt_keeps_the_first_worker_error_and_torchruns_summary():
+    progress = [f"step {i} loss 1.0" for i in range(200)]
+    cause = ["terminate called after throwing an instance of 'gloo::IoException'", "  what():  Connection reset"]
+    summary = [f"summary line {i}" for i in range(14)] + ["exitcode  : -6 (pid: 7) (SIGABRT)"]
+    text = X.failure_excerpt("\n".join(progress[:50] + cause + progress[50:] + summary))
+    lines = text.splitlines()
+    assert lines[0] == "..." and lines[1:3] == cause and lines[-15:] == summary
+    assert len(lines) == 1 + 25 + 1 + 15 and lines[26] == f"... ({200 - 50 - 23} lines)"
+    assert X.failure_excerpt("\n".join(progress[:50] + summary)).splitlines()[1:] == summary  # no error: the end
+    short = "\n".join(cause + summary)
+    assert X.failure_excerpt(short) == short

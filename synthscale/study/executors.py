@@ -23,6 +23,7 @@ import concurrent.futures as cf
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -120,6 +121,7 @@ def torchrun_stage(
     with open(log_path, "a") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
         log.flush()
+        attempt_start = log.tell()  # earlier attempts' output stays in the log, out of the error message
         # a session of its own, so an interrupted job (timeout, preemption, cancel) stops torchrun's workers too
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=environ, start_new_session=True)
         try:
@@ -128,10 +130,34 @@ def torchrun_stage(
             _stop(proc)
             raise
     if rc != 0:
-        tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-15:])
-        raise RuntimeError(f"torchrun exited with status {rc}; the end of {log_path}:\n{tail}")
+        with open(log_path, "rb") as log:
+            log.seek(attempt_start)
+            output = log.read().decode(errors="replace")
+        raise RuntimeError(f"torchrun exited with status {rc}; from {log_path}:\n{failure_excerpt(output)}")
     summary = json.loads((stage_dir / "done.json").read_text())  # written by the trainer's rank 0
     return {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool, type(None)))}
+
+
+_WORKER_ERROR = re.compile(
+    r"Traceback \(most recent call last\)|terminate called|^\w*(Error|Exception)\b|what\(\):|\berror:"
+)
+
+
+def failure_excerpt(output: str, head: int = 25, tail: int = 15) -> str:
+    """What explains a failed torchrun: the first worker error (a traceback, the CLI's `error:` line, or the
+    C++ `terminate called` before a SIGABRT) and the end, where torchrun names the failed ranks and their exit
+    codes. The end alone says only "Signal 6 received"; the cause is printed above it by the first to die."""
+    lines = output.splitlines()
+    if len(lines) <= head + tail:
+        return "\n".join(lines)
+    first = next((i for i, line in enumerate(lines) if _WORKER_ERROR.search(line.strip())), None)
+    if first is None or first >= len(lines) - tail:
+        return "\n".join(["...", *lines[-tail:]])
+    cause = lines[first : min(first + head, len(lines) - tail)]
+    skipped = len(lines) - tail - first - len(cause)
+    return "\n".join(
+        [*(["..."] if first else []), *cause, *([f"... ({skipped} lines)"] if skipped else []), *lines[-tail:]]
+    )
 
 
 def _stop(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
