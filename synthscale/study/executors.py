@@ -117,7 +117,8 @@ def torchrun_stage(
         if env.node:  # one log per node: appends from several hosts to one shared file interleave
             log_path = stage_dir / f"torchrun.node{env.node}.log"
     cmd = torchrun_command(config, stage_dir, procs_per_node, nnodes, endpoint, rdzv_id, threads, python)
-    environ = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    # PYTHONFAULTHANDLER: a worker killed by a C++ abort or a segfault prints its Python stack into the log
+    environ = {**os.environ, "PYTHONFAULTHANDLER": "1", **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     with open(log_path, "a") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
         log.flush()
@@ -139,7 +140,7 @@ def torchrun_stage(
 
 
 _WORKER_ERROR = re.compile(
-    r"Traceback \(most recent call last\)|terminate called|^\w*(Error|Exception)\b|what\(\):|\berror:"
+    r"Traceback \(most recent call last\)|terminate called|Fatal Python error|^\w*(Error|Exception)\b|\berror:"
 )
 
 
