@@ -108,6 +108,8 @@ def test_the_stored_table_covers_every_finding_and_meets_the_limit():
         assert row["n_false"] >= (100 if number == "1" else 200) and 0 <= row["power"] <= 1
         assert row["false_confirm_upper"] <= fnd.FALSE_CONFIRM_LIMIT, (number, row)
     assert table["findings"]["1"]["design"].startswith("6 run(s)")  # finding 1 where a run bootstrap is possible
+    # a report calls the table stale when the rules changed after it was written; main must not ship one
+    assert table["rules_version"] == cal.rules_version(), "the rules changed: python benchmarks/calibration.py --store"
 
 
 def test_a_report_calibrates_at_its_own_study_s_design():

@@ -135,3 +135,22 @@ def test_seeds_that_all_score_zero_still_have_an_interval_above_zero():
     assert m["prompt_acc"] == 0.0 and m["prompt_acc_lo"] == 0.0 and 0.003 < m["prompt_acc_hi"] < 0.05
     assert m["fd_probe_lo"] < 50.0  # not a proportion: not clipped, no floor
     assert rep.proportion_n(records[0], "holdout_prompt_acc") == 32 and rep.proportion_n(records[0], "fd_probe") is None
+
+
+def test_a_positive_metrics_interval_is_shown_without_its_impossible_part():
+    """Flow's FD over three seeds that do or do not break through (13, 66, 72): the t-interval the rules decide on
+    reaches below 0; the report shows it from 0, with the same upper end. KID (can be < 0) is shown as stored."""
+    from synthscale.study import compare as cmp
+
+    cfg = {"objective": {"name": "flow"}, "model": {"size": "2x64"}}
+    runs = [{"run": f"a-s{s}", "config": {**cfg, "seed": s}} for s in range(3)]
+    records = []
+    for s, fd in enumerate((13.0, 66.0, 72.0)):
+        r = _record(f"a-s{s}", 0.0)
+        r["metrics"] = {"fd_probe": fd, "fd_probe_lo": fd * 0.9, "fd_probe_hi": fd * 1.1, "kid": 0.001 * (s - 1)}
+        records.append(r)
+    [cell] = rep.aggregate(records, runs)
+    lo, hi = cmp.interval(cell, "fd_probe")
+    assert lo < 0 < hi
+    assert cmp.shown_interval(cell, "fd_probe") == (0.0, hi)
+    assert cmp.shown_interval(cell, "kid") == cmp.interval(cell, "kid") and cmp.interval(cell, "kid")[0] < 0

@@ -324,6 +324,15 @@ def interval(r: dict[str, Any], metric: str) -> tuple[float, float] | None:
     return None
 
 
+def shown_interval(r: dict[str, Any], metric: str) -> tuple[float, float] | None:
+    """`interval` as the report shows it: cut to the values the metric can take. Over a few scattered seeds the
+    t-interval of a positive number (FD, loss, latency, throughput) can reach below 0, where no value exists
+    (throughput "185 [-16.4, 386]" images/s); the part below 0 is dropped, which keeps its coverage. The rules
+    decide on `interval` itself."""
+    iv = interval(r, metric)
+    return (max(iv[0], 0.0), iv[1]) if iv is not None and _log_scale(metric) else iv
+
+
 def compare(a: dict[str, Any], b: dict[str, Any], metric: str) -> int | None:
     """+1 when a is significantly better than b on `metric`, −1 when b is, 0 when the difference is not
     significant, None when either did not measure it. Significant: the 95 % intervals do not overlap, or, when

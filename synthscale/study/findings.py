@@ -115,7 +115,7 @@ def _quality_text(r: dict[str, Any], metrics: DecisiveMetrics) -> str:
     as it decides, not by its value: KID's cubic kernel on unnormalised instrument features reads 10³–10⁶ on
     probe features, a magnitude that depends on the features' scale and means nothing to a reader."""
     q = metrics.quality
-    return f"{q} {fmt(cmp.value(r, q))} {fmt_interval(cmp.interval(r, q))}"
+    return f"{q} {fmt(cmp.value(r, q))} {fmt_interval(cmp.shown_interval(r, q))}"
 
 
 def _check_text(a: dict[str, Any], b: dict[str, Any], metrics: DecisiveMetrics) -> str:
@@ -253,7 +253,9 @@ def finding_prompt_following(data: cmp.StudyData, metrics: DecisiveMetrics = DEF
     top = max(levels)
     f.evidence.append(
         f"at {top:.3g} FLOPs: "
-        + ", ".join(f"{o} {fmt(cmp.value(r, m))} {fmt_interval(cmp.interval(r, m))}" for o, r in levels[top].items())
+        + ", ".join(
+            f"{o} {fmt(cmp.value(r, m))} {fmt_interval(cmp.shown_interval(r, m))}" for o, r in levels[top].items()
+        )
     )
     f.verdict = _combine(parts)
     return f
@@ -691,7 +693,7 @@ class Recommendation:
 
 
 def _describe_candidate(objective: str, r: dict[str, Any], metric: str, quality: str = "fd_probe") -> str:
-    iv = cmp.interval(r, metric)
+    iv = cmp.shown_interval(r, metric)
     text = f"{objective}: {fmt(cmp.value(r, metric))}" + (f" {fmt_interval(iv)}" if iv else "")
     text += f" ({r['size']}, {r['autoencoder']}, {cmp.describe_setting(cmp.setting(r))}"
     if metric in ("latency_s", "throughput_ips"):  # speed at what quality: the trade-off stays visible

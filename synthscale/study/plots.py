@@ -88,7 +88,7 @@ def _series(records: list[dict[str, Any]], key) -> dict[Any, list[dict[str, Any]
 
 
 def _errbars(rs: list[dict[str, Any]], metric: str) -> np.ndarray | None:
-    ivs = [cmp.interval(r, metric) for r in rs]
+    ivs = [cmp.shown_interval(r, metric) for r in rs]
     if any(iv is None for iv in ivs):
         return None
     vals = [cmp.value(r, metric) for r in rs]
@@ -172,7 +172,7 @@ def _draw_ceilings(ax, data: cmp.StudyData, pairs, metric: str) -> list[str]:
     for name, objs in users.items():
         ceil, v = ceilings[name], cmp.value(ceilings[name], metric)
         ax.axhline(v, color=_colour(objs[0]), ls=":", lw=1.2, label=f"ceiling of {name} ({', '.join(objs)})")
-        iv = cmp.interval(ceil, metric)
+        iv = cmp.shown_interval(ceil, metric)
         if iv is not None:
             ax.axhspan(iv[0], iv[1], color=_colour(objs[0]), alpha=0.08, lw=0)
         notes.append(f"{name} {cmp.fmt(v)}")

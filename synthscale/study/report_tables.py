@@ -53,7 +53,7 @@ def autoencoder_table(data: cmp.StudyData) -> tuple[list[str], list[list[str]]]:
 
     def ceiling_cell(a: dict[str, Any], metric: str) -> str:
         rec = {"metrics": {k[len(cmp.CEILING_PREFIX) :]: v for k, v in a["metrics"].items()}}
-        iv = cmp.interval(rec, metric)
+        iv = cmp.shown_interval(rec, metric)
         return fmt(cmp.value(rec, metric)) + (f" {fmt_interval(iv)}" if iv else "")
 
     return (
@@ -94,8 +94,8 @@ def ceiling_table(data: cmp.StudyData) -> tuple[list[str], list[list[str]]]:
                     obj,
                     ceil["autoencoder"],
                     metric,
-                    fmt(cmp.value(ceil, metric)) + iv_text(cmp.interval(ceil, metric)),
-                    fmt(cmp.value(best, metric)) + iv_text(cmp.interval(best, metric)),
+                    fmt(cmp.value(ceil, metric)) + iv_text(cmp.shown_interval(ceil, metric)),
+                    fmt(cmp.value(best, metric)) + iv_text(cmp.shown_interval(best, metric)),
                     f"{best['size']} @ {best['train_flops']:.3g} FLOPs ({cmp.describe_setting(cmp.setting(best))})",
                     verdict,
                 ]
@@ -198,7 +198,7 @@ def instrument_table(a: Analysis) -> tuple[list[str], list[list[str]]]:
         real = c.get("real_test", {})
         following = card.get("following")
         ceiling = (
-            f"{following} {fmt(real[following])} {fmt_interval(cmp.interval({'metrics': real}, following))}"
+            f"{following} {fmt(real[following])} {fmt_interval(cmp.shown_interval({'metrics': real}, following))}"
             if following in real
             else "—"
         )
@@ -269,7 +269,7 @@ def holdout_table(data: cmp.StudyData) -> tuple[list[str], list[list[str]]]:
 
     def cell(r, m):
         v = cmp.value(r, m)
-        return "—" if v is None else f"{fmt(v)} {fmt_interval(cmp.interval(r, m))}"
+        return "—" if v is None else f"{fmt(v)} {fmt_interval(cmp.shown_interval(r, m))}"
 
     rows = [
         [
