@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from synthscale.study import compare as cmp
 from synthscale.study import replicates as rep
 
 
@@ -140,8 +141,6 @@ def test_seeds_that_all_score_zero_still_have_an_interval_above_zero():
 def test_a_positive_metrics_interval_is_shown_without_its_impossible_part():
     """Flow's FD over three seeds that do or do not break through (13, 66, 72): the t-interval the rules decide on
     reaches below 0; the report shows it from 0, with the same upper end. KID (can be < 0) is shown as stored."""
-    from synthscale.study import compare as cmp
-
     cfg = {"objective": {"name": "flow"}, "model": {"size": "2x64"}}
     runs = [{"run": f"a-s{s}", "config": {**cfg, "seed": s}} for s in range(3)]
     records = []
